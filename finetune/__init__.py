@@ -1,0 +1,2 @@
+"""finetune: transfer learning for image classifiers."""
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Image-folder scanning and validation, decoding, albumentations presets, the datamodule."""

@@ -1,0 +1,1 @@
+"""Backbone factory (timm + torchvision), weights resolution, heads, layer units and groups."""

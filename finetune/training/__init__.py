@@ -1,0 +1,1 @@
+"""The LightningModule, losses, freezing callbacks, optimizer parameter groups, schedules."""
