@@ -1,0 +1,4 @@
+"""`python -m finetune` is the `finetune` command."""
+from finetune.cli import app
+
+app()

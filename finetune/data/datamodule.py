@@ -1,0 +1,122 @@
+"""LightningDataModule over an image folder: scan once, then train/val/test dataloaders."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from finetune.data.data_config import DataConfig
+from finetune.data.dataset import ImageListDataset
+from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.transforms import build_eval_transform, build_train_transform
+from finetune.errors import DataError
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Limits threads and gives each dataloader worker its own random streams.
+
+    OpenCV otherwise starts a thread per core in every worker (albumentations issue #1246), and
+    torch does the same for intra-op work: N workers x N cores threads thrash the CPU. Forked
+    workers also inherit identical numpy/random/albumentations RNG states, which would repeat the
+    same augmentations in every worker.
+    """
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32  # differs per worker and per epoch (base_seed + worker_id)
+    np.random.seed(seed)
+    random.seed(seed)
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Train/val[/test] dataloaders over an image folder scanned by `scan_image_folder`.
+
+    The scan runs in `__init__` (unless `index` is given): it is cheap, and the class count must be
+    known before the model (its head) is built.
+
+    Attributes:
+        index: The scan result (classes, splits, bad files).
+        classes: Sorted class names; label i is classes[i].
+        num_classes: len(classes).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        data_config: DataConfig,
+        batch_size: int = 32,
+        workers: int = 0,
+        val_split: float = 0.2,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+        index: DatasetIndex | None = None,
+    ):
+        super().__init__()
+        self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        # A caller that already scanned (to size the head) passes its index: no second decode pass.
+        self.index = index if index is not None else scan_image_folder(data_dir, val_split=val_split, seed=seed)
+        self.train_transform = train_transform or build_train_transform(data_config, seed=seed)
+        self.eval_transform = eval_transform or build_eval_transform(data_config)
+        self.datasets: dict[str, ImageListDataset] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the datasets of every split present (idempotent)."""
+        if self.datasets:
+            return
+        self.datasets["train"] = ImageListDataset(self.index.train, self.train_transform)
+        self.datasets["val"] = ImageListDataset(self.index.val, self.eval_transform)
+        if self.index.test is not None:
+            self.datasets["test"] = ImageListDataset(self.index.test, self.eval_transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,  # the last short batch still carries data: tiny datasets are common here
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=worker_init_fn if self.workers > 0 else None,
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches: images (B, 3, S, S) float32, labels (B,) int64."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches in scan order: images (B, 3, S, S) float32, labels (B,) int64."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Batches of the test split in scan order; raises DataError when there is none."""
+        if self.index.test is None:
+            raise DataError(
+                f"{self.index.root} has no test split: add {self.index.root}/test/<class>/* "
+                f"(the split layout: train/, val/, test/), or evaluate on the val split"
+            )
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,111 @@
+"""Robust image decoding: any common file mode in, (H, W, 3) uint8 RGB out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class BadImageError(Exception):
+    """An image file cannot be decoded; the message is the reason."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Returns True when the extension (case-insensitive) is one of IMAGE_EXTENSIONS."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open_loaded(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Opens and fully decodes an image, so truncation surfaces here and not in a worker later."""
+    if path.stat().st_size == 0:
+        raise BadImageError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            if draft_size is not None:  # JPEG only: decode at 1/2..1/8 scale, still reads every byte
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            return ImageOps.exif_transpose(im) if draft_size is None else im
+    except BadImageError:
+        raise
+    # Pillow's format plugins raise assorted exception types on corrupt data (OSError, SyntaxError,
+    # struct.error, IndexError...); every one of them means "this file cannot be used".
+    except Exception as e:  # noqa: BLE001
+        raise BadImageError(_reason(e)) from e
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "cannot identify image file" in text:
+        return "not a decodable image (unknown or corrupt format)"
+    if "truncated" in text.lower():
+        return "truncated image data"
+    return f"cannot decode: {text}"
+
+
+def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
+    # 16-bit (and 32-bit 'I', as Pillow opens 16-bit PNGs) span 0..65535: scale by 255/65535
+    # instead of clipping, which would turn almost every pixel white.
+    arr = np.asarray(im).astype(np.float64)
+    return Image.fromarray(np.round(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8), mode="L")
+
+
+def _float_to_l(im: Image.Image) -> Image.Image:
+    arr = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.round(np.clip(arr, 0, 255)).astype(np.uint8), mode="L")
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    # Transparent pixels often hold black or garbage colour; a white page is what viewers show.
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Converts a decoded image of any Pillow mode to 8-bit RGB.
+
+    Grayscale is replicated, palette and alpha images are composited on white, CMYK/YCbCr/LAB are
+    converted by Pillow, 16-bit data is scaled down to 8 bits.
+    """
+    if im.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_l(im).convert("RGB")
+    if im.mode == "F":
+        return _float_to_l(im).convert("RGB")
+    if (im.mode == "P" and "transparency" in im.info) or im.mode in _ALPHA_MODES:
+        return _composite_on_white(im)
+    return im.convert("RGB")
+
+
+def load_pil(path: str | Path) -> Image.Image:
+    """Decodes an image file into an RGB PIL image with its EXIF orientation applied.
+
+    Raises:
+        BadImageError: Zero-byte, truncated, unreadable or non-image file.
+    """
+    return to_rgb(_open_loaded(Path(path)))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decodes an image file into an RGB array with its EXIF orientation applied.
+
+    Returns:
+        The image, shape (H, W, 3), uint8.
+
+    Raises:
+        BadImageError: Zero-byte, truncated, unreadable or non-image file.
+    """
+    return np.array(load_pil(path))  # a writable copy: np.asarray of a PIL image is read-only
+
+
+def verify_image(path: str | Path, draft_size: int = 64) -> None:
+    """Decodes the whole file cheaply (JPEG draft mode) to catch truncation and corruption.
+
+    Raises:
+        BadImageError: The file cannot be decoded; the message is the reason.
+    """
+    _open_loaded(Path(path), draft_size=draft_size)

@@ -1,0 +1,297 @@
+"""Image-folder scanning: find classes and splits, decode every image once, report bad files.
+
+Two layouts are understood:
+
+    DIR/train/<class>/*  DIR/val/<class>/*  [DIR/test/<class>/*]    ("split")
+    DIR/<class>/*        split into train/val by a stratified, seeded val_split   ("flat")
+"""
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from finetune.data.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, verify_image
+from finetune.errors import DataError
+
+SPLITS = ("train", "val", "test")
+VAL_DIR_NAMES = ("val", "valid", "validation")
+IGNORED_NAMES = ("__MACOSX",)
+PROGRESS_MIN_IMAGES = 2000  # below this a scan takes a second or two; a bar would only flicker
+LAYOUT_HELP = (
+    "expected DIR/train/<class>/*.jpg + DIR/val/<class>/*.jpg (optionally DIR/test/<class>/*), "
+    "or DIR/<class>/*.jpg split into train/val by --val-split"
+)
+
+Item = tuple[Path, int]
+
+
+class DataWarning(UserWarning):
+    """Something in the image folder was skipped or looks wrong, but training can go on."""
+
+
+@dataclass
+class DatasetIndex:
+    """The result of a scan: classes, per-split (path, label) lists, and skipped files.
+
+    Attributes:
+        root: The scanned folder.
+        layout: "split" (train/val[/test] sub-folders) or "flat" (class folders at the top).
+        classes: Sorted class names; a label is an index into this list.
+        train: Training (path, label) pairs.
+        val: Validation (path, label) pairs.
+        test: Test (path, label) pairs, or None when the folder has no test split.
+        bad_files: (path, reason) of every file that was skipped.
+    """
+
+    root: Path
+    layout: str
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    test: list[Item] | None = None
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def splits(self) -> list[str]:
+        """Names of the splits present, e.g. ["train", "val"]."""
+        return [s for s in SPLITS if getattr(self, s) is not None]
+
+    def counts(self, split: str) -> dict[str, int]:
+        """Returns images per class name in `split` ("train", "val" or "test"), zeros included."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        items = getattr(self, split)
+        if items is None:
+            raise ValueError(f"{self.root} has no {split!r} split; present: {', '.join(self.splits)}")
+        per_label = np.bincount([label for _, label in items], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, per_label)}
+
+    def write_bad_files(self, path: str | Path) -> Path:
+        """Writes "path<TAB>reason" lines; `path` is a file or a folder (gets bad_files.txt).
+
+        Returns:
+            The file written.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "bad_files.txt"
+        path.write_text("".join(f"{p}\t{reason}\n" for p, reason in self.bad_files))
+        return path
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name not in IGNORED_NAMES
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Yields visible files under `folder`, recursively, in sorted order, skipping hidden folders."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))  # prunes the walk in place
+        for name in sorted(filenames):
+            if _visible(Path(name)):
+                yield Path(dirpath) / name
+
+
+def _check_val_split(val_split: float) -> None:
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be strictly between 0 and 1, got {val_split!r} (e.g. 0.2)")
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; {LAYOUT_HELP}")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} is not a directory; {LAYOUT_HELP}")
+
+
+def _split_dirs(root: Path) -> dict[str, Path] | None:
+    """Returns {"train": ..., "val": ..., "test": ...} folders present, or None for a flat layout."""
+    if not (root / "train").is_dir():
+        return None
+    dirs = {"train": root / "train"}
+    val = next((root / n for n in VAL_DIR_NAMES if (root / n).is_dir()), None)
+    if val is not None:
+        dirs["val"] = val
+    if (root / "test").is_dir():
+        dirs["test"] = root / "test"
+    return dirs
+
+
+def _find_classes(class_root: Path, layout: str) -> list[str]:
+    classes = [d.name for d in _subdirs(class_root)]
+    if len(classes) < 2:
+        found = f"{len(classes)} class folder" + ("" if len(classes) == 1 else "s")
+        names = f" ({classes[0]})" if classes else ""
+        raise DataError(
+            f"{class_root} has {found}{names}, a classifier needs at least two ({layout} layout); {LAYOUT_HELP}"
+        )
+    return classes
+
+
+def _check_class_sets(split_dir: Path, classes: list[str]) -> list[str]:
+    """Raises for class folders unknown to train; returns train classes missing from `split_dir`."""
+    names = [d.name for d in _subdirs(split_dir)]
+    extra = sorted(set(names) - set(classes))
+    if extra:
+        raise DataError(
+            f"{split_dir} has class folder(s) not in train: {', '.join(extra)}; every class of "
+            f"{split_dir.name} must also be a folder in train (train classes: {', '.join(classes)})"
+        )
+    return [c for c in classes if c not in names]
+
+
+def _candidates(class_root: Path, classes: list[str], bad: list[tuple[Path, str]]) -> list[Item]:
+    """Lists image files per class folder; other files go to `bad` with a reason."""
+    items = []
+    for label, name in enumerate(classes):
+        folder = class_root / name
+        for path in _walk_files(folder) if folder.is_dir() else ():
+            if is_image_file(path):
+                items.append((path, label))
+            else:
+                ext = path.suffix or "(none)"
+                bad.append((path, f"not an image file: extension {ext} is not one of {', '.join(IMAGE_EXTENSIONS)}"))
+    return items
+
+
+def _check_one(path: Path) -> str | None:
+    try:
+        verify_image(path)
+    except BadImageError as e:
+        return str(e)
+    return None
+
+
+def _verify_all(paths: list[Path], progress: bool) -> list[str | None]:
+    """Decodes every file once in a thread pool (Pillow releases the GIL while decoding)."""
+    workers = min(16, 2 * (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results: Iterable[str | None] = pool.map(_check_one, paths)
+        if progress and len(paths) > PROGRESS_MIN_IMAGES:
+            from rich.progress import track
+
+            results = track(results, total=len(paths), description="Checking images")
+        return list(results)
+
+
+def _keep_readable(items: list[Item], progress: bool, bad: list[tuple[Path, str]]) -> list[Item]:
+    reasons = _verify_all([p for p, _ in items], progress)
+    bad.extend((p, r) for (p, _), r in zip(items, reasons) if r is not None)
+    return [item for item, r in zip(items, reasons) if r is None]
+
+
+def _check_train_classes(train: list[Item], classes: list[str], class_root: Path) -> None:
+    per_label = np.bincount([label for _, label in train], minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(per_label == 0)]
+    if empty:
+        folders = ", ".join(str(class_root / c) for c in empty)
+        raise DataError(
+            f"no readable image in class folder(s) {folders}; every class needs at least one "
+            f"image with extension {', '.join(IMAGE_EXTENSIONS)} (see the bad-file warning for what was skipped)"
+        )
+
+
+def stratified_split(items: list[Item], classes: list[str], val_split: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Splits (path, label) pairs into train and val class by class.
+
+    Each class with n >= 2 images puts round(n * val_split) of them, but at least one and at most
+    n - 1, into val; a single-image class stays in train. The shuffle of each class is seeded by
+    (seed, class name), so adding a class does not reshuffle the others.
+
+    Returns:
+        (train, val) lists, each in the input order.
+    """
+    in_val: set[Path] = set()
+    for label, name in enumerate(classes):
+        paths = sorted(p for p, lab in items if lab == label)
+        if len(paths) < 2:
+            continue
+        n_val = min(max(round(len(paths) * val_split), 1), len(paths) - 1)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        in_val.update(paths[i] for i in rng.permutation(len(paths))[:n_val])
+    return [it for it in items if it[0] not in in_val], [it for it in items if it[0] in in_val]
+
+
+def _warn_bad_files(root: Path, bad: list[tuple[Path, str]], shown: int = 5) -> None:
+    if not bad:
+        return
+    first = "; ".join(f"{_relative(p, root)} ({reason})" for p, reason in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    warnings.warn(f"skipped {len(bad)} bad file(s) in {root}: {first}{more}", DataWarning, stacklevel=3)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
+
+
+def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list) -> tuple[list[str], dict[str, list[Item]]]:
+    classes = _find_classes(dirs["train"], "split")
+    for split in ("val", "test"):
+        missing = _check_class_sets(dirs[split], classes) if split in dirs else []
+        if missing:
+            warnings.warn(f"{dirs[split]} has no folder for class(es) {', '.join(missing)}", DataWarning, stacklevel=4)
+    candidates = {s: _candidates(d, classes, bad) for s, d in dirs.items()}
+    readable = _keep_readable([it for s in dirs for it in candidates[s]], progress, bad)
+    ok = {p for p, _ in readable}
+    splits = {s: [it for it in candidates[s] if it[0] in ok] for s in dirs}
+    # An empty val/ or test/ (class folders without images) counts as absent, not as a 0-image split.
+    splits = {s: items for s, items in splits.items() if items or s == "train"}
+    _check_train_classes(splits["train"], classes, dirs["train"])
+    return classes, splits
+
+
+def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool, bad: list) -> tuple[str, list[str], dict[str, list[Item]]]:
+    """Returns (layout, classes, {split: readable items}) for the split or the flat layout."""
+    if dirs is not None:
+        return ("split", *_scan_split_layout(dirs, progress, bad))
+    classes = _find_classes(root, "flat")
+    train = _keep_readable(_candidates(root, classes, bad), progress, bad)
+    _check_train_classes(train, classes, root)
+    return "flat", classes, {"train": train}
+
+
+def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, progress: bool = True) -> DatasetIndex:
+    """Scans an image folder into classes and train/val[/test] lists, decoding every image once.
+
+    Hidden files and folders (".*") and `__MACOSX` are ignored. Non-image files and images that
+    cannot be decoded are skipped, recorded in `bad_files`, and summarized in one DataWarning.
+
+    Args:
+        root: The data folder, in the "split" or the "flat" layout (see the module docstring).
+        val_split: Fraction of each class held out for validation when there is no val folder.
+        seed: Seed of the stratified train/val split; the same seed gives the same split.
+        progress: Show a progress bar while checking more than PROGRESS_MIN_IMAGES images.
+
+    Raises:
+        DataError: Missing folder, fewer than two classes, a class without a readable training
+            image, a val/test class that is not a train class, or val_split outside (0, 1).
+    """
+    root = Path(root).expanduser()
+    _check_val_split(val_split)
+    _check_root(root)
+    bad: list[tuple[Path, str]] = []
+    dirs = _split_dirs(root)
+    try:  # the bad-file summary also explains a "no readable image" error, so it comes either way
+        layout, classes, splits = _scan_layout(root, dirs, progress, bad)
+    finally:
+        _warn_bad_files(root, bad)
+    if "val" not in splits:
+        if layout == "split":
+            warnings.warn(f"{root} has no val images: holding out {val_split:.0%} of train", DataWarning, stacklevel=2)
+        splits["train"], splits["val"] = stratified_split(splits["train"], classes, val_split, seed)
+    return DatasetIndex(root, layout, classes, splits["train"], splits["val"], splits.get("test"), bad)
+

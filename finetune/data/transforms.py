@@ -1,0 +1,141 @@
+"""Albumentations pipelines built from the pretrained weights' DataConfig.
+
+Every size, mean, std and filter comes from the DataConfig; presets are looked up by name in
+PRESETS so that more augmentation recipes can be added next to "standard".
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from finetune.data.data_config import INTERPOLATIONS, DataConfig
+from finetune.data.resize import pil_filter, pil_resize_shorter
+
+__all__ = [
+    "CV2_FLAGS",
+    "PRESETS",
+    "AlbumentationsTransform",
+    "PILResizeShorter",
+    "build_eval_transform",
+    "build_train_transform",
+    "build_transform",
+    "cv2_flag",
+    "pil_filter",
+    "pil_resize_shorter",
+]
+
+CV2_FLAGS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def cv2_flag(interpolation: str) -> int:
+    """Returns the OpenCV interpolation flag for an interpolation name (one of INTERPOLATIONS)."""
+    if interpolation not in CV2_FLAGS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+    return CV2_FLAGS[interpolation]
+
+
+class PILResizeShorter(A.ImageOnlyTransform):
+    """Resizes the shorter side to `size` with PIL's filters.
+
+    Why not `A.SmallestMaxSize`: OpenCV's bilinear/bicubic do not antialias when downscaling, while
+    the PIL-based eval transforms the pretrained weights were evaluated with do; and the exported
+    inference path (PIL + numpy only) must reproduce this step exactly, so both call
+    `pil_resize_shorter`.
+    """
+
+    def __init__(self, size: int, interpolation: str = "bilinear", p: float = 1.0):
+        super().__init__(p=p)
+        pil_filter(interpolation)  # fail at build time, not in a dataloader worker
+        self.size, self.interpolation = size, interpolation
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return pil_resize_shorter(img, self.size, self.interpolation)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "interpolation")
+
+
+class AlbumentationsTransform:
+    """A picklable image -> tensor callable around an `A.Compose`.
+
+    Attributes:
+        pipeline: The albumentations pipeline; its last step must be ToTensorV2.
+    """
+
+    def __init__(self, pipeline: A.Compose):
+        self.pipeline = pipeline
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """Maps an (H, W, 3) uint8 RGB image to a (3, S, S) float32 tensor."""
+        return self.pipeline(image=image)["image"]
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Reseeds the augmentations (Compose keeps its own RNG, untouched by np.random.seed)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"AlbumentationsTransform({self.pipeline!r})"
+
+
+def _normalize_to_tensor(dc: DataConfig) -> list[A.BasicTransform]:
+    # (x / 255 - mean) / std: dc.mean and dc.std are on the 0-1 scale, as timm and torchvision store them.
+    return [A.Normalize(mean=dc.mean, std=dc.std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def _standard_train(dc: DataConfig) -> list[A.BasicTransform]:
+    s = dc.input_size
+    crop = A.RandomResizedCrop(
+        size=(s, s), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=cv2_flag(dc.interpolation)
+    )
+    return [crop, A.HorizontalFlip(p=0.5), *_normalize_to_tensor(dc)]
+
+
+def _standard_eval(dc: DataConfig) -> list[A.BasicTransform]:
+    # Shorter side to input_size / crop_pct (e.g. 224 / 0.875 = 256), then the central input_size square.
+    resize = PILResizeShorter(dc.resize_size, dc.interpolation)
+    return [resize, A.CenterCrop(dc.input_size, dc.input_size), *_normalize_to_tensor(dc)]
+
+
+# name -> (train steps, eval steps); every preset shares the eval steps unless it says otherwise.
+PRESETS: dict[str, tuple[Callable[[DataConfig], list], Callable[[DataConfig], list]]] = {
+    "standard": (_standard_train, _standard_eval),
+}
+
+
+def build_transform(dc: DataConfig, train: bool, preset: str = "standard", seed: int | None = None) -> AlbumentationsTransform:
+    """Builds the train or eval transform of a preset.
+
+    Args:
+        dc: The pretrained weights' preprocessing (size, mean, std, interpolation, crop_pct).
+        train: Random augmentations if True, the deterministic eval pipeline if False.
+        preset: A key of PRESETS.
+        seed: Seed of the augmentations' own RNG (None: fresh entropy).
+
+    Returns:
+        A callable mapping an (H, W, 3) uint8 RGB image to a (3, S, S) float32 tensor,
+        S = dc.input_size.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
+    steps = PRESETS[preset][0 if train else 1](dc)
+    return AlbumentationsTransform(A.Compose(steps, seed=seed))
+
+
+def build_train_transform(dc: DataConfig, seed: int | None = None) -> AlbumentationsTransform:
+    """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip + normalize -> (3, S, S)."""
+    return build_transform(dc, train=True, seed=seed)
+
+
+def build_eval_transform(dc: DataConfig) -> AlbumentationsTransform:
+    """PIL shorter-side resize to dc.resize_size + center crop + normalize -> (3, S, S)."""
+    return build_transform(dc, train=False)

@@ -1,0 +1,188 @@
+"""One backbone interface over timm and torchvision: network, head, layers, groups, preprocessing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from finetune.data.data_config import DataConfig
+from finetune.errors import UnknownLayerError, WeightsError
+from finetune.models import zoo
+from finetune.models.layers import LayerGroup, Unit, build_units, group_by_matcher, group_per_unit
+from finetune.models.weights import (
+    LoadReport,
+    apply_state_dict,
+    load_state_dict_file,
+    resolve_timm_imagenet,
+    resolve_torchvision_imagenet,
+)
+
+__all__ = ["Backbone", "LayerGroup", "Unit", "create_backbone", "list_layers"]
+LAYER_ALIASES = ("stem", "head")
+
+
+class Backbone(nn.Module):
+    """A classification network with its head sized to the task, split into named layers.
+
+    Attributes:
+        name: The name the user gave ("resnet50", "test_resnet", "tv:resnet18").
+        zoo: "timm" or "torchvision".
+        model: The network; its state dict keys are what `Unit.param_names` refer to.
+        num_classes: Outputs of the head.
+        data_config: Preprocessing the pretrained weights expect.
+        units: Named layers in input -> output order; the last one is the head.
+        groups: Layer groups for discriminative LRs and gradual unfreezing; the last is "head".
+    """
+
+    def __init__(self, name: str, zoo_name: str, model: nn.Module, num_classes: int,
+                 data_config: DataConfig, units: list[Unit], groups: list[LayerGroup]) -> None:
+        super().__init__()
+        self.name, self.zoo, self.model = name, zoo_name, model
+        self.num_classes, self.data_config = num_classes, data_config
+        self.units, self.groups = units, groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Classifies a batch.
+
+        Args:
+            x: Images, shape (B, 3, H, W), normalised with `data_config`.
+
+        Returns:
+            Logits, shape (B, num_classes), in train and eval mode alike.
+        """
+        out = self.model(x)
+        # Guard for architectures whose train-mode forward returns (logits, aux...) tuples.
+        return out[0] if isinstance(out, tuple) else out
+
+    def layer_names(self) -> list[str]:
+        """Unit names in order, as accepted by `--freeze-until`."""
+        return [u.name for u in self.units]
+
+    def resolve_layer(self, name: str) -> int:
+        """Index into `units` of a layer name; "stem" is the first unit and "head" the last.
+
+        Raises:
+            UnknownLayerError: Listing every valid name and the aliases.
+        """
+        names = self.layer_names()
+        if name in names:
+            return names.index(name)
+        if name in LAYER_ALIASES:
+            return 0 if name == "stem" else len(names) - 1
+        raise UnknownLayerError(
+            f"'{name}' is not a layer of {self.name}. Valid layers, in order: {', '.join(names)} "
+            f"(aliases: stem = {names[0]}, head = {names[-1]})"
+        )
+
+    def head_unit(self) -> Unit:
+        """The unit holding the classifier."""
+        return self.units[-1]
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    weights: str = "imagenet",
+    *,
+    weights_dir: Path | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float | None = None,
+) -> tuple[Backbone, LoadReport]:
+    """Builds a backbone with a fresh `num_classes` head and loads its weights.
+
+    Args:
+        name: timm model name, or torchvision model name with the "tv:" prefix.
+        num_classes: Outputs of the new head.
+        weights: "imagenet" (local folder, hub cache or download), "none" (random init), or a path
+            to a .safetensors/.pth/.bin/.ckpt state dict or checkpoint.
+        weights_dir: Folder searched first for imagenet weights (`<name>.safetensors`, "tv:" -> "tv_").
+        drop_rate: Dropout before the classifier; 0 keeps the architecture's default.
+        drop_path_rate: Stochastic depth rate; None keeps the architecture's default.
+
+    Returns:
+        The backbone and a report of loaded, dropped, missing and unexpected weights.
+
+    Raises:
+        UnknownBackboneError: The name is in neither zoo.
+        WeightsError: The weights cannot be found, downloaded or read.
+    """
+    zoo_name, arch = zoo.resolve_name(name)
+    path = None if weights in ("imagenet", "none") else _weights_path(weights)
+    drops = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if zoo_name == "timm":
+        file, source = resolve_timm_imagenet(arch, weights_dir) if weights == "imagenet" else (None, "")
+        model = zoo.build_timm(arch, num_classes, file=file, **drops)
+        backbone = _wrap(name, zoo_name, model, num_classes, zoo.timm_data_config(model))
+        if file is not None:
+            return backbone, _timm_file_report(backbone, source)
+    else:
+        model = zoo.build_torchvision(arch, num_classes, imagenet=weights == "imagenet", **drops)
+        backbone = _wrap(name, zoo_name, model, num_classes, zoo.torchvision_data_config(arch))
+        if weights == "imagenet":
+            state_dict, source = resolve_torchvision_imagenet(name, _tv_url(name, arch), weights_dir)
+            return backbone, _apply(backbone, state_dict, source, arch)
+    if path is None:
+        return backbone, LoadReport(source="random init")
+    return backbone, _apply(backbone, load_state_dict_file(path), str(path), arch)
+
+
+def _weights_path(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"--weights '{weights}' is neither 'imagenet', 'none', nor an existing "
+                           f"weights file (.safetensors, .pth, .pt, .bin, .ckpt)")
+    return path
+
+
+def _tv_url(name: str, arch: str) -> str:
+    weights = zoo.default_weights(arch)
+    if weights is None:
+        raise WeightsError(f"torchvision has no pretrained weights for {name}; use --weights none "
+                           f"or --weights PATH")
+    return weights.url
+
+
+def _apply(backbone: Backbone, state_dict: dict[str, Tensor], source: str, arch: str) -> LoadReport:
+    ignore = zoo.AUX_MODULES.get(arch, ()) if backbone.zoo == "torchvision" else ()
+    return apply_state_dict(backbone.model, state_dict, backbone.head_unit().param_names,
+                            source=source, ignore=ignore)
+
+
+def _timm_file_report(backbone: Backbone, source: str) -> LoadReport:
+    # timm loads strictly when the class count matches and drops exactly its classifier otherwise.
+    pretrained_classes = backbone.model.pretrained_cfg.get("num_classes", backbone.num_classes)
+    same = pretrained_classes == backbone.num_classes
+    dropped = [] if same else list(backbone.head_unit().param_names)
+    return LoadReport(source=source, dropped_head=dropped)
+
+
+def _wrap(name: str, zoo_name: str, model: nn.Module, num_classes: int,
+          data_config: DataConfig) -> Backbone:
+    units = build_units(model, zoo.head_finder(model, zoo_name, num_classes))
+    groups = _timm_groups(model, units) if zoo_name == "timm" else None
+    return Backbone(name, zoo_name, model, num_classes, data_config, units,
+                    groups or group_per_unit(units))
+
+
+def _timm_groups(model: nn.Module, units: list[Unit]) -> list[LayerGroup] | None:
+    from timm.models import group_parameters
+
+    try:
+        matcher = model.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        return None
+    by_group = group_parameters(model, matcher)
+    group_of = {p: gid for gid, names in by_group.items() for p in names}
+    return group_by_matcher(units, group_of)
+
+
+def list_layers(name: str, num_classes: int = 1000) -> list[tuple[str, int]]:
+    """Layer names of a backbone in order with their parameter counts (built without weights)."""
+    try:
+        # Meta tensors carry shapes only: listing vgg16 allocates no 500 MB of random weights.
+        with torch.device("meta"):
+            backbone, _ = create_backbone(name, num_classes, weights="none")
+    except (RuntimeError, NotImplementedError):  # an init routine that needs real data
+        backbone, _ = create_backbone(name, num_classes, weights="none")
+    return [(u.name, u.num_params) for u in backbone.units]

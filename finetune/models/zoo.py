@@ -1,0 +1,159 @@
+"""The two model zoos behind backbone names: timm ("resnet50") and torchvision ("tv:resnet18").
+
+Everything architecture-specific lives here: building a network with a head sized to the class
+count, locating its classifier, and reading the preprocessing its pretrained weights expect.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import timm
+import torchvision
+from torch import nn
+
+from finetune.data.data_config import DataConfig
+from finetune.errors import FinetuneError, UnknownBackboneError, WeightsError
+
+TV_PREFIX = "tv:"
+# torchvision's GoogLeNet/Inception auxiliary classifiers: never built, their weights skipped.
+AUX_MODULES = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
+IMAGENET_DEFAULT = DataConfig(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)
+
+
+@lru_cache(maxsize=1)
+def torchvision_names() -> tuple[str, ...]:
+    """Classification architectures of torchvision, without the "tv:" prefix."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def resolve_name(name: str) -> tuple[str, str]:
+    """Splits a backbone name into its zoo and architecture.
+
+    Args:
+        name: "resnet50", "resnet50.a1_in1k", "hf-hub:org/model" (timm) or "tv:resnet18".
+
+    Returns:
+        ("timm" | "torchvision", architecture name inside that zoo).
+
+    Raises:
+        UnknownBackboneError: Naming the bad name and suggesting close matches.
+    """
+    if name.startswith(TV_PREFIX):
+        arch = name[len(TV_PREFIX):]
+        if arch in torchvision_names():
+            return "torchvision", arch
+        candidates = [TV_PREFIX + n for n in torchvision_names()]
+    else:
+        if name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name):
+            return "timm", name
+        # A torchvision-only name typed without its prefix deserves a "tv:" suggestion.
+        candidates = timm.list_models() + [TV_PREFIX + n for n in torchvision_names()]
+    raise UnknownBackboneError(_unknown_message(name, candidates))
+
+
+def _unknown_message(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    close += [c for c in candidates if c == TV_PREFIX + name and c not in close]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return (f"unknown backbone '{name}': not a timm model (timm.list_models()) nor a torchvision "
+            f"model with the 'tv:' prefix (e.g. tv:resnet18).{hint}")
+
+
+def build_timm(arch: str, num_classes: int, *, file: Path | None, drop_rate: float,
+               drop_path_rate: float | None) -> nn.Module:
+    """Builds a timm network, optionally filled from a local weights file through timm's loader.
+
+    timm drops the pretrained classifier itself when `num_classes` differs from the file's.
+    """
+    # timm ignores None-valued kwargs, so architectures without dropout options still build.
+    kwargs = dict(num_classes=num_classes, drop_rate=drop_rate or None, drop_path_rate=drop_path_rate)
+    if file is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+    try:
+        return timm.create_model(arch, **kwargs)
+    except Exception as e:  # timm raises anything from shape mismatches to unpickling errors
+        if file is None:
+            raise
+        raise WeightsError(f"cannot load {file} into {arch}: {e}") from e
+
+
+def build_torchvision(arch: str, num_classes: int, *, imagenet: bool, drop_rate: float,
+                      drop_path_rate: float | None) -> nn.Module:
+    """Builds a randomly initialised torchvision network with a `num_classes` head."""
+    extra: dict[str, object] = {}
+    if arch in AUX_MODULES:
+        # Without aux heads the forward returns a plain tensor in train mode too. torchvision's
+        # pretrained weights expect transform_input=True (they were trained on [-1, 1] inputs and
+        # the builder switches it on when it loads them), so do the same for imagenet weights.
+        extra.update(aux_logits=False, init_weights=True, transform_input=imagenet)
+    if drop_rate:
+        extra["dropout"] = drop_rate
+    if drop_path_rate:
+        extra["stochastic_depth_prob"] = drop_path_rate
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    except TypeError as e:  # the architecture has no dropout / stochastic depth argument
+        raise FinetuneError(f"tv:{arch} does not support {sorted(extra)}: {e}") from e
+
+
+def default_weights(arch: str) -> torchvision.models.WeightsEnum | None:
+    """torchvision's default pretrained weights of an architecture, if it has any."""
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def torchvision_data_config(arch: str) -> DataConfig:
+    """Preprocessing of the default weights: crop 224 of a 256 resize -> crop_pct 0.875."""
+    weights = default_weights(arch)
+    if weights is None:
+        return IMAGENET_DEFAULT
+    t = weights.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    interpolation = getattr(t.interpolation, "value", str(t.interpolation))
+    return DataConfig(crop, tuple(t.mean), tuple(t.std), interpolation, crop / resize)
+
+
+def timm_data_config(model: nn.Module) -> DataConfig:
+    """Preprocessing from the model's pretrained_cfg (mean, std, size, crop, interpolation)."""
+    return DataConfig.from_timm(timm.data.resolve_model_data_config(model))
+
+
+def _contains_classifier(module: nn.Module, num_classes: int) -> bool:
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_classes:
+            return True
+        # SqueezeNet classifies with a 1x1 convolution followed by global pooling.
+        if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1):
+            return True
+    return False
+
+
+def head_finder(model: nn.Module, zoo: str, num_classes: int) -> Callable[[str, nn.Module], bool]:
+    """Returns a test telling whether a top-level unit (name, module) holds the final classifier.
+
+    timm names its classifier in `pretrained_cfg["classifier"]` ("fc", "head.fc"); torchvision
+    models are searched for the last Linear / 1x1 Conv2d with `num_classes` outputs.
+    """
+    declared = getattr(model, "pretrained_cfg", {}).get("classifier") if zoo == "timm" else None
+    paths = (declared,) if isinstance(declared, str) else tuple(declared or ())
+    paths = tuple(p for p in paths if _has_module(model, p))  # stale cfg entries fall back below
+
+    def is_head(name: str, module: nn.Module) -> bool:
+        if paths:
+            return any(p == name or p.startswith(name + ".") or name.startswith(p + ".") for p in paths)
+        return _contains_classifier(module, num_classes)
+
+    return is_head
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False

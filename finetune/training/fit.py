@@ -1,0 +1,184 @@
+"""`finetune.fit`: one fine-tuning run from a RunConfig to a run directory."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
+from rich.console import Console
+
+from finetune.config import RunConfig
+from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.scan import scan_image_folder
+from finetune.models.backbone import create_backbone
+from finetune.training.module import FinetuneModule
+from finetune.training.plan import print_plan
+from finetune.training.precision import resolve_channels_last, resolve_precision
+
+RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced. Paths are inside `run_dir`."""
+
+    run_dir: Path
+    config_path: Path
+    metrics_csv: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_val_acc1: float
+    best_epoch: int
+    precision: str
+
+
+def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
+    """runs/<date>-<backbone>, with -2, -3... appended when it exists."""
+    stem = f"{datetime.now():%Y-%m-%d_%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}"
+    candidate, n = root / stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stem}-{n}"
+    return candidate
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    if config.output is not None:
+        return Path(config.output)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    return Path(inherited) if inherited else default_run_dir(config.backbone)
+
+
+@contextlib.contextmanager
+def _shared_run_dir(run_dir: Path) -> Iterator[None]:
+    """Exports the run dir to child processes for the duration of the run only."""
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+
+
+def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int) -> pl.Trainer:
+    """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir."""
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max",
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    return pl.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.lightning_devices(),
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=precision,
+        logger=CSVLogger(run_dir, name="", version=""),
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        limit_train_batches=config.lightning_limit(config.limit_train_batches),
+        limit_val_batches=config.lightning_limit(config.limit_val_batches),
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+    )
+
+
+def best_epoch(metrics_csv: Path) -> tuple[float, int]:
+    """(best val top-1, its epoch) read back from metrics.csv."""
+    best, epoch = float("nan"), -1
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            value = row.get("val/acc1") or ""
+            if value and (epoch < 0 or float(value) > best):
+                best, epoch = float(value), int(row["epoch"])
+    return best, epoch
+
+
+def fit(config: RunConfig, console: Console | None = None) -> RunResult:
+    """Fine-tunes `config.backbone` on `config.data` and writes the run directory.
+
+    Args:
+        config: The validated run settings.
+        console: Where the plan and summary go (default: stdout).
+
+    Returns:
+        Paths of everything written, and the best validation top-1.
+
+    Example:
+        >>> result = fit(RunConfig(backbone="resnet18", data="mydata", epochs=3))  # doctest: +SKIP
+        >>> result.best_val_acc1
+    """
+    console = console or Console()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(config)
+    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
+    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    module = FinetuneModule(config, index.classes, backbone=backbone)
+    data_config = backbone.data_config.with_size(config.image_size)
+    dm = ImageFolderDataModule(
+        config.data, data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
+        val_split=config.val_split, seed=config.seed, index=index,
+    )
+    precision, why = resolve_precision(config.precision, config.accelerator)
+    steps = -(-len(index.train) // config.batch_size)
+    trainer = build_trainer(config, run_dir, precision, steps)
+    if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
+        _write_run_files(config, run_dir, index, data_config, precision)
+        _announce(console, config, index, report, precision, why, module)
+    with _shared_run_dir(run_dir), warnings.catch_warnings():
+        # The run dir holds config.yaml before the CSV logger starts; its "not empty" warning is noise.
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen BatchNorm, on purpose
+        trainer.fit(module, dm)
+    return _finish(console, trainer, run_dir, precision)
+
+
+def _write_run_files(config, run_dir, index, data_config, precision) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "run_dir": str(run_dir), "classes": index.classes, "precision": precision,
+        "channels_last": resolve_channels_last(config.channels_last, precision),
+        "workers": config.resolved_workers(), "data_config": data_config.to_dict(),
+        "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
+        "bad_files": len(index.bad_files),
+    }
+    (run_dir / "config.yaml").write_text(config.to_yaml(resolved))
+    if index.bad_files:
+        index.write_bad_files(run_dir / "bad_files.txt")
+
+
+@rank_zero_only
+def _announce(console, config, index, report, precision, why, module) -> None:
+    counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
+    console.print(f"Data: {config.data} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
+    if index.bad_files:
+        console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
+    console.print(f"Weights: {report}")
+    console.print(f"Precision: {precision} ({why})")
+    print_plan(module, console)
+
+
+def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str) -> RunResult:
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_csv = run_dir / "metrics.csv"
+    best, epoch = best_epoch(metrics_csv) if trainer.is_global_zero else (float("nan"), -1)
+    result = RunResult(run_dir, run_dir / "config.yaml", metrics_csv, ckpt_dir / "best.ckpt",
+                       ckpt_dir / "last.ckpt", best, epoch, precision)
+    if trainer.is_global_zero:
+        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch})")
+        console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)")
+    return result

@@ -1,0 +1,148 @@
+"""The LightningModule: a backbone with a new head, a freeze boundary, metrics and optimizer groups."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from finetune.config import RunConfig
+from finetune.models.backbone import Backbone, create_backbone
+from finetune.training.optim import build_optimizer, cosine_factor, param_groups
+from finetune.training.precision import resolve_channels_last
+
+
+class FinetuneModule(pl.LightningModule):
+    """Fine-tunes a pretrained backbone on a classification task.
+
+    Usable with any `pl.Trainer`; `finetune.fit` is one such use.
+
+    Args:
+        config: The run settings (backbone, weights, freeze_until, optimizer...).
+        class_names: Class names in label-index order; their count sizes the head.
+        backbone: A backbone already built (skips `create_backbone`, e.g. when loading a checkpoint).
+
+    Example:
+        >>> dm = ImageFolderDataModule("data/", data_config)          # doctest: +SKIP
+        >>> module = FinetuneModule(RunConfig(backbone="resnet18", data="data/"), dm.classes)
+        >>> pl.Trainer(max_epochs=3).fit(module, dm)
+    """
+
+    def __init__(self, config: RunConfig | dict[str, Any], class_names: Sequence[str], backbone: Backbone | None = None):
+        super().__init__()
+        self.config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
+        self.class_names = list(class_names)
+        self.save_hyperparameters({"config": self.config.model_dump(mode="json"), "class_names": self.class_names})
+        self.load_report = None
+        if backbone is None:
+            backbone, self.load_report = create_backbone(
+                self.config.backbone, len(self.class_names), self.config.weights, weights_dir=self.config.weights_dir
+            )
+        self.backbone = backbone
+        self.criterion = nn.CrossEntropyLoss()
+        self._make_metrics(len(self.class_names))
+        self._frozen_norms: list[nn.Module] = []
+        self.frozen_units = 0
+        self.set_frozen_units(backbone.resolve_layer(self.config.freeze_until) if self.config.freeze_until else 0)
+        self.use_channels_last = False
+
+    def _make_metrics(self, num_classes: int) -> None:
+        top5 = min(5, num_classes)  # top-k is capped at the class count: top-5 of 3 classes is meaningless
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+
+    # ----- freezing -------------------------------------------------------------------------
+    def set_frozen_units(self, n: int, train_bn: bool = False) -> None:
+        """Freezes the first `n` units of the backbone and lets every later unit train.
+
+        Frozen BatchNorm layers are put in eval mode so their running statistics stay
+        bit-identical; `train()` re-applies this, since Lightning calls it around every
+        validation loop.
+        """
+        params = dict(self.backbone.model.named_parameters())
+        for i, unit in enumerate(self.backbone.units):
+            for name in unit.param_names:
+                params[name].requires_grad_(i >= n)
+        self.frozen_units = n
+        self._frozen_norms = [] if train_bn else self._norms_in_units(n)
+        self.train(self.training)
+
+    def _norms_in_units(self, n: int) -> list[nn.Module]:
+        prefixes = tuple(u.name + "." for u in self.backbone.units[:n]) + tuple(u.name for u in self.backbone.units[:n])
+        return [
+            m for name, m in self.backbone.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name and (name + ".").startswith(prefixes)
+        ]
+
+    def train(self, mode: bool = True) -> "FinetuneModule":
+        super().train(mode)
+        if mode:
+            for norm in self._frozen_norms:
+                norm.eval()
+        return self
+
+    # ----- steps ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, num_classes) logits."""
+        if self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc1(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc1(logits, y)
+        self.val_acc5(logits, y)
+        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val/acc1", self.val_acc1, on_epoch=True, prog_bar=True)
+        self.log("val/acc5", self.val_acc5, on_epoch=True)
+
+    # ----- setup ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.use_channels_last = resolve_channels_last(self.config.channels_last, str(self.trainer.precision))
+        if self.use_channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+
+    def lr_mults(self) -> list[float]:
+        """LR multiplier of each layer group relative to `lr` (the head's)."""
+        return [1.0] * len(self.backbone.groups)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.config
+        groups = param_groups(self.backbone, cfg.lr, cfg.weight_decay, self.lr_mults())
+        optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["finetune"] = {
+            "backbone": self.backbone.name,
+            "class_names": self.class_names,
+            "data_config": self.backbone.data_config.to_dict(),
+            "frozen_units": self.frozen_units,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "FinetuneModule":
+        """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        hparams = ckpt["hyper_parameters"]
+        config = RunConfig.model_validate({**hparams["config"], "weights": "none"})
+        module = cls(config, hparams["class_names"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module

@@ -1,0 +1,63 @@
+"""Optimizer parameter groups built from the backbone's layer groups."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from finetune.models.backbone import Backbone
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters that get no weight decay: biases, normalisation affine weights, 1-D tensors.
+
+    Decaying them only shrinks scales and offsets toward zero, which hurts fine-tuning.
+    """
+    names = {name for name, p in model.named_parameters() if p.ndim <= 1 or name.endswith(".bias")}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, NORM_TYPES):
+            names.update(f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False))
+    return names
+
+
+def param_groups(backbone: Backbone, lr: float, weight_decay: float, lr_mults: Sequence[float]) -> list[dict[str, Any]]:
+    """One or two optimizer groups per layer group (decayed / not decayed), every parameter included.
+
+    Frozen parameters are in the optimizer from the first step: they get no gradient, so the
+    optimizer skips them, and unfreezing later never rebuilds the optimizer or the scheduler.
+    """
+    params = dict(backbone.model.named_parameters())
+    skip_decay = no_decay_names(backbone.model)
+    groups = []
+    for group, mult in zip(backbone.groups, lr_mults, strict=True):
+        for suffix, wd in (("", weight_decay), ("/no_decay", 0.0)):
+            names = [n for n in group.param_names if (n in skip_decay) == bool(suffix)]
+            if names:
+                groups.append({"name": group.name + suffix, "layer_group": group.name, "params": [params[n] for n in names],
+                               "lr": lr * mult, "weight_decay": wd})
+    return groups
+
+
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """Creates the optimizer named by `--optimizer`."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam, sgd, rmsprop")
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """Cosine decay from 1 to 0 over `total_steps`; the same factor multiplies every group's LR."""
+    import math
+
+    progress = min(step / max(1, total_steps), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

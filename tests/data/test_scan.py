@@ -1,0 +1,170 @@
+"""Scanning: layouts, the stratified seeded split, hidden and bad files, clear errors."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from finetune.data import scan as scan_module
+from finetune.data.scan import DataWarning, scan_image_folder
+from finetune.data.synthetic import make_image_folder
+from finetune.errors import DataError
+
+from .conftest import save_rgb, truncated_jpeg
+
+CLASSES = ("circle", "square", "triangle")
+
+
+def _flat(root, per_class=10, classes=CLASSES):
+    return make_image_folder(root, classes=classes, train_per_class=per_class, val_per_class=0, size=8, split=False)
+
+
+def _paths(items):
+    return {p for p, _ in items}
+
+
+def test_split_layout(tmp_path):
+    make_image_folder(tmp_path, classes=CLASSES, train_per_class=3, val_per_class=2, test_per_class=1, size=8)
+    index = scan_image_folder(tmp_path)
+    assert index.layout == "split" and index.classes == sorted(CLASSES)
+    assert index.counts("train") == {c: 3 for c in CLASSES}
+    assert index.counts("val") == {c: 2 for c in CLASSES}
+    assert index.counts("test") == {c: 1 for c in CLASSES}
+    assert all(p.parent.parent.name == "val" and p.parent.name == index.classes[y] for p, y in index.val)
+    assert index.bad_files == []
+
+
+def test_split_layout_without_test(tmp_path):
+    make_image_folder(tmp_path, classes=CLASSES, train_per_class=2, val_per_class=1, size=8)
+    index = scan_image_folder(tmp_path)
+    assert index.test is None and index.splits == ["train", "val"]
+    with pytest.raises(ValueError, match="no 'test' split"):
+        index.counts("test")
+
+
+def test_flat_layout_stratified(tmp_path):
+    _flat(tmp_path, per_class=10)
+    index = scan_image_folder(tmp_path, val_split=0.2)
+    assert index.layout == "flat"
+    assert index.counts("train") == {c: 8 for c in CLASSES}
+    assert index.counts("val") == {c: 2 for c in CLASSES}
+    assert not _paths(index.train) & _paths(index.val)
+    assert len(_paths(index.train) | _paths(index.val)) == 30
+    assert all(p.parent.name == index.classes[y] for p, y in index.train + index.val)
+
+
+def test_split_is_seeded(tmp_path):
+    _flat(tmp_path, per_class=20)
+    a, b = scan_image_folder(tmp_path, seed=0), scan_image_folder(tmp_path, seed=0)
+    c = scan_image_folder(tmp_path, seed=1)
+    assert a.val == b.val and a.train == b.train
+    assert _paths(a.val) != _paths(c.val)
+    assert c.counts("val") == a.counts("val")
+
+
+def test_small_classes_keep_one_image_on_each_side(tmp_path):
+    for name, n in {"one": 1, "two": 2, "three": 3}.items():
+        for i in range(n):
+            save_rgb(tmp_path / name / f"{i}.png", size=(8, 8))
+    index = scan_image_folder(tmp_path, val_split=0.9)
+    assert index.counts("train") == {"one": 1, "three": 1, "two": 1}
+    assert index.counts("val") == {"one": 0, "three": 2, "two": 1}
+
+
+def test_hidden_files_and_dirs_are_ignored(tmp_path):
+    _flat(tmp_path, per_class=3, classes=("circle", "square"))
+    save_rgb(tmp_path / ".hidden_class" / "x.png")
+    save_rgb(tmp_path / "__MACOSX" / "a" / "._x.png")
+    save_rgb(tmp_path / "circle" / ".thumb.png")
+    save_rgb(tmp_path / "circle" / ".cache" / "y.png")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0junk")
+    (tmp_path / "square" / ".DS_Store").write_bytes(b"\0\0junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing hidden may even produce a bad-file warning
+        index = scan_image_folder(tmp_path)
+    assert index.classes == ["circle", "square"]
+    assert len(index.train) + len(index.val) == 6 and index.bad_files == []
+
+
+def test_bad_files_are_skipped_listed_and_warned_once(tmp_path):
+    make_image_folder(tmp_path, classes=CLASSES, train_per_class=3, val_per_class=2, size=8)
+    cls = tmp_path / "train" / "circle"
+    (cls / "zero.jpg").write_bytes(b"")
+    (cls / "x.png").write_text("hello")
+    truncated_jpeg(cls / "cut.jpg")
+    (cls / "notes.txt").write_text("notes")
+    with pytest.warns(DataWarning) as record:
+        index = scan_image_folder(tmp_path)
+    bad_warnings = [w for w in record if "bad file" in str(w.message)]
+    assert len(bad_warnings) == 1 and "4 bad file" in str(bad_warnings[0].message)
+    reasons = {p.name: r for p, r in index.bad_files}
+    assert set(reasons) == {"zero.jpg", "x.png", "cut.jpg", "notes.txt"}
+    assert "empty" in reasons["zero.jpg"] and "truncated" in reasons["cut.jpg"]
+    assert "extension .txt" in reasons["notes.txt"] and "not a decodable image" in reasons["x.png"]
+    assert index.counts("train") == {c: 3 for c in CLASSES}
+    lines = index.write_bad_files(tmp_path).read_text().splitlines()
+    assert len(lines) == 4 and all(len(line.split("\t")) == 2 for line in lines)
+
+
+def test_progress_bar_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_module, "PROGRESS_MIN_IMAGES", 1)
+    _flat(tmp_path, per_class=3, classes=("circle", "square"))
+    assert len(scan_image_folder(tmp_path, progress=True).train) == 4
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+
+
+def test_file_instead_of_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="not a directory"):
+        scan_image_folder(tmp_path / "f")
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_one_class(tmp_path, split):
+    make_image_folder(tmp_path, classes=("ring",), train_per_class=2, val_per_class=1, size=8, split=split)
+    with pytest.raises(DataError, match=r"1 class folder \(ring\).*at least two"):
+        scan_image_folder(tmp_path)
+
+
+def test_train_class_with_only_bad_files(tmp_path):
+    _flat(tmp_path, per_class=3, classes=("circle", "square"))
+    (tmp_path / "zebra").mkdir()
+    (tmp_path / "zebra" / "broken.jpg").write_bytes(b"")
+    with pytest.warns(DataWarning), pytest.raises(DataError, match=r"no readable image in class folder.*/zebra"):
+        scan_image_folder(tmp_path)
+
+
+def test_val_class_not_in_train(tmp_path):
+    make_image_folder(tmp_path, classes=("circle", "square"), train_per_class=2, val_per_class=1, size=8)
+    save_rgb(tmp_path / "val" / "zebra" / "z.png")
+    with pytest.raises(DataError, match="zebra"):
+        scan_image_folder(tmp_path)
+
+
+def test_train_class_missing_in_val_warns(tmp_path):
+    make_image_folder(tmp_path, classes=("circle", "square"), train_per_class=2, val_per_class=1, size=8)
+    for p in (tmp_path / "val" / "square").iterdir():
+        p.unlink()
+    (tmp_path / "val" / "square").rmdir()
+    with pytest.warns(DataWarning, match="no folder for class.*square"):
+        index = scan_image_folder(tmp_path)
+    assert index.counts("val") == {"circle": 1, "square": 0}
+
+
+@pytest.mark.parametrize("val_split", [0.0, 1.0, -0.1, 1.5])
+def test_val_split_out_of_range(tmp_path, val_split):
+    _flat(tmp_path, per_class=2, classes=("circle", "square"))
+    with pytest.raises(DataError, match=repr(val_split)):
+        scan_image_folder(tmp_path, val_split=val_split)
+
+
+def test_split_layout_with_empty_val_holds_out_from_train(tmp_path):
+    make_image_folder(tmp_path, classes=("circle", "square"), train_per_class=5, val_per_class=0, size=8)
+    with pytest.warns(DataWarning, match="no val images"):
+        index = scan_image_folder(tmp_path, val_split=0.4)
+    assert index.layout == "split"
+    assert index.counts("train") == {"circle": 3, "square": 3} and index.counts("val") == {"circle": 2, "square": 2}

@@ -1,0 +1,84 @@
+"""Transforms: sizes, mean/std and filters come from the DataConfig; eval resize matches PIL."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune.data.data_config import DataConfig
+from finetune.data.resize import center_crop
+from finetune.data.transforms import (
+    build_eval_transform,
+    build_train_transform,
+    build_transform,
+    pil_resize_shorter,
+)
+
+
+def _expected_constant(dc: DataConfig, value: int) -> torch.Tensor:
+    return (value / 255 - torch.tensor(dc.mean)) / torch.tensor(dc.std)
+
+
+@pytest.mark.parametrize("size", [16, 40])
+@pytest.mark.parametrize("train", [True, False])
+def test_output_shape_follows_data_config(dc, size, train):
+    dc = dc.with_size(size)
+    img = np.random.default_rng(0).integers(0, 256, (37, 61, 3), dtype=np.uint8)
+    out = build_transform(dc, train=train)(img)
+    assert out.shape == (3, size, size) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("builder", [build_train_transform, build_eval_transform])
+def test_normalization_uses_data_config_stats(dc, builder):
+    out = builder(dc)(np.full((50, 40, 3), 200, np.uint8))
+    expected = _expected_constant(dc, 200)
+    assert torch.allclose(out, expected[:, None, None].expand_as(out), atol=1e-5)
+
+
+def test_train_crop_uses_data_config_interpolation(dc):
+    for name, flag in [("nearest", cv2.INTER_NEAREST), ("bicubic", cv2.INTER_CUBIC)]:
+        crop = build_train_transform(DataConfig(8, dc.mean, dc.std, name)).pipeline.transforms[0]
+        assert crop.interpolation == flag
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((30, 60), (20, 40)), ((60, 30), (40, 20)), ((20, 33), (20, 33))])
+def test_pil_resize_shorter(shape, expected):
+    img = np.zeros((*shape, 3), np.uint8)
+    assert pil_resize_shorter(img, 20, "bilinear").shape == (*expected, 3)
+
+
+def test_eval_is_shorter_side_resize_then_center_crop(dc):
+    # input 24, crop_pct 0.75 -> shorter side 32, then the central 24x24
+    assert dc.resize_size == 32
+    img = np.random.default_rng(1).integers(0, 256, (45, 90, 3), dtype=np.uint8)
+    manual = center_crop(pil_resize_shorter(img, 32, dc.interpolation), 24)
+    assert manual.shape == (24, 24, 3)
+    expected = (torch.from_numpy(manual).permute(2, 0, 1) / 255 - torch.tensor(dc.mean)[:, None, None]) / torch.tensor(dc.std)[:, None, None]
+    assert torch.allclose(build_eval_transform(dc)(img), expected, atol=1e-5)
+
+
+def test_eval_resize_antialiases_like_pil():
+    # A 1-pixel checkerboard shrunk 4x must average to grey (PIL); cv2's bilinear would alias.
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    img = np.stack([board] * 3, axis=-1)
+    ours = pil_resize_shorter(img, 16, "bilinear")
+    pil = np.asarray(Image.fromarray(img).resize((16, 16), Image.Resampling.BILINEAR))
+    assert np.array_equal(ours, pil)
+    assert np.abs(ours.astype(int) - 127).max() <= 2
+
+
+def test_unknown_names_are_errors(dc):
+    with pytest.raises(ValueError, match="valid: nearest, bilinear, bicubic, lanczos"):
+        build_eval_transform(DataConfig(8, dc.mean, dc.std, "cubic-ish"))
+    with pytest.raises(ValueError, match="valid: standard"):
+        build_transform(dc, train=True, preset="fancy")
+
+
+def test_train_transform_is_random_but_seedable(dc):
+    img = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    a, b = build_train_transform(dc, seed=3), build_train_transform(dc, seed=3)
+    first = a(img)
+    assert torch.equal(first, b(img))
+    assert not all(torch.equal(first, a(img)) for _ in range(3))
