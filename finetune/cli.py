@@ -49,6 +49,7 @@ def run(
     lr: Annotated[float, typer.Option(help="Learning rate (peak of the cosine schedule).")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
+    augment: Annotated[str, typer.Option(help="Train augmentation: light (resize, center crop, flip) or standard (random resized crop 8-100% area, flip).")] = "standard",
     seed: Annotated[int, typer.Option(help="Seed for the train/val split, the new head's init and augmentation.")] = 42,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction, stratified by class, for the DIR/<class>/ layout.")] = 0.2,
@@ -92,7 +93,7 @@ def demo(
     output: Annotated[Path, typer.Option(help="Where the generated data and the three runs go.")] = Path("runs/demo"),
     backbone: Annotated[str, typer.Option(help="Backbone trained on the source task, then fine-tuned.")] = "resnet18",
     freeze_until: Annotated[str, typer.Option(help="Layer to freeze up to when fine-tuning on the target task.")] = "layer3",
-    epochs: Annotated[int, typer.Option(help="Epochs for each of the three runs.")] = 6,
+    epochs: Annotated[int, typer.Option(help="Epochs for each of the three runs.")] = 10,
 ) -> None:
     """Transfer learning in miniature: pretrain on generated shapes, fine-tune on textures, compare with scratch."""
     from finetune.demo import run_demo

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
+Augment = Literal["light", "standard"]
 
 
 class RunConfig(BaseModel):
@@ -29,6 +30,7 @@ class RunConfig(BaseModel):
     optimizer: Optimizer = Field("adamw", description="optimizer")
     weight_decay: float = Field(0.01, ge=0, description="weight decay (not on biases and norm layers)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
+    augment: Augment = Field("standard", description="train augmentation preset")
     seed: int = Field(42, description="seed for the split, initialisation and augmentation")
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None: min(4, CPU cores)")
     val_split: float = Field(0.2, gt=0, lt=1, description="validation fraction for DIR/<class> layouts")

@@ -63,13 +63,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
         index: DatasetIndex | None = None,
+        augment: str = "standard",
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         # A caller that already scanned (to size the head) passes its index: no second decode pass.
         self.index = index if index is not None else scan_image_folder(data_dir, val_split=val_split, seed=seed)
-        self.train_transform = train_transform or build_train_transform(data_config, seed=seed)
+        self.train_transform = train_transform or build_train_transform(data_config, seed=seed, preset=augment)
         self.eval_transform = eval_transform or build_eval_transform(data_config)
         self.datasets: dict[str, ImageListDataset] = {}
 

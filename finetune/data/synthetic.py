@@ -1,8 +1,8 @@
 """Small generated image-folder datasets: the demo's tasks and the tests' fixtures.
 
-Two tasks that share low-level structure (edges, colours, contrast) but not labels, so that
-features learned on one transfer to the other: `shapes` (what is drawn) and `textures`
-(which pattern fills the image).
+Three tasks that share low-level structure (edges, colours, contrast) but not labels, so that
+features learned on one transfer to another: `shapes` (which object is drawn), `textures` and
+`patterns` (which of two different sets of repeated motifs fills the image).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 TEXTURES = ("stripes_h", "stripes_v", "checker", "dots", "diagonal")
-TASKS = {"shapes": SHAPES, "textures": TEXTURES}
+PATTERNS = ("grid", "rings", "crosshatch", "zigzag", "blobs")
+TASKS = {"shapes": SHAPES, "textures": TEXTURES, "patterns": PATTERNS}
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -85,11 +86,43 @@ def _draw_texture(img: Image.Image, cls: str, rng: np.random.Generator) -> None:
         raise ValueError(f"unknown texture {cls!r}; valid: {', '.join(TEXTURES)}")
 
 
+def _draw_pattern(img: Image.Image, cls: str, rng: np.random.Generator) -> None:
+    size = img.width
+    draw = ImageDraw.Draw(img)
+    period = int(rng.integers(max(5, size // 9), max(8, size // 4)))
+    fill, width = _colour(rng), max(1, period // 4)
+    if cls == "grid":
+        for k in range(int(rng.integers(0, period)), size, period):
+            draw.line((k, 0, k, size), fill=fill, width=width)
+            draw.line((0, k, size, k), fill=fill, width=width)
+    elif cls == "rings":
+        cx, cy = rng.uniform(0, size, size=2)
+        for r in range(period // 2, 2 * size, period):
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=width)
+    elif cls == "crosshatch":
+        for k in range(-size, 2 * size, period):
+            draw.line((k, 0, k + size, size), fill=fill, width=width)
+            draw.line((k, size, k + size, 0), fill=fill, width=width)
+    elif cls == "zigzag":
+        for y in range(0, size + period, period):
+            pts = [(x, y + (period // 2 if i % 2 else 0)) for i, x in enumerate(range(-period, size + period, period // 2 + 1))]
+            draw.line(pts, fill=fill, width=width)
+    elif cls == "blobs":
+        for _ in range(int(rng.integers(6, 14))):
+            cx, cy = rng.uniform(0, size, size=2)
+            rx, ry = rng.uniform(size / 20, size / 7, size=2)
+            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
+    else:
+        raise ValueError(f"unknown pattern {cls!r}; valid: {', '.join(PATTERNS)}")
+
+
+_DRAWERS: dict[str, Callable] = {"shapes": _draw_shape, "textures": _draw_texture, "patterns": _draw_pattern}
+
+
 def make_image(task: str, cls: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """Draws one RGB image of class `cls` of `task` ('shapes' or 'textures')."""
+    """Draws one RGB image of class `cls` of `task` (a key of TASKS)."""
     img = _background(rng, size)
-    draw: Callable = _draw_shape if task == "shapes" else _draw_texture
-    draw(img, cls, rng)
+    _DRAWERS[task](img, cls, rng)
     return img
 
 

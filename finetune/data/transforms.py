@@ -106,8 +106,14 @@ def _standard_eval(dc: DataConfig) -> list[A.BasicTransform]:
     return [resize, A.CenterCrop(dc.input_size, dc.input_size), *_normalize_to_tensor(dc)]
 
 
+def _light_train(dc: DataConfig) -> list[A.BasicTransform]:
+    # The eval geometry plus a flip: for small objects that a random crop could cut away.
+    return [*_standard_eval(dc)[:2], A.HorizontalFlip(p=0.5), *_normalize_to_tensor(dc)]
+
+
 # name -> (train steps, eval steps); every preset shares the eval steps unless it says otherwise.
 PRESETS: dict[str, tuple[Callable[[DataConfig], list], Callable[[DataConfig], list]]] = {
+    "light": (_light_train, _standard_eval),
     "standard": (_standard_train, _standard_eval),
 }
 
@@ -131,9 +137,9 @@ def build_transform(dc: DataConfig, train: bool, preset: str = "standard", seed:
     return AlbumentationsTransform(A.Compose(steps, seed=seed))
 
 
-def build_train_transform(dc: DataConfig, seed: int | None = None) -> AlbumentationsTransform:
-    """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip + normalize -> (3, S, S)."""
-    return build_transform(dc, train=True, seed=seed)
+def build_train_transform(dc: DataConfig, seed: int | None = None, preset: str = "standard") -> AlbumentationsTransform:
+    """The train pipeline of `preset`; standard: RandomResizedCrop(0.08-1, 3/4-4/3) + flip + normalize."""
+    return build_transform(dc, train=True, preset=preset, seed=seed)
 
 
 def build_eval_transform(dc: DataConfig) -> AlbumentationsTransform:

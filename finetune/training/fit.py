@@ -131,7 +131,7 @@ def fit(config: RunConfig, console: Console | None = None) -> RunResult:
     data_config = backbone.data_config.with_size(config.image_size)
     dm = ImageFolderDataModule(
         config.data, data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=index,
+        val_split=config.val_split, seed=config.seed, index=index, augment=config.augment,
     )
     precision, why = resolve_precision(config.precision, config.accelerator)
     steps = -(-len(index.train) // config.batch_size)
@@ -167,7 +167,7 @@ def _announce(console, config, index, report, precision, why, module) -> None:
     console.print(f"Data: {config.data} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
     if index.bad_files:
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
-    console.print(f"Weights: {report}")
+    console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     console.print(f"Precision: {precision} ({why})")
     print_plan(module, console)
 
