@@ -107,3 +107,21 @@ def test_channels_last_flag_sets_the_memory_format(tiny_data, tmp_path, run_args
         state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         layouts[flag] = state["backbone.model.layer1.0.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
     assert layouts == {"--channels-last": True, "--no-channels-last": False}
+
+
+def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, monkeypatch):
+    import finetune.training.fit as fit_module
+
+    seen = {}
+    original = fit_module.ImageFolderDataModule
+
+    def spy(*args, **kwargs):
+        dm = original(*args, **kwargs)
+        seen["steps"] = [type(t).__name__ for t in dm.train_transform.pipeline.transforms]
+        return dm
+
+    monkeypatch.setattr(fit_module, "ImageFolderDataModule", spy)
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none", "--augment", "light")).exit_code == 0
+    assert "RandomResizedCrop" not in seen["steps"] and "CenterCrop" in seen["steps"]
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none")).exit_code == 0
+    assert "RandomResizedCrop" in seen["steps"]

@@ -72,7 +72,7 @@ def test_eval_resize_antialiases_like_pil():
 def test_unknown_names_are_errors(dc):
     with pytest.raises(ValueError, match="valid: nearest, bilinear, bicubic, lanczos"):
         build_eval_transform(DataConfig(8, dc.mean, dc.std, "cubic-ish"))
-    with pytest.raises(ValueError, match="valid: standard"):
+    with pytest.raises(ValueError, match="valid: light, standard"):
         build_transform(dc, train=True, preset="fancy")
 
 
@@ -82,3 +82,19 @@ def test_train_transform_is_random_but_seedable(dc):
     first = a(img)
     assert torch.equal(first, b(img))
     assert not all(torch.equal(first, a(img)) for _ in range(3))
+
+
+def test_light_preset_keeps_the_eval_geometry_and_only_flips():
+    import numpy as np
+
+    from finetune.data.data_config import DataConfig
+    from finetune.data.transforms import build_transform
+
+    dc = DataConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
+    img = np.random.default_rng(0).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+    eval_out = build_transform(dc, train=False)(img)
+    light = build_transform(dc, train=True, preset="light", seed=0)
+    outs = [light(img) for _ in range(8)]
+    assert all(o.shape == eval_out.shape for o in outs)
+    assert all(o.equal(eval_out) or o.equal(eval_out.flip(-1)) for o in outs)
+    assert any(o.equal(eval_out.flip(-1)) for o in outs) and any(o.equal(eval_out) for o in outs)
