@@ -26,7 +26,10 @@ def _exit_on_user_error(fn: Callable[[], T]) -> T:
     except ValidationError as e:
         for err in e.errors():
             field = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-            err_console.print(f"[red]Error:[/red] {field}: {err['msg']} (got {err.get('input')!r})")
+            if err["type"] == "missing":
+                err_console.print(f"[red]Error:[/red] {field} is required (on the command line or in the recipe)")
+            else:
+                err_console.print(f"[red]Error:[/red] {field}: {err['msg']} (got {err.get('input')!r})")
         raise typer.Exit(2) from None
     except FinetuneError as e:
         err_console.print(f"[red]Error:[/red] {e}")
@@ -38,11 +41,13 @@ Backbone = Annotated[str, typer.Option(help="timm model name (resnet50, convnext
 
 @app.command()
 def run(
-    backbone: Backbone,
-    data: Annotated[Path, typer.Option(help="Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by --val-split.")],
+    ctx: typer.Context,
+    backbone: Annotated[Optional[str], typer.Option(help="timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18). Required here or in the recipe.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by --val-split. Required here or in the recipe.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe name (see `finetune recipes`) or YAML path. Precedence: defaults < recipe < flags given here. Default: none.")] = None,
     weights: Annotated[str, typer.Option(help="imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit.")] = "imagenet",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Folder searched first for <backbone>.safetensors when --weights imagenet. Default: $FINETUNE_WEIGHTS_DIR if set.")] = None,
-    freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, head. Default: nothing frozen.")] = None,
+    freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, head. auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 last half of the groups; else everything. Default: nothing frozen.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch per device.")] = 32,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own (its pretrained data config).")] = None,
@@ -65,12 +70,14 @@ def run(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
-    settings: dict[str, Any] = dict(locals())
-    from finetune.config import RunConfig
+    settings: dict[str, Any] = {k: v for k, v in locals().items() if k != "ctx"}
+    from finetune.config import resolve_config
     from finetune.training.fit import fit
 
-    config = _exit_on_user_error(lambda: RunConfig(**settings))
-    _exit_on_user_error(lambda: fit(config, console))
+    # Compared by name: Typer's ParameterSource is its own enum, not click's.
+    explicit = {name for name in settings if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    config, sources = _exit_on_user_error(lambda: resolve_config(settings, explicit, recipe))
+    _exit_on_user_error(lambda: fit(config, console, sources=sources))
 
 
 @app.command()
@@ -99,6 +106,53 @@ def demo(
     from finetune.demo import run_demo
 
     _exit_on_user_error(lambda: run_demo(output, backbone=backbone, freeze_until=freeze_until, epochs=epochs, console=console))
+
+
+recipes_app = typer.Typer(help="List the shipped recipes, or show one.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback()
+def recipes_list(ctx: typer.Context) -> None:
+    """List the recipes with their one-line descriptions."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from finetune.config import list_recipes
+
+    table = Table(title="Recipes (use with: finetune run --recipe NAME)", title_justify="left")
+    table.add_column("name")
+    table.add_column("when to use it")
+    for recipe in _exit_on_user_error(list_recipes):
+        table.add_row(recipe.name, recipe.description)
+    console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or YAML path.")]) -> None:
+    """Print one recipe: its notes and its settings."""
+    from finetune.config import load_recipe
+
+    recipe = _exit_on_user_error(lambda: load_recipe(name))
+    console.print(f"[bold]{recipe.name}[/bold]  ({recipe.path})")
+    console.print(recipe.path.read_text(), markup=False, highlight=False)
+
+
+@app.command()
+def backbones(
+    filter: Annotated[Optional[str], typer.Option("--filter", help="Substring or wildcard pattern, e.g. resnet or convnext_*. Default: all (slow: over a thousand models).")] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Folder with <backbone>.safetensors files counted as local weights. Default: $FINETUNE_WEIGHTS_DIR.")] = None,
+) -> None:
+    """List backbone names with parameter counts and whether pretrained weights are on this machine."""
+    from finetune.models.catalog import list_backbones
+
+    rows = _exit_on_user_error(lambda: list_backbones(filter, weights_dir=weights_dir, progress=True))
+    table = Table(title=f"Backbones matching {filter!r}" if filter else "Backbones", title_justify="left")
+    for col, justify in (("name", "left"), ("params", "right"), ("local weights", "left")):
+        table.add_column(col, justify=justify)
+    for info in rows:
+        table.add_row(info.name, f"{info.params / 1e6:.1f}M" if info.params is not None else "?", info.local_weights or "-")
+    table.caption = f"{len(rows)} backbones. Local weights load offline with --weights imagenet."
+    console.print(table)
 
 
 if __name__ == "__main__":

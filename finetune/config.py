@@ -1,12 +1,17 @@
 """The typed run configuration: every setting of `finetune run`, validated, saved with the run."""
 from __future__ import annotations
 
+import difflib
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from finetune.errors import FinetuneError
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
@@ -44,6 +49,7 @@ class RunConfig(BaseModel):
     limit_train_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of train batches per epoch")
     limit_val_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of val batches per epoch")
     progress: bool = Field(True, description="show the progress bar")
+    recipe: str | None = Field(None, description="recipe the settings started from (name or path)")
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -62,8 +68,128 @@ class RunConfig(BaseModel):
         """Lightning reads 1.0 as 'all batches' and an int as a batch count."""
         return int(value) if value > 1 else float(value)
 
-    def to_yaml(self, extra: dict[str, Any] | None = None) -> str:
+    def to_yaml(self, extra: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> str:
+        """The run's config.yaml: every setting, then what was resolved at run time and where each came from."""
         data = self.model_dump(mode="json")
         if extra:
             data["resolved"] = extra
+        if sources:
+            data["sources"] = sources
         return yaml.safe_dump(data, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        """Reads a run's config.yaml back (its resolved and sources sections are records, not settings)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+
+# ----- recipes -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """A YAML file of RunConfig settings with a header comment on when to use it."""
+
+    name: str
+    path: Path
+    description: str
+    notes: str
+    values: dict[str, Any]
+
+
+def recipe_dirs() -> list[Path]:
+    """Where named recipes are found: the source tree's recipes/, then the installed copy."""
+    here = Path(__file__).resolve().parent.parent / "recipes"
+    return [d for d in (here, Path(sys.prefix) / "share" / "finetune" / "recipes") if d.is_dir()]
+
+
+def list_recipes() -> list[Recipe]:
+    """Every named recipe, sorted by name (the first directory wins on duplicates)."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return [load_recipe(str(p)) for _, p in sorted(found.items())]
+
+
+def _recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for folder in recipe_dirs():
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
+    names = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+    raise FinetuneError(f"recipe '{name_or_path}' is neither a recipe name nor a .yaml file; "
+                        f"recipes: {', '.join(names) or 'none found'}")
+
+
+def _header(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return "\n".join(lines).strip()
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Loads and validates a recipe by name (see `finetune recipes`) or path.
+
+    Raises:
+        FinetuneError: Unknown recipe, unknown key (naming the nearest valid key), or a bad value
+            (naming the allowed range or choices).
+    """
+    path = _recipe_path(name_or_path)
+    text = path.read_text()
+    values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise FinetuneError(f"recipe {path}: expected a mapping of settings, got {type(values).__name__}")
+    _check_keys(path, values)
+    _check_values(path, values)
+    notes = _header(text)
+    return Recipe(path.stem, path, notes.splitlines()[0] if notes else "", notes, values)
+
+
+def _check_keys(path: Path, values: dict[str, Any]) -> None:
+    valid = [k for k in RunConfig.model_fields if k != "recipe"]
+    for key in values:
+        if key not in valid:
+            near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(valid)}"
+            raise FinetuneError(f"recipe {path}: unknown key '{key}'; {hint}")
+
+
+def _check_values(path: Path, values: dict[str, Any]) -> None:
+    try:  # placeholders for the two required fields: a recipe need not name a backbone or data
+        RunConfig.model_validate({"backbone": "-", "data": ".", **values})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise FinetuneError(f"recipe {path}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def resolve_config(cli_values: dict[str, Any], explicit: set[str], recipe: str | None) -> tuple[RunConfig, dict[str, str]]:
+    """Merges settings with the precedence defaults < recipe < flags given on the command line.
+
+    Args:
+        cli_values: Every CLI option's value, given or defaulted.
+        explicit: Names of the options the user actually gave.
+        recipe: Recipe name or path, or None.
+
+    Returns:
+        The validated config and, for every field, where its value came from
+        ("default", "recipe <name>", or "command line").
+    """
+    loaded = load_recipe(recipe) if recipe else None
+    fields = RunConfig.model_fields
+    # An unset required option (None) must not hide the recipe's value or the "required" message.
+    merged = {k: v for k, v in cli_values.items() if k in fields and not (v is None and fields[k].is_required())}
+    sources = {k: "default" for k in RunConfig.model_fields}
+    for key, value in (loaded.values if loaded else {}).items():
+        if key not in explicit:
+            merged[key], sources[key] = value, f"recipe {loaded.name}"
+    for key in explicit & set(RunConfig.model_fields):
+        sources[key] = "command line"
+    if loaded:
+        merged["recipe"], sources["recipe"] = str(loaded.path) if recipe.endswith((".yaml", ".yml")) else loaded.name, "command line"
+    return RunConfig(**merged), sources

@@ -21,6 +21,7 @@ from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.models.backbone import create_backbone
+from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.module import FinetuneModule
 from finetune.training.plan import print_plan
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -108,12 +109,13 @@ def best_epoch(metrics_csv: Path) -> tuple[float, int]:
     return best, epoch
 
 
-def fit(config: RunConfig, console: Console | None = None) -> RunResult:
+def fit(config: RunConfig, console: Console | None = None, sources: dict[str, str] | None = None) -> RunResult:
     """Fine-tunes `config.backbone` on `config.data` and writes the run directory.
 
     Args:
         config: The validated run settings.
         console: Where the plan and summary go (default: stdout).
+        sources: Where each setting came from (default, recipe, command line), for config.yaml.
 
     Returns:
         Paths of everything written, and the best validation top-1.
@@ -127,6 +129,11 @@ def fit(config: RunConfig, console: Console | None = None) -> RunResult:
     run_dir = resolve_run_dir(config)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    if config.freeze_until == "auto":
+        layer, why = auto_freeze_until(backbone, images_per_class(index.counts("train")))
+        config = config.model_copy(update={"freeze_until": layer})
+        sources = {**(sources or {}), "freeze_until": f"auto: {why}"}
+        console.print(f"freeze-until auto: {why}")
     module = FinetuneModule(config, index.classes, backbone=backbone)
     data_config = backbone.data_config.with_size(config.image_size)
     dm = ImageFolderDataModule(
@@ -137,7 +144,7 @@ def fit(config: RunConfig, console: Console | None = None) -> RunResult:
     steps = -(-len(index.train) // config.batch_size)
     trainer = build_trainer(config, run_dir, precision, steps)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
-        _write_run_files(config, run_dir, index, data_config, precision)
+        _write_run_files(config, run_dir, index, data_config, precision, sources)
         _announce(console, config, index, report, precision, why, module)
     with _shared_run_dir(run_dir), warnings.catch_warnings():
         # The run dir holds config.yaml before the CSV logger starts; its "not empty" warning is noise.
@@ -147,7 +154,7 @@ def fit(config: RunConfig, console: Console | None = None) -> RunResult:
     return _finish(console, trainer, run_dir, precision)
 
 
-def _write_run_files(config, run_dir, index, data_config, precision) -> None:
+def _write_run_files(config, run_dir, index, data_config, precision, sources) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir), "classes": index.classes, "precision": precision,
@@ -156,7 +163,7 @@ def _write_run_files(config, run_dir, index, data_config, precision) -> None:
         "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
         "bad_files": len(index.bad_files),
     }
-    (run_dir / "config.yaml").write_text(config.to_yaml(resolved))
+    (run_dir / "config.yaml").write_text(config.to_yaml(resolved, sources))
     if index.bad_files:
         index.write_bad_files(run_dir / "bad_files.txt")
 
