@@ -45,6 +45,11 @@ class RunConfig(BaseModel):
     limit_val_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of val batches per epoch")
     progress: bool = Field(True, description="show the progress bar")
 
+    # Evaluation and export after training (finetune/evaluation, finetune/export).
+    tta: Literal["none", "flip", "five-crop", "ten-crop", "scales"] = Field(
+        "none", description="test-time augmentation of the final evaluation; the bundle's default")
+    export: bool = Field(True, description="write the export bundle to RUN_DIR/model/ at the end")
+
     @field_validator("devices", mode="before")
     @classmethod
     def _devices_to_str(cls, v: Any) -> str:
