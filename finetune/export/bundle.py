@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from finetune.data.data_config import DataConfig
 from finetune.data.images import load_image
+from finetune.data.scan import DatasetIndex
 from finetune.evaluation.tta import batch_inputs, check_tta
 from finetune.export import formats, parity
 from finetune.export.parity import ExportError
@@ -210,12 +211,15 @@ def _decode_items(items, limit: int | None = None) -> list[np.ndarray]:
 
 
 def export_trained(trained: TrainedModel, output: str | Path, options: ExportOptions | None = None,
-                   data: str | Path | None = None) -> Path:
-    """Exports a loaded checkpoint, taking parity and int8 images from its data folder (or `data`)."""
+                   data: str | Path | None = None, index: DatasetIndex | None = None) -> Path:
+    """Exports a loaded checkpoint, taking parity and int8 images from its data folder (or `data`).
+
+    `index`: a scan of that folder already made (skips scanning it again).
+    """
     options = options or ExportOptions(tta=getattr(trained.config, "tta", "none"))
     # Lets `finetune eval` rebuild the same train/val split of a flat image folder.
     options.extra.setdefault("split", {"val_split": trained.config.val_split, "seed": trained.config.seed})
-    index = scan_for(trained, data)
+    index = index if index is not None else scan_for(trained, data)
     val = index.val or index.test or []
     if not val:
         raise ExportError(f"{index.root} has no validation images for the parity check")
