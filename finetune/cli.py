@@ -1,6 +1,7 @@
 """The `finetune` command line: parses options, builds a RunConfig, calls the library."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -68,6 +69,9 @@ def run(
     limit_train_batches: Annotated[float, typer.Option(help="Train batches per epoch: a fraction (<=1) or a count (>1).")] = 1.0,
     limit_val_batches: Annotated[float, typer.Option(help="Validation batches per epoch: a fraction (<=1) or a count (>1).")] = 1.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    # Evaluation and export after training.
+    tta: Annotated[str, typer.Option(help="Test-time augmentation of the final evaluation, stored as the bundle's default: none, flip, five-crop, ten-crop, scales.")] = "none",
+    export: Annotated[bool, typer.Option("--export/--no-export", help="Write the export bundle (ONNX + safetensors + config.json) to RUN_DIR/model/ at the end. Default: on.")] = True,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
     settings: dict[str, Any] = {k: v for k, v in locals().items() if k != "ctx"}
@@ -153,6 +157,115 @@ def backbones(
         table.add_row(info.name, f"{info.params / 1e6:.1f}M" if info.params is not None else "?", info.local_weights or "-")
     table.caption = f"{len(rows)} backbones. Local weights load offline with --weights imagenet."
     console.print(table)
+
+
+# ----- evaluation, export, prediction -----------------------------------------------------------
+TtaOption = Annotated[str, typer.Option(help="Test-time augmentation, all views in one forward pass, softmax averaged: none, flip, five-crop, ten-crop (corners + center and their mirrors), scales. Default: none (predict: the bundle's default).")]
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Run directory (uses checkpoints/best.ckpt) or a .ckpt file.")],
+    output: Annotated[Optional[Path], typer.Option(help="Bundle directory. Default: RUN_DIR/model.")] = None,
+    format: Annotated[str, typer.Option(help="Comma-separated graph formats: onnx (always written), torchscript.")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model: int8 (static QDQ, calibrated on training images). Default: none.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder for the parity check and int8 calibration. Default: the run's --data.")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Default TTA stored in config.json: none, flip, five-crop, ten-crop, scales. Default: the run's --tta.")] = None,
+) -> None:
+    """Export a trained model to a bundle: safetensors, ONNX (+ TorchScript, + int8), config.json, checked for parity."""
+    from finetune.export.bundle import export
+
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    bundle = _exit_on_user_error(lambda: _value_error_is_user_error(lambda: export(model, output, formats, quantize, data, tta)))
+    config = json.loads((bundle / "config.json").read_text())
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in config["parity"]["max_abs_diff"].items())
+    console.print(f"Bundle: {bundle}  files: {', '.join(config['files'])}")
+    console.print(f"Parity (max |logit diff| vs eager, {config['parity']['images']} val images): {diffs}")
+    if "int8" in config:
+        console.print(f"int8 top-1 agreement with fp32: {config['int8']['top1_agreement']:.4f} on {config['int8']['agreement_images']} val images")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option(help="Bundle directory, run directory or .ckpt file.")],
+    data: Annotated[Path, typer.Option(help="Image folder with the model's classes.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: val or test.")] = "val",
+    tta: TtaOption = "none",
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a softmax temperature on the val split and store it in the bundle's config.json. Default: off.")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the PNGs. Default: MODEL/eval-SPLIT.")] = None,
+) -> None:
+    """Evaluate a model: top-1/top-5, per-class figures, confusion matrix, reliability diagram, ECE, with and without TTA."""
+    from finetune.evaluation.evaluate import evaluate
+
+    result = _exit_on_user_error(lambda: _value_error_is_user_error(lambda: evaluate(model, data, split, tta, calibrate, output)))
+    _print_eval_report(result.metrics)
+    console.print(f"Written: {result.output}/metrics.json, confusion_matrix.png, reliability.png")
+
+
+def _print_eval_report(m: dict) -> None:
+    table = Table(title=f"{m['split']} split, {m['images']} images", title_justify="left")
+    for col in ("TTA", "top-1", "top-5", "ECE"):
+        table.add_column(col, justify="right" if col != "TTA" else "left")
+    for mode, a in m["accuracy"].items():
+        table.add_row(mode, f"{a['top1']:.4f}", f"{a['top5']:.4f}", f"{a['ece']:.4f}")
+    console.print(table)
+    if "calibration" in m:
+        c = m["calibration"]
+        console.print(f"Temperature {c['temperature']:.3f} (val ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}), stored in config.json")
+    per_class = Table(title="Per class", title_justify="left")
+    for col in ("class", "precision", "recall", "accuracy", "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for r in m["per_class"]:
+        per_class.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['accuracy']:.3f}", str(r["support"]))
+    console.print(per_class)
+    for p in m["worst_confused"]:
+        console.print(f"  {p['true']} -> {p['predicted']}: {p['count']} ({p['share_of_true']:.0%} of {p['true']})")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    model: Annotated[list[Path], typer.Option(help="Bundle, run directory or .ckpt; repeat to ensemble (probabilities averaged).")],
+    top_k: Annotated[int, typer.Option(help="Classes listed per image.")] = 5,
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: none, flip, five-crop, ten-crop, scales. Default: each bundle's own.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the predictions to FILE.csv or FILE.json (by extension).")] = None,
+) -> None:
+    """Classify images with one model or an ensemble; unreadable files are reported and skipped."""
+    from finetune.inference import Ensemble, Predictor, predict_files
+    from finetune.prediction_output import write_predictions
+
+    def go():
+        members = [Predictor.from_path(m) for m in model]
+        return predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
+
+    results = _exit_on_user_error(lambda: _value_error_is_user_error(go))
+    _print_predictions(results)
+    if output is not None:
+        _exit_on_user_error(lambda: write_predictions(results, output))
+        console.print(f"Written: {output}")
+    if results and all(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _print_predictions(results) -> None:
+    table = Table(title_justify="left")
+    for col in ("image", "prediction", "probability", "next"):
+        table.add_column(col)
+    for r in results:
+        if r.error:
+            err_console.print(f"[yellow]Skipped {r.path}: {r.error}[/yellow]")
+            continue
+        rest = ", ".join(f"{c} {p:.3f}" for c, p in zip(r.classes[1:], r.probabilities[1:]))
+        table.add_row(r.path, r.classes[0], f"{r.probabilities[0]:.3f}", rest)
+    console.print(table)
+
+
+def _value_error_is_user_error(fn: Callable[[], T]) -> T:
+    """Bad option values deep in the library raise ValueError naming the choices: show them cleanly."""
+    try:
+        return fn()
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ class RunConfig(BaseModel):
     progress: bool = Field(True, description="show the progress bar")
     recipe: str | None = Field(None, description="recipe the settings started from (name or path)")
 
+    # Evaluation and export after training (finetune/evaluation, finetune/export).
+    tta: Literal["none", "flip", "five-crop", "ten-crop", "scales"] = Field(
+        "none", description="test-time augmentation of the final evaluation; the bundle's default")
+    export: bool = Field(True, description="write the export bundle to RUN_DIR/model/ at the end")
+
     @field_validator("devices", mode="before")
     @classmethod
     def _devices_to_str(cls, v: Any) -> str:

@@ -37,10 +37,10 @@ def test_resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fast_run_args(data: Path, output: Path, *extra: str) -> list[str]:
     return ["run", "--backbone", "test_resnet", "--data", str(data), "--output", str(output),
             "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-            "--no-progress", *extra]
+            "--no-progress", "--no-export", *extra]  # export has its own tests; skipping it saves seconds a run
 
 
 @pytest.fixture
 def run_args():
-    """Builds CLI arguments for a run that takes seconds: test_resnet, 32 px, 1 epoch, no workers."""
+    """Builds CLI arguments for a run that takes seconds: test_resnet, 32 px, 1 epoch, no workers, no export."""
     return _fast_run_args

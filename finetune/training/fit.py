@@ -151,7 +151,12 @@ def fit(config: RunConfig, console: Console | None = None, sources: dict[str, st
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen BatchNorm, on purpose
         trainer.fit(module, dm)
-    return _finish(console, trainer, run_dir, precision)
+    result = _finish(console, trainer, run_dir, precision)
+    if trainer.is_global_zero:
+        from finetune.evaluation.run_report import finish_run  # curves, final evaluation, export bundle
+
+        finish_run(config, run_dir, index, console)
+    return result
 
 
 def _write_run_files(config, run_dir, index, data_config, precision, sources) -> None:

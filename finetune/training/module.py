@@ -133,7 +133,7 @@ class FinetuneModule(pl.LightningModule):
         checkpoint["finetune"] = {
             "backbone": self.backbone.name,
             "class_names": self.class_names,
-            "data_config": self.backbone.data_config.to_dict(),
+            "data_config": self.backbone.data_config.with_size(self.config.image_size).to_dict(),
             "frozen_units": self.frozen_units,
         }
 

@@ -1,0 +1,91 @@
+"""PNG figures of a run and an evaluation: learning curves, confusion matrix, reliability diagram."""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
+    """metric name -> epoch -> value, from Lightning's metrics.csv (rows are sparse per logger call)."""
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in ("train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
+                if row.get(key):
+                    series[key][int(row["epoch"])] = float(row[key])
+    return series
+
+
+def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
+    """Train vs val loss and top-1 per epoch, side by side; the gap between them shows overfitting."""
+    series = read_epoch_metrics(Path(metrics_csv))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (metric, label) in zip(axes, (("loss", "loss"), ("acc1", "top-1 accuracy"))):
+        for split, style in (("train", "o-"), ("val", "s--")):
+            key = f"{split}/{metric}_epoch" if (split, metric) == ("train", "loss") else f"{split}/{metric}"
+            points = sorted(series.get(key, {}).items())
+            if points:
+                ax.plot([e + 1 for e, _ in points], [v for _, v in points], style, label=split)
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label}: train vs val")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, Path(path))
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix (colour = share of the true class), counts in the cells."""
+    n = len(class_names)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.45 * n, 30)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({int(cm.sum())} images)")
+    if n <= MAX_ANNOTATED_CLASSES:
+        for t in range(n):
+            for p in range(n):
+                ax.text(p, t, str(cm[t, p]), ha="center", va="center",
+                        color="white" if rates[t, p] > 0.5 else "black", fontsize=9)
+    return _save(fig, Path(path))
+
+
+def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str = "Reliability") -> Path:
+    """Accuracy vs confidence per bin against the diagonal, with the share of images per bin below."""
+    lower = np.array([b["lower"] for b in bins])
+    width = bins[0]["upper"] - bins[0]["lower"]
+    acc = np.array([b["accuracy"] for b in bins])
+    conf = np.array([b["confidence"] for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    used = counts > 0
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
+    top.bar(lower[used], acc[used], width=width, align="edge", edgecolor="black", label="accuracy")
+    gap_low = np.minimum(acc, conf)[used]  # the gap spans accuracy..confidence, whichever is higher
+    top.bar(lower[used], np.abs(conf - acc)[used], bottom=gap_low, width=width, align="edge",
+            color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: ECE {ece:.3f}")
+    top.legend(loc="upper left")
+    bottom.bar(lower, counts / max(counts.sum(), 1), width=width, align="edge", color="gray", edgecolor="black")
+    bottom.set(xlabel="confidence (max probability)", ylabel="share of images")
+    return _save(fig, Path(path))

@@ -1,0 +1,257 @@
+"""The export bundle: weights, ONNX (+ TorchScript, + int8), config.json and a README, checked.
+
+Layout of a bundle directory:
+    model.safetensors   state dict of the network (keys as in Backbone.model)
+    model.onnx          fp32, dynamic batch axis, BatchNorm folded
+    model.ts            frozen TorchScript (when asked)
+    model.int8.onnx     statically quantized (when asked)
+    config.json         classes, preprocessing, TTA, temperature, parity figures
+    README.md           how to run it
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from finetune.data.data_config import DataConfig
+from finetune.data.images import load_image
+from finetune.data.scan import DatasetIndex
+from finetune.evaluation.tta import batch_inputs, check_tta
+from finetune.export import formats, parity
+from finetune.export.parity import ExportError
+from finetune.export.quantize import QUANTIZE_MODES, quantize_int8
+from finetune.export.source import TrainedModel, load_trained, scan_for
+from finetune.inference import BUNDLE_FORMAT, module_runner, onnx_runner, torchscript_runner
+from finetune.models.backbone import Backbone
+
+FORMAT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+PARITY_IMAGES = 16  # a real batch: enough to hit every class's logit range, cheap to run three ways
+CALIBRATION_IMAGES = 64
+
+
+@dataclass
+class ExportOptions:
+    """What to write besides weights and config.json.
+
+    Attributes:
+        formats: Graph formats; "onnx" is always written (the Predictor's default backend).
+        quantize: None or "int8" (adds model.int8.onnx with its top-1 agreement on val).
+        tta: Default TTA mode stored in config.json.
+        temperature: Softmax temperature stored in config.json (1.0: uncalibrated).
+    """
+
+    formats: Sequence[str] = ("onnx",)
+    quantize: str | None = None
+    tta: str = "none"
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad:
+            raise ExportError(f"unknown export format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise ExportError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZE_MODES)}")
+        check_tta(self.tta)
+
+
+def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: DataConfig, output: str | Path,
+                  parity_images: Sequence[np.ndarray], options: ExportOptions | None = None,
+                  calibration_images: Sequence[np.ndarray] = (), agreement_images: Sequence[np.ndarray] = (),
+                  source_checkpoint: str = "") -> Path:
+    """Writes and verifies a bundle.
+
+    Args:
+        backbone: The trained network (any device/dtype; exported as an fp32 CPU copy).
+        class_names: Names in output index order.
+        data_config: The eval preprocessing the network was trained with.
+        output: Bundle directory (created; existing model files are replaced).
+        parity_images: Decoded validation images (H, W, 3) uint8 for the parity check.
+        options: Formats, quantization, default TTA, temperature.
+        calibration_images: Decoded images to calibrate int8 activation ranges (training images).
+        agreement_images: Decoded images on which int8 top-1 agreement with fp32 is measured (val).
+        source_checkpoint: Recorded in config.json.
+
+    Returns:
+        The bundle directory.
+
+    Raises:
+        ExportError: No parity images, or an exported graph differs from eager by more than 1e-3.
+    """
+    options = options or ExportOptions()
+    options.validate()
+    if not parity_images:
+        raise ExportError("the parity check needs validation images; none were given")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").unlink(missing_ok=True)  # a failed export must not leave a loadable bundle
+    model = _cpu_fp32_copy(backbone)
+    x = batch_inputs(list(parity_images), data_config)
+    config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
+    _write_weights(model, out / "model.safetensors")
+    config["parity"] = _export_graphs(model, x, out, options.formats, config)
+    if options.quantize:
+        config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
+                                   agreement_images or parity_images)
+    config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
+    (out / "README.md").write_text(bundle_readme(config))
+    write_config(out, config)
+    return out
+
+
+def _cpu_fp32_copy(backbone: Backbone) -> Backbone:
+    import copy
+
+    model = copy.deepcopy(backbone).float().cpu().eval()
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def _base_config(backbone, class_names, data_config, options, source_checkpoint) -> dict:
+    from finetune import __version__
+
+    return {
+        "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone.name,
+        "num_classes": len(class_names), "class_names": list(class_names),
+        "data_config": data_config.to_dict(), "tta": options.tta, "temperature": float(options.temperature),
+        "toolkit_version": __version__, "source_checkpoint": str(source_checkpoint),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"name": formats.INPUT_NAME, "shape": ["batch", 3, data_config.input_size, data_config.input_size],
+                  "dtype": "float32", "layout": "NCHW RGB, normalised"},
+        "output": {"name": formats.OUTPUT_NAME, "shape": ["batch", len(class_names)], "meaning": "logits"},
+        **options.extra,
+    }
+
+
+def _write_weights(model: Backbone, path: Path) -> None:
+    # clone(): safetensors refuses tensors that share storage; the keys stay those of Backbone.model.
+    save_file({k: v.detach().contiguous().clone() for k, v in model.model.state_dict().items()}, str(path))
+
+
+def _export_graphs(model: Backbone, x: np.ndarray, out: Path, wanted: Sequence[str], config: dict) -> dict:
+    """Writes each format, checks parity on `x` (N, 3, S, S) and BatchNorm folding; returns the figures."""
+    example = torch.from_numpy(x[:2])
+    reference = module_runner(model)(x)
+    result: dict = {"images": int(len(x)), "tolerance": parity.PARITY_TOLERANCE, "max_abs_diff": {}}
+    batchnorm = {"eager_modules": formats.count_batchnorms(model)}
+    formats.export_onnx(model, example, out / "model.onnx")
+    batchnorm["onnx_nodes"] = formats.count_onnx_ops(out / "model.onnx").get("BatchNormalization", 0)
+    result["max_abs_diff"]["onnx"] = parity.check_parity("ONNX", reference, onnx_runner(out / "model.onnx")(x))
+    for stale in ("model.ts", "model.int8.onnx"):  # from an earlier export into the same folder
+        (out / stale).unlink(missing_ok=True)
+    if "torchscript" in wanted:
+        formats.export_torchscript(model, example, out / "model.ts")
+        batchnorm["torchscript_nodes"] = formats.count_torchscript_batchnorms(out / "model.ts")
+        result["max_abs_diff"]["torchscript"] = parity.check_parity("TorchScript", reference, torchscript_runner(out / "model.ts")(x))
+    config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))  # for the README
+    config["batchnorm"] = batchnorm
+    return result
+
+
+def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agreement: Sequence[np.ndarray]) -> dict:
+    quantize_int8(out / "model.onnx", out / "model.int8.onnx", batch_inputs(list(calibration[:CALIBRATION_IMAGES]), dc))
+    fp32, int8 = onnx_runner(out / "model.onnx"), onnx_runner(out / "model.int8.onnx")
+    x = batch_inputs(list(agreement), dc)
+    a = np.concatenate([fp32(x[i:i + 32]) for i in range(0, len(x), 32)])
+    b = np.concatenate([int8(x[i:i + 32]) for i in range(0, len(x), 32)])
+    return {"file": "model.int8.onnx", "method": "static QDQ, per-channel int8 weights, uint8 activations",
+            "calibration_images": min(len(calibration), CALIBRATION_IMAGES),
+            "top1_agreement": parity.top1_agreement(a, b), "agreement_images": int(len(x))}
+
+
+def write_config(bundle: Path, config: dict) -> Path:
+    """Writes BUNDLE/config.json (indented, stable key order)."""
+    path = Path(bundle) / "config.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def bundle_readme(config: dict) -> str:
+    """A short README for whoever receives the bundle."""
+    dc = config["data_config"]
+    names = ", ".join(config["class_names"][:20]) + (" ..." if config["num_classes"] > 20 else "")
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in config["parity"]["max_abs_diff"].items())
+    int8 = config.get("int8")
+    int8_line = f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} on {int8['agreement_images']} val images\n" if int8 else ""
+    return f"""# {config['backbone']} image classifier ({config['num_classes']} classes)
+
+Classes, in output order: {names}
+
+## Files
+- `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` (batch, {config['num_classes']})
+- `model.safetensors`: weights; `config.json`: everything below, machine-readable
+{"- `model.ts`: frozen TorchScript" + chr(10) if "model.ts" in config.get("files", []) else ""}{int8_line}
+Max |logit difference| vs the training framework on {config['parity']['images']} validation images: {diffs}.
+
+## Preprocessing (RGB)
+1. Resize the shorter side to round({dc['input_size']} / {dc['crop_pct']}) = {round(dc['input_size'] / dc['crop_pct'])} px ({dc['interpolation']}, PIL).
+2. Center-crop {dc['input_size']} x {dc['input_size']}.
+3. x / 255, subtract mean {dc['mean']}, divide by std {dc['std']}; layout NCHW float32.
+4. Probabilities = softmax(logits / {config['temperature']:g}) (temperature {config['temperature']:g}). Default test-time augmentation: {config['tta']}.
+
+## Run it
+```python
+from finetune.inference import Predictor
+predictor = Predictor.load("path/to/this/folder")        # onnxruntime; no torch needed
+print(predictor.predict_files(["image.jpg"], top_k=5))
+```
+or `finetune predict --model path/to/this/folder image.jpg`.
+"""
+
+
+def _decode_items(items, limit: int | None = None) -> list[np.ndarray]:
+    return [load_image(p) for p, _ in (items[:limit] if limit else items)]
+
+
+def export_trained(trained: TrainedModel, output: str | Path, options: ExportOptions | None = None,
+                   data: str | Path | None = None, index: DatasetIndex | None = None) -> Path:
+    """Exports a loaded checkpoint, taking parity and int8 images from its data folder (or `data`).
+
+    `index`: a scan of that folder already made (skips scanning it again).
+    """
+    options = options or ExportOptions(tta=getattr(trained.config, "tta", "none"))
+    # Lets `finetune eval` rebuild the same train/val split of a flat image folder.
+    options.extra.setdefault("split", {"val_split": trained.config.val_split, "seed": trained.config.seed})
+    index = index if index is not None else scan_for(trained, data)
+    val = index.val or index.test or []
+    if not val:
+        raise ExportError(f"{index.root} has no validation images for the parity check")
+    quantizing = options.quantize is not None
+    return export_bundle(
+        trained.backbone, trained.class_names, trained.data_config, output,
+        parity_images=_decode_items(val, PARITY_IMAGES), options=options,
+        calibration_images=_decode_items(index.train, CALIBRATION_IMAGES) if quantizing else (),
+        agreement_images=_decode_items(val) if quantizing else (),
+        source_checkpoint=str(trained.checkpoint),
+    )
+
+
+def default_bundle_dir(trained: TrainedModel) -> Path:
+    """RUN_DIR/model for a run's checkpoint, else a `<checkpoint stem>-bundle` folder beside it."""
+    run_dir = trained.run_dir
+    return run_dir / "model" if run_dir is not None else trained.checkpoint.with_name(trained.checkpoint.stem + "-bundle")
+
+
+def export(path: str | Path, output: str | Path | None = None, formats_: Sequence[str] = ("onnx",),
+           quantize: str | None = None, data: str | Path | None = None, tta: str | None = None) -> Path:
+    """`finetune export`: a run directory or checkpoint -> a verified bundle directory.
+
+    Example:
+        >>> export("runs/2026-01-01-resnet18", formats_=["onnx", "torchscript"], quantize="int8")  # doctest: +SKIP
+        PosixPath('runs/2026-01-01-resnet18/model')
+    """
+    trained = load_trained(path)
+    options = ExportOptions(formats=list(formats_), quantize=quantize,
+                            tta=tta or getattr(trained.config, "tta", "none"))
+    out = Path(output) if output is not None else default_bundle_dir(trained)
+    return export_trained(trained, out, options, data)
+
+
+__all__ = ["ExportError", "ExportOptions", "export", "export_bundle", "export_trained", "write_config"]

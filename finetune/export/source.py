@@ -1,0 +1,101 @@
+"""A trained model as the export and evaluation code see it: loaded from a run dir or a checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from finetune.config import RunConfig
+from finetune.data.data_config import DataConfig
+from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.errors import DataError, FinetuneError
+from finetune.models.backbone import Backbone
+
+Item = tuple[Path, int]
+
+
+@dataclass
+class TrainedModel:
+    """A fine-tuned backbone with what is needed to preprocess, name and re-check its outputs.
+
+    Attributes:
+        backbone: The network, in eval mode, fp32, on CPU.
+        class_names: Class names in output index order.
+        data_config: The eval preprocessing it was trained with (input size after --image-size).
+        config: The run settings saved in the checkpoint.
+        checkpoint: The checkpoint file it came from.
+    """
+
+    backbone: Backbone
+    class_names: list[str]
+    data_config: DataConfig
+    config: RunConfig
+    checkpoint: Path
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory when the checkpoint sits in RUN_DIR/checkpoints/, else None."""
+        parent = self.checkpoint.parent
+        return parent.parent if parent.name == "checkpoints" else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """RUN_DIR -> RUN_DIR/checkpoints/best.ckpt (or last.ckpt); a .ckpt file as it is.
+
+    Raises:
+        FinetuneError: Neither a checkpoint file nor a run directory with one.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise FinetuneError(f"{path} is neither a checkpoint file nor a run directory with "
+                        f"checkpoints/best.ckpt or checkpoints/last.ckpt")
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Loads the best checkpoint of a run directory, or a given checkpoint file, offline."""
+    from finetune.training.module import FinetuneModule
+
+    ckpt_path = resolve_checkpoint(path)
+    module = FinetuneModule.from_checkpoint(ckpt_path)
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("finetune", {})
+    backbone = module.backbone
+    # The checkpoint stores the weights' own data config; the run may have trained at --image-size.
+    dc = DataConfig.from_dict(saved["data_config"]) if "data_config" in saved else backbone.data_config
+    dc = dc.with_size(module.config.image_size)
+    backbone.data_config = dc
+    return TrainedModel(backbone.float().cpu().eval(), module.class_names, dc, module.config, ckpt_path)
+
+
+def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIndex:
+    """Scans the run's data folder (or `data`) with the run's split settings, checking the classes.
+
+    Raises:
+        DataError: The folder is gone, or its classes differ from the model's.
+    """
+    root = Path(data) if data is not None else trained.config.data
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass --data DIR with the images "
+                        f"of the classes {', '.join(trained.class_names)}")
+    index = scan_image_folder(root, val_split=trained.config.val_split, seed=trained.config.seed)
+    check_classes(index.classes, trained.class_names, root)
+    return index
+
+
+def check_classes(found: list[str], expected: list[str], root: Path) -> None:
+    """Raises DataError when a data folder's classes are not the model's, in the model's order."""
+    if found != list(expected):
+        raise DataError(f"{root} has classes {', '.join(found)} but the model was trained on "
+                        f"{', '.join(expected)} (same names, same order required)")
+
+
+def split_items(index: DatasetIndex, split: str) -> list[Item]:
+    """(path, label) pairs of a split; DataError naming the splits present when it is missing."""
+    items = getattr(index, split, None)
+    if not items:
+        raise DataError(f"{index.root} has no images in split {split!r}; present: {', '.join(index.splits)}")
+    return items

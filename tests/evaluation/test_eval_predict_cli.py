@@ -1,0 +1,101 @@
+"""`finetune eval` and `finetune predict` through the CLI: outputs, TTA, ensembles, bad files."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.inference import Ensemble, Predictor
+
+runner = CliRunner()
+
+
+def test_eval_reports_tta_side_by_side_and_writes_files(trained_run, tiny_data, tmp_path):
+    out = tmp_path / "ev"
+    result = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data),
+                                 "--tta", "ten-crop", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["accuracy"]) == {"none", "ten-crop"}
+    assert {"top1", "top5", "ece", "per_class", "confusion_matrix", "worst_confused", "calibration_bins"} <= set(m)
+    assert len(m["per_class"]) == 3 and sum(map(sum, m["confusion_matrix"])) == 12
+    assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "reliability.png").stat().st_size > 0
+    assert "ten-crop" in result.output and "none" in result.output
+
+
+def test_eval_unknown_split_and_tta_name_the_choices(trained_run, tiny_data):
+    result = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--split", "train"])
+    assert result.exit_code == 2 and "val, test" in result.output
+    result = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--tta", "rotate"])
+    assert result.exit_code == 2 and "rotate" in result.output and "ten-crop" in result.output
+
+
+def test_predict_reports_bad_files_and_goes_on(trained_run, tiny_data, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(tiny_data / "val" / "circle", folder)
+    (folder / "empty.jpg").write_bytes(b"")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    out = tmp_path / "pred.json"
+    result = runner.invoke(app, ["predict", str(folder), str(notes), "--model", str(trained_run / "model"),
+                                 "--top-k", "2", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert len(rows) == 6
+    bad = {r["path"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
+    assert set(bad) == {"empty.jpg", "notes.txt"} and "empty" in bad["empty.jpg"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 4 and all(len(r["classes"]) == 2 and r["probabilities"][0] >= r["probabilities"][1] for r in good)
+    assert "empty.jpg" in result.output
+
+
+def test_predict_csv_by_extension_and_bad_extension(trained_run, tiny_data, tmp_path):
+    out = tmp_path / "pred.csv"
+    result = runner.invoke(app, ["predict", str(tiny_data / "val"), "--model", str(trained_run), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 12 and rows[0]["class_3"] and float(rows[0]["probability_1"]) >= float(rows[0]["probability_3"])
+    result = runner.invoke(app, ["predict", str(tiny_data / "val"), "--model", str(trained_run), "--output", str(tmp_path / "p.xml")])
+    assert result.exit_code == 2 and ".csv" in result.output and ".json" in result.output
+
+
+def _const(logits):
+    return lambda x: np.tile(np.asarray(logits, np.float32), (len(x), 1))
+
+
+def test_ensemble_averages_member_probabilities():
+    from finetune.data.data_config import DataConfig
+
+    dc = DataConfig(8, (0.5,) * 3, (0.5,) * 3)
+    a = Predictor(_const([2.0, 0.0]), ["x", "y"], dc)
+    b = Predictor(_const([0.0, 1.0]), ["x", "y"], DataConfig(12, (0.5,) * 3, (0.5,) * 3))
+    img = np.zeros((16, 16, 3), np.uint8)
+    pa, pb = a.probabilities([img]), b.probabilities([img])
+    np.testing.assert_allclose(Ensemble([a, b]).probabilities([img]), (pa + pb) / 2)
+    import pytest
+    from finetune.errors import FinetuneError
+    with pytest.raises(FinetuneError, match="disagree on classes"):
+        Ensemble([a, Predictor(_const([0.0, 1.0]), ["y", "x"], dc)])
+
+
+def test_predict_ensemble_cli(trained_run, tiny_data, tmp_path):
+    single, double = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["predict", str(tiny_data / "val" / "square"), "--model", str(trained_run / "model")]
+    assert runner.invoke(app, [*args, "--output", str(single)]).exit_code == 0
+    result = runner.invoke(app, [*args, "--model", str(trained_run), "--output", str(double)])
+    assert result.exit_code == 0, result.output
+    # bundle (onnx) + its own checkpoint (eager): the average equals either member up to float noise
+    for r1, r2 in zip(json.loads(single.read_text()), json.loads(double.read_text())):
+        assert r1["classes"] == r2["classes"]
+        np.testing.assert_allclose(r1["probabilities"], r2["probabilities"], atol=1e-5)
+
+
+def test_no_export_skips_the_bundle(tiny_data, tmp_path, run_args):
+    out = tmp_path / "run"
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--no-export"))
+    assert result.exit_code == 0, result.output
+    assert not (out / "model").exists() and (out / "curves.png").is_file()

@@ -1,0 +1,54 @@
+"""Metrics on hand-computed examples, and temperature scaling of an over-confident model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finetune.evaluation import metrics
+from finetune.evaluation.calibration import fit_temperature
+from finetune.evaluation.tta import softmax
+
+NAMES = ["a", "b", "c"]
+
+
+def test_confusion_and_per_class_figures():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    preds = np.array([0, 0, 1, 1, 2, 2])
+    cm = metrics.confusion_matrix(labels, preds, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    rows = {r["class"]: r for r in metrics.per_class(cm, NAMES)}
+    assert rows["a"] == {"class": "a", "precision": 1.0, "recall": 2 / 3, "accuracy": 5 / 6, "support": 3}
+    assert rows["b"]["precision"] == 0.5 and rows["b"]["recall"] == 0.5 and rows["b"]["accuracy"] == 4 / 6
+    assert rows["c"]["precision"] == 0.5 and rows["c"]["recall"] == 1.0
+    worst = metrics.worst_confused(cm, NAMES)
+    assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [("a", "b", 1), ("b", "c", 1)]
+
+
+def test_topk_and_ece_by_hand():
+    probs = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]])
+    labels = np.array([0, 1, 1, 2])
+    assert metrics.topk_accuracy(probs, labels, 1) == 0.5
+    assert metrics.topk_accuracy(probs, labels, 2) == 1.0
+    assert metrics.topk_accuracy(probs, labels, 5) == 1.0  # capped at 3 classes
+    # bins of width 1/15: 0.9 (right), 0.6 (wrong), 0.7 (right), 0.5 (wrong) each alone in its bin
+    expected = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(0 - 0.5)) / 4
+    assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
+
+
+def _overconfident(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a 70%-accurate classifier, scaled up 8x: confident far beyond its accuracy."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), labels] += 1.5
+    return logits * 8, labels
+
+
+def test_temperature_scaling_lowers_ece_and_keeps_top1():
+    logits, labels = _overconfident()
+    t = fit_temperature(logits, labels)
+    assert t > 2
+    before = metrics.expected_calibration_error(softmax(logits), labels)
+    after = metrics.expected_calibration_error(softmax(logits, t), labels)
+    assert after < before / 2
+    np.testing.assert_array_equal(softmax(logits, t).argmax(1), logits.argmax(1))
