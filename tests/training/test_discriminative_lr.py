@@ -68,7 +68,7 @@ def test_warmup_and_min_lr():
 def test_group_ratios_hold_at_every_step(make_config, group_lrs):
     recorder = group_lrs
     config = make_config(epochs=2, lr=0.01, lr_decay=0.5, warmup_epochs=1, schedule="step",
-                     step_size=1, gamma=0.5)
+                     step_size=1, gamma=0.25, min_lr=0.004)
     fit(config, callbacks=[recorder])
     steps = recorder.steps  # 24 images / 8 = 3 steps per epoch
     assert len(steps) == 6
@@ -76,8 +76,9 @@ def test_group_ratios_hold_at_every_step(make_config, group_lrs):
         head = lrs["head"]
         assert lrs["layer4"] == pytest.approx(0.5 * head) and lrs["stem/no_decay"] == pytest.approx(0.5 ** 5 * head)
     heads = [s["head"] for s in steps]
-    # warmup over the first epoch (3 steps): 1/4, 2/4, 3/4 of 0.01; then the step schedule's x0.5 at epoch 1
-    assert heads[:3] == pytest.approx([0.0025, 0.005, 0.0075]) and heads[3:] == pytest.approx([0.005] * 3)
+    # warmup over the first epoch (3 steps): 1/4, 2/4, 3/4 of 0.01; then the step schedule's x0.25 at
+    # epoch 1 would give 0.0025, held at the --min-lr floor of 0.004
+    assert heads[:3] == pytest.approx([0.0025, 0.005, 0.0075]) and heads[3:] == pytest.approx([0.004] * 3)
 
 
 @pytest.mark.parametrize("optimizer,extra,state_key", [("sgd", {"nesterov": True}, "momentum_buffer"),

@@ -49,9 +49,12 @@ def test_suggestion_is_the_steepest_descent():
 def test_lr_find_command_plots_and_prints(tiny_data, tmp_path):
     result = runner.invoke(app, ["lr-find", "--backbone", "test_resnet", "--data", str(tiny_data), "--weights", "none",
                                  "--image-size", "32", "--batch-size", "8", "--workers", "0", "--num-steps", "10",
+                                 "--start-lr", "1e-4", "--end-lr", "1e-1",
                                  "--accelerator", "cpu", "--output", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "Suggested --lr" in result.output and (tmp_path / "lr_find.png").is_file()
+    suggestion = float(result.output.split("Suggested --lr")[1].split()[0])
+    assert 1e-4 <= suggestion <= 1e-1
 
 
 def test_run_lr_auto_uses_the_suggestion(tiny_data, tmp_path, run_args):
