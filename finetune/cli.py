@@ -26,7 +26,7 @@ def _exit_on_user_error(fn: Callable[[], T]) -> T:
         return fn()
     except ValidationError as e:
         for err in e.errors():
-            field = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            field = "--" + str(err["loc"][0]).replace("_", "-")  # union members add type names to loc
             if err["type"] == "missing":
                 err_console.print(f"[red]Error:[/red] {field} is required (on the command line or in the recipe)")
             else:
@@ -38,13 +38,14 @@ def _exit_on_user_error(fn: Callable[[], T]) -> T:
 
 
 Backbone = Annotated[str, typer.Option(help="timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18).")]
+# run's --backbone and --data may be left out with --resume, which takes them from the saved config.
 
 
 @app.command()
 def run(
     ctx: typer.Context,
-    backbone: Annotated[Optional[str], typer.Option(help="timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18). Required here or in the recipe.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by --val-split. Required here or in the recipe.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18). Required here or in the recipe (not with --resume).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by --val-split. Required here or in the recipe (not with --resume).")] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Recipe name (see `finetune recipes`) or YAML path. Precedence: defaults < recipe < flags given here. Default: none.")] = None,
     weights: Annotated[str, typer.Option(help="imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit.")] = "imagenet",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Folder searched first for <backbone>.safetensors when --weights imagenet. Default: $FINETUNE_WEIGHTS_DIR if set.")] = None,
@@ -52,7 +53,7 @@ def run(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch per device.")] = 32,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own (its pretrained data config).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate (peak of the cosine schedule).")] = 1e-3,
+    lr: Annotated[str, typer.Option(help="The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR range test first and use its suggestion.")] = "1e-3",
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
     augment: Annotated[str, typer.Option(help="Train augmentation: light (resize, center crop, flip) or standard (random resized crop 8-100% area, flip).")] = "standard",
@@ -72,16 +73,87 @@ def run(
     # Evaluation and export after training.
     tta: Annotated[str, typer.Option(help="Test-time augmentation of the final evaluation, stored as the bundle's default: none, flip, five-crop, ten-crop, scales.")] = "none",
     export: Annotated[bool, typer.Option("--export/--no-export", help="Write the export bundle (ONNX + safetensors + config.json) to RUN_DIR/model/ at the end. Default: on.")] = True,
+    # Fine-tuning policies: freezing, gradual unfreezing, discriminative LRs, schedules, LR finder, resume.
+    freeze_policy: Annotated[Optional[str], typer.Option(help="linear-probe (only the head trains), bn-only (BatchNorm affine + head train; with --freeze-until: only before LAYER) or full (everything trains). Default: --freeze-until alone decides.")] = None,
+    train_bn: Annotated[bool, typer.Option("--train-bn/--no-train-bn", help="BatchNorm layers in the frozen part keep training (affine and running statistics). Default: off, frozen BatchNorm is bit-identical.")] = False,
+    freeze_epochs: Annotated[Optional[int], typer.Option(help="Train N epochs with the freeze policy (default policy: linear-probe), then unfreeze everything. Default: no unfreezing.")] = None,
+    unfreeze_every: Annotated[Optional[int], typer.Option(help="Unfreeze one more layer group from the top every K epochs (first at K, or at --freeze-epochs). Default: off.")] = None,
+    lr_decay: Annotated[Optional[float], typer.Option(help="Layer-wise LR decay: each group below the head gets F x the LR of the group above it; replaces --backbone-lr-mult. Default: off.")] = None,
+    backbone_lr_mult: Annotated[float, typer.Option(help="LR of every backbone group as a multiple of the head's --lr.")] = 0.1,
+    schedule: Annotated[str, typer.Option(help="LR schedule: cosine, step, onecycle or constant; one factor scales every group.")] = "cosine",
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warmup, in epochs (fractions allowed).")] = 0.0,
+    step_size: Annotated[int, typer.Option(help="step schedule: epochs between LR drops.")] = 7,
+    gamma: Annotated[float, typer.Option(help="step schedule: LR factor at each drop.")] = 0.1,
+    min_lr: Annotated[float, typer.Option(help="Floor of the head's LR for cosine, step and onecycle (groups keep their ratios).")] = 0.0,
+    scale_lr: Annotated[bool, typer.Option("--scale-lr/--no-scale-lr", help="Linear scaling rule: multiply --lr by the global batch size (--batch-size x devices) / 256. Default: off.")] = False,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum, with --optimizer sgd. Default: off.")] = False,
+    lr_find_start_lr: Annotated[float, typer.Option(help="--lr auto: first LR of the range test.")] = 1e-7,
+    lr_find_end_lr: Annotated[float, typer.Option(help="--lr auto: last LR of the range test.")] = 10.0,
+    lr_find_steps: Annotated[int, typer.Option(help="--lr auto: steps of the range test.")] = 100,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from checkpoints/last.ckpt with its config.yaml; only --epochs (to extend), --workers, --progress, --accelerator, --devices, --strategy, --num-nodes and --limit-*-batches may be given with it. Default: a new run.")] = None,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
-    settings: dict[str, Any] = {k: v for k, v in locals().items() if k != "ctx"}
+    settings: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("ctx", "resume")}
     from finetune.config import resolve_config
     from finetune.training.fit import fit
 
+    if resume is not None:
+        _resume(ctx, resume, settings)
+        return
     # Compared by name: Typer's ParameterSource is its own enum, not click's.
     explicit = {name for name in settings if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     config, sources = _exit_on_user_error(lambda: resolve_config(settings, explicit, recipe))
     _exit_on_user_error(lambda: fit(config, console, sources=sources))
+
+
+def _resume(ctx: typer.Context, run_dir: Path, settings: dict[str, Any]) -> None:
+    """`run --resume`: the saved config plus the options given on the command line."""
+    from finetune.training.fit import fit
+    from finetune.training.resume import resume_config
+
+    # Compared by name: Typer may carry its own copy of click's ParameterSource enum.
+    given = {k: v for k, v in settings.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    config = _exit_on_user_error(lambda: resume_config(run_dir, given))
+    _exit_on_user_error(lambda: fit(config, console, ckpt_path=run_dir / "checkpoints" / "last.ckpt"))
+
+
+@app.command("lr-find")
+def lr_find(
+    backbone: Backbone,
+    data: Annotated[Path, typer.Option(help="Image folder, as for `finetune run`.")],
+    weights: Annotated[str, typer.Option(help="imagenet, none, or PATH (as for `finetune run`).")] = "imagenet",
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Folder searched first for <backbone>.safetensors. Default: $FINETUNE_WEIGHTS_DIR if set.")] = None,
+    freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER. Default: nothing frozen.")] = None,
+    freeze_policy: Annotated[Optional[str], typer.Option(help="linear-probe, bn-only or full (as for `finetune run`). Default: --freeze-until alone decides.")] = None,
+    train_bn: Annotated[bool, typer.Option("--train-bn/--no-train-bn", help="BatchNorm in the frozen part trains. Default: off.")] = False,
+    lr_decay: Annotated[Optional[float], typer.Option(help="Layer-wise LR decay per group below the head. Default: off.")] = None,
+    backbone_lr_mult: Annotated[float, typer.Option(help="Backbone LR as a multiple of the head's.")] = 0.1,
+    optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
+    weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum with sgd. Default: off.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own.")] = None,
+    augment: Annotated[str, typer.Option(help="Train augmentation: light or standard.")] = "standard",
+    seed: Annotated[int, typer.Option(help="Seed for the split and augmentation.")] = 42,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. Default: min(4, CPU cores).")] = None,
+    val_split: Annotated[float, typer.Option(help="Validation fraction for the DIR/<class>/ layout.")] = 0.2,
+    precision: Annotated[str, typer.Option(help="auto, 32, bf16-mixed or 16-mixed.")] = "auto",
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto (one device).")] = "auto",
+    start_lr: Annotated[float, typer.Option(help="First head LR of the range test.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="Last head LR of the range test.")] = 10.0,
+    num_steps: Annotated[int, typer.Option(help="Steps of the range test (stops early when the loss diverges).")] = 100,
+    output: Annotated[Path, typer.Option(help="Folder for lr_find.png.")] = Path("."),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+) -> None:
+    """LR range test: raise the LR exponentially, plot loss vs LR to OUTPUT/lr_find.png, print a suggested --lr."""
+    options = {k: v for k, v in locals().items() if k not in ("start_lr", "end_lr", "num_steps", "output")}
+    from finetune.config import RunConfig
+    from finetune.training.lr_find import run_lr_find
+
+    range_test = {"lr_find_start_lr": start_lr, "lr_find_end_lr": end_lr, "lr_find_steps": num_steps}
+    config = _exit_on_user_error(lambda: RunConfig(**options, **range_test, lr="auto", output=output))
+    result = _exit_on_user_error(lambda: run_lr_find(config, console))
+    console.print(f"Suggested --lr {result.suggestion:.2e}  (plot: {result.plot})")
 
 
 @app.command()

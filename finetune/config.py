@@ -6,16 +6,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from finetune.errors import FinetuneError
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
 Augment = Literal["light", "standard"]
+FreezePolicy = Literal["linear-probe", "bn-only", "full"]
+Schedule = Literal["cosine", "step", "onecycle", "constant"]
 
 
 class RunConfig(BaseModel):
@@ -31,7 +33,7 @@ class RunConfig(BaseModel):
     epochs: int = Field(5, ge=1, description="training epochs")
     batch_size: int = Field(32, ge=1, description="images per batch and device")
     image_size: int | None = Field(None, ge=16, description="input side in pixels; None: the backbone's own")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description="the head's learning rate, or auto (LR range test)")
     optimizer: Optimizer = Field("adamw", description="optimizer")
     weight_decay: float = Field(0.01, ge=0, description="weight decay (not on biases and norm layers)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
@@ -55,6 +57,73 @@ class RunConfig(BaseModel):
     tta: Literal["none", "flip", "five-crop", "ten-crop", "scales"] = Field(
         "none", description="test-time augmentation of the final evaluation; the bundle's default")
     export: bool = Field(True, description="write the export bundle to RUN_DIR/model/ at the end")
+
+    # Fine-tuning policies: freezing, gradual unfreezing, discriminative LRs, schedules, LR finder.
+    freeze_policy: FreezePolicy | None = Field(None, description="linear-probe | bn-only | full; None: --freeze-until alone")
+    train_bn: bool = Field(False, description="BatchNorm layers in the frozen part keep training (affine and stats)")
+    freeze_epochs: int | None = Field(None, ge=1, description="epochs with the frozen policy before unfreezing")
+    unfreeze_every: int | None = Field(None, ge=1, description="unfreeze one more layer group every K epochs")
+    lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay per group below the head")
+    backbone_lr_mult: float = Field(0.1, gt=0, description="LR of every backbone group relative to the head")
+    schedule: Schedule = Field("cosine", description="LR schedule, one factor for every group")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs")
+    step_size: int = Field(7, ge=1, description="epochs between LR drops of the step schedule")
+    gamma: float = Field(0.1, gt=0, le=1, description="LR factor at each step of the step schedule")
+    min_lr: float = Field(0.0, ge=0, description="floor of the head's LR for cosine/step/onecycle")
+    scale_lr: bool = Field(False, description="linear scaling rule: LR x global batch / 256")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    lr_find_start_lr: float = Field(1e-7, gt=0, description="first LR of the range test")
+    lr_find_end_lr: float = Field(10.0, gt=0, description="last LR of the range test")
+    lr_find_steps: int = Field(100, ge=5, description="steps of the range test")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_number_or_auto(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError("expected a positive number such as 1e-3, or auto (run the LR finder)") from None
+        return v
+
+    @field_validator("freeze_policy")
+    @classmethod
+    def _policy_vs_freeze_until(cls, v: str | None, info: ValidationInfo) -> str | None:
+        layer = info.data.get("freeze_until")
+        if v in ("linear-probe", "full") and layer:
+            raise ValueError(f"{v} sets the frozen part itself and cannot be combined with --freeze-until "
+                             f"{layer}; use --freeze-policy bn-only with --freeze-until, or drop one")
+        return v
+
+    @field_validator("freeze_epochs", "unfreeze_every")
+    @classmethod
+    def _something_to_unfreeze(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("freeze_policy") == "full":
+            raise ValueError("--freeze-policy full freezes nothing, so there is nothing to unfreeze; "
+                             "use linear-probe or bn-only, --freeze-until, or no --freeze-policy")
+        return v
+
+    @field_validator("scale_lr")
+    @classmethod
+    def _scale_needs_fixed_lr(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("lr") == "auto":
+            raise ValueError("--lr auto measures the LR for this batch size; --scale-lr rescales a hand-picked --lr")
+        return v
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_is_sgd(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("optimizer") != "sgd":
+            raise ValueError(f"--nesterov applies to --optimizer sgd, not {info.data.get('optimizer')}")
+        return v
+
+    @field_validator("lr_find_end_lr")
+    @classmethod
+    def _range_rises(cls, v: float, info: ValidationInfo) -> float:
+        start = info.data.get("lr_find_start_lr")
+        if start is not None and v <= start:
+            raise ValueError(f"the range test needs --lr-find-end-lr above --lr-find-start-lr ({start})")
+        return v
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -169,7 +238,7 @@ def _check_values(path: Path, values: dict[str, Any]) -> None:
         RunConfig.model_validate({"backbone": "-", "data": ".", **values})
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+        key = str(err["loc"][0])  # union members add their type names to loc; the field is enough
         raise FinetuneError(f"recipe {path}: {key}: {err['msg']} (got {err.get('input')!r})") from None
 
 

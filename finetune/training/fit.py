@@ -6,14 +6,13 @@ import csv
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
@@ -23,7 +22,10 @@ from finetune.data.scan import scan_image_folder
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.module import FinetuneModule
+from finetune.training.lr_find import find_lr
 from finetune.training.plan import print_plan
+from finetune.training.resume import ContinuingCSVLogger, RNGState, previous_metrics
+from finetune.training.unfreeze import GradualUnfreezing
 from finetune.training.precision import resolve_channels_last, resolve_precision
 
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
@@ -74,12 +76,18 @@ def _shared_run_dir(run_dir: Path) -> Iterator[None]:
             os.environ[RUN_DIR_ENV] = previous
 
 
-def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int) -> pl.Trainer:
-    """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir."""
+def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int,
+                  callbacks: Sequence[pl.Callback] = (), previous_rows: list[dict[str, str]] | None = None) -> pl.Trainer:
+    """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir.
+
+    `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept.
+    """
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max",
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
+    # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
     return pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=config.epochs,
@@ -88,8 +96,8 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         strategy=config.strategy,
         num_nodes=config.num_nodes,
         precision=precision,
-        logger=CSVLogger(run_dir, name="", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        logger=ContinuingCSVLogger(run_dir, name="", version="", previous_rows=previous_rows),
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), *callbacks],
         limit_train_batches=config.lightning_limit(config.limit_train_batches),
         limit_val_batches=config.lightning_limit(config.limit_val_batches),
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
@@ -109,12 +117,15 @@ def best_epoch(metrics_csv: Path) -> tuple[float, int]:
     return best, epoch
 
 
-def fit(config: RunConfig, console: Console | None = None, sources: dict[str, str] | None = None) -> RunResult:
+def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequence[pl.Callback] = (),
+        ckpt_path: Path | None = None, sources: dict[str, str] | None = None) -> RunResult:
     """Fine-tunes `config.backbone` on `config.data` and writes the run directory.
 
     Args:
         config: The validated run settings.
         console: Where the plan and summary go (default: stdout).
+        callbacks: Extra Lightning callbacks for the Trainer.
+        ckpt_path: A last.ckpt to continue from (see `finetune.training.resume.resume_config`).
         sources: Where each setting came from (default, recipe, command line), for config.yaml.
 
     Returns:
@@ -142,15 +153,23 @@ def fit(config: RunConfig, console: Console | None = None, sources: dict[str, st
     )
     precision, why = resolve_precision(config.precision, config.accelerator)
     steps = -(-len(index.train) // config.batch_size)
-    trainer = build_trainer(config, run_dir, precision, steps)
+    say = None if config.progress else console.print  # with a bar, messages go through the bar's print
+    policy = [GradualUnfreezing(say), RNGState(), *callbacks]
+    rows = previous_metrics(run_dir / "metrics.csv", _checkpoint_epoch(ckpt_path)) if ckpt_path else None
+    trainer = build_trainer(config, run_dir, precision, steps, policy, rows)
+    lr_found = None
+    if config.lr == "auto":
+        config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
-        _write_run_files(config, run_dir, index, data_config, precision, sources)
-        _announce(console, config, index, report, precision, why, module)
+        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources)
+        _announce(console, config, index, report, precision, why, module, trainer.world_size)
+        if ckpt_path:
+            console.print(f"Resuming from {ckpt_path} (epoch {_checkpoint_epoch(ckpt_path) + 1} of {config.epochs})")
     with _shared_run_dir(run_dir), warnings.catch_warnings():
         # The run dir holds config.yaml before the CSV logger starts; its "not empty" warning is noise.
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen BatchNorm, on purpose
-        trainer.fit(module, dm)
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
     result = _finish(console, trainer, run_dir, precision)
     if trainer.is_global_zero:
         from finetune.evaluation.run_report import finish_run  # curves, final evaluation, export bundle
@@ -159,7 +178,35 @@ def fit(config: RunConfig, console: Console | None = None, sources: dict[str, st
     return result
 
 
-def _write_run_files(config, run_dir, index, data_config, precision, sources) -> None:
+def _checkpoint_epoch(ckpt_path: Path) -> int:
+    """The epoch a checkpoint was written in (0-based)."""
+    import torch
+
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
+    """--lr auto: a range test on a fresh copy of the data pipeline, then the run with its suggestion."""
+    from finetune.errors import FinetuneError
+
+    if trainer.world_size > 1:
+        raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
+                            "same options and pass its suggestion as --lr for a multi-device run")
+    finder_dm = ImageFolderDataModule(
+        config.data, dm.data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
+        val_split=config.val_split, seed=config.seed, index=dm.index, augment=config.augment,
+    )
+    found = find_lr(module, finder_dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
+                    num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
+                    plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
+    console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
+    config = config.model_copy(update={"lr": found.suggestion})
+    pl.seed_everything(config.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
+    module = FinetuneModule(config, module.class_names, backbone=module.backbone)
+    return config, module, found.suggestion
+
+
+def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir), "classes": index.classes, "precision": precision,
@@ -168,20 +215,22 @@ def _write_run_files(config, run_dir, index, data_config, precision, sources) ->
         "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
         "bad_files": len(index.bad_files),
     }
+    if lr_found is not None:
+        resolved["lr_find"] = {"suggestion": lr_found, "plot": "lr_find.png"}
     (run_dir / "config.yaml").write_text(config.to_yaml(resolved, sources))
     if index.bad_files:
         index.write_bad_files(run_dir / "bad_files.txt")
 
 
 @rank_zero_only
-def _announce(console, config, index, report, precision, why, module) -> None:
+def _announce(console, config, index, report, precision, why, module, world_size=1) -> None:
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
     console.print(f"Data: {config.data} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
     if index.bad_files:
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     console.print(f"Precision: {precision} ({why})")
-    print_plan(module, console)
+    print_plan(module, console, world_size)
 
 
 def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str) -> RunResult:

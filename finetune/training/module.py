@@ -12,7 +12,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from finetune.config import RunConfig
 from finetune.models.backbone import Backbone, create_backbone
-from finetune.training.optim import build_optimizer, cosine_factor, param_groups
+from finetune.errors import FinetuneError
+from finetune.training.freeze import build_schedule, frozen_param_names
+from finetune.training.optim import build_optimizer, discriminative_mults, param_groups
+from finetune.training.schedules import ScheduleFactor
 from finetune.training.precision import resolve_channels_last
 
 
@@ -47,7 +50,10 @@ class FinetuneModule(pl.LightningModule):
         self._make_metrics(len(self.class_names))
         self._frozen_norms: list[nn.Module] = []
         self.frozen_units = 0
-        self.set_frozen_units(backbone.resolve_layer(self.config.freeze_until) if self.config.freeze_until else 0)
+        self.frozen_param_names: frozenset[str] = frozenset()
+        self.grad_mask_mode = False  # see setup(): how DDP runs freeze
+        self.freeze_schedule = build_schedule(self.config, backbone)
+        self.set_frozen_units(self.freeze_schedule.initial)
         self.use_channels_last = False
 
     def _make_metrics(self, num_classes: int) -> None:
@@ -57,20 +63,25 @@ class FinetuneModule(pl.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
 
     # ----- freezing -------------------------------------------------------------------------
-    def set_frozen_units(self, n: int, train_bn: bool = False) -> None:
+    def set_frozen_units(self, n: int, train_bn: bool | None = None) -> None:
         """Freezes the first `n` units of the backbone and lets every later unit train.
 
         Frozen BatchNorm layers are put in eval mode so their running statistics stay
         bit-identical; `train()` re-applies this, since Lightning calls it around every
-        validation loop.
+        validation loop. With `train_bn` (default: the config's --train-bn / bn-only) they keep
+        training instead: affine parameters and running statistics.
         """
-        params = dict(self.backbone.model.named_parameters())
-        for i, unit in enumerate(self.backbone.units):
-            for name in unit.param_names:
-                params[name].requires_grad_(i >= n)
-        self.frozen_units = n
+        train_bn = self.freeze_schedule.train_bn if train_bn is None else train_bn
+        frozen = frozen_param_names(self.backbone, n, train_bn)
+        for name, p in self.backbone.model.named_parameters():
+            p.requires_grad_(self.grad_mask_mode or name not in frozen)
+        self.frozen_units, self.frozen_param_names = n, frozen
         self._frozen_norms = [] if train_bn else self._norms_in_units(n)
         self.train(self.training)
+
+    def is_trainable(self, name: str) -> bool:
+        """Whether parameter `name` (relative to `backbone.model`) trains in the current freeze state."""
+        return name not in self.frozen_param_names
 
     def _norms_in_units(self, n: int) -> list[nn.Module]:
         prefixes = tuple(u.name + "." for u in self.backbone.units[:n]) + tuple(u.name for u in self.backbone.units[:n])
@@ -117,17 +128,53 @@ class FinetuneModule(pl.LightningModule):
         if self.use_channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
+    def setup(self, stage: str) -> None:
+        # DDP registers only the parameters that require grad when it wraps the model, and
+        # requires_grad changes are not synced between processes (Lightning #20340): a group
+        # unfrozen later would train unsynchronised. With unfreezing ahead under a parallel
+        # strategy every parameter requires grad and frozen ones lose their gradient before the
+        # optimizer step instead (on_before_optimizer_step): no update, no weight decay, and
+        # their BatchNorm layers stay in eval mode, so they remain bit-identical.
+        parallel = isinstance(self.trainer.strategy, pl.strategies.ParallelStrategy)
+        if parallel and self.freeze_schedule.milestones and not self.grad_mask_mode:
+            self.grad_mask_mode = True
+            self.set_frozen_units(self.frozen_units)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.grad_mask_mode:
+            params = dict(self.backbone.model.named_parameters())
+            for name in self.frozen_param_names:
+                params[name].grad = None  # torch optimizers skip parameters without a gradient
+
     def lr_mults(self) -> list[float]:
-        """LR multiplier of each layer group relative to `lr` (the head's)."""
-        return [1.0] * len(self.backbone.groups)
+        """LR multiplier of each layer group relative to the head's LR (--lr-decay / --backbone-lr-mult)."""
+        return discriminative_mults(len(self.backbone.groups), self.config.lr_decay, self.config.backbone_lr_mult)
+
+    def head_lr(self, world_size: int | None = None) -> float:
+        """The head's peak LR: --lr, times global batch / 256 with --scale-lr (the linear scaling rule)."""
+        if self.config.lr == "auto":
+            raise FinetuneError("lr is 'auto': run finetune.training.lr_find.find_lr first and set config.lr")
+        if world_size is None:
+            world_size = self._trainer.world_size if self._trainer is not None else 1
+        scale = self.config.batch_size * world_size / 256 if self.config.scale_lr else 1.0
+        return float(self.config.lr) * scale
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.config
-        groups = param_groups(self.backbone, cfg.lr, cfg.weight_decay, self.lr_mults())
-        optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
+        cfg, lr = self.config, self.head_lr()
+        groups = param_groups(self.backbone, lr, cfg.weight_decay, self.lr_mults())
+        optimizer = build_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov)
+        factor = self._schedule_factor(lr)
+        # A plain function, not the callable object: LambdaLR would then save the factor's fields and
+        # a resume with more --epochs would restore the old schedule length.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_factor(self, lr: float) -> ScheduleFactor:
+        cfg, trainer = self.config, self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // trainer.max_epochs) if trainer.max_epochs and trainer.max_epochs > 0 else total
+        return ScheduleFactor(cfg.schedule, total, per_epoch, round(cfg.warmup_epochs * per_epoch),
+                              cfg.step_size, cfg.gamma, min(1.0, cfg.min_lr / lr))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["finetune"] = {

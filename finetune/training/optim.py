@@ -42,22 +42,26 @@ def param_groups(backbone: Backbone, lr: float, weight_decay: float, lr_mults: S
     return groups
 
 
-def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float) -> torch.optim.Optimizer:
-    """Creates the optimizer named by `--optimizer`."""
+def discriminative_mults(num_groups: int, lr_decay: float | None, backbone_mult: float) -> list[float]:
+    """LR multiplier of each layer group relative to the head's LR (the last group, 1.0).
+
+    With `lr_decay` F, the group k steps below the head gets F**k (layer-wise decay: with 0.5,
+    layer4 0.5, layer3 0.25, ...); otherwise every backbone group gets `backbone_mult`.
+    """
+    if lr_decay is not None:
+        return [lr_decay ** (num_groups - 1 - i) for i in range(num_groups)]
+    return [backbone_mult] * (num_groups - 1) + [1.0]
+
+
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    """Creates the optimizer named by `--optimizer` (Nesterov momentum for SGD only)."""
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam, sgd, rmsprop")
-
-
-def cosine_factor(step: int, total_steps: int) -> float:
-    """Cosine decay from 1 to 0 over `total_steps`; the same factor multiplies every group's LR."""
-    import math
-
-    progress = min(step / max(1, total_steps), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))

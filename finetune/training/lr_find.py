@@ -1,0 +1,182 @@
+"""The LR range test: raise the LR exponentially over a few steps, watch the loss, suggest an LR.
+
+Written here rather than with Lightning's `Tuner.lr_find`, which sets every parameter group to
+one LR: with discriminative LRs the test must move all groups together and keep their ratios.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from rich.console import Console
+
+from finetune.config import RunConfig
+from finetune.training.module import FinetuneModule
+
+SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai and Lightning do)
+DIVERGE = 4.0  # stop once the smoothed loss exceeds 4x its best
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """Outcome of a range test.
+
+    Attributes:
+        lrs: Head LR at each step taken.
+        losses: Smoothed training loss at each step.
+        suggestion: The head LR at the steepest descent of the smoothed loss.
+        plot: Where the loss-vs-LR plot was written, if anywhere.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+    plot: Path | None = None
+
+
+class LRRangeTest(pl.Callback):
+    """Sets every group to head LR x its multiplier before each step and records the loss."""
+
+    def __init__(self, start_lr: float, end_lr: float, num_steps: int) -> None:
+        self.start_lr, self.end_lr, self.num_steps = start_lr, end_lr, num_steps
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._avg, self._best = 0.0, math.inf
+
+    def lr_at(self, step: int) -> float:
+        return self.start_lr * (self.end_lr / self.start_lr) ** (step / max(1, self.num_steps - 1))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: FinetuneModule, batch: Any, batch_idx: int) -> None:
+        lr = self.lr_at(trainer.global_step)
+        mults = dict(zip((g.name for g in pl_module.backbone.groups), pl_module.lr_mults()))
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] = lr * mults[group["layer_group"]]
+        self.lrs.append(lr)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: FinetuneModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        step = len(self.losses) + 1
+        self._avg = SMOOTHING * self._avg + (1 - SMOOTHING) * loss
+        smoothed = self._avg / (1 - SMOOTHING ** step)
+        self.losses.append(smoothed)
+        self._best = min(self._best, smoothed)
+        if not math.isfinite(smoothed) or smoothed > DIVERGE * self._best:
+            trainer.should_stop = True
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float:
+    """The LR where the smoothed loss falls fastest per log-LR, skipping the first 10% of steps."""
+    lrs_a, losses_a = np.asarray(lrs), np.asarray(losses)
+    finite = np.isfinite(losses_a)
+    lrs_a, losses_a = lrs_a[finite], losses_a[finite]
+    if len(lrs_a) < 3:
+        raise ValueError(f"the range test has {len(lrs_a)} finite losses; raise --lr-find-steps or lower --lr-find-end-lr")
+    skip = min(len(lrs_a) - 3, max(0, len(lrs_a) // 10))
+    slopes = np.gradient(losses_a[skip:], np.log(lrs_a[skip:]))
+    return float(lrs_a[skip + int(np.argmin(slopes))])
+
+
+def plot_lr_find(result: LRFindResult, path: Path) -> Path:
+    """Writes loss vs head LR (log x-axis) with the suggestion marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.lrs[: len(result.losses)], result.losses)
+    at = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / result.suggestion)))
+    ax.plot([result.suggestion], [result.losses[min(at, len(result.losses) - 1)]], "o", color="red",
+            label=f"suggestion {result.suggestion:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("head learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start_lr: float = 1e-7,
+            end_lr: float = 10.0, num_steps: int = 100, accelerator: str = "auto", precision: str = "32",
+            plot: Path | None = None, progress: bool = False) -> LRFindResult:
+    """Runs the range test on `module`'s current freeze policy and LR ratios, then restores it.
+
+    Weights and BatchNorm buffers are copied before and loaded back after, so the module is left
+    exactly as it was (the optimizer of the test is thrown away).
+
+    Args:
+        module: The module to test; its `config.lr` is not used.
+        datamodule: Training batches (cycled when `num_steps` exceeds an epoch).
+        start_lr: First head LR.
+        end_lr: Last head LR.
+        num_steps: Optimizer steps; the test stops early when the loss diverges.
+        accelerator: Lightning accelerator (one device).
+        precision: Lightning precision.
+        plot: Where to write lr_find.png (None: no plot).
+        progress: Show a progress bar.
+
+    Returns:
+        The LRs, smoothed losses and the suggested head LR.
+    """
+    config = module.config
+    if config.lr == "auto":  # the test sets every LR itself; the optimizer only needs a number to start from
+        module.config = config.model_copy(update={"lr": start_lr})
+    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    frozen_units, was_training = module.frozen_units, module.training
+    test = LRRangeTest(start_lr, end_lr, num_steps)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, precision=precision, max_steps=num_steps, max_epochs=-1,
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=progress, enable_model_summary=False, callbacks=[test],
+    )
+    try:
+        trainer.fit(module, datamodule)
+    finally:
+        with torch.no_grad():
+            module.load_state_dict(saved)
+        module.set_frozen_units(frozen_units)
+        module.train(was_training)
+        module._trainer = None  # detach from the test's Trainer; the real run attaches its own
+        module.config = config
+    result = LRFindResult(test.lrs[: len(test.losses)], test.losses, suggest(test.lrs[: len(test.losses)], test.losses))
+    return LRFindResult(result.lrs, result.losses, result.suggestion, plot_lr_find(result, plot) if plot else None)
+
+
+def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResult:
+    """`finetune lr-find`: the range test for a run config; writes OUTPUT/lr_find.png.
+
+    Args:
+        config: Run settings; data, backbone, weights, freeze policy, LR ratios, optimizer and the
+            lr_find_* fields are used. `output` is the folder for the plot (default: the current one).
+        console: Where the plan goes.
+
+    Returns:
+        The test's LRs, losses, suggestion and plot path.
+    """
+    from finetune.data.datamodule import ImageFolderDataModule
+    from finetune.data.scan import scan_image_folder
+    from finetune.models.backbone import create_backbone
+    from finetune.training.plan import print_plan
+    from finetune.training.precision import resolve_precision
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
+    backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    module = FinetuneModule(config.model_copy(update={"lr": config.lr_find_start_lr}), index.classes, backbone=backbone)
+    dm = ImageFolderDataModule(config.data, backbone.data_config.with_size(config.image_size), batch_size=config.batch_size,
+                               workers=config.resolved_workers(), val_split=config.val_split, seed=config.seed,
+                               index=index, augment=config.augment)
+    precision, _ = resolve_precision(config.precision, config.accelerator)
+    print_plan(module, console)
+    output = Path(config.output) if config.output is not None else Path(".")
+    return find_lr(module, dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
+                   num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
+                   plot=output / "lr_find.png", progress=config.progress)
