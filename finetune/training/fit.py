@@ -22,7 +22,9 @@ from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.models.backbone import create_backbone
 from finetune.training.module import FinetuneModule
+from finetune.training.ema import SELECTED_METRIC
 from finetune.training.plan import print_plan
+from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
 from finetune.training.precision import resolve_channels_last, resolve_precision
 
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
@@ -76,7 +78,7 @@ def _shared_run_dir(run_dir: Path) -> Iterator[None]:
 def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir."""
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max",
+        dirpath=run_dir / "checkpoints", filename="best", monitor=selection_metric(config), mode="max",
         save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
     return pl.Trainer(
@@ -88,7 +90,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         num_nodes=config.num_nodes,
         precision=precision,
         logger=CSVLogger(run_dir, name="", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *regularization_callbacks(config, run_dir)],
         limit_train_batches=config.lightning_limit(config.limit_train_batches),
         limit_val_batches=config.lightning_limit(config.limit_val_batches),
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
@@ -102,7 +104,7 @@ def best_epoch(metrics_csv: Path) -> tuple[float, int]:
     best, epoch = float("nan"), -1
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
-            value = row.get("val/acc1") or ""
+            value = row.get(SELECTED_METRIC) or row.get("val/acc1") or ""  # with --ema: the better of raw and EMA
             if value and (epoch < 0 or float(value) > best):
                 best, epoch = float(value), int(row["epoch"])
     return best, epoch
@@ -126,7 +128,8 @@ def fit(config: RunConfig, console: Console | None = None) -> RunResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(config)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
+                                       **backbone_options(config))
     module = FinetuneModule(config, index.classes, backbone=backbone)
     data_config = backbone.data_config.with_size(config.image_size)
     dm = ImageFolderDataModule(
@@ -169,6 +172,8 @@ def _announce(console, config, index, report, precision, why, module) -> None:
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     console.print(f"Precision: {precision} ({why})")
+    if module.teacher is not None:
+        console.print(f"Teacher: {module.teacher.source} (kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
     print_plan(module, console)
 
 
