@@ -18,15 +18,13 @@ class DropoutLinear(nn.Linear):
     def __init__(self, linear: nn.Linear, p: float):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          device=linear.weight.device, dtype=linear.weight.dtype)
-        self.weight, self.bias, self.p = linear.weight, linear.bias, p
+        self.weight, self.bias = linear.weight, linear.bias
+        self.drop = nn.Dropout(p)  # holds no tensors: the state dict is the Linear's
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features), input dropped with probability p in training."""
         # F.linear rather than super().forward(): TorchScript cannot compile super() calls.
-        return F.linear(F.dropout(x, self.p, self.training), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout={self.p}"
+        return F.linear(self.drop(x), self.weight, self.bias)
 
 
 def _classifier_path(model: nn.Module, num_classes: int) -> str:

@@ -124,7 +124,7 @@ class EmaCallback(pl.Callback):
         state = {"decay": self.decay, "steps": self.ema.steps, "won": self.ema_won}
         if self.ema_won:
             sd = checkpoint["state_dict"]
-            state["raw_state_dict"] = {k: sd[k] for k in ema_sd}
+            state["raw_state_dict"] = {k: sd[k].detach().clone() for k in ema_sd}  # sd may alias the live weights
             sd.update(ema_sd)
         else:
             state["ema_state_dict"] = ema_sd
