@@ -56,7 +56,7 @@ def run(
     lr: Annotated[str, typer.Option(help="The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR range test first and use its suggestion.")] = "1e-3",
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
-    augment: Annotated[str, typer.Option(help="Train augmentation: light (resize, center crop, flip) or standard (random resized crop 8-100% area, flip).")] = "standard",
+    augment: Annotated[str, typer.Option(help="Train augmentation: none (the eval resize + center crop), light (+ flip), standard (random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1) or strong (standard + a TrivialAugment-like op + random erasing). See `finetune augment-preview`.")] = "standard",
     seed: Annotated[int, typer.Option(help="Seed for the train/val split, the new head's init and augmentation.")] = 42,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction, stratified by class, for the DIR/<class>/ layout.")] = 0.2,
@@ -91,6 +91,22 @@ def run(
     lr_find_end_lr: Annotated[float, typer.Option(help="--lr auto: last LR of the range test.")] = 10.0,
     lr_find_steps: Annotated[int, typer.Option(help="--lr auto: steps of the range test.")] = 100,
     resume: Annotated[Optional[Path], typer.Option(help="Continue RUN_DIR from checkpoints/last.ckpt with its config.yaml; only --epochs (to extend), --workers, --progress, --accelerator, --devices, --strategy, --num-nodes and --limit-*-batches may be given with it. Default: a new run.")] = None,
+    # Regularization and distillation.
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing eps of the training targets, applied once (also with mixing). 0: off.")] = 0.0,
+    mixup: Annotated[float, typer.Option(help="Mixup alpha: lambda ~ Beta(alpha, alpha) per batch (0.2-0.4 typical). 0: off.")] = 0.0,
+    cutmix: Annotated[float, typer.Option(help="CutMix alpha: box area ~ Beta(alpha, alpha) per batch (1.0 typical). 0: off.")] = 0.0,
+    mix_prob: Annotated[float, typer.Option(help="Probability that a training batch is mixed (with --mixup/--cutmix).")] = 1.0,
+    mix_switch_prob: Annotated[float, typer.Option(help="With --mixup and --cutmix both on: probability that a mixed batch uses cutmix.")] = 0.5,
+    mix_off_epoch: Annotated[int, typer.Option(help="Epoch (0-based) from which training batches are no longer mixed, so the last epochs see clean images. 0: mix in every epoch.")] = 0,
+    teacher: Annotated[Optional[str], typer.Option(help="Distill from a teacher: a run directory or .ckpt of this toolkit, an exported bundle directory, or a backbone name with --teacher-weights. Same classes as the student required. Default: no teacher.")] = None,
+    teacher_weights: Annotated[Optional[Path], typer.Option(help="Weights (.safetensors/.pth) of a backbone-name --teacher, with a head for this task's classes.")] = None,
+    kd_alpha: Annotated[float, typer.Option(help="Weight A of distillation: (1-A) x task loss + A x T^2 x KL(teacher || student).")] = 0.5,
+    kd_temperature: Annotated[float, typer.Option(help="Distillation softmax temperature T.")] = 4.0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights, validate it next to the raw weights (val_ema/acc1), and keep the better one in best.ckpt.")] = False,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay per optimizer step.")] = 0.999,
+    ema_warmup: Annotated[bool, typer.Option("--ema-warmup/--no-ema-warmup", help="Ramp the EMA decay up from 0 over the first steps (0.8 after 10, 0.95 after 100).")] = True,
+    head_dropout: Annotated[float, typer.Option(help="Dropout probability right before the classifier head. 0: off.")] = 0.0,
+    drop_path: Annotated[float, typer.Option(help="Stochastic depth (drop path) rate, for backbones that have it. 0: the backbone's default.")] = 0.0,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
     settings: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("ctx", "resume")}
@@ -338,6 +354,26 @@ def _value_error_is_user_error(fn: Callable[[], T]) -> T:
         return fn()
     except ValueError as e:
         raise FinetuneError(str(e)) from None
+
+
+@app.command("augment-preview")
+def augment_preview(
+    data: Annotated[Path, typer.Option(help="Image folder, as for `finetune run`.")],
+    augment: Annotated[str, typer.Option(help="Preset: none, light, standard or strong.")] = "standard",
+    output: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment-preview.png"),
+    backbone: Annotated[str, typer.Option(help="Backbone whose preprocessing (size, mean, std) is used.")] = "resnet18",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own.")] = None,
+    count: Annotated[int, typer.Option(help="Number of augmented images in the grid.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations.")] = 0,
+) -> None:
+    """Write a PNG grid of augmented training images: what the model sees with --augment."""
+    from finetune.config import RunConfig
+    from finetune.data.preview import write_preview
+
+    # Validates the preset name the same way `finetune run --augment` does.
+    _exit_on_user_error(lambda: RunConfig(backbone=backbone, data=data, augment=augment))
+    path = _exit_on_user_error(lambda: write_preview(data, augment, output, backbone, image_size, count, seed))
+    console.print(f"Wrote {path} ({count} images, --augment {augment})")
 
 
 if __name__ == "__main__":

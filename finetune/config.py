@@ -15,7 +15,7 @@ from finetune.errors import FinetuneError
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
-Augment = Literal["light", "standard"]
+Augment = Literal["none", "light", "standard", "strong"]
 FreezePolicy = Literal["linear-probe", "bn-only", "full"]
 Schedule = Literal["cosine", "step", "onecycle", "constant"]
 
@@ -124,6 +124,23 @@ class RunConfig(BaseModel):
         if start is not None and v <= start:
             raise ValueError(f"the range test needs --lr-find-end-lr above --lr-find-start-lr ({start})")
         return v
+
+    # Regularization and distillation: soft-target loss, batch mixing, teacher, EMA, head dropout.
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing eps of the training targets")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0: off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0: off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a training batch is mixed")
+    mix_switch_prob: float = Field(0.5, ge=0, le=1, description="with mixup and cutmix on: probability of cutmix")
+    mix_off_epoch: int = Field(0, ge=0, description="no mixing from this (0-based) epoch on; 0: mix in every epoch")
+    teacher: str | None = Field(None, description="distillation teacher: run dir, .ckpt, bundle dir, or backbone name")
+    teacher_weights: Path | None = Field(None, description="weights of a backbone-name teacher")
+    kd_alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    kd_temperature: float = Field(4.0, gt=0, description="distillation softmax temperature")
+    ema: bool = Field(False, description="keep and validate an exponential moving average of the weights")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
+    ema_warmup: bool = Field(True, description="ramp the EMA decay up over the first steps")
+    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
+    drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate; 0: the backbone's default")
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from finetune.data.augment import PCALighting, colour_jitter, random_erasing, trivial_augment
 from finetune.data.data_config import INTERPOLATIONS, DataConfig
 from finetune.data.resize import pil_filter, pil_resize_shorter
 
@@ -92,12 +93,24 @@ def _normalize_to_tensor(dc: DataConfig) -> list[A.BasicTransform]:
     return [A.Normalize(mean=dc.mean, std=dc.std, max_pixel_value=255.0), ToTensorV2()]
 
 
-def _standard_train(dc: DataConfig) -> list[A.BasicTransform]:
+def _random_crop_flip(dc: DataConfig) -> list[A.BasicTransform]:
     s = dc.input_size
     crop = A.RandomResizedCrop(
         size=(s, s), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=cv2_flag(dc.interpolation)
     )
-    return [crop, A.HorizontalFlip(p=0.5), *_normalize_to_tensor(dc)]
+    return [crop, A.HorizontalFlip(p=0.5)]
+
+
+def _standard_train(dc: DataConfig) -> list[A.BasicTransform]:
+    # Colour jitter 0.6-1.4 and AlexNet PCA lighting (std 0.1): the classic ImageNet ResNet recipe.
+    return [*_random_crop_flip(dc), colour_jitter(), PCALighting(0.1), *_normalize_to_tensor(dc)]
+
+
+def _strong_train(dc: DataConfig) -> list[A.BasicTransform]:
+    # Standard plus one TrivialAugment op per image, and random erasing on the normalised image.
+    normalize, to_tensor = _normalize_to_tensor(dc)
+    return [*_random_crop_flip(dc), trivial_augment(), colour_jitter(), PCALighting(0.1),
+            normalize, random_erasing(), to_tensor]
 
 
 def _standard_eval(dc: DataConfig) -> list[A.BasicTransform]:
@@ -113,8 +126,10 @@ def _light_train(dc: DataConfig) -> list[A.BasicTransform]:
 
 # name -> (train steps, eval steps); every preset shares the eval steps unless it says otherwise.
 PRESETS: dict[str, tuple[Callable[[DataConfig], list], Callable[[DataConfig], list]]] = {
+    "none": (_standard_eval, _standard_eval),  # train on exactly what evaluation sees
     "light": (_light_train, _standard_eval),
     "standard": (_standard_train, _standard_eval),
+    "strong": (_strong_train, _standard_eval),
 }
 
 
@@ -138,7 +153,8 @@ def build_transform(dc: DataConfig, train: bool, preset: str = "standard", seed:
 
 
 def build_train_transform(dc: DataConfig, seed: int | None = None, preset: str = "standard") -> AlbumentationsTransform:
-    """The train pipeline of `preset`; standard: RandomResizedCrop(0.08-1, 3/4-4/3) + flip + normalize."""
+    """The train pipeline of `preset`; standard: RandomResizedCrop(0.08-1, 3/4-4/3) + flip + colour
+    jitter + PCA lighting + normalize."""
     return build_transform(dc, train=True, preset=preset, seed=seed)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError, UnknownBackboneError, WeightsError
+from finetune.models.heads import has_stochastic_depth, no_drop_path_error, set_head_dropout
 
 TV_PREFIX = "tv:"
 # torchvision's GoogLeNet/Inception auxiliary classifiers: never built, their weights skipped.
@@ -73,11 +74,18 @@ def build_timm(arch: str, num_classes: int, *, file: Path | None, drop_rate: flo
     if file is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
     try:
-        return timm.create_model(arch, **kwargs)
+        model = timm.create_model(arch, **kwargs)
+    except TypeError as e:  # the model class takes no drop_path_rate
+        if drop_path_rate:
+            raise no_drop_path_error(arch) from e
+        raise
     except Exception as e:  # timm raises anything from shape mismatches to unpickling errors
         if file is None:
             raise
         raise WeightsError(f"cannot load {file} into {arch}: {e}") from e
+    if drop_path_rate and not has_stochastic_depth(model):  # accepted through **kwargs, then unused
+        raise no_drop_path_error(arch)
+    return model
 
 
 def build_torchvision(arch: str, num_classes: int, *, imagenet: bool, drop_rate: float,
@@ -89,14 +97,19 @@ def build_torchvision(arch: str, num_classes: int, *, imagenet: bool, drop_rate:
         # pretrained weights expect transform_input=True (they were trained on [-1, 1] inputs and
         # the builder switches it on when it loads them), so do the same for imagenet weights.
         extra.update(aux_logits=False, init_weights=True, transform_input=imagenet)
-    if drop_rate:
-        extra["dropout"] = drop_rate
     if drop_path_rate:
         extra["stochastic_depth_prob"] = drop_path_rate
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
-    except TypeError as e:  # the architecture has no dropout / stochastic depth argument
-        raise FinetuneError(f"tv:{arch} does not support {sorted(extra)}: {e}") from e
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    except TypeError as e:  # the architecture has no stochastic depth argument
+        if drop_path_rate:
+            raise no_drop_path_error(f"tv:{arch}") from e
+        raise FinetuneError(f"tv:{arch} cannot be built: {e}") from e
+    if drop_rate:
+        # torchvision's `dropout` arguments are not always head dropout (ViT: in the encoder; ResNet:
+        # none), so the dropout is placed before the classifier directly.
+        set_head_dropout(model, num_classes, drop_rate)
+    return model
 
 
 def default_weights(arch: str) -> torchvision.models.WeightsEnum | None:

@@ -22,8 +22,10 @@ from finetune.data.scan import scan_image_folder
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.module import FinetuneModule
+from finetune.training.ema import SELECTED_METRIC
 from finetune.training.lr_find import find_lr
 from finetune.training.plan import print_plan
+from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
 from finetune.training.resume import ContinuingCSVLogger, RNGState, previous_metrics
 from finetune.training.unfreeze import GradualUnfreezing
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -83,7 +85,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept.
     """
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max",
+        dirpath=run_dir / "checkpoints", filename="best", monitor=selection_metric(config), mode="max",
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
@@ -97,7 +99,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         num_nodes=config.num_nodes,
         precision=precision,
         logger=ContinuingCSVLogger(run_dir, name="", version="", previous_rows=previous_rows),
-        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), *regularization_callbacks(config, run_dir), *callbacks],
         limit_train_batches=config.lightning_limit(config.limit_train_batches),
         limit_val_batches=config.lightning_limit(config.limit_val_batches),
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
@@ -111,7 +113,7 @@ def best_epoch(metrics_csv: Path) -> tuple[float, int]:
     best, epoch = float("nan"), -1
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
-            value = row.get("val/acc1") or ""
+            value = row.get(SELECTED_METRIC) or row.get("val/acc1") or ""  # with --ema: the better of raw and EMA
             if value and (epoch < 0 or float(value) > best):
                 best, epoch = float(value), int(row["epoch"])
     return best, epoch
@@ -139,7 +141,8 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     pl.seed_everything(config.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(config)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
+                                       **backbone_options(config))
     if config.freeze_until == "auto":
         layer, why = auto_freeze_until(backbone, images_per_class(index.counts("train")))
         config = config.model_copy(update={"freeze_until": layer})
@@ -230,6 +233,8 @@ def _announce(console, config, index, report, precision, why, module, world_size
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     console.print(f"Precision: {precision} ({why})")
+    if module.teacher is not None:
+        console.print(f"Teacher: {module.teacher.source} (kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
     print_plan(module, console, world_size)
 
 

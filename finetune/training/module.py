@@ -11,12 +11,17 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from finetune.config import RunConfig
-from finetune.models.backbone import Backbone, create_backbone
+from finetune.data.data_config import DataConfig
+from finetune.data.mixing import MixedBatch
 from finetune.errors import FinetuneError
+from finetune.models.backbone import Backbone, create_backbone
 from finetune.training.freeze import build_schedule, frozen_param_names
+from finetune.training.losses import mixed_soft_targets, training_loss
 from finetune.training.optim import build_optimizer, discriminative_mults, param_groups
-from finetune.training.schedules import ScheduleFactor
 from finetune.training.precision import resolve_channels_last
+from finetune.training.regularization import backbone_options, build_mixer, build_teacher, mixing_on
+from finetune.training.schedules import ScheduleFactor
+from finetune.training.teacher import Teacher
 
 
 class FinetuneModule(pl.LightningModule):
@@ -28,6 +33,8 @@ class FinetuneModule(pl.LightningModule):
         config: The run settings (backbone, weights, freeze_until, optimizer...).
         class_names: Class names in label-index order; their count sizes the head.
         backbone: A backbone already built (skips `create_backbone`, e.g. when loading a checkpoint).
+        teacher: A distillation teacher already loaded (default: the one `config.teacher` names).
+            It is kept out of the registered children: never optimized, never in checkpoints.
 
     Example:
         >>> dm = ImageFolderDataModule("data/", data_config)          # doctest: +SKIP
@@ -35,7 +42,8 @@ class FinetuneModule(pl.LightningModule):
         >>> pl.Trainer(max_epochs=3).fit(module, dm)
     """
 
-    def __init__(self, config: RunConfig | dict[str, Any], class_names: Sequence[str], backbone: Backbone | None = None):
+    def __init__(self, config: RunConfig | dict[str, Any], class_names: Sequence[str], backbone: Backbone | None = None,
+                 teacher: Teacher | None = None):
         super().__init__()
         self.config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
         self.class_names = list(class_names)
@@ -43,10 +51,15 @@ class FinetuneModule(pl.LightningModule):
         self.load_report = None
         if backbone is None:
             backbone, self.load_report = create_backbone(
-                self.config.backbone, len(self.class_names), self.config.weights, weights_dir=self.config.weights_dir
+                self.config.backbone, len(self.class_names), self.config.weights, weights_dir=self.config.weights_dir,
+                **backbone_options(self.config),
             )
         self.backbone = backbone
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss()  # validation: plain CE on hard labels
+        self.mixer = build_mixer(self.config)
+        self.teacher = teacher or build_teacher(self.config, self.class_names, self.input_config)
+        if self.teacher is not None:
+            self.teacher.check_classes(self.class_names)
         self._make_metrics(len(self.class_names))
         self._frozen_norms: list[nn.Module] = []
         self.frozen_units = 0
@@ -104,14 +117,26 @@ class FinetuneModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
+    @property
+    def input_config(self) -> DataConfig:
+        """The preprocessing of the training inputs (the backbone's, at --image-size)."""
+        return self.backbone.data_config.with_size(self.config.image_size)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
-        self.train_acc1(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        """Mixes the batch, builds soft targets (smoothed once), adds the teacher's KD term."""
+        x, y, cfg = *batch, self.config
+        mixing = self.mixer is not None and mixing_on(cfg, self.current_epoch)
+        mixed = self.mixer(x, y) if mixing else MixedBatch.unmixed(x, y)
+        target = mixed_soft_targets(mixed.y, mixed.y_partner, mixed.lam, len(self.class_names), cfg.label_smoothing)
+        logits = self(mixed.x)
+        teacher_logits = self.teacher.logits(mixed.x, self.input_config) if self.teacher is not None else None
+        parts = training_loss(logits, target, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
+        self.train_acc1(logits, target.argmax(dim=1))  # the dominant label of a mixed image
+        self.log("train/loss", parts.total, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
-        return loss
+        if parts.kd is not None:
+            self.log_dict({"train/task_loss": parts.task, "train/kd_loss": parts.kd}, on_epoch=True, sync_dist=True)
+        return parts.total
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -125,6 +150,8 @@ class FinetuneModule(pl.LightningModule):
     # ----- setup ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.use_channels_last = resolve_channels_last(self.config.channels_last, str(self.trainer.precision))
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         if self.use_channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -189,7 +216,7 @@ class FinetuneModule(pl.LightningModule):
         """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub."""
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         hparams = ckpt["hyper_parameters"]
-        config = RunConfig.model_validate({**hparams["config"], "weights": "none"})
+        config = RunConfig.model_validate({**hparams["config"], "weights": "none", "teacher": None})
         module = cls(config, hparams["class_names"])
         module.load_state_dict(ckpt["state_dict"])
         return module

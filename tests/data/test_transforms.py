@@ -30,7 +30,11 @@ def test_output_shape_follows_data_config(dc, size, train):
     assert out.shape == (3, size, size) and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("builder", [build_train_transform, build_eval_transform])
+def _light_train(dc):  # geometry only: standard/strong also change colours, by design
+    return build_train_transform(dc, preset="light")
+
+
+@pytest.mark.parametrize("builder", [_light_train, build_eval_transform])
 def test_normalization_uses_data_config_stats(dc, builder):
     out = builder(dc)(np.full((50, 40, 3), 200, np.uint8))
     expected = _expected_constant(dc, 200)
@@ -72,7 +76,7 @@ def test_eval_resize_antialiases_like_pil():
 def test_unknown_names_are_errors(dc):
     with pytest.raises(ValueError, match="valid: nearest, bilinear, bicubic, lanczos"):
         build_eval_transform(DataConfig(8, dc.mean, dc.std, "cubic-ish"))
-    with pytest.raises(ValueError, match="valid: light, standard"):
+    with pytest.raises(ValueError, match="valid: none, light, standard, strong"):
         build_transform(dc, train=True, preset="fancy")
 
 

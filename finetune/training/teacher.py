@@ -1,0 +1,161 @@
+"""Teacher models for knowledge distillation: loading, class checks, re-normalised inputs.
+
+A `Teacher` is deliberately not an `nn.Module`: stored on the LightningModule it is not a
+registered child, so its weights never enter the student's `state_dict`, checkpoints or exports,
+and the student's optimizer never sees its parameters.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from finetune.data.data_config import DataConfig
+from finetune.errors import FinetuneError
+from finetune.models.backbone import Backbone, create_backbone
+
+BUNDLE_FORMAT = "finetune-bundle"
+
+
+class TeacherError(FinetuneError):
+    """The teacher cannot be loaded or does not fit the student's task."""
+
+
+class Teacher:
+    """A frozen classifier whose logits the student learns from.
+
+    Attributes:
+        backbone: The network (eval mode, no gradients).
+        data_config: The preprocessing it expects (size, mean, std).
+        class_names: Its classes, in label-index order.
+        source: Where it came from, for messages.
+    """
+
+    def __init__(self, backbone: Backbone, data_config: DataConfig, class_names: Sequence[str], source: str):
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.data_config, self.class_names, self.source = data_config, list(class_names), source
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        self.backbone.to(device)
+        return self
+
+    def check_classes(self, student_classes: Sequence[str]) -> None:
+        """Raises TeacherError naming both class lists when they differ (names or order)."""
+        if list(student_classes) != self.class_names:
+            raise TeacherError(
+                f"the teacher {self.source} was trained on classes {self.class_names}, but the student's "
+                f"data has classes {list(student_classes)}: teacher and student need the same classes "
+                f"in the same order"
+            )
+
+    def logits(self, x: Tensor, student_config: DataConfig) -> Tensor:
+        """Teacher logits for a batch prepared for the student.
+
+        Args:
+            x: Images normalised with the student's mean/std, shape (B, 3, S, S).
+            student_config: The student's preprocessing.
+
+        Returns:
+            Logits, shape (B, C): an ordinary tensor (not an inference tensor), no gradient.
+        """
+        self.backbone.eval()  # Lightning's train() calls never reach it, but a user's might
+        with torch.inference_mode():
+            out = self.backbone(renormalize(x, student_config, self.data_config))
+        return out.clone()  # inference tensors cannot be saved for the student's backward pass
+
+
+def renormalize(x: Tensor, source: DataConfig, target: DataConfig) -> Tensor:
+    """Re-expresses a batch normalised for `source` in `target`'s normalisation and size.
+
+    Args:
+        x: Shape (B, 3, S, S), normalised as (pixel - source.mean) / source.std.
+
+    Returns:
+        Shape (B, 3, T, T) with T = target.input_size, normalised with target's mean/std.
+    """
+    def stat(values: Sequence[float]) -> Tensor:
+        return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+
+    if source.mean != target.mean or source.std != target.std:
+        x = (x * stat(source.std) + stat(source.mean) - stat(target.mean)) / stat(target.std)
+    if x.shape[-1] != target.input_size or x.shape[-2] != target.input_size:
+        size = (target.input_size, target.input_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def load_teacher(source: str | Path, class_names: Sequence[str], weights: str | Path | None = None,
+                 student_config: DataConfig | None = None) -> Teacher:
+    """Loads a teacher and checks that it classifies the student's classes.
+
+    Args:
+        source: A run directory or .ckpt of this toolkit, an exported bundle directory, or a
+            backbone name (then `weights` is required).
+        class_names: The student's classes.
+        weights: Weights file for a backbone-name teacher (its head must have len(class_names) outputs).
+        student_config: The student's preprocessing; a backbone-name teacher uses its size with
+            the backbone's own mean/std (a bare weights file records no input size).
+
+    Raises:
+        TeacherError: Unknown source, missing weights, or different classes.
+    """
+    path = Path(source).expanduser()
+    if weights is not None and path.exists():
+        raise TeacherError(f"--teacher-weights is only for a backbone-name teacher; {source} is a "
+                           f"file or directory that carries its own weights")
+    if (path / "config.json").is_file():
+        teacher = _from_bundle(path)
+    elif path.is_dir() or path.suffix == ".ckpt":
+        teacher = _from_checkpoint(_checkpoint_in(path))
+    else:
+        teacher = _from_name(str(source), weights, class_names, student_config)
+    teacher.check_classes(class_names)
+    return teacher
+
+
+def _checkpoint_in(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt", path / "best.ckpt"):
+        if candidate.is_file():
+            return candidate
+    raise TeacherError(f"--teacher {path}: no checkpoints/best.ckpt or last.ckpt in this directory, and "
+                       f"no config.json of an exported bundle")
+
+
+def _from_checkpoint(ckpt_path: Path) -> Teacher:
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        config, names = ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["class_names"]
+    except (KeyError, RuntimeError, OSError) as e:
+        raise TeacherError(f"--teacher {ckpt_path} is not a checkpoint of this toolkit: {e}") from e
+    backbone, _ = create_backbone(config["backbone"], len(names), str(ckpt_path))
+    return Teacher(backbone, backbone.data_config.with_size(config.get("image_size")), names, str(ckpt_path))
+
+
+def _from_bundle(bundle: Path) -> Teacher:
+    config = json.loads((bundle / "config.json").read_text())
+    if config.get("format") != BUNDLE_FORMAT:
+        raise TeacherError(f"--teacher {bundle}: config.json is not a {BUNDLE_FORMAT} "
+                           f"(format: {config.get('format')!r})")
+    backbone, _ = create_backbone(config["backbone"], int(config["num_classes"]), str(bundle / "model.safetensors"))
+    return Teacher(backbone, DataConfig.from_dict(config["data_config"]), config["class_names"], str(bundle))
+
+
+def _from_name(name: str, weights: str | Path | None, class_names: Sequence[str],
+               student_config: DataConfig | None) -> Teacher:
+    if weights is None:
+        raise TeacherError(
+            f"--teacher {name} is not a run directory, checkpoint or bundle; as a backbone name it needs "
+            f"--teacher-weights PATH (a state dict with a {len(class_names)}-class head)"
+        )
+    backbone, report = create_backbone(name, len(class_names), str(weights))
+    if report.dropped_head or report.missing:
+        raise TeacherError(f"--teacher-weights {weights} does not fit {name} with {len(class_names)} "
+                           f"classes: {report}")
+    size = student_config.input_size if student_config is not None else None
+    return Teacher(backbone, backbone.data_config.with_size(size), class_names, f"{name} ({weights})")

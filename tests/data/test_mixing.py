@@ -1,0 +1,66 @@
+"""Batch mixing: odd and size-1 batches, cutmix lambda equal to the kept area, mode choice."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finetune.data.mixing import BatchMixer, cutmix_box
+
+
+def _constant_batch(b: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    # Sample i is the constant image i + 1: every pixel tells which sample it came from.
+    x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, size, size).clone()
+    return x, torch.arange(b) % 3
+
+
+@pytest.mark.parametrize("b", [1, 5, 7])
+def test_odd_and_single_batches_mix(b):
+    x, y = _constant_batch(b)
+    for mixer in (BatchMixer(mixup_alpha=0.4, generator=torch.Generator().manual_seed(0)),
+                  BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))):
+        out = mixer(x, y)
+        assert out.x.shape == x.shape and out.y_partner.shape == (b,) and 0.0 <= out.lam <= 1.0
+
+
+def test_mixup_is_a_convex_combination_with_the_partner():
+    x, y = _constant_batch(6)
+    out = BatchMixer(mixup_alpha=0.4, generator=torch.Generator().manual_seed(1))(x, y)
+    partner = (out.x[:, 0, 0, 0] - out.lam * x[:, 0, 0, 0]) / (1 - out.lam)
+    assert out.mode == "mixup" and 0 < out.lam < 1
+    assert torch.allclose(partner, partner.round(), atol=1e-4)  # another sample's constant
+    assert torch.equal(y[(partner.round() - 1).long()], out.y_partner)
+
+
+def test_cutmix_lambda_is_the_share_of_kept_pixels():
+    x, y = _constant_batch(5, size=20)
+    for seed in range(10):
+        out = BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(seed))(x, y)
+        own = out.x == x
+        moved = y != out.y_partner
+        if moved.any():  # samples paired with themselves look unchanged
+            kept = own[moved].float().mean().item()
+            assert kept == pytest.approx(out.lam, abs=1e-6)
+
+
+def test_cutmix_box_is_clipped_at_the_border():
+    top, bottom, left, right = cutmix_box(10, 10, 0.0, torch.Generator().manual_seed(0))
+    assert 0 <= top <= bottom <= 10 and 0 <= left <= right <= 10
+
+
+def test_mix_prob_and_switch_prob_choose_the_mode():
+    x, y = _constant_batch(4)
+    gen = torch.Generator().manual_seed(0)
+    assert {BatchMixer(0.2, 1.0, prob=0.0, generator=gen)(x, y).mode for _ in range(20)} == {"none"}
+    assert {BatchMixer(0.2, 1.0, switch_prob=1.0, generator=gen)(x, y).mode for _ in range(20)} == {"cutmix"}
+    assert {BatchMixer(0.2, 1.0, switch_prob=0.0, generator=gen)(x, y).mode for _ in range(20)} == {"mixup"}
+    modes = [BatchMixer(0.2, 1.0, prob=0.5, generator=gen)(x, y).mode for _ in range(200)]
+    assert 60 < modes.count("none") < 140
+
+
+def test_alpha_shapes_lambda():
+    x, y = _constant_batch(4)
+    gen = torch.Generator().manual_seed(0)
+    small = [BatchMixer(mixup_alpha=0.05, generator=gen)(x, y).lam for _ in range(100)]
+    large = [BatchMixer(mixup_alpha=20.0, generator=gen)(x, y).lam for _ in range(100)]
+    extreme = lambda lams: sum(min(v, 1 - v) < 0.1 for v in lams)  # noqa: E731
+    assert extreme(small) > 70 and extreme(large) < 5

@@ -1,0 +1,61 @@
+"""The divergence guard: a huge LR stops the run with a clear message, the good checkpoint stays."""
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.config import RunConfig
+from finetune.training.divergence import DivergenceError, DivergenceGuard
+
+runner = CliRunner()
+
+
+class _HugeLrFromEpoch1(pl.Callback):
+    """Multiplies every LR by 1e6 from the second epoch on (the scheduler recomputes LRs from base_lrs)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            scheduler.base_lrs = [lr * 1e6 for lr in scheduler.base_lrs]
+
+
+def test_huge_lr_from_the_start_is_reported(tiny_data, tmp_path, run_args):
+    out = tmp_path / "run"
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--optimizer", "sgd", "--lr", "1e6",
+                                         "--epochs", "2"))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "training diverged at epoch 0" in text and "learning rate too high" in text and "--lr" in text
+    assert "No checkpoint was written" in text and not (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import finetune.training.fit as fit_module
+
+    original = fit_module.regularization_callbacks
+    monkeypatch.setattr(fit_module, "regularization_callbacks", lambda *a: [*original(*a), _HugeLrFromEpoch1()])
+    out = tmp_path / "run"
+    cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=out, image_size=32, epochs=3,
+                    batch_size=8, workers=0, progress=False, optimizer="sgd", lr=0.01)
+    with pytest.raises(DivergenceError, match="training diverged at epoch 1.*learning rate too high") as e:
+        fit_module.fit(cfg)
+    assert str(out / "checkpoints" / "last.ckpt") in str(e.value)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+class _Trainer:
+    current_epoch, global_step, optimizers = 1, 10, []
+
+
+def test_three_times_the_first_epoch_mean_trips_the_guard():
+    guard = DivergenceGuard(3.0)
+    guard.first_epoch_mean = 1.0
+    guard.on_train_epoch_start(_Trainer(), None)
+    guard.on_before_backward(_Trainer(), None, torch.tensor(2.9))
+    with pytest.raises(DivergenceError, match="exceeds 3x"):
+        guard.on_before_backward(_Trainer(), None, torch.tensor(3.5))  # running mean 3.2

@@ -1,0 +1,94 @@
+"""EMA of weights: frozen parameters untouched, decay warmup, both validated, winner checkpointed."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.config import RunConfig
+from finetune.training.ema import EmaCallback, WeightEma
+from finetune.training.regularization import regularization_callbacks
+
+runner = CliRunner()
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    net[0].requires_grad_(False)  # frozen
+    return net
+
+
+def test_only_trainable_parameters_are_averaged():
+    net = _net()
+    ema = WeightEma(net, decay=0.9, warmup=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # frozen ones too: a frozen layer changed behind the EMA's back
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    ema.update(net)
+    after = ema.module.state_dict()
+    assert torch.equal(after["0.weight"], before["0.weight"])  # frozen: not averaged
+    assert torch.allclose(after["2.weight"], 0.9 * before["2.weight"] + 0.1 * net[2].weight, atol=1e-6)
+
+
+def test_decay_warmup():
+    ema = WeightEma(_net(), decay=0.999, warmup=True)
+    assert ema.decay_at(0) == 0.0  # the first update copies the weights
+    assert 0.79 < ema.decay_at(10) < 0.81 and 0.95 < ema.decay_at(100) < 0.96
+    assert ema.decay_at(10**7) == 0.999
+    assert WeightEma(_net(), decay=0.999, warmup=False).decay_at(0) == 0.999
+
+
+def test_ema_flags_reach_the_callback():
+    cfg = RunConfig(backbone="test_resnet", data=".", ema=True, ema_decay=0.95, ema_warmup=False)
+    ema = [c for c in regularization_callbacks(cfg, cfg.data) if isinstance(c, EmaCallback)]
+    assert len(ema) == 1 and (ema[0].decay, ema[0].warmup) == (0.95, False)
+    assert not any(isinstance(c, EmaCallback) for c in regularization_callbacks(cfg.model_copy(update={"ema": False}), cfg.data))
+
+
+@pytest.mark.parametrize("ema_won", [True, False])
+def test_checkpoint_carries_the_winner_and_resume_restores_raw(ema_won):
+    from finetune.training.module import FinetuneModule
+
+    module = FinetuneModule(RunConfig(backbone="test_resnet", data=".", weights="none"), ["a", "b"])
+    callback = EmaCallback(0.9)
+    callback.setup(None, module, "fit")
+    with torch.no_grad():
+        for p in callback.ema.module.parameters():
+            p.add_(1.0)  # EMA and raw weights differ
+    callback.ema_won = ema_won
+    raw = {k: v.clone() for k, v in module.state_dict().items()}
+    ckpt = {"state_dict": module.state_dict()}
+    callback.on_save_checkpoint(None, module, ckpt)
+    key = "backbone.model.fc.weight"
+    winner = callback.ema.module.fc.weight if ema_won else raw[key]
+    assert torch.equal(ckpt["state_dict"][key], winner)
+    # resuming: Lightning loads state_dict into the module, then the callback restores raw + EMA
+    module.load_state_dict(ckpt["state_dict"])
+    fresh = EmaCallback(0.9)
+    fresh.setup(None, module, "fit")
+    fresh.on_load_checkpoint(None, module, ckpt)
+    assert torch.equal(module.backbone.model.fc.weight, raw[key])
+    assert torch.equal(fresh.ema.module.fc.weight, callback.ema.module.fc.weight)
+
+
+def test_ema_run_validates_both_and_selects_the_better(tiny_data, tmp_path, run_args):
+    out = tmp_path / "run"
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--epochs", "2", "--ema",
+                                         "--ema-decay", "0.9"))
+    assert result.exit_code == 0, result.output
+    rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r.get("val_ema/acc1")]
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["val/acc1_selected"]) == max(float(r["val/acc1"]), float(r["val_ema/acc1"]))
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["ema"]["steps"] == 3 * (best["epoch"] + 1)  # 24 images / batch 8 = 3 updates per epoch
+    assert ("raw_state_dict" in best["ema"]) == best["ema"]["won"]
+    key = "backbone.model.fc.weight"
+    other = best["ema"]["raw_state_dict" if best["ema"]["won"] else "ema_state_dict"][key]
+    assert not torch.equal(best["state_dict"][key], other)  # the loser is kept aside, not in state_dict
