@@ -23,8 +23,24 @@ _LAZY = {
     "export_bundle": "finetune.export.bundle",
     "Predictor": "finetune.inference",
     "Ensemble": "finetune.inference",
+    "load_recipe": "finetune.config",
+    "list_recipes": "finetune.config",
 }
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "backbones", *_LAZY]
+
+
+def backbones(filter: str | None = None, weights_dir: str | None = None) -> list:
+    """Backbone names matching `filter` (substring or wildcard), with parameter counts and local weights.
+
+    Example:
+        >>> [b.name for b in finetune.backbones("resnet18")][:2]  # doctest: +SKIP
+        ['legacy_seresnet18', 'resnet18']
+    """
+    from pathlib import Path
+
+    from finetune.models.catalog import list_backbones
+
+    return list_backbones(filter, weights_dir=Path(weights_dir) if weights_dir else None)
 
 
 def __getattr__(name: str) -> Any:

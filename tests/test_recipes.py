@@ -68,3 +68,37 @@ def test_recipes_command_lists_and_shows():
 def test_missing_backbone_is_required_here_or_in_the_recipe(tiny_data, tmp_path):
     result = runner.invoke(app, ["run", "--data", str(tiny_data), "--output", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--backbone is required" in result.output
+
+
+SHIPPED = ("distill", "finetune-large", "finetune-small", "gradual-unfreeze", "linear-probe", "regularized", "two-phase")
+
+
+def test_the_shipped_recipes_are_all_there_with_descriptions():
+    from finetune.config import list_recipes
+
+    recipes = {r.name: r for r in list_recipes()}
+    assert tuple(sorted(recipes)) == SHIPPED
+    assert all(r.description and "When:" in r.notes for r in recipes.values())
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    args = ["run", "--backbone", "test_resnet", "--data", str(tiny_data), "--output", str(out), "--weights", "none",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--no-export"]
+    assert runner.invoke(app, args).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_runs_a_tiny_step(name, tiny_data, tmp_path, run_args, teacher_run):
+    out = tmp_path / name
+    extra = ["--teacher", str(teacher_run)] if name == "distill" else []
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--recipe", name, "--epochs", "2",
+                                         "--limit-train-batches", "1", "--limit-val-batches", "1", *extra))
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    recipe = load_recipe(name)
+    for key, value in recipe.values.items():
+        if key not in ("epochs", "freeze_until"):  # --epochs is given here; auto is resolved to a layer
+            assert saved[key] == value and saved["sources"][key] == f"recipe {name}", key
