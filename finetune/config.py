@@ -64,7 +64,8 @@ class RunConfig(BaseModel):
     freeze_epochs: int | None = Field(None, ge=1, description="epochs with the frozen policy before unfreezing")
     unfreeze_every: int | None = Field(None, ge=1, description="unfreeze one more layer group every K epochs")
     lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay per group below the head")
-    backbone_lr_mult: float = Field(0.1, gt=0, description="LR of every backbone group relative to the head")
+    backbone_lr_mult: float | None = Field(
+        None, gt=0, description="LR of every backbone group relative to the head; None: 0.1 for pretrained weights, 1 for none")
     schedule: Schedule = Field("cosine", description="LR schedule, one factor for every group")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs")
     step_size: int = Field(7, ge=1, description="epochs between LR drops of the step schedule")
@@ -146,6 +147,12 @@ class RunConfig(BaseModel):
     @classmethod
     def _devices_to_str(cls, v: Any) -> str:
         return str(v)
+
+    def resolved_backbone_lr_mult(self) -> float:
+        """0.1 protects pretrained features (the usual fine-tuning start); random init has none to protect."""
+        if self.backbone_lr_mult is not None:
+            return self.backbone_lr_mult
+        return 1.0 if self.weights == "none" else 0.1
 
     def resolved_workers(self) -> int:
         """DataLoader workers: the explicit value, else min(4, cores); more only contend on small machines."""

@@ -39,15 +39,14 @@ def run_demo(output: Path, backbone: str = "resnet18", freeze_until: str = "laye
     source, target = make_demo_data(output / "data")
     common = dict(backbone=backbone, image_size=IMAGE_SIZE, batch_size=32, epochs=epochs, workers=0, seed=0)
     console.rule("1/3 source task: textures, from scratch")
-    # From random init there is nothing to preserve: every group trains at the head's LR.
-    pre, t_pre = _timed_fit(RunConfig(data=source, weights="none", lr=3e-3, backbone_lr_mult=1.0,
-                                      export=False, output=output / "source", **common), console)
+    pre, t_pre = _timed_fit(RunConfig(data=source, weights="none", lr=3e-3, export=False,
+                                      output=output / "source", **common), console)
     console.rule(f"2/3 target task: patterns, fine-tuned from the source checkpoint, frozen until {freeze_until}")
     tuned, t_tuned = _timed_fit(RunConfig(data=target, weights=str(pre.best_checkpoint), freeze_until=freeze_until,
                                           output=output / "finetuned", **common), console)
     console.rule("3/3 target task: patterns, from scratch")
-    scratch, t_scratch = _timed_fit(RunConfig(data=target, weights="none", backbone_lr_mult=1.0,
-                                              export=False, output=output / "scratch", **common), console)
+    scratch, t_scratch = _timed_fit(RunConfig(data=target, weights="none", export=False,
+                                              output=output / "scratch", **common), console)
     table = Table(title="Val top-1: source task (textures), then target task (patterns, 8 train images per class)", title_justify="left")
     for col in ("run", "weights", "val top-1", "time"):
         table.add_column(col)

@@ -20,6 +20,9 @@ def test_fit_returns_paths_and_metrics(tiny_data, tmp_path):
     assert 0.0 <= result.best_val_acc1 <= 1.0 and result.best_epoch == 0
     predictor = finetune.Predictor.load(result.run_dir / "model")
     assert predictor.class_names == ["circle", "square", "triangle"]
+    # fit() imported the finetune.export subpackage; the public name must still be callable.
+    bundle = finetune.export(result.run_dir, tmp_path / "again")
+    assert (bundle / "model.onnx").is_file()
 
 
 def test_module_and_datamodule_work_with_a_users_trainer(tiny_data, tmp_path):

@@ -6,20 +6,25 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def subplots(*args, **kwargs):
+    """Like `plt.subplots`, on a bare Figure: writing PNGs never switches the global backend.
+
+    pyplot + `matplotlib.use("Agg")` would turn off a notebook's inline plots as a side effect.
+    """
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -37,7 +42,7 @@ def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
 def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     """Train vs val loss and top-1 per epoch, side by side; the gap between them shows overfitting."""
     series = read_epoch_metrics(Path(metrics_csv))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     for ax, (metric, label) in zip(axes, (("loss", "loss"), ("acc1", "top-1 accuracy"))):
         for split, style in (("train", "o-"), ("val", "s--")):
             key = f"{split}/{metric}_epoch" if (split, metric) == ("train", "loss") else f"{split}/{metric}"
@@ -56,7 +61,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
     n = len(class_names)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     side = min(4 + 0.45 * n, 30)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig, ax = subplots(figsize=(side + 1.5, side))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ax.set_xticks(range(n), class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
@@ -78,7 +83,7 @@ def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str 
     conf = np.array([b["confidence"] for b in bins])
     counts = np.array([b["count"] for b in bins])
     used = counts > 0
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
+    fig, (top, bottom) = subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
     top.bar(lower[used], acc[used], width=width, align="edge", edgecolor="black", label="accuracy")
     gap_low = np.minimum(acc, conf)[used]  # the gap spans accuracy..confidence, whichever is higher
     top.bar(lower[used], np.abs(conf - acc)[used], bottom=gap_low, width=width, align="edge",

@@ -83,12 +83,9 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
 
 def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     """Writes loss vs head LR (log x-axis) with the suggestion marked."""
-    import matplotlib
+    from finetune.evaluation.plots import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(result.lrs[: len(result.losses)], result.losses)
     at = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / result.suggestion)))
     ax.plot([result.suggestion], [result.losses[min(at, len(result.losses) - 1)]], "o", color="red",
@@ -100,7 +97,6 @@ def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -175,7 +175,7 @@ class FinetuneModule(pl.LightningModule):
 
     def lr_mults(self) -> list[float]:
         """LR multiplier of each layer group relative to the head's LR (--lr-decay / --backbone-lr-mult)."""
-        return discriminative_mults(len(self.backbone.groups), self.config.lr_decay, self.config.backbone_lr_mult)
+        return discriminative_mults(len(self.backbone.groups), self.config.lr_decay, self.config.resolved_backbone_lr_mult())
 
     def head_lr(self, world_size: int | None = None) -> float:
         """The head's peak LR: --lr, times global batch / 256 with --scale-lr (the linear scaling rule)."""

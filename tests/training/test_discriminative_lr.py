@@ -30,6 +30,13 @@ def test_plan_shows_each_groups_lr(make_config):
     assert {r.group: r.lr for r in plan_rows(module)}["layer1"] == pytest.approx(0.002)
 
 
+def test_default_backbone_mult_depends_on_pretrained_weights(make_config, test_resnet_weights):
+    scratch = FinetuneModule(make_config(lr=0.01), CLASSES)  # make_config: weights none
+    assert {r.group: r.lr for r in plan_rows(scratch)}["layer1"] == pytest.approx(0.01)
+    tuned = FinetuneModule(make_config(lr=0.01, weights=str(test_resnet_weights)), CLASSES)
+    assert {r.group: r.lr for r in plan_rows(tuned)}["layer1"] == pytest.approx(0.001)
+
+
 def test_scale_lr_applies_the_linear_scaling_rule(make_config):
     module = FinetuneModule(make_config(lr=0.1, scale_lr=True, batch_size=64), CLASSES)
     assert plan_rows(module)[-1].lr == pytest.approx(0.1 * 64 / 256)

@@ -38,9 +38,11 @@ def test_unfreeze_every_adds_one_group_from_the_top():
     assert [s.frozen_units_at(e) for e in range(6)] == [4, 4, 4, 3, 2, 0]
 
 
-def test_recipe_freeze_epochs_1_of_3_freezes_then_unfreezes_with_group_lrs(make_config, group_lrs, tmp_path):
+def test_recipe_freeze_epochs_1_of_3_freezes_then_unfreezes_with_group_lrs(make_config, group_lrs, tmp_path,
+                                                                           test_resnet_weights):
     recorder = group_lrs
-    config = make_config(epochs=3, freeze_epochs=1, lr=0.01, schedule="constant")
+    # "Pretrained" weights: the backbone groups get the default 0.1 x the head's LR.
+    config = make_config(epochs=3, freeze_epochs=1, lr=0.01, schedule="constant", weights=str(test_resnet_weights))
     fit(config, callbacks=[recorder])
     per_epoch = [recorder.trains[i] for i in (0, 3, 6)]  # 3 steps per epoch
     assert [name for name, t in per_epoch[0].items() if t] == ["head", "head/no_decay"]
