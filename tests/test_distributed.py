@@ -21,3 +21,13 @@ def test_ddp_on_two_cpu_processes(tiny_data, tmp_path):
     # 24 train images, 4 per batch per process: 3 optimizer steps each, not 6.
     assert ckpt["global_step"] == 3
     assert [p.name for p in tmp_path.iterdir() if p.name != "ddp"] == []  # no second run dir made by rank 1
+
+
+def test_num_nodes_reaches_the_trainer(tiny_data, tmp_path):
+    from finetune.config import RunConfig
+    from finetune.training.fit import build_trainer
+
+    config = RunConfig(backbone="test_resnet", data=tiny_data, accelerator="cpu", devices="1", strategy="ddp",
+                       num_nodes=2, progress=False)
+    trainer = build_trainer(config, tmp_path, "32", steps_per_epoch=3)
+    assert trainer.num_nodes == 2 and trainer.world_size == 2

@@ -60,10 +60,12 @@ def test_lr_find_command_plots_and_prints(tiny_data, tmp_path):
 def test_run_lr_auto_uses_the_suggestion(tiny_data, tmp_path, run_args):
     out = tmp_path / "run"
     result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--lr", "auto", "--lr-find-steps", "10",
+                                         "--lr-find-start-lr", "1e-3", "--lr-find-end-lr", "3e-3",
                                          "--limit-train-batches", "1"))
     assert result.exit_code == 0, result.output
     config = yaml.safe_load(open(out / "config.yaml"))
     assert isinstance(config["lr"], float) and config["lr"] == config["resolved"]["lr_find"]["suggestion"]
+    assert 1e-3 <= config["lr"] <= 3e-3  # inside the range the run's --lr-find-* flags asked for
     assert f"{config['lr']:.2e}" in result.output and (out / "lr_find.png").is_file()
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["optimizer_states"][0]["param_groups"][-1]["initial_lr"] == pytest.approx(config["lr"])
