@@ -158,7 +158,8 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     steps = -(-len(index.train) // config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
-    rows = previous_metrics(run_dir / "metrics.csv", _checkpoint_epoch(ckpt_path)) if ckpt_path else None
+    resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
+    rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     trainer = build_trainer(config, run_dir, precision, steps, policy, rows)
     lr_found = None
     if config.lr == "auto":
@@ -167,7 +168,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources)
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
         if ckpt_path:
-            console.print(f"Resuming from {ckpt_path} (epoch {_checkpoint_epoch(ckpt_path) + 1} of {config.epochs})")
+            console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {config.epochs})")
     with _shared_run_dir(run_dir), warnings.catch_warnings():
         # The run dir holds config.yaml before the CSV logger starts; its "not empty" warning is noise.
         warnings.filterwarnings("ignore", message="Experiment logs directory")
