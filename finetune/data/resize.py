@@ -46,7 +46,22 @@ def pil_resize_shorter(img: np.ndarray, size: int, interpolation: str) -> np.nda
     Returns:
         The resized image, shape (H', W', 3) or (H', W'), uint8, min(H', W') == size.
     """
-    height, width = shorter_side_size(img.shape[0], img.shape[1], size)
+    return pil_resize(img, shorter_side_size(img.shape[0], img.shape[1], size), interpolation)
+
+
+def pil_resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Resizes to exactly `size` with PIL's filters, which antialias when downscaling.
+
+    Args:
+        img: Image, shape (H, W, 3) or (H, W), uint8.
+        size: Target (height, width) in pixels.
+        interpolation: One of "nearest", "bilinear", "bicubic", "lanczos".
+
+    Returns:
+        The resized image, shape (height, width, 3) or (height, width), uint8; `img` itself when
+        it already has that size.
+    """
+    height, width = size
     if (height, width) == img.shape[:2]:
         return img
     resized = Image.fromarray(img).resize((width, height), resample=pil_filter(interpolation))

@@ -15,13 +15,14 @@ from albumentations.pytorch import ToTensorV2
 
 from finetune.data.augment import PCALighting, colour_jitter, random_erasing, trivial_augment
 from finetune.data.data_config import INTERPOLATIONS, DataConfig
-from finetune.data.resize import pil_filter, pil_resize_shorter
+from finetune.data.resize import pil_filter, pil_resize, pil_resize_shorter
 
 __all__ = [
     "CV2_FLAGS",
     "PRESETS",
     "AlbumentationsTransform",
     "PILResizeShorter",
+    "RandomResizedCrop",
     "build_eval_transform",
     "build_train_transform",
     "build_transform",
@@ -66,6 +67,32 @@ class PILResizeShorter(A.ImageOnlyTransform):
         return ("size", "interpolation")
 
 
+class RandomResizedCrop(A.RandomResizedCrop):
+    """`A.RandomResizedCrop` whose resize is PIL's, the filter the eval transform uses.
+
+    Same name as the albumentations step it replaces, so pipelines still read "RandomResizedCrop".
+
+    Why: OpenCV's bilinear/bicubic sample without antialiasing, so a crop shrunk 8x keeps one
+    pixel in 8 while eval averages them all; the network would train on aliased images and be
+    evaluated on smooth ones. `area_for_downscale` would antialias with a box filter instead of the
+    weights' own bicubic or bilinear. The crop sampling is albumentations' own.
+    """
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bilinear", p: float = 1.0):
+        # cv2_flag checks the name at build time, not in a dataloader worker; `apply` never uses the flag.
+        super().__init__(size=size, scale=scale, ratio=ratio, interpolation=cv2_flag(interpolation), p=p)
+        self.pil_interpolation = interpolation
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        """Crops (x_min, y_min, x_max, y_max) and resizes to `size`: (H, W, C) uint8 -> (h, w, C) uint8."""
+        x_min, y_min, x_max, y_max = crop_coords
+        return pil_resize(np.ascontiguousarray(img[y_min:y_max, x_min:x_max]), self.size, self.pil_interpolation)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "scale", "ratio", "pil_interpolation")
+
+
 class AlbumentationsTransform:
     """A picklable image -> tensor callable around an `A.Compose`.
 
@@ -95,9 +122,7 @@ def _normalize_to_tensor(dc: DataConfig) -> list[A.BasicTransform]:
 
 def _random_crop_flip(dc: DataConfig) -> list[A.BasicTransform]:
     s = dc.input_size
-    crop = A.RandomResizedCrop(
-        size=(s, s), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=cv2_flag(dc.interpolation)
-    )
+    crop = RandomResizedCrop(size=(s, s), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=dc.interpolation)
     return [crop, A.HorizontalFlip(p=0.5)]
 
 

@@ -1,7 +1,6 @@
 """Transforms: sizes, mean/std and filters come from the DataConfig; eval resize matches PIL."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -41,10 +40,32 @@ def test_normalization_uses_data_config_stats(dc, builder):
     assert torch.allclose(out, expected[:, None, None].expand_as(out), atol=1e-5)
 
 
-def test_train_crop_uses_data_config_interpolation(dc):
-    for name, flag in [("nearest", cv2.INTER_NEAREST), ("bicubic", cv2.INTER_CUBIC)]:
-        crop = build_train_transform(DataConfig(8, dc.mean, dc.std, name)).pipeline.transforms[0]
-        assert crop.interpolation == flag
+def _full_image_train_crop(dc: DataConfig):
+    """The train preset's random resized crop, pinned to the whole (square) image."""
+    crop = build_train_transform(dc).pipeline.transforms[0]
+    crop.scale, crop.ratio = (1.0, 1.0), (1.0, 1.0)
+    return crop
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "nearest"])
+def test_train_crop_resizes_like_eval(dc, interpolation):
+    # Fine detail (random pixels) shrunk 8x: the train crop must antialias as the eval resize does,
+    # or the network trains on aliased pixels and is evaluated on smooth ones.
+    dc = DataConfig(32, dc.mean, dc.std, interpolation, crop_pct=1.0)
+    img = np.random.default_rng(4).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    train = _full_image_train_crop(dc)(image=img)["image"]
+    evaluated = pil_resize_shorter(img, 32, interpolation)
+    assert train.shape == evaluated.shape == (32, 32, 3)
+    worst = int(np.abs(train.astype(int) - evaluated.astype(int)).max())
+    assert worst <= 1, f"train crop differs from the eval resize by up to {worst}/255"
+
+
+def test_train_crop_upscales_like_eval(dc):
+    dc = DataConfig(48, dc.mean, dc.std, "bilinear", crop_pct=1.0)
+    img = np.random.default_rng(5).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    train = _full_image_train_crop(dc)(image=img)["image"]
+    worst = int(np.abs(train.astype(int) - pil_resize_shorter(img, 48, "bilinear").astype(int)).max())
+    assert worst <= 1, f"train crop differs from the eval resize by up to {worst}/255"
 
 
 @pytest.mark.parametrize(("shape", "expected"), [((30, 60), (20, 40)), ((60, 30), (40, 20)), ((20, 33), (20, 33))])
