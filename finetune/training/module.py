@@ -61,7 +61,7 @@ class FinetuneModule(pl.LightningModule):
         if self.teacher is not None:
             self.teacher.check_classes(self.class_names)
         self._make_metrics(len(self.class_names))
-        self._frozen_norms: list[nn.Module] = []
+        self._eval_modules: list[nn.Module] = []
         self.frozen_units = 0
         self.frozen_param_names: frozenset[str] = frozenset()
         self.grad_mask_mode = False  # see setup(): how DDP runs freeze
@@ -79,35 +79,39 @@ class FinetuneModule(pl.LightningModule):
     def set_frozen_units(self, n: int, train_bn: bool | None = None) -> None:
         """Freezes the first `n` units of the backbone and lets every later unit train.
 
-        Frozen BatchNorm layers are put in eval mode so their running statistics stay
-        bit-identical; `train()` re-applies this, since Lightning calls it around every
-        validation loop. With `train_bn` (default: the config's --train-bn / bn-only) they keep
-        training instead: affine parameters and running statistics.
+        Frozen units run in eval mode: BatchNorm running statistics stay bit-identical, and
+        dropout and drop-path are off, so the frozen part computes a fixed function. `train()`
+        re-applies this, since Lightning calls it around every validation loop. With `train_bn`
+        (default: the config's --train-bn / bn-only) their BatchNorm layers keep training
+        (affine parameters and running statistics); everything else in them stays in eval mode.
         """
         train_bn = self.freeze_schedule.train_bn if train_bn is None else train_bn
         frozen = frozen_param_names(self.backbone, n, train_bn)
         for name, p in self.backbone.model.named_parameters():
             p.requires_grad_(self.grad_mask_mode or name not in frozen)
         self.frozen_units, self.frozen_param_names = n, frozen
-        self._frozen_norms = [] if train_bn else self._norms_in_units(n)
+        self._eval_modules = self._modules_kept_in_eval(n, train_bn)
         self.train(self.training)
 
     def is_trainable(self, name: str) -> bool:
         """Whether parameter `name` (relative to `backbone.model`) trains in the current freeze state."""
         return name not in self.frozen_param_names
 
-    def _norms_in_units(self, n: int) -> list[nn.Module]:
-        prefixes = tuple(u.name + "." for u in self.backbone.units[:n]) + tuple(u.name for u in self.backbone.units[:n])
-        return [
-            m for name, m in self.backbone.model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name and (name + ".").startswith(prefixes)
-        ]
+    def _modules_kept_in_eval(self, n: int, train_bn: bool) -> list[nn.Module]:
+        """Every module inside the first `n` units (their BatchNorm layers excepted with `train_bn`).
+
+        Units are looked up as modules, not matched as name prefixes: "features.1" must not
+        catch "features.10".
+        """
+        model, keep_bn = self.backbone.model, nn.modules.batchnorm._BatchNorm if train_bn else ()
+        return [m for u in self.backbone.units[:n] for m in model.get_submodule(u.name).modules()
+                if not isinstance(m, keep_bn)]
 
     def train(self, mode: bool = True) -> "FinetuneModule":
         super().train(mode)
         if mode:
-            for norm in self._frozen_norms:
-                norm.eval()
+            for module in self._eval_modules:
+                module.training = False  # not .eval(): that would recurse into BatchNorm kept training
         return self
 
     # ----- steps ----------------------------------------------------------------------------
