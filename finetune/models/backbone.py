@@ -75,6 +75,11 @@ class Backbone(nn.Module):
             f"(aliases: stem = {names[0]}, head = {names[-1]})"
         )
 
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """fnmatch patterns of `model` parameters kept out of weight decay (position embeddings,
+        class tokens, relative-position tables), on top of every 1-D tensor and bias."""
+        return zoo.no_weight_decay_patterns(self.model, self.zoo)
+
     def head_unit(self) -> Unit:
         """The unit holding the classifier."""
         return self.units[-1]

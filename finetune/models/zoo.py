@@ -21,6 +21,9 @@ from finetune.models.heads import has_stochastic_depth, no_drop_path_error, set_
 TV_PREFIX = "tv:"
 # torchvision's GoogLeNet/Inception auxiliary classifiers: never built, their weights skipped.
 AUX_MODULES = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
+# Embeddings of torchvision's transformers that its reference recipes keep out of weight decay
+# (references/classification/train.py, --transformer-embedding-decay); timm models name their own.
+TV_NO_WEIGHT_DECAY = ("*class_token", "*pos_embedding", "*relative_position_bias_table")
 IMAGENET_DEFAULT = DataConfig(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)
 
 
@@ -170,3 +173,15 @@ def _has_module(model: nn.Module, path: str) -> bool:
         return True
     except AttributeError:
         return False
+
+
+def no_weight_decay_patterns(model: nn.Module, zoo_name: str) -> tuple[str, ...]:
+    """fnmatch patterns of parameters that get no weight decay besides 1-D tensors and biases.
+
+    timm models list them in `model.no_weight_decay()` (ViT `pos_embed`, `cls_token`; Swin
+    relative-position tables); torchvision models have no such method.
+    """
+    if zoo_name == "timm":
+        declared = getattr(model, "no_weight_decay", None)
+        return tuple(declared()) if callable(declared) else ()
+    return TV_NO_WEIGHT_DECAY

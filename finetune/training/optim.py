@@ -1,27 +1,27 @@
 """Optimizer parameter groups built from the backbone's layer groups."""
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from finetune.models.backbone import Backbone
 
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
+def no_decay_names(backbone: Backbone) -> set[str]:
+    """Parameters that get no weight decay, by timm's `param_groups_weight_decay` rule.
 
-def no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters that get no weight decay: biases, normalisation affine weights, 1-D tensors.
-
-    Decaying them only shrinks scales and offsets toward zero, which hurts fine-tuning.
+    1-D tensors (norm scales and offsets), biases, and what the backbone declares in
+    `no_weight_decay()` (position embeddings, class tokens, relative-position tables): decaying
+    them pulls offsets and embeddings toward zero, which hurts fine-tuning.
     """
-    names = {name for name, p in model.named_parameters() if p.ndim <= 1 or name.endswith(".bias")}
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, NORM_TYPES):
-            names.update(f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False))
-    return names
+    patterns = backbone.no_weight_decay()
+    return {
+        name for name, p in backbone.model.named_parameters()
+        if p.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, pat) for pat in patterns)
+    }
 
 
 def param_groups(backbone: Backbone, lr: float, weight_decay: float, lr_mults: Sequence[float]) -> list[dict[str, Any]]:
@@ -31,7 +31,7 @@ def param_groups(backbone: Backbone, lr: float, weight_decay: float, lr_mults: S
     optimizer skips them, and unfreezing later never rebuilds the optimizer or the scheduler.
     """
     params = dict(backbone.model.named_parameters())
-    skip_decay = no_decay_names(backbone.model)
+    skip_decay = no_decay_names(backbone)
     groups = []
     for group, mult in zip(backbone.groups, lr_mults, strict=True):
         for suffix, wd in (("", weight_decay), ("/no_decay", 0.0)):
