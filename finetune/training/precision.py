@@ -33,9 +33,10 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
     if requested != "auto":
         return requested, "as requested"
     if cuda:
-        if torch.cuda.is_bf16_supported():
+        # T4 and V100 report bf16 as supported because torch emulates it, slower than fp32.
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16-mixed", f"auto: {torch.cuda.get_device_name()} supports bf16"
-        return "32", "auto: this GPU has no bf16"
+        return "32", "auto: this GPU has no native bf16"
     if cpu_has_native_bf16():
         return "bf16-mixed", "auto: the CPU has native bf16 (AVX512-BF16/AMX)"
     return "32", "auto: the CPU has no native bf16"
