@@ -97,13 +97,23 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=False,  # the last short batch still carries data: tiny datasets are common here
+            drop_last=shuffle and self._last_batch_of_one(len(self.datasets[split])),
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             worker_init_fn=worker_init_fn if self.workers > 0 else None,
             persistent_workers=self.workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
+
+    def _last_batch_of_one(self, n: int) -> bool:
+        """Whether the last training batch of each process would hold a single image.
+
+        BatchNorm cannot normalise one image (BatchNorm1d raises; 2-D layers get degenerate
+        statistics), so that batch is dropped; any larger short batch still carries data and
+        is kept, since tiny datasets are common here. Under DDP each process sees ceil(n / world).
+        """
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        return -(-n // world) % self.batch_size == 1
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches: images (B, 3, S, S) float32, labels (B,) int64."""
