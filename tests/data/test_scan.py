@@ -43,14 +43,22 @@ def test_split_layout_without_test(tmp_path):
 
 
 def test_flat_layout_stratified(tmp_path):
-    _flat(tmp_path, per_class=10)
-    index = scan_image_folder(tmp_path, val_split=0.2)
-    assert index.layout == "flat"
-    assert index.counts("train") == {c: 8 for c in CLASSES}
-    assert index.counts("val") == {c: 2 for c in CLASSES}
-    assert not _paths(index.train) & _paths(index.val)
-    assert len(_paths(index.train) | _paths(index.val)) == 30
-    assert all(p.parent.name == index.classes[y] for p, y in index.train + index.val)
+    # Eight classes of odd sizes: with val_split 0.25 each puts round(n / 4) images in val (no .5 ties).
+    # A shuffle of all 80 images would also give 20 val images, but almost never these per-class counts.
+    sizes = {f"c{n:02d}": n for n in (3, 5, 7, 9, 11, 13, 15, 17)}
+    for name, n in sizes.items():
+        for i in range(n):
+            save_rgb(tmp_path / name / f"{i}.png", size=(8, 8))
+    expected_val = {name: round(n / 4) for name, n in sizes.items()}
+    assert list(expected_val.values()) == [1, 1, 2, 2, 3, 3, 4, 4]
+    for seed in range(3):
+        index = scan_image_folder(tmp_path, val_split=0.25, seed=seed, progress=False)
+        assert index.layout == "flat"
+        assert index.counts("val") == expected_val
+        assert index.counts("train") == {name: n - expected_val[name] for name, n in sizes.items()}
+        assert not _paths(index.train) & _paths(index.val)
+        assert len(_paths(index.train) | _paths(index.val)) == sum(sizes.values())
+        assert all(p.parent.name == index.classes[y] for p, y in index.train + index.val)
 
 
 def test_split_is_seeded(tmp_path):

@@ -86,3 +86,41 @@ def test_preprocessing_equals_training_eval_transform(tiny_data):
     got = batch_inputs(images, dc)
     assert got.shape == expected.shape == (6, 3, 24, 24) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+class _FixedLogits:
+    """A runner that ignores its input and returns preset logits, one row per view."""
+
+    def __init__(self, logits: np.ndarray):
+        self.logits = logits
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        assert len(x) == len(self.logits)
+        return self.logits
+
+
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_tta_averages_probabilities_not_logits():
+    # Two images x two flip views with asymmetric logits: the mean of the softmaxes and the softmax of
+    # the mean logits differ (image 0: [0.5, 0.5] vs [0.731, 0.269] ... computed below), so averaging
+    # the wrong quantity is visible.
+    logits = np.array([[6.0, 0.0, 0.0], [0.0, 2.0, 1.0],
+                       [1.0, 3.0, -2.0], [0.5, 0.5, 4.0]], np.float32)
+    predictor = Predictor(_FixedLogits(logits), ["a", "b", "c"], DC)
+    got = predictor.probabilities([_image(), _image(12, 10)], tta="flip")
+    p = _softmax_rows(logits.astype(np.float64))
+    expected = np.stack([(p[0] + p[1]) / 2, (p[2] + p[3]) / 2])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    wrong = _softmax_rows(np.stack([(logits[0] + logits[1]) / 2, (logits[2] + logits[3]) / 2]).astype(np.float64))
+    assert np.abs(expected - wrong).max() > 0.1  # the two averages really differ on this input
+
+
+def test_tta_temperature_divides_each_views_logits():
+    logits = np.array([[4.0, 0.0], [0.0, 1.0]], np.float32)
+    predictor = Predictor(_FixedLogits(logits), ["a", "b"], DC, temperature=2.0)
+    got = predictor.probabilities([_image()], tta="flip")[0]
+    np.testing.assert_allclose(got, _softmax_rows(logits.astype(np.float64) / 2.0).mean(axis=0), rtol=1e-6)

@@ -17,6 +17,8 @@ from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
 from finetune.training.fit import fit
 from finetune.training.freeze import build_schedule
+from finetune.training.module import FinetuneModule
+from finetune.training.unfreeze import GradualUnfreezing, trainable_groups
 
 runner = CliRunner()
 
@@ -89,7 +91,9 @@ def test_resume_restores_freeze_state_optimizer_and_schedule(make_config, tmp_pa
     assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     result = runner.invoke(app, ["run", "--resume", str(cut), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "Epoch 2: unfroze layer3" in result.output and "Epoch 1: unfroze" not in result.output
+    # The exact line: a callback that forgot the restored state would unfreeze "layer3, layer4" here.
+    announced = [line.strip() for line in result.output.splitlines() if "unfroze" in line]
+    assert announced == ["Epoch 2: unfroze layer3 (3 of 6 groups train)"]
     expected, got = _weights(whole.run_dir), _weights(cut)
     for key, value in expected.items():
         assert torch.allclose(got[key].float(), value.float(), rtol=0, atol=1e-6), key
@@ -98,6 +102,23 @@ def test_resume_restores_freeze_state_optimizer_and_schedule(make_config, tmp_pa
     assert [h["epoch"] for h in history] == [1, 2]
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(cut / "metrics.csv")) if r.get("val/acc1")}
     assert epochs == {0, 1, 2}  # metrics.csv continued, not restarted
+
+
+def test_restored_callback_puts_the_module_back_in_its_frozen_state():
+    """Right after a resume starts, the module is frozen as the checkpoint says, not as at epoch 0."""
+    config = RunConfig(backbone="test_resnet", data=".", weights="none", unfreeze_every=1)
+    saved = GradualUnfreezing()
+    saved.frozen_units, saved.history = 4, [{"epoch": 1, "unfrozen": ["layer4"]}, {"epoch": 2, "unfrozen": ["layer3"]}]
+    module = FinetuneModule(config, ["a", "b", "c"])
+    assert module.frozen_units == 6  # the linear probe of epoch 0
+    expected = FinetuneModule(config, ["a", "b", "c"], backbone=module.backbone)
+    expected.set_frozen_units(4)
+    restored = GradualUnfreezing()
+    restored.load_state_dict(saved.state_dict())
+    restored.on_fit_start(None, module)
+    assert module.frozen_units == 4 and module.frozen_param_names == expected.frozen_param_names
+    assert trainable_groups(module) == ["layer3", "layer4", "head"]
+    assert restored.history == saved.history
 
 
 def test_resume_refuses_options_that_change_the_run(tiny_data, tmp_path, run_args):
