@@ -1,0 +1,222 @@
+"""The mutants of tools/mutate.py: realistic bugs in behaviour users rely on, one snippet each.
+
+Each mutant replaces one exact snippet (it must occur exactly once in its file) and names the tests
+that should notice, fastest first: pytest stops at the first failure. Keep snippets small, so
+unrelated edits to the same file do not make a mutant stale. When a bug is fixed, add its mutant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug.
+
+    Attributes:
+        name: Short identifier (for --only).
+        file: Path relative to the repository root.
+        old: Exact source snippet to replace; must occur exactly once.
+        new: The buggy replacement.
+        tests: pytest paths or node ids run against the mutant.
+        description: The bug, as a user would experience it.
+    """
+
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    description: str
+
+
+TTA = "finetune/evaluation/tta.py"
+SCHED = "finetune/training/schedules.py"
+LOSSES = "finetune/training/losses.py"
+MIXING = "finetune/data/mixing.py"
+EMA = "finetune/training/ema.py"
+FREEZE = "finetune/training/freeze.py"
+UNFREEZE = "finetune/training/unfreeze.py"
+MODULE = "finetune/training/module.py"
+
+T_TTA = "tests/evaluation/test_tta.py"
+T_PREP = "tests/test_inference_preprocessing.py"
+T_SCHED = "tests/training/test_schedules.py"
+T_DLR = "tests/training/test_discriminative_lr.py"
+T_LOSSES = "tests/training/test_losses.py"
+T_MIX = "tests/data/test_mixing.py"
+T_EMA = "tests/training/test_ema.py"
+T_POLICIES = "tests/training/test_freeze_policies.py"
+T_UNFREEZE = "tests/training/test_unfreeze.py"
+T_SCAN = "tests/data/test_scan.py"
+
+MUTANTS: list[Mutant] = [
+    # ----- TTA and inference preprocessing -------------------------------------------------
+    Mutant("tta_averages_logits", "finetune/inference.py",
+           "average_views(softmax(self.logits(images, tta), self.temperature), view_count(tta))",
+           "softmax(average_views(self.logits(images, tta), view_count(tta)), self.temperature)",
+           (T_TTA,), "TTA averages the views' logits instead of their probabilities"),
+    Mutant("tta_flip_is_identity", TTA,
+           "return [view, hflip(view)] if tta == \"flip\" else [view]",
+           "return [view, view] if tta == \"flip\" else [view]",
+           (T_TTA,), "--tta flip feeds the same view twice"),
+    Mutant("tta_tencrop_without_mirrors", TTA,
+           "crops + [hflip(c) for c in crops]", "crops + crops",
+           (T_TTA,), "ten-crop repeats the five crops instead of adding their mirrors"),
+    Mutant("temperature_ignored", TTA,
+           "z = logits.astype(np.float64) / temperature", "z = logits.astype(np.float64)",
+           (T_TTA,), "the calibrated temperature in a bundle has no effect on probabilities"),
+    Mutant("eval_resize_ignores_crop_pct", TTA,
+           "pil_resize_shorter(img, dc.resize_size, dc.interpolation)",
+           "pil_resize_shorter(img, dc.input_size, dc.interpolation)",
+           (T_TTA,), "inference resizes straight to the input size, unlike the training eval transform"),
+    Mutant("normalize_swaps_height_width", TTA,
+           ".transpose(0, 3, 1, 2)", ".transpose(0, 3, 2, 1)",
+           (T_TTA,), "inference inputs are transposed (NCWH instead of NCHW)"),
+    Mutant("normalize_hardcodes_imagenet_mean", TTA,
+           "mean = np.asarray(dc.mean, np.float32)", "mean = np.asarray((0.485, 0.456, 0.406), np.float32)",
+           (T_PREP, T_TTA), "inference normalises with ImageNet's mean instead of the model's"),
+    Mutant("predictor_loads_imagenet_stats", "finetune/inference.py",
+           "DataConfig.from_dict(config[\"data_config\"])",
+           "DataConfig.from_dict({**config[\"data_config\"], \"mean\": (0.485, 0.456, 0.406), "
+           "\"std\": (0.229, 0.224, 0.225)})",
+           (T_PREP,), "Predictor.load ignores the bundle's mean/std and uses ImageNet's"),
+    # ----- export parity ---------------------------------------------------------------------
+    Mutant("export_copy_in_train_mode", "finetune/export/bundle.py",
+           "copy.deepcopy(backbone).float().cpu().eval()", "copy.deepcopy(backbone).float().cpu()",
+           (T_PREP,), "the exported network is traced/referenced with BatchNorm in train mode"),
+    Mutant("parity_tolerance_loosened", "finetune/export/parity.py",
+           "PARITY_TOLERANCE = 1e-3", "PARITY_TOLERANCE = 1.0",
+           ("tests/evaluation/test_bundle.py::test_parity_above_bound_fails_the_export",),
+           "an exported graph whose logits differ by 0.1 passes the parity check"),
+    # ----- LR schedules ----------------------------------------------------------------------
+    Mutant("onecycle_ignores_warmup", SCHED,
+           "rise = self.warmup_steps or max(", "rise = 0 or max(",
+           (T_SCHED,), "onecycle ignores --warmup-epochs and peaks at 30% of the run"),
+    Mutant("warmup_starts_at_zero", SCHED,
+           "return (step + 1) / (self.warmup_steps + 1)", "return step / self.warmup_steps",
+           (T_SCHED,), "the first warm-up step has LR 0: a wasted step"),
+    Mutant("cosine_ignores_min_lr", SCHED,
+           "return _cosine(1.0, self.min_factor, progress)", "return _cosine(1.0, 0.0, progress)",
+           (f"{T_DLR}::test_warmup_and_min_lr", T_SCHED), "cosine decays to 0 despite --min-lr"),
+    Mutant("step_schedule_counts_steps", SCHED,
+           "drops = (step // max(1, self.steps_per_epoch)) // self.step_size",
+           "drops = step // self.step_size",
+           (f"{T_DLR}::test_schedule_shapes",), "--step-size counts optimizer steps instead of epochs"),
+    Mutant("warmup_epochs_taken_as_steps", MODULE,
+           "round(cfg.warmup_epochs * per_epoch)", "round(cfg.warmup_epochs)",
+           (f"{T_SCHED}::test_onecycle_run_peaks_after_the_warmup_epoch",),
+           "--warmup-epochs 1 warms up for one optimizer step"),
+    Mutant("lr_decay_reversed", "finetune/training/optim.py",
+           "lr_decay ** (num_groups - 1 - i)", "lr_decay ** i",
+           (f"{T_DLR}::test_lr_decay_multiplies_per_group_and_replaces_backbone_mult",),
+           "--lr-decay gives the stem the head's LR and the head the smallest"),
+    # ----- losses ------------------------------------------------------------------------------
+    Mutant("smoothing_over_other_classes", LOSSES,
+           "off = smoothing / num_classes", "off = smoothing / (num_classes - 1)",
+           (T_LOSSES,), "label smoothing spreads eps over C-1 classes: not torch's definition, rows sum != 1"),
+    Mutant("mix_targets_ignore_partner", LOSSES,
+           "return lam * target + (1.0 - lam) * smooth_one_hot(y_partner, num_classes, smoothing)",
+           "return target",
+           (T_LOSSES,), "mixup/cutmix targets keep only the original label"),
+    Mutant("kd_without_t_squared", LOSSES,
+           "return kl * temperature**2", "return kl",
+           (T_LOSSES,), "the KD term lacks Hinton's T^2 factor: its weight shrinks with T"),
+    Mutant("kd_alpha_swapped", LOSSES,
+           "(1.0 - kd_alpha) * task + kd_alpha * kd", "kd_alpha * task + (1.0 - kd_alpha) * kd",
+           (T_LOSSES,), "--kd-alpha weights the task loss instead of the distillation term"),
+    Mutant("kd_teacher_not_softened", LOSSES,
+           "F.log_softmax(teacher_logits.float().detach() / temperature, dim=-1)",
+           "F.log_softmax(teacher_logits.float().detach(), dim=-1)",
+           (T_LOSSES,), "the teacher's logits are not divided by the KD temperature"),
+    Mutant("module_drops_label_smoothing", MODULE,
+           "len(self.class_names), cfg.label_smoothing)", "len(self.class_names), 0.0)",
+           (f"{T_LOSSES}::test_module_loss_smooths_once_with_mixing_and_distills",),
+           "--label-smoothing is parsed but the training loss never smooths"),
+    Mutant("module_never_mixes", MODULE,
+           "mixing = self.mixer is not None and mixing_on(", "mixing = False and mixing_on(",
+           ("tests/training/test_mixing_run.py",), "--mixup/--cutmix are parsed and the mixer built, but no batch is mixed"),
+    Mutant("module_trains_on_unmixed_images", MODULE,
+           "logits = self(mixed.x)", "logits = self(x)",
+           (f"{T_LOSSES}::test_module_loss_smooths_once_with_mixing_and_distills",),
+           "mixed targets are paired with the unmixed images"),
+    # ----- mixing --------------------------------------------------------------------------------
+    Mutant("mixup_partner_labels_unpermuted", MIXING,
+           "x[perm] * (1.0 - lam), y, y[perm], lam, mode)", "x[perm] * (1.0 - lam), y, y, lam, mode)",
+           (T_MIX,), "mixup mixes images but reports the original labels as the partners'"),
+    Mutant("cutmix_lambda_inverted", MIXING,
+           "lam = 1.0 - (bottom - top) * (right - left) / (height * width)",
+           "lam = (bottom - top) * (right - left) / (height * width)",
+           (T_MIX,), "cutmix's lambda is the pasted share instead of the kept share"),
+    Mutant("mix_prob_ignored", MIXING,
+           "if not self.enabled or self._uniform() >= self.prob:", "if not self.enabled:",
+           (T_MIX,), "--mix-prob is ignored: every batch is mixed"),
+    Mutant("mix_off_epoch_ignored", "finetune/training/regularization.py",
+           "return config.mix_off_epoch == 0 or epoch < config.mix_off_epoch", "return True",
+           (f"{T_LOSSES}::test_mix_off_epoch",), "--mix-off-epoch never stops mixing"),
+    # ----- EMA -----------------------------------------------------------------------------------
+    Mutant("ema_averages_frozen_params", EMA,
+           "for n, p in model.named_parameters() if p.requires_grad]", "for n, p in model.named_parameters()]",
+           (T_EMA,), "the EMA also averages frozen parameters"),
+    Mutant("ema_weight_inverted", EMA,
+           "weight = 1.0 - self.decay_at(self.steps)", "weight = self.decay_at(self.steps)",
+           (T_EMA,), "the EMA moves by decay instead of 1 - decay per step"),
+    Mutant("ema_warmup_flag_inverted", EMA,
+           "if not self.warmup:", "if self.warmup:",
+           (T_EMA,), "--no-ema-warmup warms up and --ema-warmup does not"),
+    Mutant("ema_winner_not_checkpointed", EMA,
+           "if self.ema_won:\n            sd = checkpoint", "if False:\n            sd = checkpoint",
+           (T_EMA,), "best.ckpt keeps the raw weights even when the EMA scored higher"),
+    Mutant("ema_resume_keeps_ema_weights", EMA,
+           "pl_module.load_state_dict(state[\"raw_state_dict\"], strict=False)", "pass",
+           (T_EMA,), "a resumed run trains on from the EMA weights instead of the raw ones"),
+    # ----- freezing and unfreezing ---------------------------------------------------------------
+    Mutant("freeze_until_off_by_one", FREEZE,
+           "for unit in backbone.units[:n] for p", "for unit in backbone.units[:n - 1] for p",
+           (T_POLICIES,), "--freeze-until layer3 leaves layer2 training"),
+    Mutant("train_bn_ignored", FREEZE,
+           "names -= norm_param_names(backbone.model)", "pass",
+           (T_POLICIES,), "--train-bn / bn-only leave BatchNorm frozen"),
+    Mutant("frozen_units_left_in_train_mode", MODULE,
+           "module.training = False", "pass",
+           (f"{T_POLICIES}::test_train_bn_both_ways",),
+           "frozen BatchNorm layers update their running statistics (and dropout stays on)"),
+    Mutant("unfreeze_every_ignored", FREEZE,
+           "(first + i * config.unfreeze_every, b)", "(first + i, b)",
+           (f"{T_UNFREEZE}::test_unfreeze_every_adds_one_group_from_the_top",),
+           "after the first group, --unfreeze-every unfreezes one group per epoch"),
+    Mutant("freeze_epochs_ignored_with_unfreeze_every", FREEZE,
+           "first = config.freeze_epochs if config.freeze_epochs is not None else config.unfreeze_every",
+           "first = config.unfreeze_every",
+           (f"{T_UNFREEZE}::test_unfreeze_every_adds_one_group_from_the_top",),
+           "--freeze-epochs is ignored when --unfreeze-every is given"),
+    Mutant("resume_forgets_frozen_units", UNFREEZE,
+           "self.frozen_units = state_dict[\"frozen_units\"]", "self.frozen_units = None",
+           (f"{T_UNFREEZE}::test_restored_callback_puts_the_module_back_in_its_frozen_state",),
+           "a resumed run restarts from the initial freeze state (unfreezes two groups at once)"),
+    Mutant("resume_does_not_apply_frozen_units", UNFREEZE,
+           "pl_module.set_frozen_units(self.frozen_units)", "pass",
+           (f"{T_UNFREEZE}::test_restored_callback_puts_the_module_back_in_its_frozen_state",),
+           "the restored freeze state is kept in the callback but never applied to the module"),
+    Mutant("resume_loses_unfreeze_history", UNFREEZE,
+           "\"history\": list(self.history)}", "\"history\": []}",
+           (f"{T_UNFREEZE}::test_restored_callback_puts_the_module_back_in_its_frozen_state",),
+           "the unfreezing history is not saved in checkpoints"),
+    # ----- splitting -----------------------------------------------------------------------------
+    Mutant("split_floors_instead_of_rounding", "finetune/data/scan.py",
+           "round(len(paths) * val_split)", "int(len(paths) * val_split)",
+           (f"{T_SCAN}::test_flat_layout_stratified",), "val holds fewer images per class than --val-split asks"),
+    Mutant("split_not_stratified", "finetune/data/scan.py",
+           "    in_val: set[Path] = set()\n",
+           "    shuffled = np.random.default_rng(seed).permutation(len(items))\n"
+           "    in_val = {items[i][0] for i in shuffled[:round(len(items) * val_split)]}\n"
+           "    return [it for it in items if it[0] not in in_val], [it for it in items if it[0] in in_val]\n",
+           (f"{T_SCAN}::test_flat_layout_stratified",), "the flat-layout split shuffles all images together: classes lose their share"),
+    Mutant("split_ignores_seed", "finetune/data/scan.py",
+           "default_rng([seed, zlib.crc32(name.encode())])", "default_rng(zlib.crc32(name.encode()))",
+           (f"{T_SCAN}::test_split_is_seeded",), "--seed does not change the train/val split"),
+    # ----- divergence guard ----------------------------------------------------------------------
+    Mutant("divergence_factor_300", "finetune/training/regularization.py",
+           "DivergenceGuard(3.0,", "DivergenceGuard(300.0,",
+           ("tests/training/test_divergence.py",), "the divergence guard allows 300x the first epoch's loss"),
+]

@@ -1,0 +1,184 @@
+"""Mutation testing by hand: plant each known bug in a copy of the repo and see whether a test fails.
+
+Usage (from the repository root, with the project's virtualenv):
+    .venv/bin/python tools/mutate.py              # every mutant, then the score
+    .venv/bin/python tools/mutate.py --list       # names, files and descriptions only
+    .venv/bin/python tools/mutate.py --check      # do the snippets still apply? (runs no test)
+    .venv/bin/python tools/mutate.py --only onecycle_ignores_warmup --only tta_averages_logits
+
+The mutants live in tools/mutants.py: each is one exact source snippet replaced by a realistic bug,
+plus the test files (or test node ids) that should notice. The repository is copied once to a
+temporary folder; each mutant is applied there, its tests run with `pytest -x -q`, and the file is
+restored. The working tree is never touched. A mutant whose snippet is not found exactly once in
+the current source is reported as "stale" (the code moved on): update its snippet.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutants import MUTANTS, Mutant  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# Not copied: the virtualenv, git data and anything a run or a cache wrote.
+IGNORED = shutil.ignore_patterns(".venv", ".git", "runs", "demo_runs", "__pycache__", ".pytest_cache",
+                                 "*.egg-info", ".ipynb_checkpoints", "build", "dist")
+FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S+)")
+
+
+@dataclass
+class Outcome:
+    """What happened to one mutant: caught, survived, timeout (counted as caught), stale or error."""
+
+    mutant: Mutant
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def killed(self) -> bool:
+        return self.status in ("caught", "timeout")
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copies the source tree (package, tests, recipes, config) into `dest`/repo."""
+    target = dest / "repo"
+    shutil.copytree(ROOT, target, ignore=IGNORED, symlinks=True)
+    return target
+
+
+def test_env(repo: Path) -> dict[str, str]:
+    """Environment that imports `finetune` from the copy and never writes stale bytecode.
+
+    A mutant may keep the file's size and mtime second; a cached .pyc would then hide it.
+    """
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(repo)}
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def check_import_location(repo: Path) -> None:
+    """Fails loudly if the copy's tests would import the installed package instead of the copy."""
+    out = subprocess.run([sys.executable, "-c", "import finetune; print(finetune.__file__)"], cwd=repo,
+                         env=test_env(repo), capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(out).resolve().is_relative_to(repo.resolve()):
+        raise SystemExit(f"tests would import finetune from {out}, not from the copy {repo}")
+
+
+def find_stale(mutant: Mutant, repo: Path) -> str | None:
+    """Why the mutant cannot be applied to the current source, or None when its snippet is unique."""
+    path = repo / mutant.file
+    if not path.is_file():
+        return f"{mutant.file} does not exist"
+    count = path.read_text().count(mutant.old)
+    return None if count == 1 else f"snippet found {count} times in {mutant.file} (expected exactly once)"
+
+
+def run_tests(mutant: Mutant, repo: Path, timeout: float) -> tuple[str, str]:
+    """Runs the mutant's tests in the copy; returns (status, the first failing test or a note)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+           "-W", "ignore", *mutant.tests]
+    try:
+        proc = subprocess.run(cmd, cwd=repo, env=test_env(repo), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no result within {timeout:.0f} s"
+    output = proc.stdout + proc.stderr
+    failed = [m.group(2) for line in output.splitlines() if (m := FAILED_LINE.match(line))]
+    if proc.returncode == 0:
+        return "survived", ""
+    if proc.returncode in (1, 2) and failed:  # 2: interrupted by -x after a collection error
+        return "caught", failed[0]
+    tail = " | ".join(output.strip().splitlines()[-3:])
+    return "error", f"pytest exit {proc.returncode}: {tail}"
+
+
+def run_mutant(mutant: Mutant, repo: Path, timeout: float) -> Outcome:
+    """Applies one mutant to the copy, runs its tests and restores the original file."""
+    stale = find_stale(mutant, repo)
+    if stale:
+        return Outcome(mutant, "stale", stale)
+    path = repo / mutant.file
+    original = path.read_text()
+    start = time.monotonic()
+    try:
+        path.write_text(original.replace(mutant.old, mutant.new))
+        status, detail = run_tests(mutant, repo, timeout)
+    finally:
+        path.write_text(original)
+    return Outcome(mutant, status, detail, time.monotonic() - start)
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    width = max(len(o.mutant.name) for o in outcomes)
+    print(f"\n{'mutant':<{width}}  {'result':<8}  {'secs':>5}  caught by / note")
+    print("-" * (width + 60))
+    for o in outcomes:
+        print(f"{o.mutant.name:<{width}}  {o.status:<8}  {o.seconds:5.0f}  {o.detail}")
+
+
+def score(outcomes: list[Outcome]) -> tuple[int, int]:
+    """(killed, scored): stale and broken mutants are not scored; they are reported as errors."""
+    scored = [o for o in outcomes if o.status in ("caught", "timeout", "survived")]
+    return sum(o.killed for o in scored), len(scored)
+
+
+def select(names: list[str] | None) -> list[Mutant]:
+    if not names:
+        return list(MUTANTS)
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
+    parser.add_argument("--check", action="store_true", help="only check that every snippet applies, run no test")
+    parser.add_argument("--tests", nargs="+", metavar="TEST",
+                        help="run these test paths/node ids instead of each mutant's own (e.g. to see what else catches it)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
+    args = parser.parse_args(argv)
+    mutants = select(args.only)
+    if args.tests:
+        mutants = [replace(m, tests=tuple(args.tests)) for m in mutants]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}\n    {m.file}: {m.description}\n    tests: {' '.join(m.tests)}")
+        return 0
+    if args.check:
+        stale = [(m.name, why) for m in mutants if (why := find_stale(m, ROOT))]
+        for name, why in stale:
+            print(f"stale mutant {name}: {why}")
+        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply to the current source")
+        return 1 if stale else 0
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="finetune-mutate-") as tmp:
+        repo = copy_repo(Path(tmp))
+        check_import_location(repo)
+        outcomes = []
+        for i, m in enumerate(mutants, 1):
+            print(f"[{i}/{len(mutants)}] {m.name} ...", end=" ", flush=True)
+            outcomes.append(run_mutant(m, repo, args.timeout))
+            print(outcomes[-1].status, flush=True)
+    print_table(outcomes)
+    killed, scored = score(outcomes)
+    broken = [o for o in outcomes if o.status in ("stale", "error")]
+    print(f"\nscore: {killed}/{scored} mutants caught ({100 * killed / max(1, scored):.0f}%), "
+          f"{len(broken)} stale or broken, wall time {time.monotonic() - start:.0f} s")
+    return 1 if broken or killed < scored else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
