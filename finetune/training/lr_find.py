@@ -70,14 +70,19 @@ class LRRangeTest(pl.Callback):
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The LR where the smoothed loss falls fastest per log-LR, skipping the first 10% of steps."""
+    """The LR where the smoothed loss falls fastest per log-LR on its way down to its lowest point.
+
+    The first 10% of steps are skipped (the average is still settling), and so is everything after
+    the lowest loss: there training is unstable, and a fall from a spike is not a good LR.
+    """
     lrs_a, losses_a = np.asarray(lrs), np.asarray(losses)
     finite = np.isfinite(losses_a)
     lrs_a, losses_a = lrs_a[finite], losses_a[finite]
     if len(lrs_a) < 3:
         raise ValueError(f"the range test has {len(lrs_a)} finite losses; raise --lr-find-steps or lower --lr-find-end-lr")
     skip = min(len(lrs_a) - 3, max(0, len(lrs_a) // 10))
-    slopes = np.gradient(losses_a[skip:], np.log(lrs_a[skip:]))
+    end = max(skip + 3, int(np.argmin(losses_a)) + 1)  # np.gradient needs a few points
+    slopes = np.gradient(losses_a[skip:end], np.log(lrs_a[skip:end]))
     return float(lrs_a[skip + int(np.argmin(slopes))])
 
 
@@ -165,7 +170,8 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
+                                  weights_partial=config.weights_partial)
     module = FinetuneModule(config.model_copy(update={"lr": config.lr_find_start_lr}), index.classes, backbone=backbone)
     dm = ImageFolderDataModule(config.data, backbone.data_config.with_size(config.image_size), batch_size=config.batch_size,
                                workers=config.resolved_workers(), val_split=config.val_split, seed=config.seed,

@@ -40,6 +40,48 @@ def test_find_lr_restores_weights_and_batchnorm_stats(make_config, tiny_data, tm
     assert not module.backbone.model.layer1[0].conv1.weight.requires_grad  # freeze state kept
 
 
+def test_range_test_records_the_real_losses_and_stops_where_the_loss_blows_up(make_config, tiny_data):
+    """A finder that logs the wrong loss, skips or repeats steps, misplaces the LRs or runs on past
+    divergence fails here; the suggestion must come from before the blow-up."""
+    from finetune.training.lr_find import DIVERGE, SMOOTHING
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0)
+    module = FinetuneModule(make_config(optimizer="sgd"), ["a", "b", "c"])
+    dm = ImageFolderDataModule(tiny_data, module.backbone.data_config.with_size(32), batch_size=8, seed=0)
+    raw, training_step = [], module.training_step
+
+    def record(batch, batch_idx):
+        out = training_step(batch, batch_idx)
+        raw.append(float(out["loss"] if isinstance(out, dict) else out))
+        return out
+
+    module.training_step = record
+    start, end, steps = 1e-4, 1e5, 60  # SGD at 1e5 cannot survive: the test must stop on its own
+    result = find_lr(module, dm, start_lr=start, end_lr=end, num_steps=steps, accelerator="cpu")
+    assert len(raw) == len(result.losses) == len(result.lrs) < steps
+    assert result.lrs == pytest.approx([start * (end / start) ** (i / (steps - 1)) for i in range(len(raw))])
+    avg, expected = 0.0, []
+    for i, loss in enumerate(raw, start=1):  # the bias-corrected moving average of the real losses
+        avg = SMOOTHING * avg + (1 - SMOOTHING) * loss
+        expected.append(avg / (1 - SMOOTHING ** i))
+    assert result.losses[:-1] == pytest.approx(expected[:-1], rel=1e-5)
+    best = [min(result.losses[: i + 1]) for i in range(len(result.losses))]
+    assert all(loss <= DIVERGE * b for loss, b in zip(result.losses[:-1], best[:-1]))  # did not stop early
+    last = result.losses[-1]
+    assert not last == last or last > DIVERGE * best[-2]  # NaN, or past the divergence bound: stopped at once
+    lowest = min(range(len(result.losses)), key=result.losses.__getitem__)
+    assert result.suggestion <= result.lrs[lowest]  # on the way down to the lowest loss, not in the blow-up
+
+
+def test_suggestion_ignores_a_drop_after_the_lowest_loss():
+    """Past its minimum the loss is unstable: a fall from a spike there is not a good LR."""
+    lrs = [10 ** (-5 + i * 0.25) for i in range(20)]
+    losses = [2.3, 2.3, 2.29, 2.25, 2.1, 1.9, 1.7, 1.55, 1.45, 1.4, 1.42, 1.6, 2.6, 1.5, 1.6, 2.0, 3.0, 5.0, 8.0, 9.0]
+    assert suggest(lrs, losses) == lrs[5]  # 2.1 -> 1.7, not the 2.6 -> 1.5 recovery at lrs[12]
+
+
 def test_suggestion_is_the_steepest_descent():
     lrs = [10 ** (-6 + i * 0.5) for i in range(12)]
     losses = [2.0, 2.0, 2.0, 1.99, 1.9, 1.5, 0.8, 0.6, 0.55, 0.6, 1.5, 3.0]
