@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -9,6 +10,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finetune.errors import FinetuneError
@@ -30,10 +32,10 @@ def _exit_on_user_error(fn: Callable[[], T]) -> T:
             if err["type"] == "missing":
                 err_console.print(f"[red]Error:[/red] {field} is required (on the command line or in the recipe)")
             else:
-                err_console.print(f"[red]Error:[/red] {field}: {err['msg']} (got {err.get('input')!r})")
+                err_console.print(f"[red]Error:[/red] {field}: {escape(err['msg'])} (got {escape(repr(err.get('input')))})")
         raise typer.Exit(2) from None
     except FinetuneError as e:
-        err_console.print(f"[red]Error:[/red] {e}")
+        err_console.print(f"[red]Error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
 
@@ -49,6 +51,7 @@ def run(
     recipe: Annotated[Optional[str], typer.Option(help="Recipe name (see `finetune recipes`) or YAML path. Precedence: defaults < recipe < flags given here. Default: none.")] = None,
     weights: Annotated[str, typer.Option(help="imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit.")] = "imagenet",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Folder searched first for <backbone>.safetensors when --weights imagenet. Default: $FINETUNE_WEIGHTS_DIR if set.")] = None,
+    weights_partial: Annotated[bool, typer.Option("--weights-partial/--no-weights-partial", help="Train even when --weights PATH leaves more than 10% of the backbone's (non-head) tensors missing or mismatched, i.e. at random init. Default: off, such weights are an error naming the tensors.")] = False,
     freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, head. auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 last half of the groups; else everything. Default: nothing frozen.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch per device.")] = 32,
@@ -56,19 +59,21 @@ def run(
     lr: Annotated[str, typer.Option(help="The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR range test first and use its suggestion.")] = "1e-3",
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
+    momentum: Annotated[float, typer.Option(help="Momentum of sgd and rmsprop (an error with adam/adamw, which have none).")] = 0.9,
     augment: Annotated[str, typer.Option(help="Train augmentation: none (the eval resize + center crop), light (+ flip), standard (random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1) or strong (standard + a TrivialAugment-like op + random erasing). See `finetune augment-preview`.")] = "standard",
     seed: Annotated[int, typer.Option(help="Seed for the train/val split, the new head's init and augmentation.")] = 42,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction, stratified by class, for the DIR/<class>/ layout.")] = 0.2,
-    output: Annotated[Optional[Path], typer.Option(help="Run directory. Default: runs/<date>-<backbone>.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Run directory. Default: runs/<date>-<backbone>. A folder that is not empty is refused: see --resume and --overwrite.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Start afresh in a non-empty --output: removes the earlier run's config.yaml, metrics.csv, hparams.yaml, bad_files.txt, plots, checkpoints/, model/ and eval-*/ first; other files stay.")] = False,
     precision: Annotated[str, typer.Option(help="auto, 32, bf16-mixed or 16-mixed. auto: bf16-mixed on a GPU or CPU with native bf16, else 32.")] = "auto",
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format. Default: on with mixed precision.")] = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto (Lightning accelerator).")] = "auto",
-    devices: Annotated[str, typer.Option(help="Number of devices (or ids such as 0,1) or auto.")] = "auto",
+    accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu (= cuda), mps or tpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Number of devices (cpu: processes), GPU ids such as 0,1, -1 (every GPU) or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto, ddp, ddp_spawn, fsdp...")] = "auto",
     num_nodes: Annotated[int, typer.Option(help="Machines taking part in distributed training.")] = 1,
-    limit_train_batches: Annotated[float, typer.Option(help="Train batches per epoch: a fraction (<=1) or a count (>1).")] = 1.0,
-    limit_val_batches: Annotated[float, typer.Option(help="Validation batches per epoch: a fraction (<=1) or a count (>1).")] = 1.0,
+    limit_train_batches: Annotated[str, typer.Option(help="Train batches per epoch: a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all).")] = "1.0",
+    limit_val_batches: Annotated[str, typer.Option(help="Validation batches per epoch: a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all).")] = "1.0",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
     # Evaluation and export after training.
     tta: Annotated[str, typer.Option(help="Test-time augmentation of the final evaluation, stored as the bundle's default: none, flip, five-crop, ten-crop, scales.")] = "none",
@@ -99,7 +104,7 @@ def run(
     mix_switch_prob: Annotated[float, typer.Option(help="With --mixup and --cutmix both on: probability that a mixed batch uses cutmix.")] = 0.5,
     mix_off_epoch: Annotated[int, typer.Option(help="Epoch (0-based) from which training batches are no longer mixed, so the last epochs see clean images. 0: mix in every epoch.")] = 0,
     teacher: Annotated[Optional[str], typer.Option(help="Distill from a teacher: a run directory or .ckpt of this toolkit, an exported bundle directory, or a backbone name with --teacher-weights. Same classes as the student required. Default: no teacher.")] = None,
-    teacher_weights: Annotated[Optional[Path], typer.Option(help="Weights (.safetensors/.pth) of a backbone-name --teacher, with a head for this task's classes.")] = None,
+    teacher_weights: Annotated[Optional[Path], typer.Option(help="Weights (.safetensors/.pth) of a backbone-name --teacher, with a head for this task's classes. Default: none (a run, checkpoint or bundle --teacher brings its own).")] = None,
     kd_alpha: Annotated[float, typer.Option(help="Weight A of distillation: (1-A) x task loss + A x T^2 x KL(teacher || student).")] = 0.5,
     kd_temperature: Annotated[float, typer.Option(help="Distillation softmax temperature T.")] = 4.0,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights, validate it next to the raw weights (val_ema/acc1), and keep the better one in best.ckpt.")] = False,
@@ -118,7 +123,11 @@ def run(
         return
     # Compared by name: Typer's ParameterSource is its own enum, not click's.
     explicit = {name for name in settings if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
-    config, sources = _exit_on_user_error(lambda: resolve_config(settings, explicit, recipe))
+    with warnings.catch_warnings(record=True) as caught:  # recipe values the flags switch off
+        warnings.simplefilter("always", UserWarning)
+        config, sources = _exit_on_user_error(lambda: resolve_config(settings, explicit, recipe))
+    for warning in caught:
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(str(warning.message))}")
     _exit_on_user_error(lambda: fit(config, console, sources=sources))
 
 
@@ -130,7 +139,8 @@ def _resume(ctx: typer.Context, run_dir: Path, settings: dict[str, Any]) -> None
     # Compared by name: Typer may carry its own copy of click's ParameterSource enum.
     given = {k: v for k, v in settings.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     config = _exit_on_user_error(lambda: resume_config(run_dir, given))
-    _exit_on_user_error(lambda: fit(config, console, ckpt_path=run_dir / "checkpoints" / "last.ckpt"))
+    sources = {k: "command line (--resume)" for k in given}  # merged into the first start's record
+    _exit_on_user_error(lambda: fit(config, console, ckpt_path=run_dir / "checkpoints" / "last.ckpt", sources=sources))
 
 
 @app.command("lr-find")
@@ -280,7 +290,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="Split to evaluate: val or test.")] = "val",
     tta: TtaOption = "none",
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a softmax temperature on the val split and store it in the bundle's config.json. Default: off.")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the PNGs. Default: MODEL/eval-SPLIT.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="New or empty folder for metrics.json and the PNGs. Default: a new eval-SPLIT (or eval-SPLIT-N) in the run directory, or beside a bundle or .ckpt; never overwritten.")] = None,
 ) -> None:
     """Evaluate a model: top-1/top-5, per-class figures, confusion matrix, reliability diagram, ECE, with and without TTA."""
     from finetune.evaluation.evaluate import evaluate
@@ -299,7 +309,7 @@ def _print_eval_report(m: dict) -> None:
     console.print(table)
     if "calibration" in m:
         c = m["calibration"]
-        console.print(f"Temperature {c['temperature']:.3f} (val ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}), stored in config.json")
+        console.print(f"Temperature {c['temperature']:.3f} (ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} on {c['ece_measured_on']}), stored in config.json")
     per_class = Table(title="Per class", title_justify="left")
     for col in ("class", "precision", "recall", "accuracy", "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from finetune.errors import FinetuneError
 
@@ -18,6 +20,10 @@ Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
 Augment = Literal["none", "light", "standard", "strong"]
 FreezePolicy = Literal["linear-probe", "bn-only", "full"]
 Schedule = Literal["cosine", "step", "onecycle", "constant"]
+# Lightning's accelerator names, plus its alias gpu and auto.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+DEVICES_HELP = "a device count (1, 2), GPU ids such as 0,1, -1 (every GPU) or auto"
+BATCHES_HELP = "a whole number of batches (1, 10) or a fraction of them such as 0.5 (1.0: all)"
 
 
 class RunConfig(BaseModel):
@@ -29,6 +35,8 @@ class RunConfig(BaseModel):
     data: Path = Field(description="image folder: DIR/train/<class>, DIR/val/<class> or DIR/<class>")
     weights: str = Field("imagenet", description="imagenet | none | PATH to a state dict or checkpoint")
     weights_dir: Path | None = Field(None, description="folder searched first for <backbone>.safetensors")
+    weights_partial: bool = Field(
+        False, description="accept --weights PATH that leaves over 10% of the non-head tensors at random init")
     freeze_until: str | None = Field(None, description="freeze every layer before this one")
     epochs: int = Field(5, ge=1, description="training epochs")
     batch_size: int = Field(32, ge=1, description="images per batch and device")
@@ -42,14 +50,16 @@ class RunConfig(BaseModel):
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None: min(4, CPU cores)")
     val_split: float = Field(0.2, gt=0, lt=1, description="validation fraction for DIR/<class> layouts")
     output: Path | None = Field(None, description="run directory; None: runs/<date>-<backbone>")
+    overwrite: bool = Field(False, description="replace the files of an earlier run in --output instead of refusing")
     precision: Precision = Field("auto", description="numeric precision")
     channels_last: bool | None = Field(None, description="NHWC memory format; None: on with mixed precision")
     accelerator: str = Field("auto", description="cpu | gpu | auto")
     devices: str = Field("auto", description="device count or ids")
     strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ddp_spawn | ...")
     num_nodes: int = Field(1, ge=1, description="machines for distributed training")
-    limit_train_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of train batches per epoch")
-    limit_val_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of val batches per epoch")
+    # As in Lightning: an int is a count of batches (1: one), a float a fraction of them (1.0: all).
+    limit_train_batches: int | float = Field(1.0, description="train batches per epoch: a count (int) or a fraction (float)")
+    limit_val_batches: int | float = Field(1.0, description="val batches per epoch: a count (int) or a fraction (float)")
     progress: bool = Field(True, description="show the progress bar")
     recipe: str | None = Field(None, description="recipe the settings started from (name or path)")
 
@@ -148,6 +158,49 @@ class RunConfig(BaseModel):
     def _devices_to_str(cls, v: Any) -> str:
         return str(v)
 
+    @field_validator("devices")
+    @classmethod
+    def _devices_format(cls, v: str) -> str:
+        ids = v.rstrip(",").split(",")
+        if v in ("auto", "-1") or (v.rstrip(",") and all(i.isdigit() for i in ids)):
+            return v
+        raise ValueError(f"expected {DEVICES_HELP}")
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, v: str) -> str:
+        if v not in ACCELERATORS:
+            raise ValueError(f"expected one of {', '.join(ACCELERATORS)}")
+        return v
+
+    @field_validator("limit_train_batches", "limit_val_batches", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, v: Any) -> int | float:
+        """'1' is one batch and '1.0' all of them, as an int and a float are for Lightning."""
+        if isinstance(v, str):
+            try:
+                v = int(v)
+            except ValueError:
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise ValueError(f"expected {BATCHES_HELP}") from None
+        if isinstance(v, float) and v > 1 and v.is_integer():
+            v = int(v)  # 2.0 from a YAML file: a count
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (isinstance(v, float) and v > 1):
+            raise ValueError(f"expected {BATCHES_HELP}")
+        return v
+
+    @model_validator(mode="after")
+    def _no_ignored_settings(self, info: ValidationInfo) -> "RunConfig":
+        """A setting that would change nothing is a mistake: say what it needs (recipes: see resolve_config)."""
+        if (info.context or {}).get("unused") == "allow":
+            return self
+        unused = unused_settings(self.model_dump())
+        if unused:
+            raise FinetuneError("; ".join(f"--{k.replace('_', '-')} {_flag_value(self, k)} {why}" for k, why in unused.items()))
+        return self
+
     def resolved_backbone_lr_mult(self) -> float:
         """0.1 protects pretrained features (the usual fine-tuning start); random init has none to protect."""
         if self.backbone_lr_mult is not None:
@@ -161,10 +214,20 @@ class RunConfig(BaseModel):
     def lightning_devices(self) -> int | str:
         return int(self.devices) if self.devices.isdigit() else self.devices
 
-    @staticmethod
-    def lightning_limit(value: float) -> int | float:
-        """Lightning reads 1.0 as 'all batches' and an int as a batch count."""
-        return int(value) if value > 1 else float(value)
+    def with_absolute_paths(self) -> "RunConfig":
+        """The same settings with every file path made absolute, so the run's record works from any folder.
+
+        Names stay as they are: --weights imagenet/none, a backbone-name --teacher, a recipe name.
+        """
+        update: dict[str, Any] = {}
+        for key in ("data", "weights_dir", "teacher_weights", "output"):
+            if getattr(self, key) is not None:
+                update[key] = Path(os.path.abspath(Path(getattr(self, key)).expanduser()))
+        for key in ("weights", "teacher", "recipe"):
+            value = getattr(self, key)
+            if value and value not in ("imagenet", "none") and Path(value).expanduser().exists():
+                update[key] = os.path.abspath(Path(value).expanduser())
+        return self.model_copy(update=update)
 
     def to_yaml(self, extra: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> str:
         """The run's config.yaml: every setting, then what was resolved at run time and where each came from."""
@@ -180,6 +243,40 @@ class RunConfig(BaseModel):
         """Reads a run's config.yaml back (its resolved and sources sections are records, not settings)."""
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+
+def _is_default(values: Mapping[str, Any], key: str) -> bool:
+    return key not in values or values[key] == RunConfig.model_fields[key].default
+
+
+def _flag_value(config: RunConfig, key: str) -> str:
+    value = getattr(config, key)
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def unused_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """Settings changed from their default that would have no effect, each with what it needs.
+
+    Args:
+        values: RunConfig field values (missing keys count as defaults).
+
+    Returns:
+        Field name -> why it is unused, e.g. {"ema_decay": "has no effect without --ema"}.
+    """
+    unused: dict[str, str] = {}
+    if not values.get("teacher"):
+        unused.update({k: "has no effect without --teacher" for k in ("teacher_weights", "kd_alpha", "kd_temperature")
+                       if not _is_default(values, k)})
+    optimizer = values.get("optimizer", RunConfig.model_fields["optimizer"].default)
+    if optimizer in ("adam", "adamw") and not _is_default(values, "momentum"):
+        unused["momentum"] = f"has no effect with --optimizer {optimizer}; momentum applies to sgd and rmsprop"
+    if not values.get("ema"):
+        unused.update({k: "has no effect without --ema" for k in ("ema_decay", "ema_warmup") if not _is_default(values, k)})
+    schedule = values.get("schedule", RunConfig.model_fields["schedule"].default)
+    if schedule != "step":
+        unused.update({k: f"has no effect with --schedule {schedule}; it needs --schedule step"
+                       for k in ("step_size", "gamma") if not _is_default(values, k)})
+    return unused
 
 
 # ----- recipes -----------------------------------------------------------------------------------
@@ -259,7 +356,8 @@ def _check_keys(path: Path, values: dict[str, Any]) -> None:
 
 def _check_values(path: Path, values: dict[str, Any]) -> None:
     try:  # placeholders for the two required fields: a recipe need not name a backbone or data
-        RunConfig.model_validate({"backbone": "-", "data": ".", **values})
+        # A recipe may set values that only some flags use (kd_alpha for a --teacher given later).
+        RunConfig.model_validate({"backbone": "-", "data": ".", **values}, context={"unused": "allow"})
     except ValidationError as e:
         err = e.errors()[0]
         key = str(err["loc"][0])  # union members add their type names to loc; the field is enough
@@ -290,4 +388,18 @@ def resolve_config(cli_values: dict[str, Any], explicit: set[str], recipe: str |
         sources[key] = "command line"
     if loaded:
         merged["recipe"], sources["recipe"] = str(loaded.path) if recipe.endswith((".yaml", ".yml")) else loaded.name, "command line"
+        _drop_unused_recipe_values(merged, sources, loaded.name)
     return RunConfig(**merged), sources
+
+
+def _drop_unused_recipe_values(merged: dict[str, Any], sources: dict[str, str], recipe: str) -> None:
+    """A recipe value that the flags switch off (its ema_decay with --no-ema) is a warning, not an error.
+
+    The value goes back to its default and `sources` records why; unused values given on the
+    command line are left for RunConfig to reject.
+    """
+    for key, why in unused_settings(merged).items():
+        if sources[key].startswith("recipe"):
+            value = merged.pop(key)
+            warnings.warn(f"recipe {recipe} sets {key} {value} but it {why}; not used", UserWarning, stacklevel=3)
+            sources[key] = f"default (recipe {recipe}'s {value} not used: {why.removeprefix('has ')})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import shutil
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -89,14 +90,6 @@ def test_layers_unknown_backbone_suggests_names():
     assert "resnet5O" in result.output and "resnet50" in result.output
 
 
-def test_every_run_option_states_its_default_in_help():
-    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0
-    for option in ("--weights", "--epochs", "--batch-size", "--lr", "--optimizer", "--seed", "--precision", "--devices"):
-        assert option in result.output
-    assert result.output.lower().count("default") >= 22  # one per option that has one
-
-
 def test_channels_last_flag_sets_the_memory_format(tiny_data, tmp_path, run_args):
     import torch
 
@@ -125,3 +118,137 @@ def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, 
     assert "RandomResizedCrop" not in seen["steps"] and "CenterCrop" in seen["steps"]
     assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none")).exit_code == 0
     assert "RandomResizedCrop" in seen["steps"]
+
+
+def _option_help(command: str = "run") -> dict:
+    """The click options of a command, by parameter name."""
+    import typer.main
+
+    return {p.name: p for p in typer.main.get_command(app).commands[command].params}
+
+
+def test_every_run_option_states_its_real_default_in_help():
+    """Per RunConfig field: a --option exists, and what its help says is the default is the field's default."""
+    from finetune.config import RunConfig
+
+    options = _option_help()
+    for name, field in RunConfig.model_fields.items():
+        assert name in options, f"RunConfig.{name} has no --{name.replace('_', '-')} option"
+        option, default = options[name], field.default
+        if field.is_required():
+            assert "Required" in option.help, name
+        elif default is None:  # nothing for Typer to show: the help text must say what happens
+            assert "Default:" in option.help, f"--{name.replace('_', '-')} does not say what its default is"
+        else:
+            parsed = RunConfig.model_validate({"backbone": "x", "data": ".", name: option.default})
+            assert getattr(parsed, name) == default, f"--{name.replace('_', '-')} shows {option.default!r}, RunConfig has {default!r}"
+            assert option.show_default is not False, f"--{name.replace('_', '-')} hides its default"
+
+
+def _first_run(tiny_data, out, run_args, *extra):
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1", *extra))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_existing_run_dir_is_refused_and_overwrite_starts_fresh(tiny_data, tmp_path, run_args):
+    out = tmp_path / "run"
+    _first_run(tiny_data, out, run_args)
+    before = (out / "metrics.csv").read_bytes()
+    again = runner.invoke(app, run_args(tiny_data, out, "--weights", "none"))
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2, again.output
+    assert str(out) in text and f"--resume {out}" in text and "--overwrite" in text
+    assert (out / "metrics.csv").read_bytes() == before  # nothing of the first run was touched
+    (out / "lr_find.png").write_bytes(b"stale plot of the first run")
+    (out / "notes.txt").write_text("the user's own file")
+    fresh = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1", "--overwrite"))
+    assert fresh.exit_code == 0, fresh.output
+    assert not (out / "lr_find.png").exists()  # the first run's files are gone...
+    assert (out / "notes.txt").read_text() == "the user's own file"  # ...files a run never writes are kept
+    assert yaml.safe_load(open(out / "config.yaml"))["overwrite"] is True
+
+
+def test_limit_train_batches_1_is_one_batch_per_epoch(tiny_data, tmp_path, run_args):
+    import torch
+
+    from finetune.config import RunConfig
+
+    assert RunConfig(backbone="x", data=".", limit_train_batches="1").limit_train_batches == 1
+    assert RunConfig(backbone="x", data=".", limit_train_batches="0.5").limit_train_batches == 0.5
+    full = RunConfig(backbone="x", data=".", limit_train_batches="1.0").limit_train_batches
+    assert full == 1.0 and isinstance(full, float)  # 1.0: every batch
+    out = tmp_path / "run"
+    _first_run(tiny_data, out, run_args, "--epochs", "2")
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2  # not 2 x 3 batches
+
+
+def test_limit_train_batches_rejects_a_fractional_count(tiny_data, tmp_path, run_args):
+    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--limit-train-batches", "2.5"))
+    assert result.exit_code == 2 and "--limit-train-batches" in result.output and "2.5" in result.output
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--accelerator", "tpux"], ["tpux", "cpu", "gpu"]),
+    (["--accelerator", "mps"], ["mps", "available here: cpu"]),
+    (["--accelerator", "cpu", "--devices", "0"], ["--devices 0", "a count"]),
+    (["--devices", "many"], ["many", "auto"]),
+])
+def test_bad_accelerator_or_devices_is_a_one_line_error(tiny_data, tmp_path, run_args, flags, named):
+    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", *flags))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert "Traceback" not in result.output and text.startswith("Error:") and text.count("Error:") == 1
+    for word in named:
+        assert word in text, word
+
+
+IGNORED = [
+    ({"teacher_weights": "t.safetensors"}, "--teacher-weights", "--teacher"),
+    ({"optimizer": "adam", "momentum": 0.8}, "--momentum", "sgd"),
+    ({"momentum": 0.8}, "--momentum", "adamw"),
+    ({"kd_alpha": 0.9}, "--kd-alpha", "--teacher"),
+    ({"kd_temperature": 2.0}, "--kd-temperature", "--teacher"),
+    ({"ema_decay": 0.99}, "--ema-decay", "--ema"),
+    ({"step_size": 3}, "--step-size", "--schedule step"),
+    ({"gamma": 0.5, "schedule": "cosine"}, "--gamma", "--schedule step"),
+]
+
+
+@pytest.mark.parametrize("values,flag,needs", IGNORED)
+def test_an_option_that_would_be_ignored_is_an_error(tmp_path, values, flag, needs):
+    from finetune.config import resolve_config
+    from finetune.errors import FinetuneError
+
+    cli = {"backbone": "test_resnet", "data": tmp_path, **values}
+    with pytest.raises(FinetuneError, match=f"{flag} .*{needs}"):
+        resolve_config(cli, explicit=set(cli), recipe=None)
+
+
+def test_ignored_option_on_the_command_line_stops_the_run_before_training(tiny_data, tmp_path, run_args):
+    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--ema-decay", "0.99"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--ema-decay 0.99" in text and "without --ema" in text, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_that_take_effect_or_keep_their_default_are_accepted(tmp_path):
+    from finetune.config import resolve_config
+
+    for values in ({"optimizer": "sgd", "momentum": 0.8}, {"schedule": "step", "step_size": 3, "gamma": 0.5},
+                   {"ema": True, "ema_decay": 0.99}, {"momentum": 0.9, "kd_alpha": 0.5}):
+        cli = {"backbone": "test_resnet", "data": tmp_path, **values}
+        config, _ = resolve_config(cli, explicit=set(cli), recipe=None)
+        assert all(getattr(config, k) == v for k, v in values.items())
+
+
+def test_a_recipe_value_that_the_flags_switch_off_is_a_warning(tmp_path):
+    from finetune.config import RunConfig, resolve_config
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("# Mine: for tests.\nema: true\nema_decay: 0.99\n")
+    cli = {"backbone": "test_resnet", "data": tmp_path, "ema": False}
+    with pytest.warns(UserWarning, match="recipe mine sets ema_decay 0.99 .*--ema"):
+        config, sources = resolve_config(cli, explicit={"backbone", "data", "ema"}, recipe=str(recipe))
+    assert config.ema_decay == RunConfig.model_fields["ema_decay"].default
+    assert "not used" in sources["ema_decay"]

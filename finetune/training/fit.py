@@ -12,21 +12,26 @@ from datetime import datetime
 from pathlib import Path
 
 import pytorch_lightning as pl
+import yaml
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
-from finetune.config import RunConfig
+from finetune.config import DEVICES_HELP, RunConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
+from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
+from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.module import FinetuneModule
 from finetune.training.ema import SELECTED_METRIC
 from finetune.training.lr_find import find_lr
 from finetune.training.plan import print_plan
 from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
 from finetune.training.resume import ContinuingCSVLogger, RNGState, previous_metrics
+from finetune.training.run_dir import claim_run_dir
 from finetune.training.unfreeze import GradualUnfreezing
 from finetune.training.precision import resolve_channels_last, resolve_precision
 
@@ -90,22 +95,44 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
-    return pl.Trainer(
+    return _trainer(
+        config,
         default_root_dir=run_dir,
         max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.lightning_devices(),
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
         precision=precision,
         logger=ContinuingCSVLogger(run_dir, name="", version="", previous_rows=previous_rows),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), *regularization_callbacks(config, run_dir), *callbacks],
-        limit_train_batches=config.lightning_limit(config.limit_train_batches),
-        limit_val_batches=config.lightning_limit(config.limit_val_batches),
+        plugins=[AtomicCheckpointIO()],
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         enable_progress_bar=config.progress,
         enable_model_summary=False,
     )
+
+
+# Words in Lightning's messages about the device settings (it raises several exception types for them).
+_DEVICE_WORDS = ("accelerator", "devices", "device", "strategy", "num_nodes", "Requirement", "backend")
+
+
+def _trainer(config: RunConfig, **kwargs) -> pl.Trainer:
+    """pl.Trainer on the config's devices; Lightning's refusal of them becomes a one-line FinetuneError."""
+    try:
+        return pl.Trainer(accelerator=config.accelerator, devices=config.lightning_devices(), strategy=config.strategy,
+                          num_nodes=config.num_nodes, **kwargs)
+    except (MisconfigurationException, TypeError, ValueError, ModuleNotFoundError) as e:
+        if not isinstance(e, MisconfigurationException) and not any(w in str(e) for w in _DEVICE_WORDS):
+            raise
+        raise FinetuneError(f"--accelerator {config.accelerator} --devices {config.devices} --strategy {config.strategy}: "
+                            f"{' '.join(str(e).split())} Accelerators available here: {', '.join(_available_accelerators())}; "
+                            f"--devices takes {DEVICES_HELP} (cpu: a count of processes)") from None
+
+
+def _available_accelerators() -> list[str]:
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    found = [("cpu", CPUAccelerator), ("gpu", CUDAAccelerator), ("mps", MPSAccelerator)]
+    return [name for name, accelerator in found if accelerator.is_available()]
 
 
 def best_epoch(metrics_csv: Path) -> tuple[float, int]:
@@ -139,7 +166,13 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     """
     console = console or Console()
     pl.seed_everything(config.seed, workers=True, verbose=False)
+    config = config.with_absolute_paths()  # config.yaml and the checkpoints must work from any folder
     run_dir = resolve_run_dir(config)
+    if ckpt_path is None and rank_zero_only.rank == 0 and os.environ.get(RUN_DIR_ENV) != str(run_dir):
+        # Not for --resume, nor for the processes DDP starts: they inherit the run dir in RUN_DIR_ENV.
+        removed = claim_run_dir(run_dir, config.overwrite)
+        if removed:
+            console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}")
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                        **backbone_options(config))
@@ -165,7 +198,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     if config.lr == "auto":
         config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
-        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources)
+        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None)
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {config.epochs})")
@@ -191,8 +224,6 @@ def _checkpoint_epoch(ckpt_path: Path) -> int:
 
 def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
     """--lr auto: a range test on a fresh copy of the data pipeline, then the run with its suggestion."""
-    from finetune.errors import FinetuneError
-
     if trainer.world_size > 1:
         raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
                             "same options and pass its suggestion as --lr for a multi-device run")
@@ -210,7 +241,7 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
     return config, module, found.suggestion
 
 
-def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None) -> None:
+def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir), "classes": index.classes, "precision": precision,
@@ -221,15 +252,33 @@ def _write_run_files(config, run_dir, index, data_config, precision, lr_found=No
     }
     if lr_found is not None:
         resolved["lr_find"] = {"suggestion": lr_found, "plot": "lr_find.png"}
-    (run_dir / "config.yaml").write_text(config.to_yaml(resolved, sources))
+    if resuming:
+        resolved, sources = _merge_record(run_dir / "config.yaml", resolved, sources)
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(config.to_yaml(resolved, sources))
+    os.replace(tmp, run_dir / "config.yaml")  # never a half-written config.yaml for --resume to read
     if index.bad_files:
         index.write_bad_files(run_dir / "bad_files.txt")
+
+
+def _merge_record(path: Path, resolved: dict, sources: dict[str, str] | None) -> tuple[dict, dict[str, str]]:
+    """A resumed run keeps what its first start recorded (where each value came from, the LR finder's
+    result) and updates what is measured again or was given with --resume."""
+    old = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return {**old.get("resolved", {}), **resolved}, {**old.get("sources", {}), **(sources or {})}
+
+
+def _shown(path: Path | str) -> str:
+    """A path as typed from here: relative below the working directory, else absolute."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return str(path)
 
 
 @rank_zero_only
 def _announce(console, config, index, report, precision, why, module, world_size=1) -> None:
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
-    console.print(f"Data: {config.data} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
+    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
     if index.bad_files:
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))

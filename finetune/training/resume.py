@@ -37,7 +37,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
         raise FinetuneError(f"--resume continues with the saved config.yaml; {flags} cannot change. "
                             f"Options that may be given with --resume: {allowed}")
     saved = RunConfig.from_yaml(run_dir / "config.yaml").model_dump()
-    return RunConfig.model_validate({**saved, **(overrides or {}), "output": str(run_dir)})
+    return RunConfig.model_validate({**saved, **(overrides or {}), "output": str(run_dir.absolute())})
 
 
 class RNGState(pl.Callback):
@@ -144,6 +144,9 @@ class ContinuingCSVLogger(CSVLogger):
     def experiment(self) -> Any:
         experiment = super().experiment
         if self._previous_rows and experiment is not None:
-            experiment.metrics = [*self._previous_rows, *experiment.metrics]  # written at the first save
+            # Lightning's writer has just deleted metrics.csv: put the earlier rows back on disk at once,
+            # so a run stopped before its first log still has its history for the next --resume.
+            experiment.metrics = [*self._previous_rows, *experiment.metrics]
             self._previous_rows = []
+            experiment.save()
         return experiment

@@ -1,0 +1,137 @@
+"""--resume keeps the run's record, survives an interrupted checkpoint write and works from any directory."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from finetune.cli import app
+
+runner = CliRunner()
+
+
+def _val_epochs(metrics_csv: Path) -> set[int]:
+    with open(metrics_csv, newline="") as f:
+        return {int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc1")}
+
+
+class _RecordAtFirstStep(pl.Callback):
+    """What is on disk when the resumed run takes its first step."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.seen = run_dir, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seen is None:
+            self.seen = {"config": yaml.safe_load((self.run_dir / "config.yaml").read_text()),
+                         "val_epochs": _val_epochs(self.run_dir / "metrics.csv")}
+
+
+def test_resume_from_another_directory_keeps_the_record(tiny_data, test_resnet_weights, tmp_path, monkeypatch):
+    """Relative --data/--weights/--output; then --resume and export from elsewhere."""
+    import finetune.training.fit as fit_module
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    shutil.copy(test_resnet_weights, tmp_path / "w.safetensors")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--backbone", "test_resnet", "--data", "data", "--weights", "w.safetensors", "--output", "run",
+            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--no-export",
+            "--epochs", "1", "--limit-train-batches", "1", "--lr", "auto", "--lr-find-steps", "5"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"] == str(tmp_path / "data") and saved["weights"] == str(tmp_path / "w.safetensors")
+    assert saved["output"] == str(run)
+    assert "Data: data (" in " ".join(first.output.split())  # the console keeps the path as typed
+    lr_find, sources = saved["resolved"]["lr_find"], saved["sources"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spy = _RecordAtFirstStep(run)
+    original = fit_module.regularization_callbacks
+    monkeypatch.setattr(fit_module, "regularization_callbacks", lambda *a: [*original(*a), spy])
+    resumed = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert spy.seen["val_epochs"] == {0}  # the first run's rows are on disk from the start
+    assert spy.seen["config"]["resolved"]["lr_find"] == lr_find and spy.seen["config"]["sources"]["lr"] == sources["lr"]
+    final = yaml.safe_load((run / "config.yaml").read_text())
+    assert final["epochs"] == 2 and final["resolved"]["lr_find"] == lr_find
+    assert final["sources"]["weights"] == "command line" and "--resume" in final["sources"]["epochs"]
+    assert _val_epochs(run / "metrics.csv") == {0, 1}
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+    exported = runner.invoke(app, ["export", str(run)])
+    assert exported.exit_code == 0, exported.output
+    assert (run / "model" / "model.onnx").is_file()
+
+
+class SimulatedCrash(BaseException):
+    """The process dying part-way through a write (BaseException: nothing may swallow it)."""
+
+
+def _other_filesystem_tmp(near: Path) -> str | None:
+    """A temp folder on another filesystem than `near`, where a rename into `near` has to copy."""
+    for candidate in ("/dev/shm", "/run/user", "/var/tmp"):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK) and os.stat(candidate).st_dev != os.stat(near).st_dev:
+            return candidate
+    return None
+
+
+def _crash_half_way_through_last_ckpt(monkeypatch):
+    """Any write of last.ckpt's bytes to disk stops half-way: torch.save to a file, or a copy into place."""
+    real_save, real_copyfile = torch.save, shutil.copyfile
+
+    def save(obj, f, *args, **kwargs):
+        target = str(getattr(f, "name", f))
+        if isinstance(f, io.BytesIO) or "last.ckpt" not in target:
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        if hasattr(f, "write"):
+            f.write(data[: len(data) // 2])
+            f.flush()
+        else:
+            Path(f).write_bytes(data[: len(data) // 2])
+        raise SimulatedCrash(target)
+
+    def copyfile(src, dst, *args, **kwargs):
+        if "last.ckpt" not in str(dst):
+            return real_copyfile(src, dst, *args, **kwargs)
+        data = Path(src).read_bytes()
+        Path(dst).write_bytes(data[: len(data) // 2])
+        raise SimulatedCrash(str(dst))
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+def test_a_crash_while_writing_last_ckpt_leaves_the_previous_one(tiny_data, tmp_path, run_args, monkeypatch):
+    """Lightning stages a checkpoint in the system temp folder and moves it into place, which is a copy
+    (not atomic) when that folder is on another filesystem; the crash is simulated in both kinds of write."""
+    import tempfile
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1")).exit_code == 0
+    other = _other_filesystem_tmp(tmp_path)
+    if other is not None:
+        monkeypatch.setattr(tempfile, "tempdir", other)
+    _crash_half_way_through_last_ckpt(monkeypatch)
+    with pytest.raises(SimulatedCrash):
+        runner.invoke(app, ["run", "--resume", str(out), "--epochs", "2", "--no-progress"])
+    monkeypatch.undo()
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert [p.name for p in (out / "checkpoints").iterdir() if "tmp" in p.name] == []  # no leftovers
+    resumed = runner.invoke(app, ["run", "--resume", str(out), "--epochs", "2", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
