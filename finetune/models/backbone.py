@@ -93,6 +93,7 @@ def create_backbone(
     weights_dir: Path | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
+    weights_partial: bool = False,
 ) -> tuple[Backbone, LoadReport]:
     """Builds a backbone with a fresh `num_classes` head and loads its weights.
 
@@ -104,6 +105,8 @@ def create_backbone(
         weights_dir: Folder searched first for imagenet weights (`<name>.safetensors`, "tv:" -> "tv_").
         drop_rate: Dropout before the classifier; 0 keeps the architecture's default.
         drop_path_rate: Stochastic depth rate; None keeps the architecture's default.
+        weights_partial: Accept a weights file that leaves more than 10% of the non-head tensors
+            unfilled (`weights.MAX_UNFILLED_SHARE`); otherwise that is a WeightsError.
 
     Returns:
         The backbone and a report of loaded, dropped, missing and unexpected weights.
@@ -129,7 +132,7 @@ def create_backbone(
             return backbone, _apply(backbone, state_dict, source, arch)
     if path is None:
         return backbone, LoadReport(source="random init")
-    return backbone, _apply(backbone, load_state_dict_file(path), str(path), arch)
+    return backbone, _apply(backbone, load_state_dict_file(path), str(path), arch, partial=weights_partial)
 
 
 def _weights_path(weights: str) -> Path:
@@ -148,10 +151,11 @@ def _tv_url(name: str, arch: str) -> str:
     return weights.url
 
 
-def _apply(backbone: Backbone, state_dict: dict[str, Tensor], source: str, arch: str) -> LoadReport:
+def _apply(backbone: Backbone, state_dict: dict[str, Tensor], source: str, arch: str,
+           partial: bool = False) -> LoadReport:
     ignore = zoo.AUX_MODULES.get(arch, ()) if backbone.zoo == "torchvision" else ()
     return apply_state_dict(backbone.model, state_dict, backbone.head_unit().param_names,
-                            source=source, ignore=ignore)
+                            source=source, ignore=ignore, partial=partial)
 
 
 def _timm_file_report(backbone: Backbone, source: str) -> LoadReport:

@@ -24,6 +24,11 @@ CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_state")
 # Lightning checkpoints of this toolkit store the network under `backbone.model.`.
 KEY_PREFIXES = ("", "module.", "model.", "backbone.model.", "backbone.", "_orig_mod.")
 PROBE_TIMEOUT_S = 3.0
+# Weights that leave more than this share of the non-head tensors at their initial values are refused
+# (unless partial loading is asked for): the network would be mostly random init while training as
+# "pretrained" (x0.1 backbone LR). A wrong file or architecture misses most tensors; deliberate
+# surgery (a first conv for other input channels, a resized position embedding) misses a few.
+MAX_UNFILLED_SHARE = 0.10
 WEIGHTS_DIR_ENV = "FINETUNE_WEIGHTS_DIR"
 
 
@@ -130,6 +135,7 @@ def apply_state_dict(
     *,
     source: str = "state dict",
     ignore: Collection[str] = (),
+    partial: bool = False,
 ) -> LoadReport:
     """Loads matching tensors into a model and reports everything that did not fit.
 
@@ -139,9 +145,14 @@ def apply_state_dict(
         head_param_names: Parameter names of the classifier; dropped when their shape differs.
         source: Description of the origin for the report.
         ignore: Top-level module names whose keys are dropped silently (e.g. "AuxLogits").
+        partial: Accept weights that leave more than `MAX_UNFILLED_SHARE` of the non-head tensors
+            unfilled (the rest stays at its initial values).
 
     Returns:
         The report; any non-head shape mismatch is listed as both unexpected and missing.
+
+    Raises:
+        WeightsError: Too many non-head tensors missing or mismatched, naming them (unless `partial`).
     """
     own = model.state_dict()
     sd = {k: v for k, v in strip_prefix(state_dict, own).items() if k.split(".", 1)[0] not in ignore}
@@ -154,7 +165,40 @@ def apply_state_dict(
     result = model.load_state_dict(sd, strict=False)
     report.missing = [k for k in result.missing_keys if k not in report.dropped_head]
     report.unexpected = report.unexpected + list(result.unexpected_keys)
+    if not partial:
+        check_coverage(report, own, head)
     return report
+
+
+def check_coverage(report: LoadReport, model_keys: Collection[str], head_param_names: Collection[str]) -> None:
+    """Refuses a load that left more than `MAX_UNFILLED_SHARE` of the non-head tensors unfilled.
+
+    Args:
+        report: The load's report (shape mismatches are among its missing keys).
+        model_keys: State dict keys of the model.
+        head_param_names: Parameter names of the classifier; its module's buffers count as head too.
+
+    Raises:
+        WeightsError: Naming the unfilled tensors (first few and count) and `--weights-partial`.
+    """
+    head_modules = {name.rpartition(".")[0] for name in head_param_names}
+    body = {k for k in model_keys if k.rpartition(".")[0] not in head_modules and not _is_counter(k)}
+    unfilled = [k for k in report.missing if k in body]
+    if len(unfilled) <= MAX_UNFILLED_SHARE * len(body):
+        return
+    unexpected = f"; the weights hold {len(report.unexpected)} unexpected tensors " \
+                 f"({_preview(report.unexpected)})" if report.unexpected else ""
+    raise WeightsError(
+        f"{report.source} fits poorly: {len(unfilled)} of the {len(body)} non-head tensors of the model "
+        f"are missing or mismatched ({_preview(unfilled)}){unexpected}. More than "
+        f"{MAX_UNFILLED_SHARE:.0%} unfilled means mostly random init; check that the weights are for this "
+        f"backbone, or pass --weights-partial (weights_partial=True) to train with the rest at random init."
+    )
+
+
+def _is_counter(key: str) -> bool:
+    # BatchNorm's step counter: absent from older checkpoints and harmless to leave at zero.
+    return key.endswith("num_batches_tracked")
 
 
 def weights_dir_file(weights_dir: Path | None, name: str) -> Path | None:

@@ -16,8 +16,9 @@ from finetune.training.teacher import Teacher, load_teacher
 
 
 def backbone_options(config: RunConfig) -> dict[str, Any]:
-    """`create_backbone` keyword arguments: head dropout and stochastic depth (None: the default)."""
-    return {"drop_rate": config.head_dropout, "drop_path_rate": config.drop_path or None}
+    """`create_backbone` keyword arguments: head dropout, stochastic depth (None: the default), partial weights."""
+    return {"drop_rate": config.head_dropout, "drop_path_rate": config.drop_path or None,
+            "weights_partial": config.weights_partial}
 
 
 def build_mixer(config: RunConfig) -> BatchMixer | None:

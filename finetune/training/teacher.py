@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ def _from_checkpoint(ckpt_path: Path) -> Teacher:
         config, names = ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["class_names"]
     except (KeyError, RuntimeError, OSError) as e:
         raise TeacherError(f"--teacher {ckpt_path} is not a checkpoint of this toolkit: {e}") from e
-    backbone, _ = create_backbone(config["backbone"], len(names), str(ckpt_path))
+    backbone = _load_exact(f"--teacher {ckpt_path}", config["backbone"], len(names), ckpt_path)
     return Teacher(backbone, backbone.data_config.with_size(config.get("image_size")), names, str(ckpt_path))
 
 
@@ -142,7 +143,8 @@ def _from_bundle(bundle: Path) -> Teacher:
     if config.get("format") != BUNDLE_FORMAT:
         raise TeacherError(f"--teacher {bundle}: config.json is not a {BUNDLE_FORMAT} "
                            f"(format: {config.get('format')!r})")
-    backbone, _ = create_backbone(config["backbone"], int(config["num_classes"]), str(bundle / "model.safetensors"))
+    backbone = _load_exact(f"--teacher {bundle}", config["backbone"], int(config["num_classes"]),
+                           bundle / "model.safetensors")
     return Teacher(backbone, DataConfig.from_dict(config["data_config"]), config["class_names"], str(bundle))
 
 
@@ -153,9 +155,19 @@ def _from_name(name: str, weights: str | Path | None, class_names: Sequence[str]
             f"--teacher {name} is not a run directory, checkpoint or bundle; as a backbone name it needs "
             f"--teacher-weights PATH (a state dict with a {len(class_names)}-class head)"
         )
-    backbone, report = create_backbone(name, len(class_names), str(weights))
-    if report.dropped_head or report.missing:
-        raise TeacherError(f"--teacher-weights {weights} does not fit {name} with {len(class_names)} "
-                           f"classes: {report}")
+    backbone = _load_exact(f"--teacher-weights {weights}", name, len(class_names), weights)
     size = student_config.input_size if student_config is not None else None
     return Teacher(backbone, backbone.data_config.with_size(size), class_names, f"{name} ({weights})")
+
+
+def _load_exact(what: str, name: str, num_classes: int, weights: str | Path, **options: Any) -> Backbone:
+    """Builds a teacher's network; every tensor must load: no missing, unexpected or dropped head.
+
+    A student can start from partly fitting weights, but a teacher is never trained: a tensor left at
+    random init would teach noise, so teachers load strictly.
+    """
+    backbone, report = create_backbone(name, num_classes, str(weights), weights_partial=True, **options)
+    if report.missing or report.unexpected or report.dropped_head:
+        raise TeacherError(f"{what} does not fit {name} with {num_classes} classes exactly (teachers "
+                           f"load strictly): {report}")
+    return backbone

@@ -171,3 +171,69 @@ def test_report_summary_counts() -> None:
     report = LoadReport("x.pth", missing=["a", "b", "c", "d"], unexpected=[], dropped_head=["fc.w"])
     text = str(report)
     assert "x.pth" in text and "missing 4" in text and "+1" in text and "unexpected" not in text
+
+
+def _without(saved: dict[str, torch.Tensor], *prefixes: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in saved.items() if not k.startswith(prefixes)}
+
+
+def test_weights_that_fit_little_fail_naming_the_tensors(tmp_path: Path) -> None:
+    # A wrong file: the last two stages are absent, so most of the network would stay at random init.
+    save_file(_without(_source_state(5), "layer3.", "layer4."), str(tmp_path / "half.safetensors"))
+    with pytest.raises(WeightsError) as err:
+        create_backbone("test_resnet", 3, weights=str(tmp_path / "half.safetensors"))
+    message = str(err.value)
+    body = [k for k in _source_state(5) if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    missing = [k for k in body if k.startswith(("layer3.", "layer4."))]
+    assert f"{len(missing)} of the {len(body)} non-head tensors" in message
+    assert missing[0] in message and f"+{len(missing) - 3}" in message
+    assert "--weights-partial" in message and "half.safetensors" in message
+
+
+def test_weights_of_another_architecture_fail(tmp_path: Path) -> None:
+    other, _ = create_backbone("test_convnext", 5, weights="none")
+    save_file(other.model.state_dict(), str(tmp_path / "convnext.safetensors"))
+    with pytest.raises(WeightsError, match=r"missing or mismatched.*unexpected tensors"):
+        create_backbone("test_resnet", 3, weights=str(tmp_path / "convnext.safetensors"))
+
+
+def test_mismatched_shapes_count_as_missing(tmp_path: Path) -> None:
+    saved = _source_state(5)
+    wide = {k: (torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k.startswith(("layer2.", "layer3.")) and v.ndim
+                else v) for k, v in saved.items()}
+    save_file(wide, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(WeightsError, match="non-head tensors"):
+        create_backbone("test_resnet", 3, weights=str(tmp_path / "wide.safetensors"))
+
+
+def test_weights_partial_opts_in_and_reports(tmp_path: Path) -> None:
+    saved = _source_state(5)
+    save_file(_without(saved, "layer3.", "layer4."), str(tmp_path / "half.safetensors"))
+    backbone, report = create_backbone("test_resnet", 3, weights=str(tmp_path / "half.safetensors"),
+                                       weights_partial=True)
+    assert torch.equal(backbone.model.layer1[0].conv1.weight, saved["layer1.0.conv1.weight"])
+    assert "layer4.0.conv1.weight" in report.missing and "missing" in str(report)
+
+
+def test_a_few_missing_tensors_still_load_with_a_report(tmp_path: Path) -> None:
+    # Deliberate surgery (here: a first conv for other input channels) leaves a few tensors out.
+    save_file(_without(_source_state(5), "conv1.0."), str(tmp_path / "new_first_conv.safetensors"))
+    backbone, report = create_backbone("test_resnet", 3, weights=str(tmp_path / "new_first_conv.safetensors"))
+    assert report.missing == ["conv1.0.weight"]
+
+
+def test_run_refuses_unfit_weights_unless_partial(tiny_data: Path, tmp_path: Path, run_args) -> None:
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    save_file(_without(_source_state(5), "layer3.", "layer4."), str(tmp_path / "half.safetensors"))
+    def args(output: Path, *extra: str) -> list[str]:
+        return run_args(tiny_data, output, "--weights", str(tmp_path / "half.safetensors"), *extra)
+
+    refused = CliRunner().invoke(app, args(tmp_path / "run"))
+    assert refused.exit_code != 0 and "--weights-partial" in refused.output
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)  # a message, no traceback
+    accepted = CliRunner().invoke(app, args(tmp_path / "run2", "--weights-partial"))
+    assert accepted.exit_code == 0, accepted.output
+    assert "weights_partial: true" in (tmp_path / "run2" / "config.yaml").read_text()

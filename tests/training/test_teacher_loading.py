@@ -1,0 +1,71 @@
+"""Teachers load strictly: a teacher whose weights do not fit exactly is an error, never random init."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from finetune.models.backbone import create_backbone
+from finetune.training.teacher import TeacherError, load_teacher
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _bundle(root: Path) -> Path:
+    """A minimal export bundle of a random-init test_resnet for CLASSES."""
+    torch.manual_seed(7)
+    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
+    root.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(root / "model.safetensors"))
+    config = {"format": "finetune-bundle", "format_version": 1, "backbone": "test_resnet",
+              "num_classes": len(CLASSES), "class_names": CLASSES,
+              "data_config": {"input_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                              "interpolation": "bilinear", "crop_pct": 0.875}}
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def _edit_weights(path: Path, edit) -> None:
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path))
+
+
+def test_bundle_teacher_missing_a_tensor_fails(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path / "bundle")
+    _edit_weights(bundle / "model.safetensors", lambda s: s.pop("layer2.0.conv1.weight"))
+    with pytest.raises(TeacherError, match=r"bundle.*missing 1 \(layer2\.0\.conv1\.weight\)"):
+        load_teacher(bundle, CLASSES)
+
+
+def test_checkpoint_teacher_with_foreign_tensors_fails(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
+    state = {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
+    state["backbone.model.extra.weight"] = torch.zeros(2)
+    hparams = {"config": {"backbone": "test_resnet", "data": ".", "image_size": 32}, "class_names": CLASSES}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "teacher.ckpt")
+    with pytest.raises(TeacherError, match=r"teacher\.ckpt.*unexpected 1 \(extra\.weight\)"):
+        load_teacher(tmp_path / "teacher.ckpt", CLASSES)
+    del state["backbone.model.extra.weight"]
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "teacher.ckpt")
+    teacher = load_teacher(tmp_path / "teacher.ckpt", CLASSES)  # an exact checkpoint loads
+    assert torch.equal(teacher.backbone.model.fc.weight, backbone.model.fc.weight)
+
+
+def test_backbone_name_teacher_with_little_fitting_weights_fails_as_teacher_error(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path / "bundle")
+    _edit_weights(bundle / "model.safetensors",
+                  lambda s: [s.pop(k) for k in list(s) if k.startswith(("layer3.", "layer4."))])
+    with pytest.raises(TeacherError, match=r"--teacher-weights .*does not fit test_resnet.*missing"):
+        load_teacher("test_resnet", CLASSES, weights=bundle / "model.safetensors")
+
+
+def test_backbone_name_teacher_with_unexpected_tensors_fails(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path / "bundle")
+    _edit_weights(bundle / "model.safetensors", lambda s: s.update({"extra.weight": torch.zeros(2)}))
+    with pytest.raises(TeacherError, match=r"unexpected 1 \(extra\.weight\)"):
+        load_teacher("test_resnet", CLASSES, weights=bundle / "model.safetensors")
