@@ -15,6 +15,7 @@ import numpy as np
 
 from finetune.data.data_config import DataConfig
 from finetune.data.images import BadImageError, is_image_file, load_image
+from finetune.data.scan import walk_files
 from finetune.errors import FinetuneError
 from finetune.evaluation.tta import average_views, batch_inputs, check_tta, softmax, view_count
 
@@ -227,7 +228,7 @@ def expand_paths(inputs: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            out.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)))
+            out.extend(sorted(p for p in walk_files(item) if is_image_file(p)))  # as the scan: hidden files skipped
         else:
             out.append(item)  # kept even when missing or not an image: reported per file
     return out
@@ -237,9 +238,7 @@ def _decode(paths: list[Path]) -> tuple[list[tuple[int, np.ndarray]], dict[int, 
     ok, errors = [], {}
     for i, path in enumerate(paths):
         try:
-            if not path.is_file():
-                raise BadImageError("no such file")
-            ok.append((i, load_image(path)))
+            ok.append((i, load_image(path)))  # a missing file, a broken link: BadImageError with the reason
         except BadImageError as e:
             errors[i] = str(e)
     return ok, errors

@@ -1,6 +1,10 @@
 """Robust image decoding: any common file mode in, (H, W, 3) uint8 RGB out."""
 from __future__ import annotations
 
+import errno
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,11 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+# Pillow warns from 89 megapixels on: ordinary for today's cameras and scans, so only noise here.
+# Its own guard against decompression bombs, an error above twice that, stays in force.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImageError(Exception):
@@ -20,16 +29,39 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _link_reason(path: Path, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop: following the link never reaches a file"
+    if path.is_symlink() and e.errno == errno.ENOENT:
+        return f"broken symbolic link: points to {os.readlink(path)}, which does not exist"
+    if e.errno == errno.ENOENT:
+        return "no such file"
+    return f"cannot read: {e.strerror or type(e).__name__}"
+
+
+def _check_file(path: Path) -> None:
+    """Raises BadImageError unless `path` is a non-empty regular file (symbolic links followed)."""
+    try:
+        info = path.stat()
+    except OSError as e:  # a dangling link or a link loop is listed in the folder but cannot be read
+        raise BadImageError(_link_reason(path, e)) from e
+    if not stat.S_ISREG(info.st_mode):
+        raise BadImageError("not a regular file (a folder, pipe or device)")
+    if info.st_size == 0:
+        raise BadImageError("empty file (0 bytes)")
+
+
 def _open_loaded(path: Path, draft_size: int | None = None) -> Image.Image:
     """Opens and fully decodes an image, so truncation surfaces here and not in a worker later."""
-    if path.stat().st_size == 0:
-        raise BadImageError("empty file (0 bytes)")
+    _check_file(path)
     try:
         with Image.open(path) as im:
             if draft_size is not None:  # JPEG only: decode at 1/2..1/8 scale, still reads every byte
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
-            return ImageOps.exif_transpose(im) if draft_size is None else im
+            if draft_size is None:
+                ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of a 100-megapixel image
+            return im
     except BadImageError:
         raise
     # Pillow's format plugins raise assorted exception types on corrupt data (OSError, SyntaxError,
@@ -44,6 +76,8 @@ def _reason(e: Exception) -> str:
         return "not a decodable image (unknown or corrupt format)"
     if "truncated" in text.lower():
         return "truncated image data"
+    if isinstance(e, Image.DecompressionBombError):
+        return f"too large to decode safely ({text.split(', could be')[0]})"
     return f"cannot decode: {text}"
 
 
@@ -72,6 +106,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     Grayscale is replicated, palette and alpha images are composited on white, CMYK/YCbCr/LAB are
     converted by Pillow, 16-bit data is scaled down to 8 bits.
     """
+    if im.mode == "RGB":
+        return im  # convert() would copy it
     if im.mode in _SIXTEEN_BIT_MODES:
         return _sixteen_bit_to_l(im).convert("RGB")
     if im.mode == "F":

@@ -94,8 +94,11 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
-def _walk_files(folder: Path) -> Iterator[Path]:
-    """Yields visible files under `folder`, recursively, in sorted order, skipping hidden folders."""
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Yields visible files under `folder`, recursively, in sorted order, skipping hidden folders.
+
+    Links that lead nowhere or in a loop are yielded too, so that they are reported, not lost.
+    """
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))  # prunes the walk in place
         for name in sorted(filenames):
@@ -156,7 +159,7 @@ def _candidates(class_root: Path, classes: list[str], bad: list[tuple[Path, str]
     items = []
     for label, name in enumerate(classes):
         folder = class_root / name
-        for path in _walk_files(folder) if folder.is_dir() else ():
+        for path in walk_files(folder) if folder.is_dir() else ():
             if is_image_file(path):
                 items.append((path, label))
             else:
@@ -191,14 +194,24 @@ def _keep_readable(items: list[Item], progress: bool, bad: list[tuple[Path, str]
     return [item for item, r in zip(items, reasons) if r is None]
 
 
-def _check_train_classes(train: list[Item], classes: list[str], class_root: Path) -> None:
+def _skipped_in(folder: Path, bad: list[tuple[Path, str]], shown: int = 10) -> str:
+    """"FOLDER [skipped 2: a.jpg (empty file (0 bytes)); b.png (...)]", or "FOLDER [no files]"."""
+    mine = [(p, r) for p, r in bad if folder in p.parents]
+    if not mine:
+        return f"{folder} [no files]"
+    listed = "; ".join(f"{_relative(p, folder)} ({r})" for p, r in mine[:shown])
+    more = f"; and {len(mine) - shown} more" if len(mine) > shown else ""
+    return f"{folder} [skipped {len(mine)}: {listed}{more}]"
+
+
+def _check_train_classes(train: list[Item], classes: list[str], class_root: Path, bad: list[tuple[Path, str]]) -> None:
     per_label = np.bincount([label for _, label in train], minlength=len(classes))
     empty = [classes[i] for i in np.flatnonzero(per_label == 0)]
     if empty:
-        folders = ", ".join(str(class_root / c) for c in empty)
+        folders = ", ".join(_skipped_in(class_root / c, bad) for c in empty)
         raise DataError(
             f"no readable image in class folder(s) {folders}; every class needs at least one "
-            f"image with extension {', '.join(IMAGE_EXTENSIONS)} (see the bad-file warning for what was skipped)"
+            f"image with extension {', '.join(IMAGE_EXTENSIONS)}"
         )
 
 
@@ -250,7 +263,7 @@ def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list) -> tupl
     splits = {s: [it for it in candidates[s] if it[0] in ok] for s in dirs}
     # An empty val/ or test/ (class folders without images) counts as absent, not as a 0-image split.
     splits = {s: items for s, items in splits.items() if items or s == "train"}
-    _check_train_classes(splits["train"], classes, dirs["train"])
+    _check_train_classes(splits["train"], classes, dirs["train"], bad)
     return classes, splits
 
 
@@ -260,7 +273,7 @@ def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool, bad: 
         return ("split", *_scan_split_layout(dirs, progress, bad))
     classes = _find_classes(root, "flat")
     train = _keep_readable(_candidates(root, classes, bad), progress, bad)
-    _check_train_classes(train, classes, root)
+    _check_train_classes(train, classes, root, bad)
     return "flat", classes, {"train": train}
 
 

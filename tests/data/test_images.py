@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.data.images import BadImageError, load_image, load_pil
+from finetune.data.images import BadImageError, load_image, load_pil, verify_image
 
 from .conftest import save_rgb, truncated_jpeg
 
@@ -98,3 +98,31 @@ def test_text_named_png(tmp_path):
 def test_truncated_jpeg(tmp_path):
     with pytest.raises(BadImageError, match="truncated"):
         load_image(truncated_jpeg(tmp_path / "t.jpg"))
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda p: p.symlink_to("gone/away.png"), "broken symbolic link: points to gone/away.png, which does not exist"),
+    (lambda p: p.symlink_to(p.name), "symbolic link loop"),
+    (lambda p: p.mkdir(), "not a regular file"),
+    (lambda p: None, "no such file"),
+])
+def test_unreadable_paths_are_bad_images_with_the_reason(tmp_path, make, reason):
+    path = tmp_path / "x.png"
+    make(path)
+    with pytest.raises(BadImageError, match=reason):
+        verify_image(path)
+    with pytest.raises(BadImageError, match=reason):
+        load_image(path)
+
+
+def test_working_symlink_is_followed(tmp_path):
+    save_rgb(tmp_path / "real.png", size=(5, 6))
+    (tmp_path / "link.png").symlink_to("real.png")
+    assert np.array_equal(load_image(tmp_path / "link.png"), load_image(tmp_path / "real.png"))
+
+
+def test_too_many_pixels_is_a_bad_image_not_a_crash(tmp_path, monkeypatch):
+    save_rgb(tmp_path / "big.png", size=(20, 20))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice this: 200 pixels
+    with pytest.raises(BadImageError, match=r"too large to decode safely \(Image size \(400 pixels\) exceeds"):
+        load_image(tmp_path / "big.png")

@@ -1,0 +1,104 @@
+"""A folder of everything that goes wrong with real image folders, for the bad-input tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Readable images in unusual encodings: every one must be trained on, none listed as bad.
+ODD_GOOD = ("cmyk.jpg", "gray16.png", "palette.png", "rgba.png", "exif_rotated.jpg", "tiny_1x1.png",
+            "huge_10000x10000.png", "ünïcødé 名前.png", "with space.png", "linked.png")
+# Files that must be skipped and listed, each with a word its reason must contain.
+BAD = {"empty.jpg": "empty", "truncated.jpg": "truncated", "fake.png": "not a decodable image",
+       "notes.txt": "not an image file", "loop.jpg": "symbolic link loop",
+       "dangling.jpg": "broken symbolic link"}
+HIDDEN = (".DS_Store", "._img0.jpg", ".hidden.png")  # macOS litter and dotfiles: ignored, not listed
+HUGE_SIDE = 10_000
+
+
+def _random_rgb(path: Path, seed: int, size: int = 24) -> None:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def _odd_good(folder: Path) -> None:
+    rgb = np.random.default_rng(7).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    gray16 = (np.arange(20 * 20, dtype=np.uint16).reshape(20, 20) * 160).astype(np.uint16)
+    Image.fromarray(gray16).save(folder / "gray16.png")  # Pillow writes a 16-bit grayscale PNG
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png", transparency=0)
+    Image.fromarray(np.dstack([rgb, np.full((20, 30), 128, np.uint8)])).save(folder / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise on display
+    Image.fromarray(rgb).save(folder / "exif_rotated.jpg", exif=exif)
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(folder / "tiny_1x1.png")
+    # One colour compresses to a few hundred KB, but decodes to 10000 x 10000 x 3 = 300 MB.
+    Image.new("L", (HUGE_SIDE, HUGE_SIDE), 90).save(folder / "huge_10000x10000.png", optimize=False)
+    _random_rgb(folder / "ünïcødé 名前.png", 8)
+    _random_rgb(folder / "with space.png", 9)
+    _random_rgb(folder.parent / "elsewhere.png", 13)  # outside every class folder
+    os.symlink("../elsewhere.png", folder / "linked.png")  # a working link is followed
+    os.symlink(".", folder / "again")  # a folder link back to its own folder: must not be walked forever
+
+
+def write_bad_files(folder: Path) -> None:
+    """Writes one file of each kind in BAD into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    _random_rgb(folder / "truncated.jpg", 10, size=64)
+    data = (folder / "truncated.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "fake.png").write_text("this is not a PNG")
+    (folder / "notes.txt").write_text("annotator notes")
+    os.symlink("loop.jpg", folder / "loop.jpg")  # points at itself: ELOOP on open
+    os.symlink("nowhere/missing.jpg", folder / "dangling.jpg")
+
+
+def _hidden(folder: Path) -> None:
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "._img0.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    _random_rgb(folder / ".hidden.png", 11)
+    (folder / ".thumbnails").mkdir()
+    _random_rgb(folder / ".thumbnails" / "t.png", 12)
+
+
+def _class_folder(folder: Path, seed: int, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _random_rgb(folder / f"img{i}.png", seed * 100 + i)
+
+
+def make_bad_corpus(root: Path) -> Path:
+    """Writes a split-layout folder that trains despite every kind of bad input.
+
+    Layout: train/{cat,dog}, val/{cat,dog}, test/{cat,dog}; train/cat also holds the ODD_GOOD
+    images, the BAD files and the HIDDEN ones; val/dog holds the BAD files too. 4 + 10 cats and 5
+    dogs in train: 19, no batch of one at batch size 8.
+    """
+    for split, counts in (("train", (4, 5)), ("val", (2, 2)), ("test", (2, 2))):
+        for seed, (name, count) in enumerate(zip(("cat", "dog"), counts)):
+            _class_folder(root / split / name, seed + 10 * len(split), count)
+    _odd_good(root / "train" / "cat")
+    write_bad_files(root / "train" / "cat")
+    write_bad_files(root / "val" / "dog")
+    _hidden(root / "train" / "cat")
+    return root
+
+
+def make_only_bad_class(root: Path) -> Path:
+    """A flat folder whose class `broken` holds nothing but BAD files."""
+    _class_folder(root / "ok", 1, 3)
+    write_bad_files(root / "broken")
+    return root
+
+
+def make_val_class_missing_from_train(root: Path) -> Path:
+    """A split folder whose val/ has a class `bird` that train/ lacks."""
+    for split in ("train", "val"):
+        for seed, name in enumerate(("cat", "dog")):
+            _class_folder(root / split / name, seed, 3)
+    _class_folder(root / "val" / "bird", 5, 2)
+    return root

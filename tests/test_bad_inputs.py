@@ -1,0 +1,218 @@
+"""A corpus of bad input (broken, odd, hidden and linked files) through scan, run, eval, predict, export.
+
+Every command must get through it: bad files are skipped and listed with a reason, odd but valid
+images are used, and what cannot go on is a one-line error naming the folder and why.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.data.images import load_image
+from finetune.data.scan import DataWarning, scan_image_folder
+
+from bad_inputs import (
+    BAD,
+    HIDDEN,
+    HUGE_SIDE,
+    ODD_GOOD,
+    make_bad_corpus,
+    make_only_bad_class,
+    make_val_class_missing_from_train,
+)
+
+runner = CliRunner()
+TINY_RUN = ("--backbone", "test_resnet", "--weights", "none", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--workers", "0", "--limit-val-batches", "1", "--precision", "32",
+            "--no-progress")
+
+
+def _bad_paths(corpus: Path) -> set[Path]:
+    return {corpus / split / name / f for split, name in (("train", "cat"), ("val", "dog")) for f in BAD}
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())  # rich wraps long lines anywhere, even inside a path
+
+
+def _assert_clean_exit(result, code: int = 0) -> str:
+    """The command ended with `code` and no traceback; returns its output, whitespace removed."""
+    out = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exception is None or isinstance(result.exception, SystemExit), out
+    assert "Traceback" not in out, out
+    assert result.exit_code == code, out
+    return _squash(out)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bad_corpus(tmp_path_factory.mktemp("bad") / "data ünï")
+
+
+@pytest.fixture(scope="module")
+def scanned(corpus):
+    """(index, DataWarning messages) of one scan of the corpus."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        index = scan_image_folder(corpus, progress=False)
+    return index, [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """One `finetune run` (with export) on the corpus: (CLI result, run directory)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "run 1"
+    result = runner.invoke(app, ["run", "--data", str(corpus), "--output", str(run_dir), *TINY_RUN])
+    return result, run_dir
+
+
+# ----- scan -------------------------------------------------------------------------------------
+
+def test_scan_lists_every_bad_file_with_its_reason(corpus, scanned):
+    index, _ = scanned
+    reasons = {path: reason for path, reason in index.bad_files}
+    assert set(reasons) == _bad_paths(corpus)
+    for path, reason in reasons.items():
+        assert BAD[path.name] in reason, (path.name, reason)
+    assert "points to nowhere/missing.jpg" in reasons[corpus / "train" / "cat" / "dangling.jpg"]
+
+
+def test_scan_warning_names_the_folder_and_the_count(corpus, scanned):
+    _, messages = scanned
+    summary = [m for m in messages if "bad file" in m]
+    assert len(summary) == 1
+    assert str(corpus) in summary[0] and f"skipped {2 * len(BAD)} bad file(s)" in summary[0]
+
+
+def test_scan_keeps_odd_images_and_ignores_hidden_files(corpus, scanned):
+    index, _ = scanned
+    train = {path.name for path, _ in index.train}
+    assert set(ODD_GOOD) <= train
+    assert not {name for name in train if name.startswith(".")}
+    assert not any(part.startswith(".") for path, _ in index.bad_files for part in path.parts[-2:])
+    assert index.counts("train") == {"cat": 4 + len(ODD_GOOD), "dog": 5}
+    assert index.counts("val") == {"cat": 2, "dog": 2} and index.counts("test") == {"cat": 2, "dog": 2}
+    assert set(HIDDEN).isdisjoint(train)
+
+
+def test_odd_images_decode_to_rgb(corpus):
+    folder = corpus / "train" / "cat"
+    shapes = {name: load_image(folder / name).shape for name in ODD_GOOD if name != "huge_10000x10000.png"}
+    assert all(len(s) == 3 and s[2] == 3 for s in shapes.values())
+    assert shapes["exif_rotated.jpg"] == (30, 20, 3)  # stored 30 wide x 20 high, shown rotated
+    assert shapes["tiny_1x1.png"] == (1, 1, 3)
+
+
+HUGE_PROBE = """
+import resource, sys, time
+from finetune.data.images import load_image
+start = time.perf_counter()
+img = load_image(sys.argv[1])
+seconds = time.perf_counter() - start
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(img.shape, img.dtype, int(img.min()), int(img.max()), peak_mb, seconds)
+"""
+
+
+def test_huge_image_decodes_in_bounded_time_and_memory(corpus):
+    # A process of its own: its peak memory is the decode's, and warnings show as a user sees them.
+    done = subprocess.run([sys.executable, "-c", HUGE_PROBE, str(corpus / "train" / "cat" / "huge_10000x10000.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, dtype, low, high, peak_mb, seconds = done.stdout.rsplit(" ", 5)
+    assert (shape, dtype, low, high) == (f"({HUGE_SIDE}, {HUGE_SIDE}, 3)", "uint8", "90", "90")
+    assert int(peak_mb) < 5 * 300, "peak memory above 5x the 300 MB of decoded pixels"
+    assert float(seconds) < 30
+    assert "DecompressionBomb" not in done.stderr  # a 100-megapixel photo is no decompression bomb
+
+
+def _command(name: str, data: Path, model_dir: Path, out: Path) -> list[str]:
+    """CLI arguments of `name` (run, eval or export) on the image folder `data`."""
+    if name == "run":
+        return ["run", "--data", str(data), "--output", str(out), *TINY_RUN]
+    if name == "eval":
+        return ["eval", "--model", str(model_dir / "model"), "--data", str(data), "--output", str(out)]
+    return ["export", str(model_dir), "--output", str(out), "--data", str(data)]
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "export"])
+def test_class_with_only_bad_files_is_an_error_listing_them(trained, tmp_path, command):
+    root = make_only_bad_class(tmp_path / "flat")
+    result = runner.invoke(app, _command(command, root, trained[1], tmp_path / "out"))
+    flat = _assert_clean_exit(result, 2)
+    assert _squash(f"no readable image in class folder(s) {root / 'broken'} [skipped {len(BAD)}:") in flat
+    for name, why in BAD.items():
+        assert _squash(f"{name} ({why}") in flat, name
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "export"])
+def test_val_class_missing_from_train_is_an_error_naming_both(trained, tmp_path, command):
+    root = make_val_class_missing_from_train(tmp_path / "split")
+    result = runner.invoke(app, _command(command, root, trained[1], tmp_path / "out"))
+    flat = _assert_clean_exit(result, 2)
+    assert _squash(f"{root / 'val'} has class folder(s) not in train: bird") in flat
+
+
+def test_predict_on_a_folder_of_bad_files_names_each(trained, tmp_path):
+    root = make_only_bad_class(tmp_path / "flat")
+    result = runner.invoke(app, ["predict", str(root / "broken"), "--model", str(trained[1] / "model")])
+    flat = _assert_clean_exit(result, 1)  # 1: nothing could be classified
+    for name, why in BAD.items():
+        if name != "notes.txt":  # a folder is searched for image extensions only
+            assert _squash(f"Skipped {root / 'broken' / name}: {why}") in flat, name
+
+
+# ----- run, export, eval, predict ---------------------------------------------------------------
+
+def test_run_trains_on_the_corpus_and_writes_bad_files(corpus, trained):
+    result, run_dir = trained
+    out = _assert_clean_exit(result)
+    assert _squash(f"Skipped {2 * len(BAD)} unreadable files") in out
+    listed = {Path(line.split("\t")[0]) for line in (run_dir / "bad_files.txt").read_text().splitlines()}
+    assert listed == _bad_paths(corpus)
+    assert (run_dir / "model" / "config.json").is_file()
+
+
+def test_export_with_the_corpus_as_data(corpus, trained, tmp_path):
+    _, run_dir = trained
+    result = runner.invoke(app, ["export", str(run_dir), "--output", str(tmp_path / "bundle"), "--data", str(corpus)])
+    _assert_clean_exit(result)
+    assert (tmp_path / "bundle" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_eval_on_the_corpus(corpus, trained, tmp_path, split):
+    _, run_dir = trained
+    result = runner.invoke(app, ["eval", "--model", str(run_dir / "model"), "--data", str(corpus),
+                                 "--split", split, "--output", str(tmp_path / "eval")])
+    _assert_clean_exit(result)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_predict_skips_and_names_every_bad_file(corpus, trained):
+    _, run_dir = trained
+    folder = corpus / "train" / "cat"
+    result = runner.invoke(app, ["predict", str(folder), "--model", str(run_dir / "model"), "--top-k", "1"])
+    flat = _assert_clean_exit(result)
+    for name in set(BAD) - {"notes.txt"}:  # a folder is searched for image extensions only
+        assert _squash(f"Skipped {folder / name}: {BAD[name]}") in flat, name
+    for name in ODD_GOOD:
+        assert _squash(name) in flat, name
+    assert not any(hidden in flat for hidden in (*HIDDEN, ".thumbnails"))  # ignored, as by the scan
+
+
+def test_predict_on_broken_links_given_by_name(corpus, trained):
+    _, run_dir = trained
+    links = [corpus / "train" / "cat" / name for name in ("loop.jpg", "dangling.jpg")]
+    result = runner.invoke(app, ["predict", *map(str, links), str(corpus / "no such.png"), "--model", str(run_dir / "model")])
+    flat = _assert_clean_exit(result, 1)  # 1: nothing could be classified
+    for link in links:
+        assert _squash(f"Skipped {link}: {BAD[link.name]}") in flat
+    assert _squash(f"Skipped {corpus / 'no such.png'}: no such file") in flat
