@@ -11,6 +11,8 @@ Layout of a bundle directory:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,17 +26,20 @@ from finetune.data.data_config import DataConfig
 from finetune.data.images import load_image
 from finetune.data.scan import DatasetIndex
 from finetune.evaluation.tta import batch_inputs, check_tta
-from finetune.export import formats, parity
+from finetune.errors import FinetuneError
+from finetune.export import atomic, formats, parity
 from finetune.export.parity import ExportError
 from finetune.export.quantize import QUANTIZE_MODES, quantize_int8
+from finetune.export.sampling import stratified_sample
 from finetune.export.source import TrainedModel, load_trained, scan_for
-from finetune.inference import BUNDLE_FORMAT, module_runner, onnx_runner, torchscript_runner
+from finetune.inference import BUNDLE_FORMAT, module_runner, onnx_runner, read_bundle_config, torchscript_runner
 from finetune.models.backbone import Backbone
 
 FORMAT_VERSION = 1
 FORMATS = ("onnx", "torchscript")
 PARITY_IMAGES = 16  # a real batch: enough to hit every class's logit range, cheap to run three ways
-CALIBRATION_IMAGES = 64
+CALIBRATION_IMAGES = 64  # stratified: MinMax ranges must see every class's activations
+BUNDLE_FILES = ("config.json", "README.md")  # with every "model.*": what a bundle folder is made of
 
 
 @dataclass
@@ -73,10 +78,12 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
         backbone: The trained network (any device/dtype; exported as an fp32 CPU copy).
         class_names: Names in output index order.
         data_config: The eval preprocessing the network was trained with.
-        output: Bundle directory (created; existing model files are replaced).
+        output: Bundle directory: new, empty, or an earlier bundle, which is replaced all at once
+            (its other entries, such as evaluation folders, are kept).
         parity_images: Decoded validation images (H, W, 3) uint8 for the parity check.
         options: Formats, quantization, default TTA, temperature.
-        calibration_images: Decoded images to calibrate int8 activation ranges (training images).
+        calibration_images: Decoded images to calibrate int8 activation ranges (training images, a
+            stratified sample: the first CALIBRATION_IMAGES are used).
         agreement_images: Decoded images on which int8 top-1 agreement with fp32 is measured (val).
         source_checkpoint: Recorded in config.json.
 
@@ -84,27 +91,73 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
         The bundle directory.
 
     Raises:
-        ExportError: No parity images, or an exported graph differs from eager by more than 1e-3.
+        ExportError: No parity images, `output` holds files that are not a bundle's, or an exported
+            graph differs from eager by more than 1e-3.
     """
     options = options or ExportOptions()
     options.validate()
     if not parity_images:
         raise ExportError("the parity check needs validation images; none were given")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").unlink(missing_ok=True)  # a failed export must not leave a loadable bundle
-    model = _cpu_fp32_copy(backbone)
-    x = batch_inputs(list(parity_images), data_config)
-    config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
-    _write_weights(model, out / "model.safetensors")
-    config["parity"] = _export_graphs(model, x, out, options.formats, config)
-    if options.quantize:
-        config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
-                                   agreement_images or parity_images)
-    config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
-    (out / "README.md").write_text(bundle_readme(config))
-    write_config(out, config)
-    return out
+    final = Path(output)
+    _check_output(final)
+    # Written in full beside `final`, then swapped in: a crash or kill at any point leaves the
+    # previous bundle as it was, never a mix of old and new files.
+    with atomic.replacing_dir(final) as out:
+        model = _cpu_fp32_copy(backbone)
+        x = batch_inputs(list(parity_images), data_config)
+        config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
+        _write_weights(model, out / "model.safetensors")
+        config["parity"] = _export_graphs(model, x, out, options.formats, config)
+        if options.quantize:
+            config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
+                                       agreement_images or parity_images)
+        config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
+        (out / "README.md").write_text(bundle_readme(config))
+        write_config(out, config)
+        _carry_other_entries(final, out)
+    return final
+
+
+def _is_bundle_file(name: str) -> bool:
+    return name in BUNDLE_FILES or name.startswith("model.")
+
+
+def _check_output(final: Path) -> None:
+    """Raises ExportError unless `final` is absent, empty, a bundle, or only bundle files (a broken one)."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise ExportError(f"--output {final} is a file; a bundle is a folder")
+    try:
+        read_bundle_config(final)
+        return
+    except (FinetuneError, ValueError):  # not a bundle, or a config.json that does not parse
+        pass
+    foreign = sorted(p.name for p in final.iterdir() if not _is_bundle_file(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise ExportError(f"--output {final} is not an export bundle and holds {shown}: exporting replaces "
+                          f"the whole folder, so pass a new or empty folder")
+
+
+def _carry_other_entries(final: Path, staged: Path) -> None:
+    """Keeps what else sits in the earlier bundle folder (e.g. an eval folder): hard links, no copies."""
+    if not final.is_dir():
+        return
+    for entry in final.iterdir():
+        if _is_bundle_file(entry.name) or atomic.is_leftover(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, staged / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, staged / entry.name)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:  # file systems without hard links
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _cpu_fp32_copy(backbone: Backbone) -> Backbone:
@@ -144,8 +197,6 @@ def _export_graphs(model: Backbone, x: np.ndarray, out: Path, wanted: Sequence[s
     formats.export_onnx(model, example, out / "model.onnx")
     batchnorm["onnx_nodes"] = formats.count_onnx_ops(out / "model.onnx").get("BatchNormalization", 0)
     result["max_abs_diff"]["onnx"] = parity.check_parity("ONNX", reference, onnx_runner(out / "model.onnx")(x))
-    for stale in ("model.ts", "model.int8.onnx"):  # from an earlier export into the same folder
-        (out / stale).unlink(missing_ok=True)
     if "torchscript" in wanted:
         formats.export_torchscript(model, example, out / "model.ts")
         batchnorm["torchscript_nodes"] = formats.count_torchscript_batchnorms(out / "model.ts")
@@ -167,10 +218,8 @@ def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agre
 
 
 def write_config(bundle: Path, config: dict) -> Path:
-    """Writes BUNDLE/config.json (indented, stable key order)."""
-    path = Path(bundle) / "config.json"
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
+    """Writes BUNDLE/config.json (indented, stable key order) in one rename: never half a file."""
+    return atomic.write_text(Path(bundle) / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def bundle_readme(config: dict) -> str:
@@ -206,8 +255,8 @@ or `finetune predict --model path/to/this/folder image.jpg`.
 """
 
 
-def _decode_items(items, limit: int | None = None) -> list[np.ndarray]:
-    return [load_image(p) for p, _ in (items[:limit] if limit else items)]
+def _decode_items(items) -> list[np.ndarray]:
+    return [load_image(p) for p, _ in items]
 
 
 def export_trained(trained: TrainedModel, output: str | Path, options: ExportOptions | None = None,
@@ -223,11 +272,11 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
     val = index.val or index.test or []
     if not val:
         raise ExportError(f"{index.root} has no validation images for the parity check")
-    quantizing = options.quantize is not None
+    quantizing, seed = options.quantize is not None, trained.config.seed
     return export_bundle(
         trained.backbone, trained.class_names, trained.data_config, output,
-        parity_images=_decode_items(val, PARITY_IMAGES), options=options,
-        calibration_images=_decode_items(index.train, CALIBRATION_IMAGES) if quantizing else (),
+        parity_images=_decode_items(stratified_sample(val, PARITY_IMAGES, seed)), options=options,
+        calibration_images=_decode_items(stratified_sample(index.train, CALIBRATION_IMAGES, seed)) if quantizing else (),
         agreement_images=_decode_items(val) if quantizing else (),
         source_checkpoint=str(trained.checkpoint),
     )
