@@ -151,7 +151,11 @@ class Predictor:
         """Runs a run directory's best checkpoint (or a .ckpt file) eagerly, on a GPU when present."""
         from finetune.export.source import load_trained
 
-        trained = load_trained(path)
+        return cls.from_trained(load_trained(path), tta=tta)
+
+    @classmethod
+    def from_trained(cls, trained, tta: str | None = None) -> "Predictor":
+        """Runs a loaded `finetune.export.source.TrainedModel` eagerly, on a GPU when present."""
         return cls(module_runner(trained.backbone, auto_device=True), trained.class_names, trained.data_config,
                    tta=tta or getattr(trained.config, "tta", "none"))
 
@@ -249,9 +253,13 @@ def predict_files(model: Predictor | Ensemble, paths: Iterable[str | Path], top_
     """Top-k predictions per file for a predictor or an ensemble, one result per input path.
 
     Files are decoded and classified `chunk` at a time, so memory stays flat for large folders.
+    A `top_k` above the class count lists every class (the default 5 on a 3-class model gives 3).
+
+    Raises:
+        FinetuneError: `top_k` below 1.
     """
+    k = check_top_k(top_k, model.num_classes)
     paths = expand_paths(paths)
-    k = min(top_k, model.num_classes)
     results: list[Prediction] = []
     for start in range(0, len(paths), chunk):
         part = paths[start:start + chunk]
@@ -261,6 +269,14 @@ def predict_files(model: Predictor | Ensemble, paths: Iterable[str | Path], top_
         for i, path in enumerate(part):
             results.append(Prediction(str(path), error=errors[i]) if i in errors else _top_k(str(path), rows[i], model.class_names, k))
     return results
+
+
+def check_top_k(top_k: int, num_classes: int) -> int:
+    """The number of classes to list: `top_k` capped at `num_classes`; FinetuneError when below 1."""
+    if top_k < 1:
+        raise FinetuneError(f"--top-k {top_k} is out of range: valid 1 to {num_classes} "
+                            f"(the model's {num_classes} classes; a larger value lists them all)")
+    return min(top_k, num_classes)
 
 
 def _top_k(path: str, probs: np.ndarray, class_names: list[str], k: int) -> Prediction:

@@ -9,14 +9,17 @@ import numpy as np
 
 from finetune.data.images import BadImageError, load_image
 from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
 from finetune.evaluation.tta import check_tta, softmax
-from finetune.export.source import check_classes, split_items
+from finetune.export.bundle import write_config
+from finetune.export.source import check_classes, load_trained, split_items
 from finetune.inference import Predictor, read_bundle_config
 
 SPLITS = ("val", "test")
+CROSS_FIT_FOLDS = 2  # halves: each fit still sees half of val, and every val image is scored once
 
 
 @dataclass
@@ -33,18 +36,38 @@ class EvalResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _split_settings(model_path: Path) -> tuple[float, int]:
-    """(val_split, seed) of the run behind a model, so a flat folder splits as it did in training."""
-    for bundle in (model_path, model_path / "model"):
-        if (bundle / "config.json").is_file():
-            split = read_bundle_config(bundle).get("split", {})
-            return float(split.get("val_split", 0.2)), int(split.get("seed", 42))
-    try:
-        from finetune.export.source import load_trained
-        config = load_trained(model_path).config
-        return config.val_split, config.seed
-    except Exception:  # noqa: BLE001 - not a checkpoint either: Predictor.from_path reports it
-        return 0.2, 42
+def _load_model(model: Path, backend: str) -> tuple[Predictor, dict | None, Path | None]:
+    """(predictor, the run's {"val_split", "seed"} or None when not recorded, bundle folder or None)."""
+    bundle = _bundle_of(model)
+    if bundle is not None:
+        return Predictor.load(bundle, backend=backend), read_bundle_config(bundle).get("split"), bundle
+    trained = load_trained(model)
+    split = {"val_split": trained.config.val_split, "seed": trained.config.seed}
+    return Predictor.from_trained(trained), split, None
+
+
+def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool) -> DatasetIndex:
+    """Scans `data` with the run's split settings; without them, only folders that have their own val/.
+
+    Raises:
+        FinetuneError: The val images would have to be held out of train (a flat folder, or no val/),
+            and the model does not record the val_split and seed its run held them out with.
+    """
+    settings = split_settings or {"val_split": 0.2, "seed": 0}  # placeholders: checked below before any use
+    index = scan_image_folder(data, val_split=float(settings["val_split"]), seed=int(settings["seed"]))
+    if split_settings is None and needs_val and _val_held_out(index):
+        raise FinetuneError(
+            f"{model} does not record the train/val split of its run (val_split, seed), and {data} has no "
+            f"val/ folder ({index.layout} layout): a guessed split would put training images in val. Pass the "
+            f"run directory or its checkpoint as --model (they record it), re-export the bundle with "
+            f"`finetune export RUN_DIR`, or give a data folder with train/ and val/ sub-folders")
+    return index
+
+
+def _val_held_out(index: DatasetIndex) -> bool:
+    """True when the val split was carved out of the training images rather than read from val/."""
+    train_dir = index.root / "train"
+    return index.layout == "flat" or any(path.is_relative_to(train_dir) for path, _ in index.val)
 
 
 def decode(items: list[tuple[Path, int]]) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
@@ -60,24 +83,59 @@ def decode(items: list[tuple[Path, int]]) -> tuple[list[np.ndarray], np.ndarray,
 
 
 def calibrate(predictor: Predictor, index: DatasetIndex, bundle: Path | None) -> dict:
-    """Fits the temperature on the val split, applies it to `predictor`, stores it in the bundle."""
+    """Fits the temperature on the val split, applies it to `predictor`, stores it in the bundle.
+
+    The ECE before and after is measured on images the temperature was not fitted on: the test
+    split when there is one, else val cross-fitted (each half scored with a T fitted on the other).
+    """
     if bundle is None:
-        from finetune.errors import FinetuneError
         raise FinetuneError("--calibrate stores the temperature in a bundle's config.json: pass an exported "
                             "bundle or a run directory with model/ (see `finetune export`)")
     images, labels, _ = decode(split_items(index, "val"))
     logits = predictor.logits(images, "none")
-    before = metrics.expected_calibration_error(softmax(logits), labels)
     temperature = fit_temperature(logits, labels)
-    after = metrics.expected_calibration_error(softmax(logits, temperature), labels)
+    scored = _ece_on_test(predictor, index.test, temperature) if index.test else _ece_cross_fit(logits, labels)
+    result = {"temperature": temperature, "fit_split": "val", "fit_images": int(len(labels)), **scored}
     config = read_bundle_config(bundle)
     config["temperature"] = temperature
-    config["calibration"] = {"method": "temperature scaling", "split": "val", "images": int(len(labels)),
-                             "ece_before": before, "ece_after": after}
-    from finetune.export.bundle import write_config
+    config["calibration"] = {"method": "temperature scaling", **result}
     write_config(bundle, config)
     predictor.temperature = temperature
-    return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after, "val_images": int(len(labels))}
+    return result
+
+
+def _ece_on_test(predictor: Predictor, test: list[tuple[Path, int]], temperature: float) -> dict:
+    images, labels, _ = decode(test)
+    logits = predictor.logits(images, "none")
+    return _ece_scores("test", labels, softmax(logits), softmax(logits, temperature))
+
+
+def _ece_cross_fit(logits: np.ndarray, labels: np.ndarray, folds: int = CROSS_FIT_FOLDS) -> dict:
+    """ECE after temperature scaling, each val fold scored with a T fitted on the other folds."""
+    if len(labels) < folds:
+        raise FinetuneError(f"--calibrate needs at least {folds} val images to score the temperature "
+                            f"on images it was not fitted on; the val split has {len(labels)}")
+    fold = _stratified_folds(labels, folds)
+    after = np.empty((len(labels), logits.shape[1]))
+    for k in range(folds):
+        held = fold == k
+        after[held] = softmax(logits[held], fit_temperature(logits[~held], labels[~held]))
+    return _ece_scores(f"val, {folds}-fold cross-fit", labels, softmax(logits), after)
+
+
+def _stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index per image (N,): each class's images, shuffled, dealt round the folds in turn."""
+    order = np.concatenate([np.random.default_rng([seed, c]).permutation(np.flatnonzero(labels == c))
+                            for c in np.unique(labels)])
+    fold = np.empty(len(labels), dtype=np.int64)
+    fold[order] = np.arange(len(labels)) % folds  # one running count: no fold is left empty
+    return fold
+
+
+def _ece_scores(measured_on: str, labels: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict:
+    return {"ece_measured_on": measured_on, "measured_images": int(len(labels)),
+            "ece_before": metrics.expected_calibration_error(before, labels),
+            "ece_after": metrics.expected_calibration_error(after, labels)}
 
 
 def _bundle_of(path: Path) -> Path | None:
@@ -91,29 +149,35 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
 
     Args:
         model: Bundle folder, run directory or .ckpt file.
-        data: Image folder with the model's classes.
+        data: Image folder with the model's classes. A folder without val/ is split as the model's
+            run split it (recorded in the checkpoint and in bundles made by `finetune export`).
         split: "val" or "test".
         tta: TTA mode; its figures are reported next to the plain ones.
         calibrate_temperature: Fit a temperature on the val split first and store it in the bundle.
-        output: Where metrics.json and the PNGs go (default: MODEL/eval-SPLIT, or beside a .ckpt).
-        backend: Bundle backend ("onnx", "torchscript", "eager").
+        output: A new or empty folder for metrics.json and the PNGs. Default: a new eval-SPLIT
+            folder (eval-SPLIT-2, -3, ... when taken) in the run directory, or beside a bundle or .ckpt.
 
     Returns:
         The figures (also in metrics.json) and the output folder.
+
+    Raises:
+        FinetuneError: Unknown split or TTA, an output folder that already holds files, a model that
+            cannot be loaded, classes that differ, or val images that cannot be told from train.
     """
     if split not in SPLITS:
-        from finetune.errors import FinetuneError
         raise FinetuneError(f"unknown --split {split!r}; valid: {', '.join(SPLITS)}")
     check_tta(tta)
-    model = Path(model)
-    predictor = Predictor.from_path(model, backend=backend)
-    val_split, seed = _split_settings(model)
-    index = scan_image_folder(data, val_split=val_split, seed=seed)
-    check_classes(index.classes, predictor.class_names, Path(data))
+    model, data = Path(model), Path(data)
+    if output is not None:
+        _check_empty(Path(output))
+    predictor, split_settings, bundle = _load_model(model, backend)
+    index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature)
+    check_classes(index.classes, predictor.class_names, data)
+    split_items(index, split)  # a missing split fails before anything is written
     report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta}
     if calibrate_temperature:
-        report["calibration"] = calibrate(predictor, index, _bundle_of(model))
-    out = Path(output) if output is not None else _default_output(model, split)
+        report["calibration"] = calibrate(predictor, index, bundle)
+    out = Path(output) if output is not None else _new_output(_results_home(model), split)
     return evaluate_predictor(predictor, index, split, tta, out, report)
 
 
@@ -125,8 +189,30 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
     return _report(predictor, images, labels, bad, report, Path(output))
 
 
-def _default_output(model: Path, split: str) -> Path:
-    return (model if model.is_dir() else model.parent) / f"eval-{split}"
+def _check_empty(output: Path) -> None:
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FinetuneError(f"--output {output} already exists and is not an empty folder; evaluation "
+                            f"results are never overwritten: pass a new folder, or leave --output out for a new eval-SPLIT-N")
+
+
+def _results_home(model: Path) -> Path:
+    """The run directory of a run, its bundle or its checkpoint; else the folder holding the model."""
+    if model.is_dir() and not (model / "config.json").is_file():
+        return model  # a run directory
+    home = model.parent  # a bundle folder or a .ckpt file: results go beside it, never into a bundle
+    return home.parent if home.name == "checkpoints" else home
+
+
+def _new_output(home: Path, split: str) -> Path:
+    """Creates and returns home/eval-SPLIT, or the first free eval-SPLIT-N (N = 2, 3, ...)."""
+    n = 1
+    while True:
+        out = home / (f"eval-{split}" if n == 1 else f"eval-{split}-{n}")
+        try:
+            out.mkdir(parents=True)  # creating it claims the name, even against a concurrent eval
+            return out
+        except FileExistsError:
+            n += 1
 
 
 def _report(predictor: Predictor, images, labels, bad, report: dict, out: Path) -> EvalResult:

@@ -56,13 +56,53 @@ def resolve_checkpoint(path: str | Path) -> Path:
                         f"checkpoints/best.ckpt or checkpoints/last.ckpt")
 
 
+CHECKPOINT_HELP = "expected a .ckpt written by `finetune run` (RUN_DIR/checkpoints/best.ckpt or last.ckpt)"
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Loads a checkpoint of this toolkit (tensors and plain data only) and checks what it holds.
+
+    Raises:
+        FinetuneError: The file does not load (corrupt, truncated, not PyTorch), or it is another
+            program's checkpoint: no hyper_parameters with config and class_names, or no state_dict.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types (zip, pickle, EOF) for a bad file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FinetuneError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); {CHECKPOINT_HELP}") from None
+    missing = _missing_keys(ckpt)
+    if missing:
+        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: it has no {', '.join(missing)}; {CHECKPOINT_HELP}")
+    return ckpt
+
+
+def _missing_keys(ckpt: object) -> list[str]:
+    """The keys FinetuneModule.from_checkpoint needs that `ckpt` lacks."""
+    if not isinstance(ckpt, dict):
+        return ["hyper_parameters", "state_dict"]
+    missing = [] if "state_dict" in ckpt else ["state_dict"]
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        return ["hyper_parameters", *missing]
+    return [f"hyper_parameters.{k}" for k in ("config", "class_names") if k not in hparams] + missing
+
+
 def load_trained(path: str | Path) -> TrainedModel:
-    """Loads the best checkpoint of a run directory, or a given checkpoint file, offline."""
+    """Loads the best checkpoint of a run directory, or a given checkpoint file, offline.
+
+    Raises:
+        FinetuneError: No checkpoint there, or one that is corrupt or not made by this toolkit.
+    """
     from finetune.training.module import FinetuneModule
 
     ckpt_path = resolve_checkpoint(path)
-    module = FinetuneModule.from_checkpoint(ckpt_path)
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("finetune", {})
+    saved = read_checkpoint(ckpt_path).get("finetune", {})
+    try:
+        module = FinetuneModule.from_checkpoint(ckpt_path)
+    except (RuntimeError, ValueError) as e:  # weights or settings that do not fit this version's model
+        raise FinetuneError(f"{ckpt_path} does not match the model it describes ({str(e).splitlines()[0]}); "
+                            f"{CHECKPOINT_HELP} with this toolkit's version") from None
     backbone = module.backbone
     # The checkpoint stores the weights' own data config; the run may have trained at --image-size.
     dc = DataConfig.from_dict(saved["data_config"]) if "data_config" in saved else backbone.data_config

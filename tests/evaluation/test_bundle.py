@@ -116,7 +116,7 @@ def test_overconfident_bundle_is_calibrated_by_eval(trained_run, tiny_data, tmp_
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     cal = metrics["calibration"]
-    assert cal["val_ece_after"] < cal["val_ece_before"]
+    assert cal["ece_after"] < cal["ece_before"] and cal["ece_measured_on"] == "val, 2-fold cross-fit"
     config = json.loads((bundle / "config.json").read_text())
     assert config["temperature"] == pytest.approx(cal["temperature"]) and config["temperature"] > 1
     calibrated = Predictor.load(bundle).probabilities(images)

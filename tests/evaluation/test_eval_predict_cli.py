@@ -99,3 +99,37 @@ def test_no_export_skips_the_bundle(tiny_data, tmp_path, run_args):
     result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--no-export"))
     assert result.exit_code == 0, result.output
     assert not (out / "model").exists() and (out / "curves.png").is_file()
+
+
+# ----- bad input: one-line errors ----------------------------------------------------------------
+def _one_line_error(result, *fragments):
+    """Exit status 2, a single "Error:" message, no traceback, and each fragment in the message."""
+    text = " ".join(result.output.split())  # rich wraps long lines at the console width
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert text.startswith("Error:") and text.count("Error:") == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_foreign_or_corrupt_checkpoint_is_a_one_line_error(tiny_data, tmp_path):
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(3, 4)}, "epoch": 3}, foreign)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip archive" * 10)
+    image = str(next((tiny_data / "val" / "circle").iterdir()))
+    for ckpt, why in ((foreign, "hyper_parameters"), (corrupt, "cannot be read")):
+        for args in (["predict", image, "--model", str(ckpt)],
+                     ["eval", "--model", str(ckpt), "--data", str(tiny_data), "--output", str(tmp_path / "ev")],
+                     ["export", str(ckpt), "--output", str(tmp_path / "b")]):
+            _one_line_error(runner.invoke(app, args), str(ckpt), why, "finetune run")
+
+
+def test_predict_top_k_outside_one_to_classes_names_the_range(trained_run, tiny_data):
+    folder = str(tiny_data / "val" / "circle")
+    for k in ("0", "-1"):
+        result = runner.invoke(app, ["predict", folder, "--model", str(trained_run / "model"), "--top-k", k])
+        _one_line_error(result, f"--top-k {k}", "1 to 3")
+    result = runner.invoke(app, ["predict", folder, "--model", str(trained_run / "model"), "--top-k", "1"])
+    assert result.exit_code == 0, result.output

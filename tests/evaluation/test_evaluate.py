@@ -1,0 +1,102 @@
+"""`finetune eval` semantics: where results go, which split settings apply, how calibration is scored."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.data.images import load_image
+from finetune.data.synthetic import make_image_folder
+from finetune.errors import FinetuneError
+from finetune.evaluation import metrics
+from finetune.evaluation.evaluate import evaluate
+from finetune.evaluation.tta import softmax
+from finetune.export.bundle import export_bundle
+from finetune.export.source import load_trained
+from finetune.inference import Predictor
+
+runner = CliRunner()
+CLASSES = ("circle", "square", "triangle")
+
+
+@pytest.fixture
+def plain_bundle(trained_run, tiny_data, tmp_path):
+    """The run's model exported through the API, without the run's split settings in config.json."""
+    trained = load_trained(trained_run)
+    images = [load_image(p) for p in sorted((tiny_data / "val").rglob("*.png"))]
+    return export_bundle(trained.backbone, trained.class_names, trained.data_config, tmp_path / "plain", images)
+
+
+# ----- item: results never overwrite earlier ones -----------------------------------------------
+def test_eval_default_output_is_a_new_folder_each_time(trained_run, tiny_data, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    own = (run / "eval-val" / "metrics.json").read_bytes()
+    bundle_files = sorted(p.name for p in (run / "model").iterdir())
+    first = evaluate(run, tiny_data)
+    second = evaluate(run / "model", tiny_data)
+    assert first.output != second.output and {first.output.parent, second.output.parent} == {run}
+    assert first.output.name.startswith("eval-val") and (first.output / "metrics.json").is_file()
+    assert (run / "eval-val" / "metrics.json").read_bytes() == own  # the run's own evaluation is kept
+    assert sorted(p.name for p in (run / "model").iterdir()) == bundle_files  # nothing written into the bundle
+    assert json.loads((first.output / "metrics.json").read_text())["images"] == 12
+
+
+def test_eval_refuses_an_output_folder_with_results(trained_run, tiny_data, tmp_path):
+    out = tmp_path / "ev"
+    assert runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--output", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--output", str(out)])
+    assert result.exit_code == 2 and str(out) in " ".join(result.output.split()), result.output
+
+
+# ----- item: a flat folder is split as the run split it -----------------------------------------
+def test_eval_flat_folder_without_the_runs_split_settings_is_an_error(plain_bundle, tmp_path):
+    flat = make_image_folder(tmp_path / "flat", "shapes", train_per_class=4, val_per_class=2, size=32,
+                             classes=CLASSES, split=False)
+    with pytest.raises(FinetuneError, match=r"val_split.*seed") as e:
+        evaluate(plain_bundle, flat, output=tmp_path / "ev")
+    assert str(plain_bundle) in str(e.value) and "run directory" in str(e.value)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_eval_flat_folder_uses_the_runs_split(trained_run, tmp_path):
+    from finetune.data.scan import scan_image_folder
+
+    flat = make_image_folder(tmp_path / "flat", "shapes", train_per_class=4, val_per_class=2, size=32,
+                             classes=CLASSES, split=False)
+    config = load_trained(trained_run).config
+    expected = scan_image_folder(flat, val_split=config.val_split, seed=config.seed).val
+    result = evaluate(trained_run / "model", flat, output=tmp_path / "ev")
+    assert result.metrics["images"] == len(expected) == 3  # round(0.2 * 6) per class
+
+
+# ----- item: calibration is scored on images it was not fitted on --------------------------------
+def test_calibration_ece_after_is_measured_on_test_when_there_is_one(plain_bundle, tmp_path):
+    data = make_image_folder(tmp_path / "data", "shapes", train_per_class=2, val_per_class=6, test_per_class=5,
+                             size=32, classes=CLASSES, seed=1)
+    result = evaluate(plain_bundle, data, calibrate_temperature=True, output=tmp_path / "ev")
+    cal = result.metrics["calibration"]
+    assert cal["ece_measured_on"] == "test" and cal["fit_images"] == 18 and cal["measured_images"] == 15
+    test = sorted((data / "test").rglob("*.png"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in test])
+    logits = Predictor.load(plain_bundle).logits([load_image(p) for p in test], "none")
+    assert cal["ece_before"] == pytest.approx(metrics.expected_calibration_error(softmax(logits), labels))
+    assert cal["ece_after"] == pytest.approx(metrics.expected_calibration_error(softmax(logits, cal["temperature"]), labels))
+    assert json.loads((plain_bundle / "config.json").read_text())["calibration"]["ece_measured_on"] == "test"
+
+
+def test_calibration_without_test_cross_fits_on_val(plain_bundle, tiny_data, tmp_path):
+    result = runner.invoke(app, ["eval", "--model", str(plain_bundle), "--data", str(tiny_data), "--calibrate",
+                                 "--output", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    cal = json.loads((tmp_path / "ev" / "metrics.json").read_text())["calibration"]
+    assert cal["ece_measured_on"] == "val, 2-fold cross-fit" and cal["measured_images"] == cal["fit_images"] == 12
+    val = sorted((tiny_data / "val").rglob("*.png"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in val])
+    logits = Predictor.load(plain_bundle).logits([load_image(p) for p in val], "none")
+    in_sample = metrics.expected_calibration_error(softmax(logits, cal["temperature"]), labels)
+    assert cal["ece_after"] != pytest.approx(in_sample)  # not scored on the images T was fitted on
+    assert "cross-fit" in " ".join(result.output.split())
