@@ -1,0 +1,137 @@
+"""What a training set is like, measured once before training: the facts the automatic defaults follow.
+
+The measurements read a stratified sample of the training images (at most SAMPLE_PER_CLASS per
+class), so they take about a second whatever the dataset's size.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from finetune.data.images import BadImageError, load_pil
+from finetune.data.scan import DatasetIndex
+
+SAMPLE_PER_CLASS = 40
+THUMB = 16  # side of the thumbnails compared by the flip test: layout survives, texture detail does not
+GREY_TOLERANCE = 3  # max |R-G|, |G-B| (0-255) of a pixel that still counts as grey (JPEG chroma noise)
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """Measured properties of the training split.
+
+    Attributes:
+        train_images: Train images in total.
+        per_class: Median train images per class.
+        classes: Number of classes.
+        grey: Whether (nearly) every sampled image is grey: colour augmentation would only add colours
+            that no test image has.
+        flip_nn: Leave-one-out nearest-neighbour top-1 of the sampled thumbnails.
+        flip_nn_flipped: The same for their mirror images, against the unflipped ones.
+        flip_changes_label: Whether mirroring moves images measurably towards other classes
+            (text, digits, arrows: classes told apart by their orientation).
+    """
+
+    train_images: int
+    per_class: float
+    classes: int
+    grey: bool
+    flip_nn: float
+    flip_nn_flipped: float
+    flip_changes_label: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile_training_set(index: DatasetIndex, seed: int = 0) -> DataProfile:
+    """Measures the train split of `index` (see DataProfile)."""
+    counts = index.counts("train")
+    images, labels = _sample(index, seed)
+    nn_acc, nn_flipped = flip_test(images, labels)
+    return DataProfile(
+        train_images=len(index.train),
+        per_class=float(statistics.median(counts.values())),
+        classes=len(index.classes),
+        grey=bool(images) and all(_is_grey(im) for im in images),
+        flip_nn=nn_acc,
+        flip_nn_flipped=nn_flipped,
+        flip_changes_label=flip_changes_label(nn_acc, nn_flipped, len(images), len(index.classes)),
+    )
+
+
+def _sample(index: DatasetIndex, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list] = {}
+    for path, label in index.train:
+        by_label.setdefault(label, []).append(path)
+    images, labels = [], []
+    for label, paths in sorted(by_label.items()):
+        picked = rng.permutation(len(paths))[:SAMPLE_PER_CLASS]
+        for i in picked:
+            try:
+                im = load_pil(paths[i])
+            except BadImageError:  # the scan already reported it
+                continue
+            images.append(np.asarray(im.resize((THUMB, THUMB), Image.Resampling.BOX)))
+            labels.append(label)
+    return images, np.asarray(labels)
+
+
+def _is_grey(img: np.ndarray) -> bool:
+    if img.ndim == 2 or img.shape[2] == 1:
+        return True
+    rgb = img[..., :3].astype(np.int16)
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= GREY_TOLERANCE
+                and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= GREY_TOLERANCE)
+
+
+def _unit_rows(images: list[np.ndarray]) -> np.ndarray:
+    """(N, D) thumbnails, each centred and scaled to unit length: brightness and contrast drop out."""
+    x = np.stack([im.astype(np.float32).ravel() for im in images])
+    x -= x.mean(axis=1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+
+def flip_test(images: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
+    """Nearest-neighbour top-1 of each thumbnail (leave-one-out) and of its mirror image.
+
+    A mirror image is matched against the unflipped images other than its own original. Where
+    a class and its mirror image are the same class (objects, scenes, textures, faces), both figures
+    agree; where mirroring turns one class into another ('b' and 'd', left and right arrows),
+    the mirror images find the wrong class.
+
+    Returns:
+        (top-1 of the originals, top-1 of the mirror images); (nan, nan) below 2 images per class.
+    """
+    if len(images) < 2 or np.bincount(labels).min(initial=len(images)) < 2:
+        return math.nan, math.nan
+    x = _unit_rows(images)
+    xf = _unit_rows([im[:, ::-1] for im in images])
+    return _loo_nn_accuracy(x, x, labels), _loo_nn_accuracy(xf, x, labels)
+
+
+def _loo_nn_accuracy(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> float:
+    sim = queries @ refs.T
+    np.fill_diagonal(sim, -np.inf)  # an image is never its own neighbour, nor its own mirror's
+    return float((labels[sim.argmax(axis=1)] == labels).mean())
+
+
+def flip_changes_label(nn_acc: float, nn_flipped: float, n: int, classes: int) -> bool:
+    """Whether the mirror images' top-1 fell by more than sampling noise.
+
+    The drop must exceed two standard errors of a proportion over the `n` sampled images, and
+    the originals must be recognisable above chance at all (otherwise the thumbnails say nothing
+    about orientation and mirroring stays on, as for natural photos).
+    """
+    if math.isnan(nn_acc) or n == 0:
+        return False
+    chance = 1.0 / max(classes, 1)
+    se = math.sqrt(max(nn_acc * (1 - nn_acc), 1.0 / n) / n)
+    recognisable = nn_acc > chance + 2 * math.sqrt(chance * (1 - chance) / n)
+    return recognisable and nn_acc - nn_flipped > 2 * se

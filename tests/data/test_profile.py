@@ -1,0 +1,94 @@
+"""The training-set profile (flip test, grey test) and the `--augment auto` policy chosen from it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from finetune.data.policy import SMALL_INPUT, auto_augment_policy
+from finetune.data.profile import DataProfile, flip_changes_label, flip_test, profile_training_set
+from finetune.data.scan import scan_image_folder
+
+
+def _arrow(direction: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A grey arrow pointing left or right, at a random height and length."""
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    y, half = int(rng.integers(10, size - 10)), int(rng.integers(8, 13))
+    x0, x1 = size // 2 - half, size // 2 + half
+    d.line([(x0, y), (x1, y)], fill=255, width=3)
+    tip, back = (x1, x1 - 7) if direction == "right" else (x0, x0 + 7)
+    d.polygon([(tip, y), (back, y - 6), (back, y + 6)], fill=255)
+    return img
+
+
+def _blob(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A mirror-symmetric shape in colour: the class survives a horizontal flip."""
+    img = Image.new("RGB", (size, size), (20, 40, 60))
+    d = ImageDraw.Draw(img)
+    r, cy = int(rng.integers(6, 12)), int(rng.integers(12, size - 12))
+    box = [size // 2 - r, cy - r, size // 2 + r, cy + r]
+    colour = tuple(int(c) for c in rng.integers(80, 255, size=3))
+    (d.ellipse if kind == "circle" else d.rectangle)(box, fill=colour)
+    return img
+
+
+def _folder(root, classes, draw, n=20):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("val", 4)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                draw(cls, rng).save(root / split / cls / f"{i}.png")
+    return scan_image_folder(root)
+
+
+def test_mirroring_that_swaps_classes_is_detected(tmp_path):
+    profile = profile_training_set(_folder(tmp_path, ["left", "right"], _arrow))
+    assert profile.flip_changes_label
+    assert profile.flip_nn > 0.9 and profile.flip_nn_flipped < 0.2  # every mirrored arrow finds the other class
+    assert profile.grey
+
+
+def test_mirror_symmetric_classes_keep_the_flip(tmp_path):
+    profile = profile_training_set(_folder(tmp_path, ["circle", "square"], _blob))
+    assert not profile.flip_changes_label
+    assert not profile.grey  # coloured shapes
+    assert profile.train_images == 40 and profile.per_class == 20 and profile.classes == 2
+
+
+def test_flip_test_needs_two_images_per_class():
+    img = np.zeros((16, 16), np.uint8)
+    assert all(np.isnan(v) for v in flip_test([img, img], np.array([0, 1])))
+    assert not flip_changes_label(float("nan"), float("nan"), 2, 2)
+
+
+@pytest.mark.parametrize("nn_acc, flipped, n, expected", [
+    (0.95, 0.40, 200, True),   # digits-like: a large drop
+    (0.95, 0.92, 200, False),  # within noise
+    (0.50, 0.10, 10, False),   # 10 images at 2 classes: 0.5 is chance, nothing to learn from
+])
+def test_flip_drop_must_exceed_noise(nn_acc, flipped, n, expected):
+    assert flip_changes_label(nn_acc, flipped, n, 2) is expected
+
+
+def _profile(per_class=10.0, grey=False, flips=False) -> DataProfile:
+    return DataProfile(int(per_class * 5), per_class, 5, grey, 0.9, 0.3 if flips else 0.9, flips)
+
+
+def test_small_inputs_get_no_scale_changing_crop():
+    assert auto_augment_policy(_profile(), SMALL_INPUT - 1).crop_scale is None
+    assert auto_augment_policy(_profile(), SMALL_INPUT).crop_scale == (0.5, 1.0)
+
+
+def test_more_images_per_class_allow_smaller_crops():
+    few, many = auto_augment_policy(_profile(10), 224), auto_augment_policy(_profile(500), 224)
+    assert many.crop_scale[0] < few.crop_scale[0]
+
+
+def test_policy_follows_the_flip_and_grey_tests():
+    policy = auto_augment_policy(_profile(grey=True, flips=True), 32)
+    assert not policy.flip and not policy.colour
+    assert "mirroring changes the class" in policy.describe()
+    policy = auto_augment_policy(_profile(grey=False, flips=False), 32)
+    assert policy.flip and policy.colour
