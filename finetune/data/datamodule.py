@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
+from finetune.data.policy import AugmentPolicy
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.data.transforms import build_eval_transform, build_train_transform
 from finetune.errors import DataError
@@ -63,7 +64,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
         index: DatasetIndex | None = None,
-        augment: str = "standard",
+        augment: str | AugmentPolicy = "standard",
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed

@@ -15,6 +15,7 @@ from albumentations.pytorch import ToTensorV2
 
 from finetune.data.augment import PCALighting, colour_jitter, random_erasing, trivial_augment
 from finetune.data.data_config import INTERPOLATIONS, DataConfig
+from finetune.data.policy import AugmentPolicy
 from finetune.data.resize import pil_filter, pil_resize, pil_resize_shorter
 
 __all__ = [
@@ -149,6 +150,24 @@ def _light_train(dc: DataConfig) -> list[A.BasicTransform]:
     return [*_standard_eval(dc)[:2], A.HorizontalFlip(p=0.5), *_normalize_to_tensor(dc)]
 
 
+def _policy_train(dc: DataConfig, policy: AugmentPolicy) -> list[A.BasicTransform]:
+    """The train steps of an `--augment auto` policy (see finetune.data.policy for the rules)."""
+    s = dc.input_size
+    if policy.crop_scale is None:
+        # Translation only: the eval geometry, reflect-padded by 1/8 of the side, cropped back at random.
+        pad = max(1, s // 8)
+        geometry = [*_standard_eval(dc)[:2], A.PadIfNeeded(s + 2 * pad, s + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+                    A.RandomCrop(s, s)]
+    else:
+        geometry = [RandomResizedCrop(size=(s, s), scale=policy.crop_scale, ratio=(3 / 4, 4 / 3),
+                                      interpolation=dc.interpolation)]
+    flip = [A.HorizontalFlip(p=0.5)] if policy.flip else []
+    # Mild photometric jitter (0.8-1.2); saturation only where there is colour to jitter.
+    saturation = (0.8, 1.2) if policy.colour else (1.0, 1.0)
+    jitter = A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=saturation, hue=(0.0, 0.0), p=1.0)
+    return [*geometry, *flip, jitter, *_normalize_to_tensor(dc)]
+
+
 # name -> (train steps, eval steps); every preset shares the eval steps unless it says otherwise.
 PRESETS: dict[str, tuple[Callable[[DataConfig], list], Callable[[DataConfig], list]]] = {
     "none": (_standard_eval, _standard_eval),  # train on exactly what evaluation sees
@@ -158,26 +177,33 @@ PRESETS: dict[str, tuple[Callable[[DataConfig], list], Callable[[DataConfig], li
 }
 
 
-def build_transform(dc: DataConfig, train: bool, preset: str = "standard", seed: int | None = None) -> AlbumentationsTransform:
-    """Builds the train or eval transform of a preset.
+def build_transform(dc: DataConfig, train: bool, preset: str | AugmentPolicy = "standard",
+                    seed: int | None = None) -> AlbumentationsTransform:
+    """Builds the train or eval transform of a preset, or of an `--augment auto` policy.
 
     Args:
         dc: The pretrained weights' preprocessing (size, mean, std, interpolation, crop_pct).
         train: Random augmentations if True, the deterministic eval pipeline if False.
-        preset: A key of PRESETS.
+        preset: A key of PRESETS, or the AugmentPolicy that `--augment auto` chose for the data.
         seed: Seed of the augmentations' own RNG (None: fresh entropy).
 
     Returns:
         A callable mapping an (H, W, 3) uint8 RGB image to a (3, S, S) float32 tensor,
         S = dc.input_size.
     """
+    if isinstance(preset, AugmentPolicy):
+        steps = _policy_train(dc, preset) if train else _standard_eval(dc)
+        return AlbumentationsTransform(A.Compose(steps, seed=seed))
+    if preset == "auto":
+        raise ValueError("--augment auto is chosen from the training set: pass the AugmentPolicy that "
+                         "finetune.data.policy.auto_augment_policy returns")
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
     steps = PRESETS[preset][0 if train else 1](dc)
     return AlbumentationsTransform(A.Compose(steps, seed=seed))
 
 
-def build_train_transform(dc: DataConfig, seed: int | None = None, preset: str = "standard") -> AlbumentationsTransform:
+def build_train_transform(dc: DataConfig, seed: int | None = None, preset: str | AugmentPolicy = "standard") -> AlbumentationsTransform:
     """The train pipeline of `preset`; standard: RandomResizedCrop(0.08-1, 3/4-4/3) + flip + colour
     jitter + PCA lighting + normalize."""
     return build_transform(dc, train=True, preset=preset, seed=seed)
