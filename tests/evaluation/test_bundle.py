@@ -285,7 +285,9 @@ def test_failed_export_keeps_the_previous_bundle_and_cleans_up(trained_run, tmp_
 
 
 def test_export_refuses_a_folder_that_is_not_a_bundle(trained_run, tmp_path):
+    from finetune.export.bundle import export
+
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="notes.txt"):
-        __import__("finetune.export.bundle", fromlist=["export"]).export(trained_run, tmp_path)
+        export(trained_run, tmp_path)  # the swap would replace the user's folder
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "config.json").exists()
