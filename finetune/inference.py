@@ -79,7 +79,8 @@ def eager_runner(bundle: Path, config: dict) -> Runner:
     """The network rebuilt from model.safetensors with timm/torchvision (imports torch)."""
     from finetune.models.backbone import create_backbone
 
-    backbone, _ = create_backbone(config["backbone"], config["num_classes"], weights=str(bundle / "model.safetensors"))
+    backbone, _ = create_backbone(config["backbone"], config["num_classes"], weights=str(bundle / "model.safetensors"),
+                                  build_options=config.get("build_options"))
     return module_runner(backbone.eval())
 
 

@@ -172,6 +172,7 @@ def _base_config(backbone, class_names, data_config, options, source_checkpoint)
 
     return {
         "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone.name,
+        "build_options": backbone.build_options,  # e.g. transform_input: rebuilt as it was trained
         "num_classes": len(class_names), "class_names": list(class_names),
         "data_config": data_config.to_dict(), "tta": options.tta, "temperature": float(options.temperature),
         "toolkit_version": __version__, "source_checkpoint": str(source_checkpoint),

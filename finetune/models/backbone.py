@@ -1,7 +1,9 @@
 """One backbone interface over timm and torchvision: network, head, layers, groups, preprocessing."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +20,7 @@ from finetune.models.weights import (
     resolve_torchvision_imagenet,
 )
 
-__all__ = ["Backbone", "LayerGroup", "Unit", "create_backbone", "list_layers"]
+__all__ = ["Backbone", "LayerGroup", "Unit", "checkpoint_build_options", "create_backbone", "list_layers"]
 LAYER_ALIASES = ("stem", "head")
 
 
@@ -33,14 +35,19 @@ class Backbone(nn.Module):
         data_config: Preprocessing the pretrained weights expect.
         units: Named layers in input -> output order; the last one is the head.
         groups: Layer groups for discriminative LRs and gradual unfreezing; the last is "head".
+        build_options: Builder arguments that shape the computation but are not in the state dict
+            (torchvision GoogLeNet/Inception `transform_input`); checkpoints and bundles record
+            them so that `create_backbone(..., build_options=...)` rebuilds the same function.
     """
 
     def __init__(self, name: str, zoo_name: str, model: nn.Module, num_classes: int,
-                 data_config: DataConfig, units: list[Unit], groups: list[LayerGroup]) -> None:
+                 data_config: DataConfig, units: list[Unit], groups: list[LayerGroup],
+                 build_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.name, self.zoo, self.model = name, zoo_name, model
         self.num_classes, self.data_config = num_classes, data_config
         self.units, self.groups = units, groups
+        self.build_options = dict(build_options or {})
 
     def forward(self, x: Tensor) -> Tensor:
         """Classifies a batch.
@@ -93,6 +100,7 @@ def create_backbone(
     weights_dir: Path | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
+    build_options: Mapping[str, Any] | None = None,
     weights_partial: bool = False,
 ) -> tuple[Backbone, LoadReport]:
     """Builds a backbone with a fresh `num_classes` head and loads its weights.
@@ -105,6 +113,8 @@ def create_backbone(
         weights_dir: Folder searched first for imagenet weights (`<name>.safetensors`, "tv:" -> "tv_").
         drop_rate: Dropout before the classifier; 0 keeps the architecture's default.
         drop_path_rate: Stochastic depth rate; None keeps the architecture's default.
+        build_options: Builder arguments recorded with a trained network (`Backbone.build_options`,
+            saved in checkpoints and bundles); None: the defaults for `weights`.
         weights_partial: Accept a weights file that leaves more than 10% of the non-head tensors
             unfilled (`weights.MAX_UNFILLED_SHARE`); otherwise that is a WeightsError.
 
@@ -116,6 +126,8 @@ def create_backbone(
         WeightsError: The weights cannot be found, downloaded or read.
     """
     zoo_name, arch = zoo.resolve_name(name)
+    if build_options is None:
+        build_options = zoo.default_build_options(zoo_name, arch, weights)
     path = None if weights in ("imagenet", "none") else _weights_path(weights)
     drops = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     if zoo_name == "timm":
@@ -125,8 +137,8 @@ def create_backbone(
         if file is not None:
             return backbone, _timm_file_report(backbone, source)
     else:
-        model = zoo.build_torchvision(arch, num_classes, imagenet=weights == "imagenet", **drops)
-        backbone = _wrap(name, zoo_name, model, num_classes, zoo.torchvision_data_config(arch))
+        model = zoo.build_torchvision(arch, num_classes, options=build_options, **drops)
+        backbone = _wrap(name, zoo_name, model, num_classes, zoo.torchvision_data_config(arch), build_options)
         if weights == "imagenet":
             state_dict, source = resolve_torchvision_imagenet(name, _tv_url(name, arch), weights_dir)
             return backbone, _apply(backbone, state_dict, source, arch)
@@ -167,11 +179,11 @@ def _timm_file_report(backbone: Backbone, source: str) -> LoadReport:
 
 
 def _wrap(name: str, zoo_name: str, model: nn.Module, num_classes: int,
-          data_config: DataConfig) -> Backbone:
+          data_config: DataConfig, build_options: Mapping[str, Any] | None = None) -> Backbone:
     units = build_units(model, zoo.head_finder(model, zoo_name, num_classes))
     groups = _timm_groups(model, units) if zoo_name == "timm" else None
     return Backbone(name, zoo_name, model, num_classes, data_config, units,
-                    groups or group_per_unit(units))
+                    groups or group_per_unit(units), dict(build_options or {}))
 
 
 def _timm_groups(model: nn.Module, units: list[Unit]) -> list[LayerGroup] | None:
@@ -195,3 +207,16 @@ def list_layers(name: str, num_classes: int = 1000) -> list[tuple[str, int]]:
     except (RuntimeError, NotImplementedError):  # an init routine that needs real data
         backbone, _ = create_backbone(name, num_classes, weights="none")
     return [(u.name, u.num_params) for u in backbone.units]
+
+
+def checkpoint_build_options(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The build options a checkpoint of this toolkit was trained with.
+
+    Checkpoints written before they were recorded get the defaults of the weights the run
+    started from (its saved config), which is what that run built.
+    """
+    saved = checkpoint.get("finetune", {}).get("build_options")
+    if saved is not None:
+        return dict(saved)
+    config = checkpoint["hyper_parameters"]["config"]
+    return zoo.default_build_options(*zoo.resolve_name(config["backbone"]), str(config.get("weights", "none")))

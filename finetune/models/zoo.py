@@ -6,9 +6,10 @@ count, locating its classifier, and reading the preprocessing its pretrained wei
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import timm
 import torchvision
@@ -91,15 +92,34 @@ def build_timm(arch: str, num_classes: int, *, file: Path | None, drop_rate: flo
     return model
 
 
-def build_torchvision(arch: str, num_classes: int, *, imagenet: bool, drop_rate: float,
-                      drop_path_rate: float | None) -> nn.Module:
-    """Builds a randomly initialised torchvision network with a `num_classes` head."""
-    extra: dict[str, object] = {}
+def default_build_options(zoo_name: str, arch: str, weights: str) -> dict[str, Any]:
+    """Builder arguments that change what a network computes but live in no state dict.
+
+    torchvision's pretrained GoogLeNet and Inception v3 expect `transform_input=True` (they were
+    trained on [-1, 1] inputs and the builder switches it on when it loads them), so a network
+    built for `weights="imagenet"` gets it too. Anything rebuilt later (checkpoint, bundle,
+    teacher) must be built with the options recorded at training time, not these defaults.
+    """
+    if zoo_name == "torchvision" and arch in AUX_MODULES:
+        return {"transform_input": weights == "imagenet"}
+    return {}
+
+
+def build_torchvision(arch: str, num_classes: int, *, options: Mapping[str, Any] | None = None,
+                      drop_rate: float = 0.0, drop_path_rate: float | None = None) -> nn.Module:
+    """Builds a randomly initialised torchvision network with a `num_classes` head.
+
+    Args:
+        arch: torchvision architecture name, without "tv:".
+        num_classes: Outputs of the head.
+        options: Builder arguments from `default_build_options` or a saved checkpoint/bundle.
+        drop_rate: Dropout before the classifier; 0 keeps the architecture's default.
+        drop_path_rate: Stochastic depth rate; None keeps the architecture's default.
+    """
+    extra: dict[str, object] = dict(options or {})
     if arch in AUX_MODULES:
-        # Without aux heads the forward returns a plain tensor in train mode too. torchvision's
-        # pretrained weights expect transform_input=True (they were trained on [-1, 1] inputs and
-        # the builder switches it on when it loads them), so do the same for imagenet weights.
-        extra.update(aux_logits=False, init_weights=True, transform_input=imagenet)
+        # Without aux heads the forward returns a plain tensor in train mode too.
+        extra.update(aux_logits=False, init_weights=True)
     if drop_path_rate:
         extra["stochastic_depth_prob"] = drop_path_rate
     try:

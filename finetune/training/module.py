@@ -14,7 +14,7 @@ from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.mixing import MixedBatch
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, create_backbone
+from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
 from finetune.training.freeze import build_schedule, frozen_param_names
 from finetune.training.losses import mixed_soft_targets, training_loss
 from finetune.training.optim import build_optimizer, discriminative_mults, param_groups
@@ -213,14 +213,22 @@ class FinetuneModule(pl.LightningModule):
             "class_names": self.class_names,
             "data_config": self.backbone.data_config.with_size(self.config.image_size).to_dict(),
             "frozen_units": self.frozen_units,
+            "build_options": self.backbone.build_options,
         }
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "FinetuneModule":
-        """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub."""
+        """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub.
+
+        The network is built with the options it was trained with (`Backbone.build_options`).
+        """
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         hparams = ckpt["hyper_parameters"]
-        config = RunConfig.model_validate({**hparams["config"], "weights": "none", "teacher": None})
-        module = cls(config, hparams["class_names"])
+        # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
+        config = RunConfig.model_validate({**hparams["config"], "weights": "none", "teacher": None},
+                                          context={"unused": "allow"})
+        backbone, _ = create_backbone(config.backbone, len(hparams["class_names"]), "none",
+                                      build_options=checkpoint_build_options(ckpt), **backbone_options(config))
+        module = cls(config, hparams["class_names"], backbone=backbone)
         module.load_state_dict(ckpt["state_dict"])
         return module

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, create_backbone
+from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
 
 BUNDLE_FORMAT = "finetune-bundle"
 
@@ -134,7 +134,8 @@ def _from_checkpoint(ckpt_path: Path) -> Teacher:
         config, names = ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["class_names"]
     except (KeyError, RuntimeError, OSError) as e:
         raise TeacherError(f"--teacher {ckpt_path} is not a checkpoint of this toolkit: {e}") from e
-    backbone = _load_exact(f"--teacher {ckpt_path}", config["backbone"], len(names), ckpt_path)
+    backbone = _load_exact(f"--teacher {ckpt_path}", config["backbone"], len(names), ckpt_path,
+                           build_options=checkpoint_build_options(ckpt))
     return Teacher(backbone, backbone.data_config.with_size(config.get("image_size")), names, str(ckpt_path))
 
 
@@ -144,7 +145,7 @@ def _from_bundle(bundle: Path) -> Teacher:
         raise TeacherError(f"--teacher {bundle}: config.json is not a {BUNDLE_FORMAT} "
                            f"(format: {config.get('format')!r})")
     backbone = _load_exact(f"--teacher {bundle}", config["backbone"], int(config["num_classes"]),
-                           bundle / "model.safetensors")
+                           bundle / "model.safetensors", build_options=config.get("build_options"))
     return Teacher(backbone, DataConfig.from_dict(config["data_config"]), config["class_names"], str(bundle))
 
 
