@@ -1,0 +1,53 @@
+"""Real image tasks written from the photos that registry packages ship."""
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finetune.data.real import TASKS, _ArraysOnly, available, make_real_task
+from finetune.data.scan import scan_image_folder
+from finetune.errors import DataError
+
+
+def _files(root, split):
+    return sorted(p.relative_to(root / split) for p in (root / split).rglob("*.png"))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_task_folder_has_the_asked_train_size_and_fixed_val_and_test(tmp_path, name):
+    if not available(name):
+        pytest.skip(f"{TASKS[name].package} is not installed")
+    task = TASKS[name]
+    a = make_real_task(name, tmp_path / "a", 3, seed=0)
+    b = make_real_task(name, tmp_path / "b", 5, seed=1)
+    index = scan_image_folder(a)
+    assert set(index.counts("train").values()) == {3}
+    assert set(index.counts("val").values()) == {task.val} and set(index.counts("test").values()) == {task.test}
+    for split in ("val", "test"):  # the same images whatever the train size and seed
+        assert _files(a, split) == _files(b, split)
+        for rel in _files(a, split)[:5]:
+            assert np.array_equal(np.asarray(Image.open(a / split / rel)), np.asarray(Image.open(b / split / rel)))
+    train_a = {np.asarray(Image.open(p)).tobytes() for p in (a / "train").rglob("*.png")}
+    held_out = {np.asarray(Image.open(p)).tobytes() for s in ("val", "test") for p in (a / s).rglob("*.png")}
+    assert not train_a & held_out  # no train image is also a val or test image
+
+
+def test_bad_requests_name_the_valid_choices(tmp_path):
+    with pytest.raises(DataError, match="valid: textures, silhouettes, faces"):
+        make_real_task("digits", tmp_path, 5)
+    with pytest.raises(DataError, match=r"1\.\.50"):
+        make_real_task("faces", tmp_path, 51)
+
+
+def test_silhouette_reader_refuses_anything_but_arrays():
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    assert np.array_equal(_ArraysOnly(io.BytesIO(pickle.dumps(np.arange(3)))).load(), np.arange(3))
+    with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
+        _ArraysOnly(io.BytesIO(pickle.dumps(Evil()))).load()
