@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import yaml
-from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
-from finetune.config import DEVICES_HELP, RunConfig
+from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.checkpoint_io import AtomicCheckpointIO
+from finetune.training.devices import device_trainer
 from finetune.training.module import FinetuneModule
 from finetune.training.ema import SELECTED_METRIC
 from finetune.training.lr_find import find_lr
@@ -95,8 +95,8 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
-    return _trainer(
-        config,
+    return device_trainer(
+        config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes,
         default_root_dir=run_dir,
         max_epochs=config.epochs,
         precision=precision,
@@ -109,30 +109,6 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         enable_progress_bar=config.progress,
         enable_model_summary=False,
     )
-
-
-# Words in Lightning's messages about the device settings (it raises several exception types for them).
-_DEVICE_WORDS = ("accelerator", "devices", "device", "strategy", "num_nodes", "Requirement", "backend")
-
-
-def _trainer(config: RunConfig, **kwargs) -> pl.Trainer:
-    """pl.Trainer on the config's devices; Lightning's refusal of them becomes a one-line FinetuneError."""
-    try:
-        return pl.Trainer(accelerator=config.accelerator, devices=config.lightning_devices(), strategy=config.strategy,
-                          num_nodes=config.num_nodes, **kwargs)
-    except (MisconfigurationException, TypeError, ValueError, ModuleNotFoundError) as e:
-        if not isinstance(e, MisconfigurationException) and not any(w in str(e) for w in _DEVICE_WORDS):
-            raise
-        raise FinetuneError(f"--accelerator {config.accelerator} --devices {config.devices} --strategy {config.strategy}: "
-                            f"{' '.join(str(e).split())} Accelerators available here: {', '.join(_available_accelerators())}; "
-                            f"--devices takes {DEVICES_HELP} (cpu: a count of processes)") from None
-
-
-def _available_accelerators() -> list[str]:
-    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
-
-    found = [("cpu", CPUAccelerator), ("gpu", CUDAAccelerator), ("mps", MPSAccelerator)]
-    return [name for name, accelerator in found if accelerator.is_available()]
 
 
 def best_epoch(metrics_csv: Path) -> tuple[float, int]:
@@ -244,7 +220,7 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
 def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
-        "run_dir": str(run_dir), "classes": index.classes, "precision": precision,
+        "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
         "channels_last": resolve_channels_last(config.channels_last, precision),
         "workers": config.resolved_workers(), "data_config": data_config.to_dict(),
         "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from finetune.config import RunConfig
+from finetune.training.devices import device_trainer
 from finetune.training.module import FinetuneModule
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai and Lightning do)
@@ -133,8 +134,8 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     frozen_units, was_training = module.frozen_units, module.training
     test = LRRangeTest(start_lr, end_lr, num_steps)
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_steps=num_steps, max_epochs=-1,
+    trainer = device_trainer(
+        accelerator, 1, precision=precision, max_steps=num_steps, max_epochs=-1,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=progress, enable_model_summary=False, callbacks=[test],
     )
