@@ -31,3 +31,49 @@ def test_num_nodes_reaches_the_trainer(tiny_data, tmp_path):
                        num_nodes=2, progress=False)
     trainer = build_trainer(config, tmp_path, "32", steps_per_epoch=3)
     assert trainer.num_nodes == 2 and trainer.world_size == 2
+
+
+NAN_ON_RANK1 = """
+import sys
+from pathlib import Path
+from finetune.config import RunConfig
+from finetune.training.divergence import DivergenceError
+from finetune.training.fit import fit
+from finetune.training.module import FinetuneModule
+
+original = FinetuneModule.training_step
+
+def step(self, batch, batch_idx):  # only rank 1 sees a NaN loss, from its second epoch on
+    loss = original(self, batch, batch_idx)
+    return loss * float("nan") if self.global_rank == 1 and self.current_epoch == 1 else loss
+
+FinetuneModule.training_step = step
+config = RunConfig(backbone="test_resnet", data=sys.argv[1], weights="none", image_size=32, epochs=3, batch_size=4,
+                   workers=0, progress=False, accelerator="cpu", devices=2, strategy="ddp", precision="32",
+                   output=Path(sys.argv[2]) / "run", export=False)
+try:
+    fit(config)
+except DivergenceError as e:
+    print(f"rank stopped: {e}", flush=True)
+    sys.exit(3)
+"""
+
+
+def _run_script(script: str, data, tmp_path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Runs `script DATA TMP_PATH` in a fresh interpreter (Lightning starts the second rank from it)."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, str(path), str(data), str(tmp_path)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=tmp_path)
+
+
+def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
+    # Deciding per rank left rank 0 waiting in the gradient all-reduce for a rank that had raised.
+    proc = _run_script(NAN_ON_RANK1, tiny_data, tmp_path, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3, output[-3000:]
+    stops = [line for line in proc.stdout.splitlines() if line.startswith("rank stopped: training diverged at epoch 1")]
+    assert len(stops) == 2, output[-3000:]  # both ranks, same decision
+    assert "the training loss is nan" in stops[0] and "last good checkpoint is kept" in stops[0]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

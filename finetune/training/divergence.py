@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 
 from finetune.errors import FinetuneError
+
+CHECK_EVERY = 25  # steps between checks: one small all-reduce and host sync each, not one per step
 
 
 class DivergenceError(FinetuneError):
@@ -19,37 +22,65 @@ class DivergenceGuard(pl.Callback):
     """Raises DivergenceError when the loss is NaN/Inf, or (from the second epoch on) when the
     current epoch's running mean loss exceeds `factor` x the first epoch's mean.
 
-    The check runs before the backward pass, so the diverged step never updates the weights, and
-    raising (rather than asking the Trainer to stop) skips the end-of-epoch checkpoint: the last
-    checkpoint on disk stays the last good one. The running mean, not single batches, is compared
-    so that one hard (or heavily mixed) batch does not stop a healthy run.
+    The loss is summed on the device, and checked every `check_every` steps and on the last batch
+    of each epoch: reading it every step would stall the GPU once per step. A check reduces the
+    sum over all processes and the decision is agreed across them, so under DDP every rank stops
+    at the same step; one rank raising alone would leave the others blocked in the gradient
+    all-reduce. A check runs before the backward pass, so the checked step never updates the
+    weights, and raising (rather than asking the Trainer to stop) skips the end-of-epoch
+    validation and checkpoint: the last checkpoint on disk stays the last good one. The running
+    mean, not single batches, is compared so that one hard (or heavily mixed) batch does not stop
+    a healthy run.
 
     Args:
         factor: Allowed growth of the mean loss over the first epoch's mean.
         checkpoint_dir: Where the last good checkpoint lives (named in the message).
+        check_every: Steps between checks within an epoch.
     """
 
-    def __init__(self, factor: float = 3.0, checkpoint_dir: Path | None = None):
-        self.factor, self.checkpoint_dir = factor, checkpoint_dir
+    def __init__(self, factor: float = 3.0, checkpoint_dir: Path | None = None, check_every: int = CHECK_EVERY):
+        self.factor, self.checkpoint_dir, self.check_every = factor, checkpoint_dir, check_every
         self.first_epoch_mean: float | None = None
-        self._sum, self._count = 0.0, 0
+        self._sum: Tensor | None = None
+        self._count, self._batch_idx, self._epoch_mean = 0, 0, None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sum, self._count = 0.0, 0
+        self._sum, self._count, self._epoch_mean = None, 0, None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._fail(trainer, f"the training loss is {value}")
-        self._sum, self._count = self._sum + value, self._count + 1
-        mean = self._sum / self._count
-        if self.first_epoch_mean is not None and mean > self.factor * self.first_epoch_mean:
-            self._fail(trainer, f"the mean training loss of this epoch, {mean:.4g}, exceeds {self.factor:g}x "
-                                f"the first epoch's mean {self.first_epoch_mean:.4g}")
+        value = loss.detach().float()
+        self._sum = value if self._sum is None else self._sum + value  # stays on the device: no sync
+        self._count += 1
+        last = self._batch_idx + 1 == trainer.num_training_batches
+        if last or self._count % self.check_every == 0:
+            self._check(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.first_epoch_mean is None and self._count:
-            self.first_epoch_mean = self._sum / self._count
+        if self.first_epoch_mean is None and self._epoch_mean is not None:
+            self.first_epoch_mean = self._epoch_mean
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        """Compares the mean loss of this epoch so far, over all processes, with the limits."""
+        counted = torch.stack([self._sum, torch.tensor(float(self._count), device=self._sum.device)])
+        total = trainer.strategy.reduce(counted, reduce_op="sum")
+        mean = float(total[0] / total[1])
+        self._epoch_mean = mean
+        problem = self._problem(mean)
+        # Every rank computed the same reduced mean; the vote still makes the stop collective.
+        if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            self._fail(trainer, problem or "the training loss diverged on another process")
+
+    def _problem(self, mean: float) -> str | None:
+        if not math.isfinite(mean):
+            return f"the training loss is {mean}"
+        if self.first_epoch_mean is not None and mean > self.factor * self.first_epoch_mean:
+            return (f"the mean training loss of this epoch, {mean:.4g}, exceeds {self.factor:g}x "
+                    f"the first epoch's mean {self.first_epoch_mean:.4g}")
+        return None
 
     def _fail(self, trainer: pl.Trainer, what: str) -> None:
         lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.config import RunConfig
-from finetune.training.divergence import DivergenceError, DivergenceGuard
+from finetune.training.divergence import DivergenceError
+from finetune.training.module import FinetuneModule
 
 runner = CliRunner()
 
@@ -48,14 +49,28 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
-class _Trainer:
-    current_epoch, global_step, optimizers = 1, 10, []
+def _loss_times(factor: float, from_epoch: int = 1):
+    """A training_step whose loss is multiplied by `factor` from `from_epoch` on: finite, just larger."""
+    original = FinetuneModule.training_step
+
+    def step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * factor if self.current_epoch >= from_epoch else loss
+
+    return step
 
 
-def test_three_times_the_first_epoch_mean_trips_the_guard():
-    guard = DivergenceGuard(3.0)
-    guard.first_epoch_mean = 1.0
-    guard.on_train_epoch_start(_Trainer(), None)
-    guard.on_before_backward(_Trainer(), None, torch.tensor(2.9))
-    with pytest.raises(DivergenceError, match="exceeds 3x"):
-        guard.on_before_backward(_Trainer(), None, torch.tensor(3.5))  # running mean 3.2
+@pytest.mark.parametrize(("factor", "stops"), [(4.0, True), (2.0, False)])
+def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, tiny_data, tmp_path, monkeypatch):
+    # The guard fit() installs, not a hand-built one: its threshold is 3x the first epoch's mean.
+    from finetune.training.fit import fit
+
+    monkeypatch.setattr(FinetuneModule, "training_step", _loss_times(factor))
+    cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
+                    epochs=2, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False)
+    if not stops:
+        fit(cfg)  # 2x is a bad epoch, not a divergence
+        return
+    with pytest.raises(DivergenceError, match=r"epoch 1.*mean training loss of this epoch.*exceeds 3x"):
+        fit(cfg)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
