@@ -59,13 +59,13 @@ except DivergenceError as e:
 """
 
 
-def _run_script(script: str, data, tmp_path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Runs `script DATA TMP_PATH` in a fresh interpreter (Lightning starts the second rank from it)."""
+def _run_script(script: str, data, tmp_path, timeout: int = 240, extra: list[str] = ()) -> subprocess.CompletedProcess:
+    """Runs `script DATA TMP_PATH [EXTRA...]` in a fresh interpreter (Lightning starts the second rank from it)."""
     path = tmp_path / "script.py"
     path.write_text(script)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, str(path), str(data), str(tmp_path)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tmp_path)
+    return subprocess.run([sys.executable, str(path), str(data), str(tmp_path), *extra], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
 def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
@@ -77,3 +77,44 @@ def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
     assert len(stops) == 2, output[-3000:]  # both ranks, same decision
     assert "the training loss is nan" in stops[0] and "last good checkpoint is kept" in stops[0]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+FREEZE_SCRIPT = """
+import sys, torch, pytorch_lightning as pl
+from pathlib import Path
+from finetune.config import RunConfig
+from finetune.training.fit import fit
+
+class Report(pl.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        state = {k: v.detach().clone() for k, v in module.backbone.model.state_dict().items()}
+        torch.save({"state": state, "mask": module.grad_mask_mode},
+                   Path(sys.argv[2]) / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.pt")
+
+config = RunConfig(backbone="test_resnet", data=sys.argv[1], weights=sys.argv[3], image_size=32, epochs=2,
+                   batch_size=4, workers=0, progress=False, accelerator="cpu", devices=2, strategy="ddp",
+                   freeze_until="layer3", freeze_epochs=1, output=Path(sys.argv[2]) / "run", lr=0.05,
+                   backbone_lr_mult=1.0, precision="32", export=False)
+fit(config, callbacks=[Report()])
+"""
+
+
+def test_ddp_frozen_layers_stay_bit_identical_to_the_loaded_weights(tiny_data, test_resnet_weights, tmp_path):
+    # Unfreezing ahead puts DDP in gradient-mask mode: every parameter requires grad, frozen ones
+    # lose theirs before the step. Compared with the weights file, not only between ranks.
+    from safetensors.torch import load_file
+
+    proc = _run_script(FREEZE_SCRIPT, tiny_data, tmp_path, extra=[str(test_resnet_weights)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    loaded = load_file(str(test_resnet_weights))
+    r = {(rank, e): torch.load(tmp_path / f"rank{rank}-epoch{e}.pt") for rank in (0, 1) for e in (0, 1)}
+    assert r[0, 0]["mask"] and r[1, 0]["mask"]
+    frozen = [k for k in loaded if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
+    assert any(k.endswith("running_var") for k in frozen) and any(k.endswith("num_batches_tracked") for k in frozen)
+    for rank in (0, 1):
+        epoch0, epoch1 = r[rank, 0]["state"], r[rank, 1]["state"]
+        for key in frozen:  # weights and BatchNorm buffers alike
+            assert torch.equal(epoch0[key], loaded[key]), f"rank {rank}: frozen {key} changed in epoch 0"
+        assert not torch.equal(epoch0["layer3.0.conv1.weight"], loaded["layer3.0.conv1.weight"])  # layer3 trains
+        assert not torch.equal(epoch1["conv1.0.weight"], loaded["conv1.0.weight"])  # unfrozen at epoch 1
+        assert not torch.equal(epoch1["bn1.running_mean"], loaded["bn1.running_mean"])
