@@ -136,11 +136,20 @@ class FinetuneModule(pl.LightningModule):
         teacher_logits = self.teacher.logits(mixed.x, self.input_config) if self.teacher is not None else None
         parts = training_loss(logits, target, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
         self.train_acc1(logits, target.argmax(dim=1))  # the dominant label of a mixed image
-        self.log("train/loss", parts.total, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self._log_train("train/loss", parts.total, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
         if parts.kd is not None:
-            self.log_dict({"train/task_loss": parts.task, "train/kd_loss": parts.kd}, on_epoch=True, sync_dist=True)
+            self._log_train("train/task_loss", parts.task)
+            self._log_train("train/kd_loss", parts.kd)
         return parts.total
+
+    def _log_train(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """Logs NAME_step (this process's value) and NAME_epoch (the mean over every process).
+
+        Only the epoch mean is synced: `sync_dist` on a per-step value all-reduces every step.
+        """
+        self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=prog_bar)
+        self.log(f"{name}_epoch", value, on_step=False, on_epoch=True, prog_bar=prog_bar, sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -152,12 +161,16 @@ class FinetuneModule(pl.LightningModule):
         self.log("val/acc5", self.val_acc5, on_epoch=True)
 
     # ----- setup ----------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def configure_model(self) -> None:
+        # Before the strategy wraps the model: converting after DDP has registered the parameters
+        # would leave its gradient buckets in the old layout.
         self.use_channels_last = resolve_channels_last(self.config.channels_last, str(self.trainer.precision))
-        if self.teacher is not None:
-            self.teacher.to(self.device)
         if self.use_channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
 
     def setup(self, stage: str) -> None:
         # DDP registers only the parameters that require grad when it wraps the model, and
