@@ -54,10 +54,11 @@ def test_predictor_normalises_with_its_own_mean_and_std():
 def test_resnet_bundle(tmp_path_factory):
     torch.manual_seed(0)
     backbone, _ = create_backbone("test_resnet", 3, "none")
-    backbone.eval()
+    backbone.train()  # as a module is right after fitting: the export must use eval mode anyway
     dc = backbone.data_config.with_size(SIZE)
     out = export_bundle(backbone, ["a", "b", "c"], dc, tmp_path_factory.mktemp("bundle") / "model", _images())
-    return backbone, out
+    assert backbone.training  # the caller's module is left as it was
+    return backbone.eval(), out
 
 
 def test_bundle_predictor_matches_the_network_on_hand_preprocessed_input(test_resnet_bundle):

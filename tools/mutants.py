@@ -216,6 +216,10 @@ MUTANTS: list[Mutant] = [
            "default_rng([seed, zlib.crc32(name.encode())])", "default_rng(zlib.crc32(name.encode()))",
            (f"{T_SCAN}::test_split_is_seeded",), "--seed does not change the train/val split"),
     # ----- divergence guard ----------------------------------------------------------------------
+    Mutant("divergence_nan_slips_through", "finetune/training/divergence.py",
+           "if not math.isfinite(mean):", "if math.isinf(mean):",
+           ("tests/training/test_divergence.py::test_huge_lr_from_the_start_is_reported",),
+           "a NaN training loss does not stop the run (NaN compares false with every threshold)"),
     Mutant("divergence_factor_300", "finetune/training/regularization.py",
            "DivergenceGuard(3.0,", "DivergenceGuard(300.0,",
            ("tests/training/test_divergence.py",), "the divergence guard allows 300x the first epoch's loss"),

@@ -43,6 +43,7 @@ class Outcome:
     status: str
     detail: str = ""
     seconds: float = 0.0
+    why: str = ""  # the first assertion lines pytest printed (shown with --verbose)
 
     @property
     def killed(self) -> bool:
@@ -83,22 +84,23 @@ def find_stale(mutant: Mutant, repo: Path) -> str | None:
     return None if count == 1 else f"snippet found {count} times in {mutant.file} (expected exactly once)"
 
 
-def run_tests(mutant: Mutant, repo: Path, timeout: float) -> tuple[str, str]:
-    """Runs the mutant's tests in the copy; returns (status, the first failing test or a note)."""
+def run_tests(mutant: Mutant, repo: Path, timeout: float) -> tuple[str, str, str]:
+    """Runs the mutant's tests in the copy; returns (status, the first failing test or a note, why)."""
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "-W", "ignore", *mutant.tests]
     try:
         proc = subprocess.run(cmd, cwd=repo, env=test_env(repo), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", f"no result within {timeout:.0f} s"
+        return "timeout", f"no result within {timeout:.0f} s", ""
     output = proc.stdout + proc.stderr
     failed = [m.group(2) for line in output.splitlines() if (m := FAILED_LINE.match(line))]
+    why = "\n".join([line for line in output.splitlines() if line.startswith("E ")][:4])
     if proc.returncode == 0:
-        return "survived", ""
+        return "survived", "", ""
     if proc.returncode in (1, 2) and failed:  # 2: interrupted by -x after a collection error
-        return "caught", failed[0]
+        return "caught", failed[0], why
     tail = " | ".join(output.strip().splitlines()[-3:])
-    return "error", f"pytest exit {proc.returncode}: {tail}"
+    return "error", f"pytest exit {proc.returncode}: {tail}", why
 
 
 def run_mutant(mutant: Mutant, repo: Path, timeout: float) -> Outcome:
@@ -111,18 +113,20 @@ def run_mutant(mutant: Mutant, repo: Path, timeout: float) -> Outcome:
     start = time.monotonic()
     try:
         path.write_text(original.replace(mutant.old, mutant.new))
-        status, detail = run_tests(mutant, repo, timeout)
+        status, detail, why = run_tests(mutant, repo, timeout)
     finally:
         path.write_text(original)
-    return Outcome(mutant, status, detail, time.monotonic() - start)
+    return Outcome(mutant, status, detail, time.monotonic() - start, why)
 
 
-def print_table(outcomes: list[Outcome]) -> None:
+def print_table(outcomes: list[Outcome], verbose: bool = False) -> None:
     width = max(len(o.mutant.name) for o in outcomes)
     print(f"\n{'mutant':<{width}}  {'result':<8}  {'secs':>5}  caught by / note")
     print("-" * (width + 60))
     for o in outcomes:
         print(f"{o.mutant.name:<{width}}  {o.status:<8}  {o.seconds:5.0f}  {o.detail}")
+        if verbose and o.why:
+            print("    " + o.why.replace("\n", "\n    "))
 
 
 def score(outcomes: list[Outcome]) -> tuple[int, int]:
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that every snippet applies, run no test")
     parser.add_argument("--tests", nargs="+", metavar="TEST",
                         help="run these test paths/node ids instead of each mutant's own (e.g. to see what else catches it)")
+    parser.add_argument("--verbose", action="store_true", help="show the assertion that caught each mutant")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
     args = parser.parse_args(argv)
     mutants = select(args.only)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(mutants)}] {m.name} ...", end=" ", flush=True)
             outcomes.append(run_mutant(m, repo, args.timeout))
             print(outcomes[-1].status, flush=True)
-    print_table(outcomes)
+    print_table(outcomes, args.verbose)
     killed, scored = score(outcomes)
     broken = [o for o in outcomes if o.status in ("stale", "error")]
     print(f"\nscore: {killed}/{scored} mutants caught ({100 * killed / max(1, scored):.0f}%), "
