@@ -237,6 +237,15 @@ MUTANTS: list[Mutant] = [
            "\"build_options\": self.backbone.build_options,", "\"build_options\": {},",
            ("tests/models/test_rebuild.py",),
            "GoogLeNet/Inception trained with transform_input reload without it: another function"),
+    # ----- run directories -----------------------------------------------------------------------
+    Mutant("run_dir_overwritten_silently", "finetune/training/run_dir.py",
+           "    if not overwrite:\n", "    if False:\n",
+           ("tests/test_cli.py::test_existing_run_dir_is_refused_and_overwrite_starts_fresh",),
+           "--output pointing at an earlier run replaces it without a word"),
+    Mutant("overwrite_removes_user_files", "finetune/training/run_dir.py",
+           "if path.name in RUN_FILES or (", "if True or (",
+           ("tests/test_cli.py::test_existing_run_dir_is_refused_and_overwrite_starts_fresh",),
+           "--overwrite deletes files a run never writes (the user's own)"),
     # ----- divergence guard ----------------------------------------------------------------------
     Mutant("divergence_nan_slips_through", "finetune/training/divergence.py",
            "if not math.isfinite(mean):", "if math.isinf(mean):",
