@@ -4,6 +4,7 @@ Usage (from the repository root, with the project's virtualenv):
     .venv/bin/python tools/mutate.py              # every mutant, then the score
     .venv/bin/python tools/mutate.py --list       # names, files and descriptions only
     .venv/bin/python tools/mutate.py --check      # do the snippets still apply? (runs no test)
+    .venv/bin/python tools/mutate.py --baseline   # first check that the mapped tests pass unmutated
     .venv/bin/python tools/mutate.py --only onecycle_ignores_warmup --only tta_averages_logits
 
 The mutants live in tools/mutants.py: each is one exact source snippet replaced by a realistic bug,
@@ -57,7 +58,7 @@ def copy_repo(dest: Path) -> Path:
     return target
 
 
-def test_env(repo: Path) -> dict[str, str]:
+def pytest_env(repo: Path) -> dict[str, str]:
     """Environment that imports `finetune` from the copy and never writes stale bytecode.
 
     A mutant may keep the file's size and mtime second; a cached .pyc would then hide it.
@@ -70,7 +71,7 @@ def test_env(repo: Path) -> dict[str, str]:
 def check_import_location(repo: Path) -> None:
     """Fails loudly if the copy's tests would import the installed package instead of the copy."""
     out = subprocess.run([sys.executable, "-c", "import finetune; print(finetune.__file__)"], cwd=repo,
-                         env=test_env(repo), capture_output=True, text=True, check=True).stdout.strip()
+                         env=pytest_env(repo), capture_output=True, text=True, check=True).stdout.strip()
     if not Path(out).resolve().is_relative_to(repo.resolve()):
         raise SystemExit(f"tests would import finetune from {out}, not from the copy {repo}")
 
@@ -86,10 +87,9 @@ def find_stale(mutant: Mutant, repo: Path) -> str | None:
 
 def run_tests(mutant: Mutant, repo: Path, timeout: float) -> tuple[str, str, str]:
     """Runs the mutant's tests in the copy; returns (status, the first failing test or a note, why)."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-           "-W", "ignore", *mutant.tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *mutant.tests]
     try:
-        proc = subprocess.run(cmd, cwd=repo, env=test_env(repo), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=repo, env=pytest_env(repo), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", f"no result within {timeout:.0f} s", ""
     output = proc.stdout + proc.stderr
@@ -117,6 +117,16 @@ def run_mutant(mutant: Mutant, repo: Path, timeout: float) -> Outcome:
     finally:
         path.write_text(original)
     return Outcome(mutant, status, detail, time.monotonic() - start, why)
+
+
+def check_baseline(mutants: list[Mutant], repo: Path, timeout: float) -> None:
+    """Runs every mapped test once on the unmutated copy: a test that already fails proves nothing."""
+    tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+    print(f"baseline: {len(tests)} test paths on the unmutated source ...", end=" ", flush=True)
+    status, detail, why = run_tests(Mutant("baseline", "", "", "", tests, ""), repo, timeout * 4)
+    print(status if status != "survived" else "pass", flush=True)
+    if status != "survived":
+        raise SystemExit(f"the unmutated tests do not pass ({status}: {detail})\n{why}\nfix them before scoring mutants")
 
 
 def print_table(outcomes: list[Outcome], verbose: bool = False) -> None:
@@ -152,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that every snippet applies, run no test")
     parser.add_argument("--tests", nargs="+", metavar="TEST",
                         help="run these test paths/node ids instead of each mutant's own (e.g. to see what else catches it)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first run every mapped test on the unmutated source and stop if one fails")
     parser.add_argument("--verbose", action="store_true", help="show the assertion that caught each mutant")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
     args = parser.parse_args(argv)
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="finetune-mutate-") as tmp:
         repo = copy_repo(Path(tmp))
         check_import_location(repo)
+        if args.baseline:
+            check_baseline(mutants, repo, args.timeout)
         outcomes = []
         for i, m in enumerate(mutants, 1):
             print(f"[{i}/{len(mutants)}] {m.name} ...", end=" ", flush=True)
