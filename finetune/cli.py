@@ -53,14 +53,14 @@ def run(
     weights_dir: Annotated[Optional[Path], typer.Option(help="Folder searched first for <backbone>.safetensors when --weights imagenet. Default: $FINETUNE_WEIGHTS_DIR if set.")] = None,
     weights_partial: Annotated[bool, typer.Option("--weights-partial/--no-weights-partial", help="Train even when --weights PATH leaves more than 10% of the backbone's (non-head) tensors missing or mismatched, i.e. at random init. Default: off, such weights are an error naming the tensors.")] = False,
     freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, head. auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 last half of the groups; else everything. Default: nothing frozen.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Images per batch per device.")] = 32,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs. Default: from the train-set size, about 400 optimizer steps within 10-60 epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch per device. Default: from the train-set size, the largest of 8, 16, 32 that keeps 10+ steps an epoch.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own (its pretrained data config).")] = None,
     lr: Annotated[str, typer.Option(help="The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR range test first and use its suggestion.")] = "1e-3",
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
     momentum: Annotated[float, typer.Option(help="Momentum of sgd and rmsprop (an error with adam/adamw, which have none).")] = 0.9,
-    augment: Annotated[str, typer.Option(help="Train augmentation: none (the eval resize + center crop), light (+ flip), standard (random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1) or strong (standard + a TrivialAugment-like op + random erasing). See `finetune augment-preview`.")] = "standard",
+    augment: Annotated[str, typer.Option(help="Train augmentation: auto (from the data: translation only under 64 px, else a random crop keeping 50% of the area, 25% with 100+ images per class; flip unless mirroring changes the class; no colour jitter on grey images), none (the eval resize + center crop), light (+ flip), standard (random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1) or strong (standard + a TrivialAugment-like op + random erasing). Default: auto. See `finetune augment-preview`.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the train/val split, the new head's init and augmentation.")] = 42,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction, stratified by class, for the DIR/<class>/ layout.")] = 0.2,
@@ -157,9 +157,9 @@ def lr_find(
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Weight decay; never applied to biases and normalisation layers.")] = 0.01,
     nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum with sgd. Default: off.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch. Default: as `finetune run` picks it from the train-set size.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own.")] = None,
-    augment: Annotated[str, typer.Option(help="Train augmentation: none, light, standard or strong.")] = "standard",
+    augment: Annotated[str, typer.Option(help="Train augmentation: auto, none, light, standard or strong. Default: auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the split and augmentation.")] = 42,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction for the DIR/<class>/ layout.")] = 0.2,
@@ -199,15 +199,16 @@ def layers(backbone: Backbone) -> None:
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option(help="Where the generated data and the three runs go.")] = Path("runs/demo"),
-    backbone: Annotated[str, typer.Option(help="Backbone trained on the source task, then fine-tuned.")] = "resnet18",
-    freeze_until: Annotated[str, typer.Option(help="Layer to freeze up to when fine-tuning on the target task.")] = "layer3",
-    epochs: Annotated[int, typer.Option(help="Epochs for each of the three runs.")] = 10,
+    output: Annotated[Path, typer.Option(help="Where the task's images and the two runs go.")] = Path("runs/demo"),
+    backbone: Annotated[str, typer.Option(help="Backbone, fine-tuned from its ImageNet weights and trained from scratch.")] = "tf_efficientnet_lite0",
+    task: Annotated[str, typer.Option(help="Real task: textures, silhouettes or faces.")] = "textures",
+    shots: Annotated[int, typer.Option(help="Train images per class.")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each run. Default: as `finetune run` picks them.")] = None,
 ) -> None:
-    """Transfer learning in miniature: pretrain on generated shapes, fine-tune on textures, compare with scratch."""
+    """Real ImageNet transfer on real photos (installed offline), against the same backbone from scratch."""
     from finetune.demo import run_demo
 
-    _exit_on_user_error(lambda: run_demo(output, backbone=backbone, freeze_until=freeze_until, epochs=epochs, console=console))
+    _exit_on_user_error(lambda: run_demo(output, backbone=backbone, task=task, shots=shots, epochs=epochs, console=console))
 
 
 recipes_app = typer.Typer(help="List the shipped recipes, or show one.", invoke_without_command=True)
@@ -369,7 +370,7 @@ def _value_error_is_user_error(fn: Callable[[], T]) -> T:
 @app.command("augment-preview")
 def augment_preview(
     data: Annotated[Path, typer.Option(help="Image folder, as for `finetune run`.")],
-    augment: Annotated[str, typer.Option(help="Preset: none, light, standard or strong.")] = "standard",
+    augment: Annotated[str, typer.Option(help="auto (chosen from the data, as `finetune run` does) or a preset: none, light, standard or strong.")] = "auto",
     output: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment-preview.png"),
     backbone: Annotated[str, typer.Option(help="Backbone whose preprocessing (size, mean, std) is used.")] = "resnet18",
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own.")] = None,

@@ -17,7 +17,7 @@ from finetune.errors import FinetuneError
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
-Augment = Literal["none", "light", "standard", "strong"]
+Augment = Literal["auto", "none", "light", "standard", "strong"]
 FreezePolicy = Literal["linear-probe", "bn-only", "full"]
 Schedule = Literal["cosine", "step", "onecycle", "constant"]
 # Lightning's accelerator names, plus its alias gpu and auto.
@@ -38,14 +38,18 @@ class RunConfig(BaseModel):
     weights_partial: bool = Field(
         False, description="accept --weights PATH that leaves over 10% of the non-head tensors at random init")
     freeze_until: str | None = Field(None, description="freeze every layer before this one")
-    epochs: int = Field(5, ge=1, description="training epochs")
-    batch_size: int = Field(32, ge=1, description="images per batch and device")
+    epochs: int | None = Field(
+        None, ge=1, description="training epochs; None: about 400 optimizer steps (10 to 60 epochs), from the train-set size")
+    batch_size: int | None = Field(
+        None, ge=1, description="images per batch and device; None: 8 to 32, keeping at least 10 steps an epoch")
     image_size: int | None = Field(None, ge=16, description="input side in pixels; None: the backbone's own")
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description="the head's learning rate, or auto (LR range test)")
     optimizer: Optimizer = Field("adamw", description="optimizer")
     weight_decay: float = Field(0.01, ge=0, description="weight decay (not on biases and norm layers)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
-    augment: Augment = Field("standard", description="train augmentation preset")
+    augment: Augment = Field(
+        "auto", description="train augmentation: auto (chosen from the input size, images per class and tests of the "
+        "data: does mirroring change the class, is it grey), or a preset")
     seed: int = Field(42, description="seed for the split, initialisation and augmentation")
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None: min(4, CPU cores)")
     val_split: float = Field(0.2, gt=0, lt=1, description="validation fraction for DIR/<class> layouts")

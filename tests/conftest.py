@@ -44,3 +44,42 @@ def _fast_run_args(data: Path, output: Path, *extra: str) -> list[str]:
 def run_args():
     """Builds CLI arguments for a run that takes seconds: test_resnet, 32 px, 1 epoch, no workers, no export."""
     return _fast_run_args
+
+
+def draw_arrow(direction: str, rng, size: int = 32):  # noqa: ANN201 - a PIL image
+    """A grey arrow pointing left or right at a random height and length: mirroring swaps the classes."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    y, half = int(rng.integers(10, size - 10)), int(rng.integers(8, 13))
+    x0, x1 = size // 2 - half, size // 2 + half
+    d.line([(x0, y), (x1, y)], fill=255, width=3)
+    tip, back = (x1, x1 - 7) if direction == "right" else (x0, x0 + 7)
+    d.polygon([(tip, y), (back, y - 6), (back, y + 6)], fill=255)
+    return img
+
+
+def _write_folder(root: Path, classes, draw, train: int = 20, val: int = 4) -> Path:
+    """Writes DIR/{train,val}/<class>/*.png with `draw(class, rng)` images; returns DIR."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                draw(cls, rng).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def arrows_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Left and right arrows, 20 train + 4 val each, 32 px grey: a task where mirroring changes the class."""
+    return _write_folder(tmp_path_factory.mktemp("arrows"), ["left", "right"], draw_arrow)
+
+
+@pytest.fixture
+def write_folder():
+    """`write_folder(root, classes, draw)`: a train/val image folder of `draw(class, rng)` images."""
+    return _write_folder

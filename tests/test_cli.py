@@ -116,8 +116,11 @@ def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, 
     monkeypatch.setattr(fit_module, "ImageFolderDataModule", spy)
     assert runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none", "--augment", "light")).exit_code == 0
     assert "RandomResizedCrop" not in seen["steps"] and "CenterCrop" in seen["steps"]
-    assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none")).exit_code == 0
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none", "--augment", "standard")).exit_code == 0
     assert "RandomResizedCrop" in seen["steps"]
+    # the default, auto, at 32 px: translation only (no scale-changing crop)
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "c", "--weights", "none")).exit_code == 0
+    assert "RandomCrop" in seen["steps"] and "RandomResizedCrop" not in seen["steps"]
 
 
 def _option_help(command: str = "run") -> dict:

@@ -9,6 +9,8 @@ from PIL import Image, ImageDraw
 
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
+from finetune.data.policy import auto_augment_policy
+from finetune.data.profile import profile_training_set
 from finetune.data.scan import scan_image_folder
 from finetune.data.transforms import PRESETS, build_transform
 
@@ -50,16 +52,18 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
 
     Args:
         data: Image folder (any layout `finetune run` accepts).
-        augment: A preset name (key of PRESETS).
+        augment: A preset name (key of PRESETS), or "auto" for the policy chosen from the data.
         dc: Preprocessing (size, mean, std).
         count: Tiles in the grid.
         columns: Tiles per row.
         seed: Seed of the augmentations.
     """
-    if augment not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {augment!r}; valid: {', '.join(PRESETS)}")
+    if augment not in PRESETS and augment != "auto":
+        raise ValueError(f"unknown augmentation preset {augment!r}; valid: auto, {', '.join(PRESETS)}")
     index = scan_image_folder(data, progress=False)
-    dataset = ImageListDataset(_round_robin(index.train), build_transform(dc, train=True, preset=augment, seed=seed))
+    # auto: the policy `finetune run` would choose for this folder at this input size
+    preset = auto_augment_policy(profile_training_set(index, seed), dc.input_size) if augment == "auto" else augment
+    dataset = ImageListDataset(_round_robin(index.train), build_transform(dc, train=True, preset=preset, seed=seed))
     tile, rows = _tile_size(dc), -(-count // columns)
     grid = Image.new("RGB", (columns * tile, rows * (tile + LABEL_HEIGHT)), "white")
     draw = ImageDraw.Draw(grid)

@@ -6,11 +6,19 @@ never a dataset's name. The evidence for each is in benchmarks/results/quality.m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from finetune.config import RunConfig
+from finetune.data.policy import AugmentPolicy, auto_augment_policy
+from finetune.data.profile import DataProfile, profile_training_set
+from finetune.data.scan import DatasetIndex
 
 MIN_STEPS_PER_EPOCH = 10  # below this a "epoch" of a tiny set is one or two noisy steps
 BATCH_RANGE = (8, 32)  # 8: BatchNorm statistics stay usable; 32: the usual fine-tuning batch
 TARGET_STEPS = 400  # optimizer steps a tiny set gets: the textbook loop's 25 epochs x ~16 steps
 EPOCH_RANGE = (10, 60)
+BATCH_RULE = f"the largest power of two in {BATCH_RANGE[0]}-{BATCH_RANGE[1]} giving {MIN_STEPS_PER_EPOCH}+ steps an epoch"
+EPOCHS_RULE = f"about {TARGET_STEPS} optimizer steps, {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]} epochs"
 
 
 def auto_batch_size(train_images: int) -> int:
@@ -30,3 +38,44 @@ def auto_epochs(train_images: int, batch_size: int) -> int:
     """
     steps = max(1, math.ceil(train_images / batch_size))
     return int(min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], math.ceil(TARGET_STEPS / steps))))
+
+
+@dataclass(frozen=True)
+class DataDefaults:
+    """The settings a run left to the data, resolved from its training set.
+
+    Attributes:
+        config: The config with `batch_size` and `epochs` filled in.
+        augment: The preset name the user chose, or the AugmentPolicy `--augment auto` chose.
+        profile: What was measured of the training set (None when nothing was left to the data).
+        sources: "auto: why" for each setting resolved here, for config.yaml.
+    """
+
+    config: RunConfig
+    augment: str | AugmentPolicy
+    profile: DataProfile | None
+    sources: dict[str, str]
+
+
+def resolve_data_defaults(config: RunConfig, index: DatasetIndex, input_size: int) -> DataDefaults:
+    """Fills the settings left at None/auto (batch size, epochs, augmentation) from the training set.
+
+    Args:
+        config: The run's settings.
+        index: The scanned image folder (its train split is measured).
+        input_size: The network input side the run trains at.
+    """
+    n, updates, sources = len(index.train), {}, {}
+    if config.batch_size is None:
+        updates["batch_size"] = auto_batch_size(n)
+        sources["batch_size"] = f"auto: {n} train images -> {updates['batch_size']} ({BATCH_RULE})"
+    batch = updates.get("batch_size", config.batch_size)
+    if config.epochs is None:
+        updates["epochs"] = auto_epochs(n, batch)
+        sources["epochs"] = f"auto: {math.ceil(n / batch)} steps an epoch -> {updates['epochs']} ({EPOCHS_RULE})"
+    profile, augment = None, config.augment
+    if config.augment == "auto":
+        profile = profile_training_set(index, config.seed)
+        augment = auto_augment_policy(profile, input_size)
+        sources["augment"] = f"auto: {augment.describe()}"
+    return DataDefaults(config.model_copy(update=updates), augment, profile, sources)

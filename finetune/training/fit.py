@@ -22,6 +22,7 @@ from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
+from finetune.training.auto_defaults import resolve_data_defaults
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.devices import device_trainer
@@ -157,11 +158,13 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         config = config.model_copy(update={"freeze_until": layer})
         sources = {**(sources or {}), "freeze_until": f"auto: {why}"}
         console.print(f"freeze-until auto: {why}")
-    module = FinetuneModule(config, index.classes, backbone=backbone)
     data_config = backbone.data_config.with_size(config.image_size)
+    auto = resolve_data_defaults(config, index, data_config.input_size)
+    config, sources = auto.config, {**(sources or {}), **auto.sources}
+    module = FinetuneModule(config, index.classes, backbone=backbone)
     dm = ImageFolderDataModule(
         config.data, data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=index, augment=config.augment,
+        val_split=config.val_split, seed=config.seed, index=index, augment=auto.augment,
     )
     precision, why = resolve_precision(config.precision, config.accelerator)
     steps = -(-len(index.train) // config.batch_size)
@@ -172,10 +175,13 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     trainer = build_trainer(config, run_dir, precision, steps, policy, rows)
     lr_found = None
     if config.lr == "auto":
-        config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console)
+        config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console, auto.augment)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
-        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None)
+        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None,
+                         profile=auto.profile)
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
+        for key, why_auto in auto.sources.items():
+            console.print(f"{key.replace('_', '-')} {why_auto}")
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {config.epochs})")
     with _shared_run_dir(run_dir), warnings.catch_warnings():
@@ -198,14 +204,14 @@ def _checkpoint_epoch(ckpt_path: Path) -> int:
     return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"])
 
 
-def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
+def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
     """--lr auto: a range test on a fresh copy of the data pipeline, then the run with its suggestion."""
     if trainer.world_size > 1:
         raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
                             "same options and pass its suggestion as --lr for a multi-device run")
     finder_dm = ImageFolderDataModule(
         config.data, dm.data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=dm.index, augment=config.augment,
+        val_split=config.val_split, seed=config.seed, index=dm.index, augment=augment,
     )
     found = find_lr(module, finder_dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
                     num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
@@ -217,7 +223,8 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console):
     return config, module, found.suggestion
 
 
-def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False) -> None:
+def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False,
+                     profile=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
@@ -226,6 +233,8 @@ def _write_run_files(config, run_dir, index, data_config, precision, lr_found=No
         "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
         "bad_files": len(index.bad_files),
     }
+    if profile is not None:  # what --augment auto measured of the training set
+        resolved["data_profile"] = profile.to_dict()
     if lr_found is not None:
         resolved["lr_find"] = {"suggestion": lr_found, "plot": "lr_find.png"}
     if resuming:

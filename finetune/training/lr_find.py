@@ -166,6 +166,7 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     from finetune.data.datamodule import ImageFolderDataModule
     from finetune.data.scan import scan_image_folder
     from finetune.models.backbone import create_backbone
+    from finetune.training.auto_defaults import resolve_data_defaults
     from finetune.training.plan import print_plan
     from finetune.training.precision import resolve_precision
 
@@ -173,10 +174,13 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                   weights_partial=config.weights_partial)
+    data_config = backbone.data_config.with_size(config.image_size)
+    auto = resolve_data_defaults(config, index, data_config.input_size)  # the batch and augmentation `run` would use
+    config = auto.config
     module = FinetuneModule(config.model_copy(update={"lr": config.lr_find_start_lr}), index.classes, backbone=backbone)
-    dm = ImageFolderDataModule(config.data, backbone.data_config.with_size(config.image_size), batch_size=config.batch_size,
+    dm = ImageFolderDataModule(config.data, data_config, batch_size=config.batch_size,
                                workers=config.resolved_workers(), val_split=config.val_split, seed=config.seed,
-                               index=index, augment=config.augment)
+                               index=index, augment=auto.augment)
     precision, _ = resolve_precision(config.precision, config.accelerator)
     print_plan(module, console)
     output = Path(config.output) if config.output is not None else Path(".")

@@ -10,18 +10,6 @@ from finetune.data.profile import DataProfile, flip_changes_label, flip_test, pr
 from finetune.data.scan import scan_image_folder
 
 
-def _arrow(direction: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
-    """A grey arrow pointing left or right, at a random height and length."""
-    img = Image.new("L", (size, size), 0)
-    d = ImageDraw.Draw(img)
-    y, half = int(rng.integers(10, size - 10)), int(rng.integers(8, 13))
-    x0, x1 = size // 2 - half, size // 2 + half
-    d.line([(x0, y), (x1, y)], fill=255, width=3)
-    tip, back = (x1, x1 - 7) if direction == "right" else (x0, x0 + 7)
-    d.polygon([(tip, y), (back, y - 6), (back, y + 6)], fill=255)
-    return img
-
-
 def _blob(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """A mirror-symmetric shape in colour: the class survives a horizontal flip."""
     img = Image.new("RGB", (size, size), (20, 40, 60))
@@ -33,25 +21,15 @@ def _blob(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
     return img
 
 
-def _folder(root, classes, draw, n=20):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("val", 4)):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True)
-            for i in range(count):
-                draw(cls, rng).save(root / split / cls / f"{i}.png")
-    return scan_image_folder(root)
-
-
-def test_mirroring_that_swaps_classes_is_detected(tmp_path):
-    profile = profile_training_set(_folder(tmp_path, ["left", "right"], _arrow))
+def test_mirroring_that_swaps_classes_is_detected(arrows_data):
+    profile = profile_training_set(scan_image_folder(arrows_data))
     assert profile.flip_changes_label
     assert profile.flip_nn > 0.9 and profile.flip_nn_flipped < 0.2  # every mirrored arrow finds the other class
     assert profile.grey
 
 
-def test_mirror_symmetric_classes_keep_the_flip(tmp_path):
-    profile = profile_training_set(_folder(tmp_path, ["circle", "square"], _blob))
+def test_mirror_symmetric_classes_keep_the_flip(tmp_path, write_folder):
+    profile = profile_training_set(scan_image_folder(write_folder(tmp_path, ["circle", "square"], _blob)))
     assert not profile.flip_changes_label
     assert not profile.grey  # coloured shapes
     assert profile.train_images == 40 and profile.per_class == 20 and profile.classes == 2

@@ -19,8 +19,7 @@ def _files(root, split):
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_folder_has_the_asked_train_size_and_fixed_val_and_test(tmp_path, name):
-    if not available(name):
-        pytest.skip(f"{TASKS[name].package} is not installed")
+    assert available(name), f"{TASKS[name].package} is not installed: make install brings it"
     task = TASKS[name]
     a = make_real_task(name, tmp_path / "a", 3, seed=0)
     b = make_real_task(name, tmp_path / "b", 5, seed=1)

@@ -25,3 +25,27 @@ def test_tiny_sets_get_enough_steps_and_large_ones_few_epochs(images):
     assert steps >= min(TARGET_STEPS, EPOCH_RANGE[1] * math.ceil(images / batch))
     if images >= 2000:
         assert epochs == EPOCH_RANGE[0]
+
+
+def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(arrows_data, tmp_path):
+    """A run given no batch size, epochs or augmentation measures the data, trains with what it chose,
+    and records each choice with its reason."""
+    import csv
+
+    import yaml
+
+    from finetune.config import RunConfig
+    from finetune.training.fit import fit
+
+    config = RunConfig(backbone="test_resnet", data=arrows_data, weights="none", image_size=32, workers=0,
+                       limit_train_batches=1, progress=False, export=False, output=tmp_path / "run")
+    result = fit(config)
+    saved = yaml.safe_load(result.config_path.read_text())
+    assert saved["batch_size"] == 8 and saved["epochs"] == 60  # 40 images -> batch 8, 5 steps an epoch -> 60 epochs
+    assert saved["augment"] == "auto"
+    assert saved["sources"]["augment"].startswith("auto: translate by up to 1/8, no flip")
+    assert saved["sources"]["batch_size"].startswith("auto: 40 train images -> 8")
+    assert saved["resolved"]["data_profile"]["flip_changes_label"] is True
+    with open(result.metrics_csv, newline="") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row["epoch"]}
+    assert len(epochs) == 60
