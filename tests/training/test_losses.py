@@ -67,8 +67,10 @@ def test_module_loss_smooths_once_with_mixing_and_distills(monkeypatch):
     from finetune.training.module import FinetuneModule
     from finetune.training.teacher import Teacher
 
-    cfg = RunConfig(backbone="test_resnet", data=".", weights="none", image_size=32, label_smoothing=0.2, mixup=1.0,
-                    kd_alpha=0.4, kd_temperature=3.0)
+    # The teacher object is handed to the module directly, so --kd-* without --teacher is allowed here.
+    cfg = RunConfig.model_validate(dict(backbone="test_resnet", data=".", weights="none", image_size=32,
+                                        label_smoothing=0.2, mixup=1.0, kd_alpha=0.4, kd_temperature=3.0),
+                                   context={"unused": "allow"})
     torch.manual_seed(0)
     student = FinetuneModule(cfg, ["a", "b", "c"])
     teacher_module = FinetuneModule(cfg.model_copy(update={"mixup": 0.0}), ["a", "b", "c"])
