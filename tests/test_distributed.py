@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -68,6 +69,7 @@ def _run_script(script: str, data, tmp_path, timeout: int = 240, extra: list[str
                           text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow  # two processes, ~20 s on 2 cores
 def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
     # Deciding per rank left rank 0 waiting in the gradient all-reduce for a rank that had raised.
     proc = _run_script(NAN_ON_RANK1, tiny_data, tmp_path, timeout=180)
@@ -99,6 +101,7 @@ fit(config, callbacks=[Report()])
 """
 
 
+@pytest.mark.slow  # two processes, ~20 s on 2 cores
 def test_ddp_frozen_layers_stay_bit_identical_to_the_loaded_weights(tiny_data, test_resnet_weights, tmp_path):
     # Unfreezing ahead puts DDP in gradient-mask mode: every parameter requires grad, frozen ones
     # lose theirs before the step. Compared with the weights file, not only between ranks.
