@@ -79,7 +79,8 @@ class RunConfig(BaseModel):
     unfreeze_every: int | None = Field(None, ge=1, description="unfreeze one more layer group every K epochs")
     lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay per group below the head")
     backbone_lr_mult: float | None = Field(
-        None, gt=0, description="LR of every backbone group relative to the head; None: 0.1 for pretrained weights, 1 for none")
+        None, gt=0, description="LR of every backbone group relative to the head; None: 1 for --weights none, else from a probe "
+        "of the starting features (0.1 when they separate the classes, 1 at chance)")
     schedule: Schedule = Field("cosine", description="LR schedule, one factor for every group")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs")
     step_size: int = Field(7, ge=1, description="epochs between LR drops of the step schedule")
@@ -206,7 +207,8 @@ class RunConfig(BaseModel):
         return self
 
     def resolved_backbone_lr_mult(self) -> float:
-        """0.1 protects pretrained features (the usual fine-tuning start); random init has none to protect."""
+        """The multiplier a run resolved (fit fills it from a feature probe); without one, 0.1 protects
+        pretrained features (the usual fine-tuning start) and random init has none to protect."""
         if self.backbone_lr_mult is not None:
             return self.backbone_lr_mult
         return 1.0 if self.weights == "none" else 0.1
