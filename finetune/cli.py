@@ -55,6 +55,7 @@ def run(
     freeze_until: Annotated[Optional[str], typer.Option(help="Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, head. auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 last half of the groups; else everything. Default: nothing frozen.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs. Default: from the train-set size, about 400 optimizer steps within 10-60 epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch per device. Default: from the train-set size, the largest of 8, 16, 32 that keeps 10+ steps an epoch.")] = None,
+    val_every: Annotated[Optional[int], typer.Option(help="Validate every N epochs, the last included (best.ckpt is chosen among these). Default: about 20 validations a run (the largest divisor of --epochs up to epochs/20).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels. Default: the backbone's own (its pretrained data config).")] = None,
     lr: Annotated[str, typer.Option(help="The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR range test first and use its suggestion.")] = "1e-3",
     optimizer: Annotated[str, typer.Option(help="Optimizer: adamw, adam, sgd, rmsprop.")] = "adamw",

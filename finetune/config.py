@@ -40,6 +40,8 @@ class RunConfig(BaseModel):
     freeze_until: str | None = Field(None, description="freeze every layer before this one")
     epochs: int | None = Field(
         None, ge=1, description="training epochs; None: about 400 optimizer steps (10 to 60 epochs), from the train-set size")
+    val_every: int | None = Field(
+        None, ge=1, description="validate every N epochs, the last included; None: about 20 validations a run")
     batch_size: int | None = Field(
         None, ge=1, description="images per batch and device; None: 8 to 32, keeping at least 10 steps an epoch")
     image_size: int | None = Field(None, ge=16, description="input side in pixels; None: the backbone's own")

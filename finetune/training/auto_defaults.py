@@ -20,6 +20,7 @@ MIN_STEPS_PER_EPOCH = 10  # below this a "epoch" of a tiny set is one or two noi
 BATCH_RANGE = (8, 32)  # 8: BatchNorm statistics stay usable; 32: the usual fine-tuning batch
 TARGET_STEPS = 400  # optimizer steps a tiny set gets: the textbook loop's 25 epochs x ~16 steps
 EPOCH_RANGE = (10, 60)
+VALIDATIONS = 20  # best.ckpt is chosen among about this many points; validating a tiny set every epoch cost more than training
 BATCH_RULE = f"the largest power of two in {BATCH_RANGE[0]}-{BATCH_RANGE[1]} giving {MIN_STEPS_PER_EPOCH}+ steps an epoch"
 EPOCHS_RULE = f"about {TARGET_STEPS} optimizer steps, {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]} epochs"
 
@@ -32,6 +33,16 @@ def auto_batch_size(train_images: int) -> int:
     fit = max(1, train_images // MIN_STEPS_PER_EPOCH)
     power = 2 ** int(math.log2(fit))
     return int(min(BATCH_RANGE[1], max(BATCH_RANGE[0], power)))
+
+
+def auto_val_every(epochs: int) -> int:
+    """The largest divisor of `epochs` not above ceil(epochs / VALIDATIONS): about VALIDATIONS
+    validations, the last epoch always among them (Lightning validates when (epoch + 1) % N == 0).
+
+    e.g. 10 -> 1, 31 -> 1 (prime), 40 -> 2, 60 -> 3.
+    """
+    limit = max(1, math.ceil(epochs / VALIDATIONS))
+    return max(n for n in range(1, limit + 1) if epochs % n == 0)
 
 
 def auto_epochs(train_images: int, batch_size: int) -> int:
@@ -81,6 +92,10 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, backbone: Back
     if config.epochs is None:
         updates["epochs"] = auto_epochs(n, batch)
         sources["epochs"] = f"auto: {math.ceil(n / batch)} steps an epoch -> {updates['epochs']} ({EPOCHS_RULE})"
+    epochs = updates.get("epochs", config.epochs)
+    if config.val_every is None:
+        updates["val_every"] = auto_val_every(epochs)
+        sources["val_every"] = f"auto: {epochs} epochs -> every {updates['val_every']} (about {VALIDATIONS} validations, the last included)"
     profile, augment = None, config.augment
     if config.augment == "auto":
         profile = profile_training_set(index, config.seed)

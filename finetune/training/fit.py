@@ -92,7 +92,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     """
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=selection_metric(config), mode="max",
-        auto_insert_metric_name=False, enable_version_counter=False,
+        auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=False,
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
@@ -106,6 +106,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
+        check_val_every_n_epoch=config.val_every or 1,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         enable_progress_bar=config.progress,
         enable_model_summary=False,

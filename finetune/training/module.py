@@ -200,6 +200,9 @@ class FinetuneModule(pl.LightningModule):
             raise FinetuneError("lr is 'auto': run finetune.training.lr_find.find_lr first and set config.lr")
         if world_size is None:
             world_size = self._trainer.world_size if self._trainer is not None else 1
+        if self.config.scale_lr and self.config.batch_size is None:
+            raise FinetuneError("--scale-lr scales the LR by the batch size: set config.batch_size (finetune.fit "
+                                "resolves it from the data before building the module)")
         scale = self.config.batch_size * world_size / 256 if self.config.scale_lr else 1.0
         return float(self.config.lr) * scale
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import yaml
 from pytorch_lightning.loggers import CSVLogger
 
 from finetune.config import RunConfig
@@ -37,7 +38,15 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
         raise FinetuneError(f"--resume continues with the saved config.yaml; {flags} cannot change. "
                             f"Options that may be given with --resume: {allowed}")
     saved = RunConfig.from_yaml(run_dir / "config.yaml").model_dump()
+    if "epochs" in (overrides or {}) and _auto_source(run_dir, "val_every"):
+        saved["val_every"] = None  # re-resolved for the new length, so that its last epoch is validated
     return RunConfig.model_validate({**saved, **(overrides or {}), "output": str(run_dir.absolute())})
+
+
+def _auto_source(run_dir: Path, key: str) -> bool:
+    """Whether config.yaml says `key` was resolved from the data rather than given."""
+    sources = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("sources", {})
+    return str(sources.get(key, "")).startswith("auto")
 
 
 class RNGState(pl.Callback):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from finetune.training.auto_defaults import (BATCH_RANGE, EPOCH_RANGE, MIN_STEPS_PER_EPOCH, TARGET_STEPS,
-                                             auto_batch_size, auto_epochs)
+                                             VALIDATIONS, auto_batch_size, auto_epochs, auto_val_every)
 
 
 @pytest.mark.parametrize("images, batch", [(20, 8), (50, 8), (160, 16), (200, 16), (320, 32), (100_000, 32)])
@@ -25,6 +25,12 @@ def test_tiny_sets_get_enough_steps_and_large_ones_few_epochs(images):
     assert steps >= min(TARGET_STEPS, EPOCH_RANGE[1] * math.ceil(images / batch))
     if images >= 2000:
         assert epochs == EPOCH_RANGE[0]
+
+
+@pytest.mark.parametrize("epochs, every", [(1, 1), (10, 1), (20, 1), (31, 1), (40, 2), (58, 2), (60, 3)])
+def test_validation_cadence_keeps_the_last_epoch_and_about_twenty_checks(epochs, every):
+    assert auto_val_every(epochs) == every
+    assert epochs % every == 0 and epochs // every <= max(VALIDATIONS, epochs)
 
 
 def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(arrows_data, tmp_path):
@@ -47,5 +53,8 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
     assert saved["sources"]["batch_size"].startswith("auto: 40 train images -> 8")
     assert saved["resolved"]["data_profile"]["flip_changes_label"] is True
     with open(result.metrics_csv, newline="") as f:
-        epochs = {row["epoch"] for row in csv.DictReader(f) if row["epoch"]}
-    assert len(epochs) == 60
+        rows = [row for row in csv.DictReader(f) if row["epoch"]]
+    assert len({row["epoch"] for row in rows}) == 60
+    validated = sorted(int(row["epoch"]) for row in rows if row.get("val/acc1"))
+    assert saved["val_every"] == 3 and validated == list(range(2, 60, 3))  # 20 validations, the last epoch's included
+    assert result.best_checkpoint.is_file()
