@@ -64,3 +64,11 @@ def test_alpha_shapes_lambda():
     large = [BatchMixer(mixup_alpha=20.0, generator=gen)(x, y).lam for _ in range(100)]
     extreme = lambda lams: sum(min(v, 1 - v) < 0.1 for v in lams)  # noqa: E731
     assert extreme(small) > 70 and extreme(large) < 5
+
+
+def test_cutmix_box_covers_one_minus_lambda_of_the_area():
+    # lam 0.75 on 40x40: a box of side sqrt(1 - 0.75) x 40 = 20 px, smaller only where a border clips it.
+    boxes = [cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed)) for seed in range(30)]
+    heights = [bottom - top for top, bottom, _, _ in boxes]
+    widths = [right - left for _, _, left, right in boxes]
+    assert max(heights) == max(widths) == 20 and min(heights) >= 10 and min(widths) >= 10

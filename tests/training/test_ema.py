@@ -92,3 +92,14 @@ def test_ema_run_validates_both_and_selects_the_better(tiny_data, tmp_path, run_
     key = "backbone.model.fc.weight"
     other = best["ema"]["raw_state_dict" if best["ema"]["won"] else "ema_state_dict"][key]
     assert not torch.equal(best["state_dict"][key], other)  # the loser is kept aside, not in state_dict
+
+
+def test_batchnorm_running_statistics_are_averaged_and_counters_copied():
+    net = _net()
+    ema = WeightEma(net, decay=0.9, warmup=False)
+    before = ema.module[1].running_mean.clone()
+    net.train()(torch.randn(8, 3) * 5 + 3)  # moves the live BatchNorm's running statistics
+    ema.update(net)
+    expected = 0.9 * before + 0.1 * net[1].running_mean
+    assert torch.allclose(ema.module[1].running_mean, expected, atol=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked) == 1
