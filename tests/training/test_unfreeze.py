@@ -43,8 +43,10 @@ def test_unfreeze_every_adds_one_group_from_the_top():
 def test_recipe_freeze_epochs_1_of_3_freezes_then_unfreezes_with_group_lrs(make_config, group_lrs, tmp_path,
                                                                            test_resnet_weights):
     recorder = group_lrs
-    # "Pretrained" weights: the backbone groups get the default 0.1 x the head's LR.
-    config = make_config(epochs=3, freeze_epochs=1, lr=0.01, schedule="constant", weights=str(test_resnet_weights))
+    # "Pretrained" weights with the seed recipe's backbone LR of 0.1 x the head's, set explicitly: the
+    # default now comes from a probe of the starting features, which random weights leave at chance.
+    config = make_config(epochs=3, freeze_epochs=1, lr=0.01, schedule="constant", weights=str(test_resnet_weights),
+                         backbone_lr_mult=0.1)
     fit(config, callbacks=[recorder])
     per_epoch = [recorder.trains[i] for i in (0, 3, 6)]  # 3 steps per epoch
     assert [name for name, t in per_epoch[0].items() if t] == ["head", "head/no_decay"]
