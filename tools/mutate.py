@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="first run every mapped test on the unmutated source and stop if one fails")
     parser.add_argument("--verbose", action="store_true", help="show the assertion that caught each mutant")
+    parser.add_argument("--min-score", type=float, default=90.0,
+                        help="exit 1 below this percentage of caught mutants (default 90), or on any stale mutant")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
     args = parser.parse_args(argv)
     mutants = select(args.only)
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     broken = [o for o in outcomes if o.status in ("stale", "error")]
     print(f"\nscore: {killed}/{scored} mutants caught ({100 * killed / max(1, scored):.0f}%), "
           f"{len(broken)} stale or broken, wall time {time.monotonic() - start:.0f} s")
-    return 1 if broken or killed < scored else 0
+    return 1 if broken or 100 * killed < args.min_score * scored else 0
 
 
 if __name__ == "__main__":
