@@ -1,4 +1,4 @@
-"""Defaults that follow from the data: batch size, epochs, augmentation and the backbone LR multiplier.
+"""Defaults that follow from the data: batch size, epochs, validation cadence and augmentation.
 
 Each rule reads measured properties of the training set (finetune.data.profile) and the input size,
 never a dataset's name. The evidence for each is in benchmarks/results/quality.md.
@@ -13,8 +13,6 @@ from finetune.data.data_config import DataConfig
 from finetune.data.policy import AugmentPolicy, auto_augment_policy
 from finetune.data.profile import DataProfile, profile_training_set
 from finetune.data.scan import DatasetIndex
-from finetune.models.backbone import Backbone
-from finetune.training.probe import ProbeResult, backbone_lr_mult_from_probe, probe_features
 
 MIN_STEPS_PER_EPOCH = 10  # below this a "epoch" of a tiny set is one or two noisy steps
 BATCH_RANGE = (8, 32)  # 8: BatchNorm statistics stay usable; 32: the usual fine-tuning batch
@@ -62,29 +60,25 @@ class DataDefaults:
         config: The config with `batch_size` and `epochs` filled in.
         augment: The preset name the user chose, or the AugmentPolicy `--augment auto` chose.
         profile: What was measured of the training set (None when the augmentation was not left to the data).
-        probe: How well the starting features separate the classes (None when the backbone LR was given).
         sources: "auto: why" for each setting resolved here, for config.yaml.
     """
 
     config: RunConfig
     augment: str | AugmentPolicy
     profile: DataProfile | None
-    probe: ProbeResult | None
     sources: dict[str, str]
 
 
-def resolve_data_defaults(config: RunConfig, index: DatasetIndex, backbone: Backbone,
-                          data_config: DataConfig) -> DataDefaults:
-    """Fills the settings left at None/auto (batch size, epochs, augmentation, backbone LR multiplier)
+def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: DataConfig) -> DataDefaults:
+    """Fills the settings left at None/auto (batch size, epochs, validation cadence, augmentation)
     from the training set.
 
     Args:
         config: The run's settings.
         index: The scanned image folder (its train split is measured).
-        backbone: The network with its starting weights (probed when the backbone LR is left to the data).
         data_config: The preprocessing the run trains with (its input size).
     """
-    n, updates, sources, probe = len(index.train), {}, {}, None
+    n, updates, sources = len(index.train), {}, {}
     if config.batch_size is None:
         updates["batch_size"] = auto_batch_size(n)
         sources["batch_size"] = f"auto: {n} train images -> {updates['batch_size']} ({BATCH_RULE})"
@@ -101,11 +95,4 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, backbone: Back
         profile = profile_training_set(index, config.seed)
         augment = auto_augment_policy(profile, data_config.input_size)
         sources["augment"] = f"auto: {augment.describe()}"
-    if config.backbone_lr_mult is None and config.weights != "none":
-        probe = probe_features(backbone, index, data_config, config.seed)
-        updates["backbone_lr_mult"] = round(backbone_lr_mult_from_probe(probe), 4)
-        sources["backbone_lr_mult"] = (
-            f"auto: the starting features classify {probe.accuracy:.2f} of {probe.images} train images by nearest "
-            f"class mean (chance {probe.chance:.2f}) -> {updates['backbone_lr_mult']:g} "
-            f"(0.1 when they separate the classes, 1 at chance)")
-    return DataDefaults(config.model_copy(update=updates), augment, profile, probe, sources)
+    return DataDefaults(config.model_copy(update=updates), augment, profile, sources)

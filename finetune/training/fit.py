@@ -160,7 +160,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         sources = {**(sources or {}), "freeze_until": f"auto: {why}"}
         console.print(f"freeze-until auto: {why}")
     data_config = backbone.data_config.with_size(config.image_size)
-    auto = resolve_data_defaults(config, index, backbone, data_config)
+    auto = resolve_data_defaults(config, index, data_config)
     config, sources = auto.config, {**(sources or {}), **auto.sources}
     module = FinetuneModule(config, index.classes, backbone=backbone)
     dm = ImageFolderDataModule(
@@ -179,7 +179,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console, auto.augment)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
         _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None,
-                         profile=auto.profile, probe=auto.probe)
+                         profile=auto.profile)
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
         for key, why_auto in auto.sources.items():
             console.print(f"{key.replace('_', '-')} {why_auto}")
@@ -225,7 +225,7 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
 
 
 def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False,
-                     profile=None, probe=None) -> None:
+                     profile=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
@@ -236,8 +236,6 @@ def _write_run_files(config, run_dir, index, data_config, precision, lr_found=No
     }
     if profile is not None:  # what --augment auto measured of the training set
         resolved["data_profile"] = profile.to_dict()
-    if probe is not None:  # how well the starting features separate the classes (auto backbone LR)
-        resolved["feature_probe"] = probe.to_dict()
     if lr_found is not None:
         resolved["lr_find"] = {"suggestion": lr_found, "plot": "lr_find.png"}
     if resuming:

@@ -175,7 +175,7 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                   weights_partial=config.weights_partial)
     data_config = backbone.data_config.with_size(config.image_size)
-    auto = resolve_data_defaults(config, index, backbone, data_config)  # the batch and augmentation `run` would use
+    auto = resolve_data_defaults(config, index, data_config)  # the batch and augmentation `run` would use
     config = auto.config
     module = FinetuneModule(config.model_copy(update={"lr": config.lr_find_start_lr}), index.classes, backbone=backbone)
     dm = ImageFolderDataModule(config.data, data_config, batch_size=config.batch_size,

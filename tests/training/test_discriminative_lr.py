@@ -30,11 +30,14 @@ def test_plan_shows_each_groups_lr(make_config):
     assert {r.group: r.lr for r in plan_rows(module)}["layer1"] == pytest.approx(0.002)
 
 
-def test_default_backbone_mult_depends_on_pretrained_weights(make_config, test_resnet_weights):
-    scratch = FinetuneModule(make_config(lr=0.01), CLASSES)  # make_config: weights none
-    assert {r.group: r.lr for r in plan_rows(scratch)}["layer1"] == pytest.approx(0.01)
+def test_default_backbone_mult_is_one_and_older_runs_keep_theirs(make_config, test_resnet_weights):
     tuned = FinetuneModule(make_config(lr=0.01, weights=str(test_resnet_weights)), CLASSES)
-    assert {r.group: r.lr for r in plan_rows(tuned)}["layer1"] == pytest.approx(0.001)
+    assert {r.group: r.lr for r in plan_rows(tuned)}["layer1"] == pytest.approx(0.01)  # one LR, as measured best
+    # a checkpoint of an earlier version saved None for "default": 0.1 with pretrained weights, 1 without
+    older = FinetuneModule(make_config(lr=0.01, weights=str(test_resnet_weights), backbone_lr_mult=None), CLASSES)
+    assert {r.group: r.lr for r in plan_rows(older)}["layer1"] == pytest.approx(0.001)
+    scratch = FinetuneModule(make_config(lr=0.01, backbone_lr_mult=None), CLASSES)  # make_config: weights none
+    assert {r.group: r.lr for r in plan_rows(scratch)}["layer1"] == pytest.approx(0.01)
 
 
 def test_scale_lr_applies_the_linear_scaling_rule(make_config):
