@@ -43,8 +43,8 @@ def test_unfreeze_every_adds_one_group_from_the_top():
 def test_recipe_freeze_epochs_1_of_3_freezes_then_unfreezes_with_group_lrs(make_config, group_lrs, tmp_path,
                                                                            test_resnet_weights):
     recorder = group_lrs
-    # "Pretrained" weights with the seed recipe's backbone LR of 0.1 x the head's, set explicitly: the
-    # default now comes from a probe of the starting features, which random weights leave at chance.
+    # "Pretrained" weights with a backbone LR of 0.1 x the head's, set explicitly rather than relying
+    # on the default multiplier.
     config = make_config(epochs=3, freeze_epochs=1, lr=0.01, schedule="constant", weights=str(test_resnet_weights),
                          backbone_lr_mult=0.1)
     fit(config, callbacks=[recorder])
