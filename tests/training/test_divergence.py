@@ -74,3 +74,15 @@ def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, t
     with pytest.raises(DivergenceError, match=r"epoch 1.*mean training loss of this epoch.*exceeds 3x"):
         fit(cfg)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_a_resumed_guard_keeps_the_first_epoch_mean():
+    """--resume restores the guard from the checkpoint: without the first epoch's mean it could only catch NaN."""
+    from finetune.training.divergence import DivergenceGuard
+
+    first = DivergenceGuard(3.0)
+    first.first_epoch_mean = 0.5
+    resumed = DivergenceGuard(3.0)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.first_epoch_mean == 0.5
+    assert resumed._problem(1.6) is not None and resumed._problem(1.4) is None  # 3 x 0.5 = 1.5
