@@ -258,8 +258,7 @@ MUTANTS: list[Mutant] = [
            "if not math.isfinite(mean):", "if math.isinf(mean):",
            ("tests/training/test_divergence.py::test_huge_lr_from_the_start_is_reported",),
            "a NaN training loss does not stop the run (NaN compares false with every threshold)"),
-    # Survives today: no test resumes a run with the guard's state. A state_dict round trip in
-    # tests/training/test_divergence.py (restored guard trips at 3.5 x the saved mean) would catch it.
+    # Caught by the state_dict round trip in test_divergence.py (test_a_resumed_guard_keeps_the_first_epoch_mean).
     Mutant("divergence_guard_forgets_first_epoch_on_resume", "finetune/training/divergence.py",
            "self.first_epoch_mean = state_dict[\"first_epoch_mean\"]", "pass",
            ("tests/training/test_divergence.py",),
