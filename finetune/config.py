@@ -94,6 +94,16 @@ class RunConfig(BaseModel):
     lr_find_end_lr: float = Field(10.0, gt=0, description="last LR of the range test")
     lr_find_steps: int = Field(100, ge=5, description="steps of the range test")
 
+    @field_validator("val_every")
+    @classmethod
+    def _last_epoch_validated(cls, v: int | None, info: ValidationInfo) -> int | None:
+        epochs = info.data.get("epochs")
+        if v is not None and epochs is not None and epochs % v:
+            divisors = [n for n in range(1, epochs + 1) if epochs % n == 0]
+            raise ValueError(f"--val-every {v} would leave the last of --epochs {epochs} unvalidated (Lightning "
+                             f"validates when the epoch count is a multiple); choose one of {divisors}")
+        return v
+
     @field_validator("lr", mode="before")
     @classmethod
     def _lr_number_or_auto(cls, v: Any) -> Any:

@@ -17,6 +17,7 @@ from finetune.data.images import BadImageError, load_pil
 from finetune.data.scan import DatasetIndex
 
 SAMPLE_PER_CLASS = 40
+SAMPLE_MAX = 2000  # with many classes fewer per class: the flip test's similarity matrix is SAMPLE_MAX^2
 THUMB = 16  # side of the thumbnails compared by the flip test: layout survives, texture detail does not
 GREY_TOLERANCE = 3  # max |R-G|, |G-B| (0-255) of a pixel that still counts as grey (JPEG chroma noise)
 
@@ -67,12 +68,13 @@ def profile_training_set(index: DatasetIndex, seed: int = 0) -> DataProfile:
 
 def _sample(index: DatasetIndex, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
+    per_class = max(2, min(SAMPLE_PER_CLASS, SAMPLE_MAX // max(1, len(index.classes))))
     by_label: dict[int, list] = {}
     for path, label in index.train:
         by_label.setdefault(label, []).append(path)
     images, labels = [], []
     for label, paths in sorted(by_label.items()):
-        picked = rng.permutation(len(paths))[:SAMPLE_PER_CLASS]
+        picked = rng.permutation(len(paths))[:per_class]
         for i in picked:
             try:
                 im = load_pil(paths[i])
@@ -107,10 +109,14 @@ def flip_test(images: list[np.ndarray], labels: np.ndarray) -> tuple[float, floa
     the mirror images find the wrong class.
 
     Returns:
-        (top-1 of the originals, top-1 of the mirror images); (nan, nan) below 2 images per class.
+        (top-1 of the originals, top-1 of the mirror images) over the classes with 2+ images;
+        (nan, nan) when fewer than 2 classes have 2 images.
     """
-    if len(images) < 2 or np.bincount(labels).min(initial=len(images)) < 2:
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    keep = [i for i, label in enumerate(labels) if counts[label] >= 2]  # a lone image has no neighbour of its class
+    if len(set(labels[keep].tolist())) < 2:
         return math.nan, math.nan
+    images, labels = [images[i] for i in keep], labels[keep]
     x = _unit_rows(images)
     xf = _unit_rows([im[:, ::-1] for im in images])
     return _loo_nn_accuracy(x, x, labels), _loo_nn_accuracy(xf, x, labels)

@@ -85,6 +85,8 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
     batch = updates.get("batch_size", config.batch_size)
     if config.epochs is None:
         updates["epochs"] = auto_epochs(n, batch)
+        if config.val_every:  # a given cadence: round up so that the last epoch is validated
+            updates["epochs"] = -(-updates["epochs"] // config.val_every) * config.val_every
         sources["epochs"] = f"auto: {math.ceil(n / batch)} steps an epoch -> {updates['epochs']} ({EPOCHS_RULE})"
     epochs = updates.get("epochs", config.epochs)
     if config.val_every is None:

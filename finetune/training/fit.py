@@ -95,7 +95,9 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=False,
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
+    # save_on_train_epoch_end: Lightning would otherwise save it only after validation epochs (--val-every > 1).
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False,
+                           save_on_train_epoch_end=True)
     return device_trainer(
         config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes,
         default_root_dir=run_dir,

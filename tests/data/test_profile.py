@@ -70,3 +70,15 @@ def test_policy_follows_the_flip_and_grey_tests():
     assert "mirroring changes the class" in policy.describe()
     policy = auto_augment_policy(_profile(grey=False, flips=False), 32)
     assert policy.flip and policy.colour
+
+
+def test_a_class_with_one_image_does_not_switch_the_flip_test_off(arrows_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "arrows"
+    shutil.copytree(arrows_data, root)
+    (root / "train" / "up").mkdir()
+    shutil.copy(next((root / "train" / "left").iterdir()), root / "train" / "up" / "lone.png")
+    (root / "val" / "up").mkdir()
+    shutil.copy(next((root / "val" / "left").iterdir()), root / "val" / "up" / "lone.png")
+    assert profile_training_set(scan_image_folder(root)).flip_changes_label

@@ -58,3 +58,26 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
     validated = sorted(int(row["epoch"]) for row in rows if row.get("val/acc1"))
     assert saved["val_every"] == 3 and validated == list(range(2, 60, 3))  # 20 validations, the last epoch's included
     assert result.best_checkpoint.is_file()
+
+
+def test_a_cadence_that_skips_the_last_epoch_is_refused_and_auto_epochs_round_up_to_it(arrows_data):
+    from finetune.config import RunConfig
+    from finetune.data.scan import scan_image_folder
+    from finetune.data.data_config import DataConfig
+    from finetune.training.auto_defaults import resolve_data_defaults
+
+    with pytest.raises(ValueError, match=r"--val-every 5 would leave the last of --epochs 3 unvalidated.*\[1, 3\]"):
+        RunConfig(backbone="test_resnet", data=".", epochs=3, val_every=5)
+    config = RunConfig(backbone="test_resnet", data=arrows_data, val_every=7, augment="none")
+    auto = resolve_data_defaults(config, scan_image_folder(arrows_data), DataConfig(32, (0.5,) * 3, (0.5,) * 3))
+    assert auto.config.epochs == 63  # 60 rounded up to a multiple of 7
+
+
+def test_last_checkpoint_is_written_after_every_epoch_whatever_the_cadence(tmp_path, arrows_data):
+    from finetune.config import RunConfig
+    from finetune.training.fit import build_trainer
+
+    config = RunConfig(backbone="test_resnet", data=arrows_data, epochs=4, val_every=2, progress=False)
+    trainer = build_trainer(config, tmp_path, "32", 5)
+    last = next(c for c in trainer.checkpoint_callbacks if c.filename == "last")
+    assert last._should_save_on_train_epoch_end(trainer)  # Lightning's default saves only after validation epochs
