@@ -20,3 +20,9 @@ def test_demo_fine_tunes_imagenet_weights_and_compares_with_scratch(tmp_path):
     assert set(imagenet["resolved"]["counts"].values()) == {10, 200, 300}  # 5 classes x (2 train, 40 val, 60 test)
     assert (out / "imagenet" / "model" / "model.onnx").is_file()  # the model a user would keep
     assert not (out / "scratch" / "model").exists()
+
+
+def test_demo_task_option_reaches_the_task_maker(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--output", str(tmp_path / "d"), "--task", "digits"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "unknown real task 'digits'; valid: textures, silhouettes, faces" in " ".join(result.output.split())
