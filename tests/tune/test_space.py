@@ -1,0 +1,99 @@
+"""Search spaces: log sampling, narrowing around the best, edges, and --space file errors."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from finetune.errors import FinetuneError
+from finetune.tune.sampling import TrialSeededRandomSampler
+from finetune.tune.space import Param, default_space, load_space, narrow, suggest
+
+
+def _draws(space, n, seed=0):
+    study = optuna.create_study(sampler=TrialSeededRandomSampler(seed))
+    values = []
+    for _ in range(n):
+        trial = study.ask()
+        values.append(suggest(trial, space))
+        study.tell(trial, 0.0)
+    return values
+
+
+def test_log_uniform_draws_spread_evenly_over_the_decades():
+    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1)}
+    lrs = [v["lr"] for v in _draws(space, 600)]
+    assert all(1e-4 <= lr <= 1e-1 for lr in lrs)
+    # Three decades, a third of the draws each; uniform-in-value sampling would put 0.1% below 1e-3.
+    for low in (1e-4, 1e-3, 1e-2):
+        share = sum(low <= lr < 10 * low for lr in lrs) / len(lrs)
+        assert abs(share - 1 / 3) < 0.07, (low, share)
+
+
+def test_draws_depend_on_the_trial_number_not_the_process():
+    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1), "augment": Param("augment", "choice", choices=("none", "light"))}
+    first, again = _draws(space, 5), _draws(space, 5)
+    assert first == again  # a study is reproducible
+    assert len({v["lr"] for v in first}) == 5  # and each trial draws its own values
+
+
+def test_narrowing_in_log_space_around_the_top_trials():
+    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1), "mixup": Param("mixup", "uniform", 0.0, 0.4),
+             "epochs": Param("epochs", "int", 2, 20), "augment": Param("augment", "choice", choices=("none", "light", "strong"))}
+    top = [{"lr": 1e-3, "mixup": 0.1, "epochs": 5, "augment": "light"},
+           {"lr": 2e-3, "mixup": 0.2, "epochs": 6, "augment": "strong"}]
+    out = narrow(space, top, margin=0.15)
+    pad = 10 ** (0.15 * 3)  # 15% of the three decades, on each side, as a factor
+    assert out["lr"].low == pytest.approx(1e-3 / pad) and out["lr"].high == pytest.approx(2e-3 * pad)
+    assert (out["mixup"].low, out["mixup"].high) == (pytest.approx(0.1 - 0.06), pytest.approx(0.2 + 0.06))
+    assert (out["epochs"].low, out["epochs"].high) == (2, 9)  # 5 - 2.7 clipped to 2; 6 + 2.7 rounded up
+    assert out["augment"].choices == ("light", "strong")
+
+
+def test_narrowing_never_leaves_the_original_range():
+    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1)}
+    out = narrow(space, [{"lr": 9e-2}])
+    assert out["lr"].high == pytest.approx(1e-1) and out["lr"].low > 1e-4
+
+
+def test_edge_is_measured_in_log_space_for_log_ranges():
+    lr = Param("lr", "log-uniform", 1e-4, 1e-1)
+    assert lr.edge(1.2e-4) == "low" and lr.edge(9e-2) == "high"
+    assert lr.edge(1e-2 / 2) is None  # 0.0013 is far from 1e-4 in value but 1e-3 in the middle of the log range
+    assert lr.edge(1.1e-3) is None
+
+
+def test_default_space_freezes_over_the_backbone_groups(base_config):
+    space = default_space(base_config())
+    assert space["freeze_until"].choices == (None, "layer1", "layer2", "layer3", "layer4", "fc")
+    assert {n for n, p in space.items() if p.kind == "log-uniform"} == {"lr", "backbone_lr_mult", "weight_decay"}
+    assert "freeze_until" not in default_space(base_config(freeze_policy="linear-probe"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("weight_decy: {log-uniform: [1.0e-5, 1.0e-2]}", "unknown key 'weight_decy'; did you mean 'weight_decay'?"),
+    ("lr: {loguniform: [1.0e-5, 1.0e-2]}", "lr: unknown kind 'loguniform'; did you mean 'log-uniform'?"),
+    ("lr: {log-uniform: [0, 1.0e-2]}", "lr: log-uniform needs low > 0 (got 0)"),
+    ("lr: {uniform: [0.1, 0.01]}", "lr: uniform needs [low, high] with low < high"),
+    ("label_smoothing: {uniform: [0.0, 1.5]}", "label_smoothing: 1.5 is not a valid value"),
+    ("augment: {choice: [light, heavy]}", "augment: 'heavy' is not a valid value"),
+    ("output: {choice: [a, b]}", "'output' is set by the study, not searched"),
+])
+def test_space_file_errors_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(FinetuneError) as info:
+        load_space(path)
+    assert message in str(info.value)
+
+
+def test_space_file_kinds(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {log-uniform: [1.0e-4, 1.0e-2]}\nepochs: {int: [2, 4]}\nfreeze_until: {choice: [null, layer4]}\n"
+                    "mixup: {uniform: [0, 0.2]}\n")
+    space = load_space(path)
+    assert [(p.kind, p.low, p.high, p.choices) for p in space.values()] == [
+        ("log-uniform", 1e-4, 1e-2, ()), ("int", 2, 4, ()), ("choice", None, None, (None, "layer4")),
+        ("uniform", 0.0, 0.2, ())]
+    assert all(math.isfinite(v["lr"]) for v in _draws(space, 3))

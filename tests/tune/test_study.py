@@ -1,0 +1,138 @@
+"""Studies end to end on tiny data: pruning, divergence, bad settings, resuming, outputs, best.yaml."""
+from __future__ import annotations
+
+import csv
+import io
+
+import optuna
+import pytest
+import yaml
+from optuna.pruners import ThresholdPruner
+from optuna.trial import TrialState
+from rich.console import Console
+from typer.testing import CliRunner
+
+import finetune
+from finetune.cli import app
+from finetune.config import RunConfig, load_recipe
+from finetune.tune.space import Param
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def _rows(study_dir):
+    with open(study_dir / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _stage1(study_dir) -> optuna.Study:
+    return optuna.load_study(study_name=f"{study_dir.name}-stage1", storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+def test_a_pruned_trial_is_stopped_after_its_first_validation(base_config, tmp_path):
+    # ThresholdPruner(lower=2) prunes any top-1 below 2, i.e. at the first report.
+    result = finetune.tune(base_config(epochs=3), {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}, trials=1, stages=1,
+                           output=tmp_path / "s", pruner=ThresholdPruner(lower=2.0), console=_quiet())
+    [trial] = _stage1(result.study_dir).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["outcome"] == "pruned"
+    assert trial.user_attrs["epochs_run"] == 1 and list(trial.intermediate_values) == [0]
+    with open(tmp_path / "s" / "trials" / "stage1-000" / "metrics.csv", newline="") as f:
+        assert {row["epoch"] for row in csv.DictReader(f)} == {"0"}  # the run stopped after epoch 0 of 3
+    assert result.best_yaml is None and _rows(result.study_dir)[0]["outcome"] == "pruned"
+
+
+def test_diverged_and_failed_trials_are_recorded_and_the_study_goes_on(base_config, tmp_path):
+    """lr 1000 explodes (diverged, PRUNED); a layer test_resnet lacks is a bad setting (FAIL with its
+    reason); the third trial still runs and completes."""
+    out = tmp_path / "s"
+    storage = f"sqlite:///{out / 'study.db'}"
+    out.mkdir()
+    study = optuna.create_study(study_name="s-stage1", storage=storage, direction="maximize")
+    for params in ({"lr": 1000.0, "freeze_until": None}, {"lr": 1e-3, "freeze_until": "layer9"},
+                   {"lr": 1e-3, "freeze_until": None}):
+        study.enqueue_trial(params)
+    space = {"lr": Param("lr", "choice", choices=(1000.0, 1e-3)), "freeze_until": Param("freeze_until", "choice", choices=(None, "layer9"))}
+    result = finetune.tune(base_config(), space, trials=3, stages=1, output=out, pruner="none", console=_quiet())
+    trials = _stage1(out).trials
+    assert [t.user_attrs["outcome"] for t in trials] == ["diverged", "failed", "complete"]
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+    assert "training diverged" in trials[0].user_attrs["reason"]
+    assert "'layer9' is not a layer of test_resnet" in trials[1].user_attrs["reason"]
+    assert result.best_trial == (1, 2)
+    assert [r["outcome"] for r in _rows(out)] == ["diverged", "failed", "complete"]
+
+
+def test_rerunning_continues_the_study_up_to_n_trials(base_config, tmp_path):
+    space = {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}
+    args = dict(stages=1, output=tmp_path / "s", pruner="none", console=_quiet())
+    finetune.tune(base_config(epochs=1), space, trials=2, **args)
+    finetune.tune(base_config(epochs=1), space, trials=2, **args)  # the same command: nothing left to run
+    assert len(_stage1(tmp_path / "s").trials) == 2
+    finetune.tune(base_config(epochs=1), space, trials=3, **args)
+    trials = _stage1(tmp_path / "s").trials
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(_rows(tmp_path / "s")) == 3
+
+
+def test_a_rerun_with_another_space_is_refused(base_config, tmp_path):
+    args = dict(trials=1, stages=1, output=tmp_path / "s", pruner="none", console=_quiet())
+    finetune.tune(base_config(epochs=1), {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}, **args)
+    with pytest.raises(finetune.errors.FinetuneError, match="started with other search space"):
+        finetune.tune(base_config(epochs=1), {"lr": Param("lr", "log-uniform", 1e-4, 1e-2)}, **args)
+
+
+@pytest.fixture(scope="module")
+def two_stage_study(tiny_data, tmp_path_factory):
+    """A 3-trial, two-stage study: 2 short random trials (1 epoch of 3), then 1 full TPE trial."""
+    out = tmp_path_factory.mktemp("study") / "s"
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", image_size=32, batch_size=8, workers=0,
+                       epochs=3, precision="32", progress=False)
+    console = Console(file=io.StringIO(), width=200)
+    result = finetune.tune(config, trials=3, output=out, console=console)
+    return result, console.file.getvalue()
+
+
+def test_two_stages_short_then_full_in_a_narrowed_space(two_stage_study):
+    result, text = two_stage_study
+    rows = _rows(result.study_dir)
+    assert [(r["stage"], r["epochs"]) for r in rows] == [("1", "1"), ("1", "1"), ("2", "3")]
+    stage2 = optuna.load_study(study_name="s-stage2", storage=f"sqlite:///{result.study_dir / 'study.db'}")
+    narrowed = stage2.user_attrs["space"]["lr"]["log-uniform"]
+    assert 1e-4 <= narrowed[0] < narrowed[1] <= 3e-2 and narrowed[1] / narrowed[0] < 300  # the whole range is 300x
+    assert "Search space (stage 1)" in text and "Stage 2 space" in text and "Estimate: one batch of 8" in text
+    assert "3/3 done" in text
+
+
+def test_outputs_of_a_study(two_stage_study):
+    result, text = two_stage_study
+    columns = list(_rows(result.study_dir)[0])
+    assert columns[:8] == ["stage", "trial", "state", "outcome", "val_acc1", "epochs", "epochs_run", "wall_s"]
+    assert {"lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup"} <= set(columns)
+    for name in ("history", "params", "importances"):
+        assert result.plots[name].stat().st_size > 1000 and result.plots[name].suffix == ".png"
+    assert "Best trials" in text and result.best_trial[0] == 2
+
+
+def test_best_yaml_is_a_recipe_that_reproduces_the_best_trial(two_stage_study, tiny_data, tmp_path):
+    result, _ = two_stage_study
+    recipe = load_recipe(str(result.best_yaml))
+    assert "data" not in recipe.values and recipe.values["epochs"] == 3
+    run_dir = tmp_path / "again"
+    cli = CliRunner().invoke(app, ["run", "--recipe", str(result.best_yaml), "--data", str(tiny_data),
+                                   "--output", str(run_dir), "--no-progress", "--no-export"])
+    assert cli.exit_code == 0, cli.output
+    again = yaml.safe_load((run_dir / "config.yaml").read_text())
+    best = result.best_config.model_dump(mode="json")
+    for key in ("lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup", "epochs"):
+        assert again[key] == best[key], key
+    # Same seed, same settings: the same run (losses and accuracies; timings differ).
+    rows = _losses(run_dir / "metrics.csv")
+    assert any(row.get("val/acc1") for row in rows)
+    assert rows == _losses(result.best_config.output / "metrics.csv")
+
+
+def _losses(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if "loss" in k or "acc" in k} for row in csv.DictReader(f)]
