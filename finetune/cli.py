@@ -113,6 +113,15 @@ def run(
     ema_warmup: Annotated[bool, typer.Option("--ema-warmup/--no-ema-warmup", help="Ramp the EMA decay up from 0 over the first steps (0.8 after 10, 0.95 after 100).")] = True,
     head_dropout: Annotated[float, typer.Option(help="Dropout probability right before the classifier head. 0: off.")] = 0.0,
     drop_path: Annotated[float, typer.Option(help="Stochastic depth (drop path) rate, for backbones that have it. 0: the backbone's default.")] = 0.0,
+    # Selection, early stopping, class imbalance, trackers, console.
+    monitor: Annotated[str, typer.Option(help="Validation figure that picks best.ckpt and drives --early-stop and --ema selection: acc1, balanced-acc (mean of the class recalls), macro-f1 or loss (lower is better).")] = "acc1",
+    early_stop: Annotated[Optional[int], typer.Option(help="Stop when --monitor has not improved for N epochs; the patience restarts at each unfreeze. The result is best.ckpt. Default: off, every epoch trains.")] = None,
+    early_stop_min_delta: Annotated[float, typer.Option(help="With --early-stop: the smallest change of --monitor that counts as an improvement.")] = 0.0,
+    class_weights: Annotated[str, typer.Option(help="Per-class weights of the training loss: none, auto (inverse effective number of samples, Cui et al. 2019, mean 1 over the train images) or PATH to a YAML/JSON mapping class: weight.")] = "none",
+    sampler: Annotated[str, typer.Option(help="Train batches: shuffle (every image once an epoch) or balanced (classes drawn equally often, with repetition). Not with --class-weights.")] = "shuffle",
+    logger: Annotated[list[str], typer.Option(help="Experiment tracker, repeatable: csv (metrics.csv only; it is always written), tensorboard (RUN_DIR/tensorboard) or mlflow (RUN_DIR/mlruns, or --mlflow-uri).")] = ["csv"],
+    mlflow_uri: Annotated[Optional[str], typer.Option(help="With --logger mlflow: the tracking server or store URI. Default: a file store in RUN_DIR/mlruns.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose/--no-verbose", help="Show Lightning's own messages and the libraries' warnings. Default: off, one line per epoch.")] = False,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
     settings: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("ctx", "resume")}

@@ -20,6 +20,9 @@ Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
 Augment = Literal["auto", "none", "light", "standard", "strong"]
 FreezePolicy = Literal["linear-probe", "bn-only", "full"]
 Schedule = Literal["cosine", "step", "onecycle", "constant"]
+Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
+Sampler = Literal["shuffle", "balanced"]
+Logger = Literal["csv", "tensorboard", "mlflow"]
 # Lightning's accelerator names, plus its alias gpu and auto.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 DEVICES_HELP = "a device count (1, 2), GPU ids such as 0,1, -1 (every GPU) or auto"
@@ -170,6 +173,36 @@ class RunConfig(BaseModel):
     head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
     drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate; 0: the backbone's default")
 
+    # Selection and stopping, class imbalance, the run record and the console.
+    monitor: Monitor = Field(
+        "acc1", description="validation figure that picks best.ckpt and drives early stopping and EMA selection: "
+        "acc1, balanced-acc (mean of the class recalls), macro-f1 or loss (lower is better)")
+    early_stop: int | None = Field(
+        None, ge=1, description="stop when --monitor has not improved for N epochs (patience restarts at each "
+        "unfreeze); None: train every epoch")
+    early_stop_min_delta: float = Field(0.0, ge=0, description="smallest change of --monitor that counts as improvement")
+    class_weights: str = Field(
+        "none", description="per-class weights of the training loss: none, auto (effective number of samples, "
+        "Cui et al. 2019) or PATH to a YAML/JSON mapping class: weight")
+    sampler: Sampler = Field("shuffle", description="train batches: shuffle (each image once an epoch) or balanced "
+                             "(classes drawn equally often, with repetition)")
+    logger: list[Logger] = Field(["csv"], description="metrics.csv always; tensorboard and mlflow add Lightning's loggers")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: a file store in RUN_DIR/mlruns")
+    verbose: bool = Field(False, description="show Lightning's own messages and library warnings")
+
+    @field_validator("sampler")
+    @classmethod
+    def _one_imbalance_remedy(cls, v: str, info: ValidationInfo) -> str:
+        if v == "balanced" and info.data.get("class_weights", "none") != "none":
+            raise ValueError(f"--sampler balanced with --class-weights {info.data['class_weights']} corrects the "
+                             "imbalance twice; use one of them")
+        return v
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _logger_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
     @field_validator("devices", mode="before")
     @classmethod
     def _devices_to_str(cls, v: Any) -> str:
@@ -241,9 +274,9 @@ class RunConfig(BaseModel):
         for key in ("data", "weights_dir", "teacher_weights", "output"):
             if getattr(self, key) is not None:
                 update[key] = Path(os.path.abspath(Path(getattr(self, key)).expanduser()))
-        for key in ("weights", "teacher", "recipe"):
+        for key in ("weights", "teacher", "recipe", "class_weights"):
             value = getattr(self, key)
-            if value and value not in ("imagenet", "none") and Path(value).expanduser().exists():
+            if value and value not in ("imagenet", "none", "auto") and Path(value).expanduser().exists():
                 update[key] = os.path.abspath(Path(value).expanduser())
         return self.model_copy(update=update)
 
@@ -290,6 +323,10 @@ def unused_settings(values: Mapping[str, Any]) -> dict[str, str]:
         unused["momentum"] = f"has no effect with --optimizer {optimizer}; momentum applies to sgd and rmsprop"
     if not values.get("ema"):
         unused.update({k: "has no effect without --ema" for k in ("ema_decay", "ema_warmup") if not _is_default(values, k)})
+    if not values.get("early_stop") and not _is_default(values, "early_stop_min_delta"):
+        unused["early_stop_min_delta"] = "has no effect without --early-stop"
+    if "mlflow" not in (values.get("logger") or []) and not _is_default(values, "mlflow_uri"):
+        unused["mlflow_uri"] = "has no effect without --logger mlflow"
     schedule = values.get("schedule", RunConfig.model_fields["schedule"].default)
     if schedule != "step":
         unused.update({k: f"has no effect with --schedule {schedule}; it needs --schedule step"

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from finetune.data.balance import balanced_sample_weights
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
 from finetune.data.policy import AugmentPolicy
@@ -65,9 +66,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         eval_transform: Transform | None = None,
         index: DatasetIndex | None = None,
         augment: str | AugmentPolicy = "standard",
+        sampler: str = "shuffle",
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
+        if sampler not in ("shuffle", "balanced"):
+            raise ValueError(f"unknown sampler {sampler!r}; valid: shuffle, balanced")
+        self.sampler = sampler
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         # A caller that already scanned (to size the head) passes its index: no second decode pass.
         self.index = index if index is not None else scan_image_folder(data_dir, val_split=val_split, seed=seed)
@@ -94,16 +99,24 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = None
+        if shuffle and self.sampler == "balanced":
+            # One generator for the sampler and the loader: the loader's is what a checkpoint saves.
+            labels = [label for _, label in self.index.train]
+            sampler = WeightedRandomSampler(balanced_sample_weights(labels, self.num_classes), len(labels),
+                                            replacement=True, generator=generator)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle and self._last_batch_of_one(len(self.datasets[split])),
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             worker_init_fn=worker_init_fn if self.workers > 0 else None,
             persistent_workers=self.workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=generator,
         )
 
     def _last_batch_of_one(self, n: int) -> bool:

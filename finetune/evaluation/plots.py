@@ -29,13 +29,14 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """metric name -> epoch -> value, from Lightning's metrics.csv (rows are sparse per logger call)."""
+    """metric name -> epoch -> value, from a run's metrics.csv (one row per epoch; runs of earlier
+    versions wrote Lightning's sparse rows and named the train loss train/loss_epoch)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
-            for key in ("train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
+            for key in ("train/loss", "train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
                 if row.get(key):
-                    series[key][int(row["epoch"])] = float(row[key])
+                    series[key.removesuffix("_epoch")][int(row["epoch"])] = float(row[key])
     return series
 
 
@@ -45,7 +46,7 @@ def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     fig, axes = subplots(1, 2, figsize=(10, 4))
     for ax, (metric, label) in zip(axes, (("loss", "loss"), ("acc1", "top-1 accuracy"))):
         for split, style in (("train", "o-"), ("val", "s--")):
-            key = f"{split}/{metric}_epoch" if (split, metric) == ("train", "loss") else f"{split}/{metric}"
+            key = f"{split}/{metric}"
             points = sorted(series.get(key, {}).items())
             if points:
                 ax.plot([e + 1 for e, _ in points], [v for _, v in points], style, label=split)

@@ -14,10 +14,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+
+from finetune.training.monitor import monitor_metric, monitor_spec, update_monitor_metric
 
 EMA_METRIC = "val_ema/acc1"
-SELECTED_METRIC = "val/acc1_selected"  # max of raw and EMA top-1: what best.ckpt is chosen by
+SELECTED_METRIC = "val/acc1_selected"  # max of raw and EMA top-1: what best.ckpt is chosen by (--monitor acc1)
 
 
 class WeightEma:
@@ -66,26 +68,28 @@ class WeightEma:
 class EmaCallback(pl.Callback):
     """Keeps a `WeightEma` of `pl_module.backbone.model`, validates it, and saves the winner.
 
-    Logs `val_ema/acc1` next to the module's `val/acc1`, and `val/acc1_selected` (the larger) for
-    the checkpoint callback to monitor. When the EMA scored higher at the latest validation, saved
+    Logs `val_ema/KEY` next to the module's `val/KEY`, and `val/KEY_selected` (the better of the
+    two) for the checkpoint callback to monitor, KEY being the --monitor figure (acc1 by default). When the EMA scored higher at the latest validation, saved
     checkpoints hold its weights under `state_dict` (so exports and `--weights PATH` use them) and
     the raw weights under `ema["raw_state_dict"]`, restored on resume.
 
     Args:
         decay: Final EMA decay per optimizer step.
         warmup: Ramp the decay up over the first steps.
+        monitor: The --monitor figure both weight sets are compared on.
     """
 
-    def __init__(self, decay: float = 0.999, warmup: bool = True):
-        self.decay, self.warmup = decay, warmup
+    def __init__(self, decay: float = 0.999, warmup: bool = True, monitor: str = "acc1"):
+        self.decay, self.warmup, self.monitor = decay, warmup, monitor
+        self.spec = monitor_spec(monitor)
         self.ema: WeightEma | None = None
         self.ema_won = False
-        self._acc: MulticlassAccuracy | None = None
+        self._acc: Metric | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.ema is None:  # before a resume restores it
             self.ema = WeightEma(pl_module.backbone.model, self.decay, self.warmup)
-            self._acc = MulticlassAccuracy(pl_module.backbone.num_classes, top_k=1, average="micro")
+            self._acc = monitor_metric(self.monitor, pl_module.backbone.num_classes)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ema.module.to(pl_module.device)
@@ -102,18 +106,18 @@ class EmaCallback(pl.Callback):
         x, y = batch
         with torch.no_grad():
             out = self.ema.module(x)
-        self._acc.update(out[0] if isinstance(out, tuple) else out, y)
+        update_monitor_metric(self._acc, out[0] if isinstance(out, tuple) else out, y)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.ema is None or trainer.sanity_checking:
             return
-        ema_acc = self._acc.compute()  # synced across processes by torchmetrics
+        ema_value = self._acc.compute().float()  # synced across processes by torchmetrics
         self._acc.reset()
-        # The module's own val/acc1 reaches callback_metrics only after this hook: read its metric.
-        raw_acc = pl_module.val_acc1.compute().to(ema_acc)
-        self.ema_won = bool(ema_acc > raw_acc)
-        pl_module.log(EMA_METRIC, ema_acc)
-        pl_module.log(SELECTED_METRIC, torch.maximum(ema_acc, raw_acc))
+        # The module's own val/KEY reaches callback_metrics only after this hook: read its metric.
+        raw_value = pl_module.monitor_value(self.monitor).float().to(ema_value)
+        self.ema_won = self.spec.better(float(ema_value), float(raw_value))
+        pl_module.log(self.spec.ema_metric, ema_value)
+        pl_module.log(self.spec.selected_metric, ema_value if self.ema_won else raw_value)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

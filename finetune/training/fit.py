@@ -6,7 +6,7 @@ import csv
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +14,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
 from finetune.config import RunConfig
+from finetune.data.balance import class_weights, imbalance_ratio, imbalance_warning
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
@@ -26,12 +28,15 @@ from finetune.training.auto_defaults import resolve_data_defaults
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.devices import device_trainer
-from finetune.training.module import FinetuneModule
-from finetune.training.ema import SELECTED_METRIC
+from finetune.training.early_stop import PhaseEarlyStopping
+from finetune.training.epoch_record import EpochLine, EpochRecord
 from finetune.training.lr_find import find_lr
+from finetune.training.module import FinetuneModule
+from finetune.training.monitor import monitor_spec
 from finetune.training.plan import print_plan
 from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
-from finetune.training.resume import ContinuingCSVLogger, RNGState, previous_metrics
+from finetune.training.quiet import quiet_lightning
+from finetune.training.resume import RNGState, previous_metrics
 from finetune.training.run_dir import claim_run_dir
 from finetune.training.unfreeze import GradualUnfreezing
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -85,26 +90,36 @@ def _shared_run_dir(run_dir: Path) -> Iterator[None]:
 
 
 def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int,
-                  callbacks: Sequence[pl.Callback] = (), previous_rows: list[dict[str, str]] | None = None) -> pl.Trainer:
+                  callbacks: Sequence[pl.Callback] = (), previous_rows: list[dict[str, str]] | None = None,
+                  on_epoch: Callable[[dict, pl.Trainer], None] | None = None) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir.
 
-    `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept.
+    `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept;
+    `on_epoch` gets each epoch's metrics.csv row (the console line).
     """
+    monitor, mode = selection_metric(config), monitor_spec(config.monitor).mode
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=selection_metric(config), mode="max",
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=False,
     )
     # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
     # save_on_train_epoch_end: Lightning would otherwise save it only after validation epochs (--val-every > 1).
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False,
                            save_on_train_epoch_end=True)
+    record = EpochRecord(run_dir / "metrics.csv", previous_rows, on_epoch)
+    stopping = [PhaseEarlyStopping(monitor, mode, config.early_stop, config.val_every or 1, config.early_stop_min_delta)
+                if config.early_stop else None]
+    loggers = tracker_loggers(config, run_dir)
+    # LearningRateMonitor feeds the trackers each step's LRs; metrics.csv has each group's LR per epoch.
+    lr_monitor = [LearningRateMonitor(logging_interval="step")] if loggers else []
     return device_trainer(
         config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes,
         default_root_dir=run_dir,
         max_epochs=config.epochs,
         precision=precision,
-        logger=ContinuingCSVLogger(run_dir, name="", version="", previous_rows=previous_rows),
-        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), *regularization_callbacks(config, run_dir), *callbacks],
+        logger=loggers or False,
+        callbacks=[checkpoint, last, record, *lr_monitor, *regularization_callbacks(config, run_dir), *callbacks,
+                   *(c for c in stopping if c is not None)],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
@@ -115,15 +130,41 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     )
 
 
-def best_epoch(metrics_csv: Path) -> tuple[float, int]:
-    """(best val top-1, its epoch) read back from metrics.csv."""
-    best, epoch = float("nan"), -1
+def tracker_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
+    """Lightning's own loggers for --logger tensorboard / mlflow (metrics.csv is written regardless).
+
+    Raises:
+        FinetuneError: The tracker's package is not installed (with the command that installs it).
+    """
+    loggers: list[Logger] = []
+    if "tensorboard" in config.logger:
+        from pytorch_lightning.loggers.tensorboard import _TENSORBOARD_AVAILABLE, TensorBoardLogger
+
+        if not _TENSORBOARD_AVAILABLE:
+            raise FinetuneError("--logger tensorboard needs the tensorboard package: pip install 'finetune[trackers]'")
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
+    if "mlflow" in config.logger:
+        from pytorch_lightning.loggers.mlflow import _MLFLOW_AVAILABLE, MLFlowLogger
+
+        if not _MLFLOW_AVAILABLE:
+            raise FinetuneError("--logger mlflow needs the mlflow package: pip install 'finetune[trackers]'")
+        uri = config.mlflow_uri or (run_dir / "mlruns").absolute().as_uri()
+        loggers.append(MLFlowLogger(experiment_name="finetune", run_name=run_dir.name, tracking_uri=uri))
+    return loggers
+
+
+def best_epoch(metrics_csv: Path, monitor: str = "acc1") -> tuple[float, int]:
+    """(val top-1 of the best epoch, that epoch) read back from metrics.csv; the best epoch is the
+    one best.ckpt holds: the best --monitor figure (with --ema, of the better weights)."""
+    spec = monitor_spec(monitor)
+    best, acc1, epoch = float("nan"), float("nan"), -1
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
-            value = row.get(SELECTED_METRIC) or row.get("val/acc1") or ""  # with --ema: the better of raw and EMA
-            if value and (epoch < 0 or float(value) > best):
+            value = row.get(spec.selected_metric) or row.get(spec.metric) or ""  # with --ema: raw or EMA
+            if value and (epoch < 0 or spec.better(float(value), best)):
                 best, epoch = float(value), int(row["epoch"])
-    return best, epoch
+                acc1 = float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
+    return acc1, epoch
 
 
 def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequence[pl.Callback] = (),
@@ -145,6 +186,12 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         >>> result.best_val_acc1
     """
     console = console or Console()
+    with quiet_lightning(config.verbose):
+        return _fit(config, console, callbacks, ckpt_path, sources)
+
+
+def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], ckpt_path: Path | None,
+         sources: dict[str, str] | None) -> RunResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config = config.with_absolute_paths()  # config.yaml and the checkpoints must work from any folder
     run_dir = resolve_run_dir(config)
@@ -164,10 +211,11 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     data_config = backbone.data_config.with_size(config.image_size)
     auto = resolve_data_defaults(config, index, data_config)
     config, sources = auto.config, {**(sources or {}), **auto.sources}
-    module = FinetuneModule(config, index.classes, backbone=backbone)
+    weights = class_weights(config.class_weights, index.counts("train"))
+    module = FinetuneModule(config, index.classes, backbone=backbone, class_weights=weights)
     dm = ImageFolderDataModule(
         config.data, data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=index, augment=auto.augment,
+        val_split=config.val_split, seed=config.seed, index=index, augment=auto.augment, sampler=config.sampler,
     )
     precision, why = resolve_precision(config.precision, config.accelerator)
     steps = -(-len(index.train) // config.batch_size)
@@ -175,24 +223,21 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
     resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
-    trainer = build_trainer(config, run_dir, precision, steps, policy, rows)
+    trainer = build_trainer(config, run_dir, precision, steps, policy, rows, EpochLine(console.print))
     lr_found = None
     if config.lr == "auto":
         config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console, auto.augment)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
         _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None,
-                         profile=auto.profile)
+                         profile=auto.profile, class_weights=weights)
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
         for key, why_auto in auto.sources.items():
             console.print(f"{key.replace('_', '-')} {why_auto}")
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {config.epochs})")
-    with _shared_run_dir(run_dir), warnings.catch_warnings():
-        # The run dir holds config.yaml before the CSV logger starts; its "not empty" warning is noise.
-        warnings.filterwarnings("ignore", message="Experiment logs directory")
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen BatchNorm, on purpose
+    with _shared_run_dir(run_dir):
         trainer.fit(module, dm, ckpt_path=ckpt_path)
-    result = _finish(console, trainer, run_dir, precision)
+    result = _finish(console, trainer, run_dir, precision, config)
     if trainer.is_global_zero:
         from finetune.evaluation.run_report import finish_run  # curves, final evaluation, export bundle
 
@@ -227,7 +272,7 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
 
 
 def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False,
-                     profile=None) -> None:
+                     profile=None, class_weights=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
@@ -236,6 +281,11 @@ def _write_run_files(config, run_dir, index, data_config, precision, lr_found=No
         "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
         "bad_files": len(index.bad_files),
     }
+    train_counts = index.counts("train")
+    resolved["class_counts"] = train_counts
+    resolved["imbalance_ratio"] = round(imbalance_ratio(train_counts), 3)
+    if class_weights is not None:
+        resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, class_weights)}
     if profile is not None:  # what --augment auto measured of the training set
         resolved["data_profile"] = profile.to_dict()
     if lr_found is not None:
@@ -269,6 +319,12 @@ def _announce(console, config, index, report, precision, why, module, world_size
     console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
     if index.bad_files:
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
+    train_counts = index.counts("train")
+    console.print(f"Train images per class: {min(train_counts.values())}-{max(train_counts.values())} "
+                  f"(imbalance {imbalance_ratio(train_counts):.1f}:1)")
+    warning = imbalance_warning(train_counts)
+    if warning:
+        console.print(f"[yellow]Warning: {warning}[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     console.print(f"Precision: {precision} ({why})")
     if module.teacher is not None:
@@ -276,13 +332,18 @@ def _announce(console, config, index, report, precision, why, module, world_size
     print_plan(module, console, world_size)
 
 
-def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str) -> RunResult:
+def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str, config: RunConfig) -> RunResult:
     ckpt_dir = run_dir / "checkpoints"
     metrics_csv = run_dir / "metrics.csv"
-    best, epoch = best_epoch(metrics_csv) if trainer.is_global_zero else (float("nan"), -1)
+    best, epoch = best_epoch(metrics_csv, config.monitor) if trainer.is_global_zero else (float("nan"), -1)
     result = RunResult(run_dir, run_dir / "config.yaml", metrics_csv, ckpt_dir / "best.ckpt",
                        ckpt_dir / "last.ckpt", best, epoch, precision)
     if trainer.is_global_zero:
-        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch})")
+        stopper = next((c for c in trainer.callbacks if isinstance(c, PhaseEarlyStopping)), None)
+        if stopper is not None and stopper.stopped_epoch > 0:
+            console.print(f"Early stop after epoch {stopper.stopped_epoch + 1} of {config.epochs}: "
+                          f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
+        chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config)}"
+        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch}{chosen})")
         console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)")
     return result

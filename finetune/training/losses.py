@@ -52,14 +52,20 @@ def mixed_soft_targets(y: Tensor, y_partner: Tensor, lam: float, num_classes: in
     return lam * target + (1.0 - lam) * smooth_one_hot(y_partner, num_classes, smoothing)
 
 
-def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of -sum_c target_c log softmax(logits)_c.
+def soft_target_cross_entropy(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Mean over the batch of -sum_c w_c target_c log softmax(logits)_c (w_c = 1 without weights).
+
+    With class weights each class's share of a (smoothed, mixed) target is weighted, as torch's
+    cross_entropy does for probability targets, and the mean is over images, not over weights: the
+    weights (mean 1 over the training images, see `finetune.data.balance`) keep the loss scale.
 
     Args:
         logits: Shape (B, C).
         target: Probabilities, shape (B, C).
+        class_weights: Shape (C,), or None.
     """
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    weighted = target if class_weights is None else target * class_weights.to(target)
+    return torch.sum(-weighted * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -88,7 +94,7 @@ class LossParts:
 
 
 def training_loss(logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None,
-                  kd_alpha: float = 0.5, kd_temperature: float = 4.0) -> LossParts:
+                  kd_alpha: float = 0.5, kd_temperature: float = 4.0, class_weights: Tensor | None = None) -> LossParts:
     """(1 - A) x soft-target CE + A x KD with a teacher; the soft-target CE alone without one.
 
     Args:
@@ -97,8 +103,9 @@ def training_loss(logits: Tensor, target: Tensor, teacher_logits: Tensor | None 
         teacher_logits: Teacher logits on the same (mixed) images, shape (B, C), or None.
         kd_alpha: A, the weight of the distillation term.
         kd_temperature: T.
+        class_weights: Per-class weights of the task term (--class-weights), shape (C,), or None.
     """
-    task = soft_target_cross_entropy(logits, target)
+    task = soft_target_cross_entropy(logits, target, class_weights)
     if teacher_logits is None:
         return LossParts(task, task)
     kd = distillation_kl(logits, teacher_logits, kd_temperature)

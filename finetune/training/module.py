@@ -8,7 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
@@ -35,6 +36,8 @@ class FinetuneModule(pl.LightningModule):
         backbone: A backbone already built (skips `create_backbone`, e.g. when loading a checkpoint).
         teacher: A distillation teacher already loaded (default: the one `config.teacher` names).
             It is kept out of the registered children: never optimized, never in checkpoints.
+        class_weights: Per-class weights of the training loss (--class-weights), shape (C,), or None.
+            Not saved in checkpoints: `finetune.fit` derives them from the data again on resume.
 
     Example:
         >>> dm = ImageFolderDataModule("data/", data_config)          # doctest: +SKIP
@@ -43,7 +46,7 @@ class FinetuneModule(pl.LightningModule):
     """
 
     def __init__(self, config: RunConfig | dict[str, Any], class_names: Sequence[str], backbone: Backbone | None = None,
-                 teacher: Teacher | None = None):
+                 teacher: Teacher | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
         self.class_names = list(class_names)
@@ -56,6 +59,7 @@ class FinetuneModule(pl.LightningModule):
             )
         self.backbone = backbone
         self.criterion = nn.CrossEntropyLoss()  # validation: plain CE on hard labels
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float(), persistent=False)
         self.mixer = build_mixer(self.config)
         self.teacher = teacher or build_teacher(self.config, self.class_names, self.input_config)
         if self.teacher is not None:
@@ -74,6 +78,18 @@ class FinetuneModule(pl.LightningModule):
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # Per-class figures (--monitor balanced-acc / macro-f1): a rare class the model never gets right
+        # hardly moves top-1 but shows in the mean of the class recalls.
+        self.val_balanced_acc = MulticlassRecall(num_classes, average="macro")
+        self.val_macro_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_recall = MulticlassRecall(num_classes, average=None)
+        self.val_loss = MeanMetric()  # weighted by batch size: a short last batch counts for its images
+
+    def monitor_value(self, monitor: str) -> torch.Tensor:
+        """This validation's figure for --monitor (computed, synced across processes by torchmetrics)."""
+        metric = {"acc1": self.val_acc1, "balanced-acc": self.val_balanced_acc, "macro-f1": self.val_macro_f1,
+                  "loss": self.val_loss}[monitor]
+        return metric.compute()
 
     # ----- freezing -------------------------------------------------------------------------
     def set_frozen_units(self, n: int, train_bn: bool | None = None) -> None:
@@ -134,7 +150,7 @@ class FinetuneModule(pl.LightningModule):
         target = mixed_soft_targets(mixed.y, mixed.y_partner, mixed.lam, len(self.class_names), cfg.label_smoothing)
         logits = self(mixed.x)
         teacher_logits = self.teacher.logits(mixed.x, self.input_config) if self.teacher is not None else None
-        parts = training_loss(logits, target, teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
+        parts = training_loss(logits, target, teacher_logits, cfg.kd_alpha, cfg.kd_temperature, self.class_weights)
         self.train_acc1(logits, target.argmax(dim=1))  # the dominant label of a mixed image
         self._log_train("train/loss", parts.total, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
@@ -154,11 +170,21 @@ class FinetuneModule(pl.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_acc1(logits, y)
-        self.val_acc5(logits, y)
-        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
+        for metric in (self.val_acc1, self.val_acc5, self.val_balanced_acc, self.val_macro_f1, self.val_recall):
+            metric.update(logits, y)
+        self.val_loss.update(self.criterion(logits.float(), y), weight=len(y))
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc1", self.val_acc1, on_epoch=True, prog_bar=True)
         self.log("val/acc5", self.val_acc5, on_epoch=True)
+        self.log("val/balanced_acc", self.val_balanced_acc, on_epoch=True)
+        self.log("val/macro_f1", self.val_macro_f1, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs the recall of each class as val/recall/<class> (a vector metric cannot go through self.log)."""
+        recall = self.val_recall.compute()
+        self.val_recall.reset()
+        for name, value in zip(self.class_names, recall):
+            self.log(f"val/recall/{name}", value)
 
     # ----- setup ----------------------------------------------------------------------------
     def configure_model(self) -> None:

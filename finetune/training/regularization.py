@@ -11,7 +11,8 @@ from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.mixing import BatchMixer
 from finetune.training.divergence import DivergenceGuard
-from finetune.training.ema import SELECTED_METRIC, EmaCallback
+from finetune.training.ema import EmaCallback
+from finetune.training.monitor import monitor_spec
 from finetune.training.teacher import Teacher, load_teacher
 
 
@@ -41,13 +42,15 @@ def build_teacher(config: RunConfig, class_names: Sequence[str], student_config:
 
 
 def selection_metric(config: RunConfig) -> str:
-    """The metric best.ckpt is chosen by: val/acc1, or the better of raw and EMA with --ema."""
-    return SELECTED_METRIC if config.ema else "val/acc1"
+    """The metric best.ckpt is chosen by: val/KEY for --monitor KEY, or with --ema the better of the
+    raw and EMA weights' (val/KEY_selected)."""
+    spec = monitor_spec(config.monitor)
+    return spec.selected_metric if config.ema else spec.metric
 
 
 def regularization_callbacks(config: RunConfig, run_dir: Path) -> list[pl.Callback]:
     """The divergence guard (always), and the EMA callback with --ema."""
     callbacks: list[pl.Callback] = [DivergenceGuard(3.0, run_dir / "checkpoints")]
     if config.ema:
-        callbacks.append(EmaCallback(config.ema_decay, config.ema_warmup))
+        callbacks.append(EmaCallback(config.ema_decay, config.ema_warmup, config.monitor))
     return callbacks

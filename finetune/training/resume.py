@@ -17,7 +17,7 @@ from finetune.errors import FinetuneError
 
 # Options that may change when a run is resumed: how long and where it runs, never what it trains.
 RESUME_OVERRIDES = ("epochs", "workers", "progress", "accelerator", "devices", "strategy", "num_nodes",
-                    "limit_train_batches", "limit_val_batches")
+                    "limit_train_batches", "limit_val_batches", "verbose")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -87,7 +87,7 @@ def test_distillation_run_keeps_teacher_out_of_checkpoint(tiny_data, tmp_path, r
     assert all(k.startswith("backbone.model.") for k in ckpt["state_dict"])
     assert not any("teacher" in k for k in ckpt["state_dict"])
     header = open(out / "metrics.csv").readline()
-    assert "train/kd_loss_epoch" in header and "train/task_loss_epoch" in header
+    assert "train/kd_loss" in header and "train/task_loss" in header
     # The student's checkpoint in turn serves as a teacher (run-dir source).
     assert load_teacher(out, CLASSES).source.endswith("best.ckpt")
     assert torch.equal(load_teacher(bundle, CLASSES).backbone.model.fc.weight, original.model.fc.weight)

@@ -1,0 +1,82 @@
+"""The selection metric (--monitor): what best.ckpt, early stopping and EMA selection compare."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+
+Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
+MONITORS: tuple[str, ...] = ("acc1", "balanced-acc", "macro-f1", "loss")
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """One selectable validation figure.
+
+    Attributes:
+        key: Its name after "val/" in metrics.csv and the loggers (val/acc1, val/macro_f1...).
+        mode: "max" or "min": which way is better.
+    """
+
+    key: str
+    mode: Literal["max", "min"]
+
+    @property
+    def metric(self) -> str:
+        """The raw weights' figure: val/KEY."""
+        return f"val/{self.key}"
+
+    @property
+    def ema_metric(self) -> str:
+        """The EMA weights' figure: val_ema/KEY."""
+        return f"val_ema/{self.key}"
+
+    @property
+    def selected_metric(self) -> str:
+        """With --ema: the better of raw and EMA, what best.ckpt is chosen by."""
+        return f"val/{self.key}_selected"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether `a` is strictly better than `b`."""
+        return a < b if self.mode == "min" else a > b
+
+
+_SPECS = {"acc1": MonitorSpec("acc1", "max"), "balanced-acc": MonitorSpec("balanced_acc", "max"),
+          "macro-f1": MonitorSpec("macro_f1", "max"), "loss": MonitorSpec("loss", "min")}
+
+
+def monitor_spec(monitor: str) -> MonitorSpec:
+    """The spec of a --monitor value.
+
+    Raises:
+        ValueError: An unknown name, with the valid ones.
+    """
+    if monitor not in _SPECS:
+        raise ValueError(f"unknown --monitor {monitor!r}; valid: {', '.join(MONITORS)}")
+    return _SPECS[monitor]
+
+
+def monitor_metric(monitor: str, num_classes: int) -> Metric:
+    """A torchmetrics object computing the figure from (logits, labels) updates; for "loss" it is
+    fed per-batch mean cross-entropy weighted by the batch size (see `update_monitor_metric`)."""
+    if monitor == "acc1":
+        return MulticlassAccuracy(num_classes, top_k=1, average="micro")
+    if monitor == "balanced-acc":  # the mean of the per-class recalls
+        return MulticlassRecall(num_classes, average="macro")
+    if monitor == "macro-f1":
+        return MulticlassF1Score(num_classes, average="macro")
+    if monitor == "loss":
+        return MeanMetric()
+    raise ValueError(f"unknown --monitor {monitor!r}; valid: {', '.join(MONITORS)}")
+
+
+def update_monitor_metric(metric: Metric, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Feeds one validation batch to a metric made by `monitor_metric`."""
+    if isinstance(metric, MeanMetric):
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        metric.update(loss, weight=len(labels))
+    else:
+        metric.update(logits, labels)

@@ -1,0 +1,96 @@
+"""metrics.csv one row per epoch, --monitor, --early-stop (patience restarting at an unfreeze)."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from finetune.models.backbone import create_backbone
+from finetune.training.fit import fit
+from finetune.training.resume import resume_config
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _quiet_fit(config, **kw):
+    out = io.StringIO()
+    result = fit(config, Console(file=out, width=200), **kw)
+    return result, out.getvalue()
+
+
+def test_metrics_csv_has_one_full_row_per_epoch(make_config):
+    result, _ = _quiet_fit(make_config(epochs=4, val_every=2, export=False))
+    rows = _rows(result.run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    groups = [f"lr/{g.name}" for g in create_backbone("test_resnet", 3, "none")[0].groups]
+    for row in rows:
+        assert float(row["train/loss"]) > 0 and 0 <= float(row["train/acc1"]) <= 1
+        assert all(float(row[g]) > 0 for g in groups)  # every layer group's LR, every epoch
+        assert float(row["img/s"]) > 0 and float(row["epoch_seconds"]) > 0
+        assert float(row["freeze/trainable_groups"]) == len(groups)
+    validated = [int(r["epoch"]) for r in rows if r["val/acc1"]]
+    assert validated == [1, 3]  # --val-every 2: figures only where a validation ran, never stale copies
+    last = rows[-1]
+    for key in ("val/loss", "val/acc5", "val/balanced_acc", "val/macro_f1"):
+        assert 0 <= float(last[key]) < 100
+    recalls = [float(last[f"val/recall/{c}"]) for c in ("circle", "square", "triangle")]
+    assert abs(sum(recalls) / 3 - float(last["val/balanced_acc"])) < 1e-5  # the mean of the class recalls
+
+
+def test_resumed_run_appends_rows_once_per_epoch(make_config, tmp_path):
+    first, _ = _quiet_fit(make_config(epochs=2, val_every=1, export=False))
+    config = resume_config(first.run_dir, {"epochs": 4})
+    _quiet_fit(config, ckpt_path=first.run_dir / "checkpoints" / "last.ckpt")
+    assert [int(r["epoch"]) for r in _rows(first.run_dir)] == [0, 1, 2, 3]
+
+
+def _best_ckpt_epoch(result) -> int:
+    return int(torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["epoch"])
+
+
+def test_monitor_loss_keeps_the_epoch_of_lowest_val_loss(make_config):
+    result, out = _quiet_fit(make_config(epochs=4, val_every=1, lr=0.05, monitor="loss", export=False))
+    rows = _rows(result.run_dir)
+    losses = [float(r["val/loss"]) for r in rows]
+    assert _best_ckpt_epoch(result) == losses.index(min(losses))
+    assert result.best_epoch == losses.index(min(losses))
+    assert "chosen by val/loss" in out
+
+
+def test_monitor_with_ema_compares_raw_and_ema_on_the_monitored_figure(make_config):
+    result, _ = _quiet_fit(make_config(epochs=4, val_every=1, lr=0.05, monitor="loss", ema=True, ema_decay=0.9,
+                                       export=False))
+    rows = _rows(result.run_dir)
+    for row in rows:  # the selected figure is the lower of the raw and EMA val losses
+        assert float(row["val/loss_selected"]) == min(float(row["val/loss"]), float(row["val_ema/loss"]))
+    selected = [float(r["val/loss_selected"]) for r in rows]
+    assert _best_ckpt_epoch(result) == selected.index(min(selected))
+
+
+def test_early_stop_ends_the_run_after_patience_epochs_without_improvement(make_config):
+    # An LR too small to change anything: val top-1 never improves after its first value.
+    result, out = _quiet_fit(make_config(epochs=10, val_every=1, lr=1e-12, early_stop=2, export=False))
+    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [0, 1, 2]
+    assert "Early stop after epoch 3 of 10" in out
+    assert result.best_checkpoint.is_file() and result.best_epoch == 0
+
+
+def test_early_stop_patience_restarts_when_layers_unfreeze(make_config):
+    # Frozen for 3 epochs, then everything trains: without the restart the run would stop after
+    # epoch 2, before the unfrozen phase had trained at all.
+    result, out = _quiet_fit(make_config(epochs=10, val_every=1, lr=1e-12, early_stop=2, freeze_epochs=3, export=False))
+    epochs = [int(r["epoch"]) for r in _rows(result.run_dir)]
+    assert epochs == [0, 1, 2, 3, 4]
+    assert "Early stop after epoch 5 of 10" in out
+
+
+def test_early_stop_patience_is_in_epochs_whatever_the_validation_cadence(make_config):
+    result, _ = _quiet_fit(make_config(epochs=12, val_every=2, lr=1e-12, early_stop=4, export=False))
+    # Validations at epochs 1, 3, 5: the first sets the best, two more (4 epochs) without improvement stop it.
+    assert int(_rows(result.run_dir)[-1]["epoch"]) == 5
