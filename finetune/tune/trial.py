@@ -18,7 +18,6 @@ from finetune.config import RunConfig
 from finetune.errors import FinetuneError
 from finetune.training.divergence import DivergenceError
 from finetune.training.fit import fit
-from finetune.training.regularization import selection_metric
 from finetune.tune.pruning import TrialPruning
 
 # A bad setting (a layer name the backbone lacks, settings that contradict each other, memory) ends
@@ -72,7 +71,6 @@ def run_trial(study: optuna.Study, trial: Trial, base: RunConfig, params: Mappin
     with open(run_dir / "log.txt", "w") as log:
         try:
             config = trial_config(base, params, epochs, run_dir)
-            pruning.monitor = selection_metric(config)
             with _quiet():
                 result = fit(config, Console(file=log, width=120), callbacks=[pruning])
             outcome, value = ("pruned", None) if pruning.pruned_at is not None else ("complete", result.best_val_acc1)
