@@ -136,3 +136,20 @@ def test_best_yaml_is_a_recipe_that_reproduces_the_best_trial(two_stage_study, t
 def _losses(path):
     with open(path, newline="") as f:
         return [{k: v for k, v in row.items() if "loss" in k or "acc" in k} for row in csv.DictReader(f)]
+
+
+def test_final_run_trains_the_best_for_the_full_epochs_and_scores_it_on_test(base_config, tmp_path):
+    from finetune.data.synthetic import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", "shapes", train_per_class=8, val_per_class=4, test_per_class=4, size=32,
+                             classes=("circle", "square", "triangle"), seed=0)
+    space = {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}
+    result = finetune.tune(base_config(data=data, epochs=2), space, trials=3, output=tmp_path / "s", final_run=True,
+                           pruner="none", console=_quiet())
+    assert result.best_config.epochs == 2  # the best trial is a stage-2 (full-length) trial
+    config = yaml.safe_load((result.final_run / "config.yaml").read_text())
+    assert config["epochs"] == 2 and config["lr"] == pytest.approx(result.best_config.lr)
+    assert (result.final_run / "model" / "model.onnx").is_file()
+    split, top1 = result.final_top1
+    assert split == "test" and 0.0 <= top1 <= 1.0
+    assert (result.final_run / "eval-test" / "metrics.json").is_file()
