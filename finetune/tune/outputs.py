@@ -79,6 +79,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Param], p
             labels = [str(c) for c in space[name].choices]
             xs = [labels.index(str(v)) if str(v) in labels else -1 for v, _, _ in points]
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+            ax.set_xlim(-0.5, len(labels) - 0.5)  # every choice shown, tried or not
         else:
             xs = [v for v, _, _ in points]
             ax.set_xscale("log" if space[name].kind == "log-uniform" else "linear")
