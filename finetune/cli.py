@@ -66,7 +66,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes. Default: min(4, CPU cores).")] = None,
     val_split: Annotated[float, typer.Option(help="Validation fraction, stratified by class, for the DIR/<class>/ layout.")] = 0.2,
     output: Annotated[Optional[Path], typer.Option(help="Run directory. Default: runs/<date>-<backbone>. A folder that is not empty is refused: see --resume and --overwrite.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Start afresh in a non-empty --output: removes the earlier run's config.yaml, metrics.csv, hparams.yaml, bad_files.txt, plots, checkpoints/, model/ and eval-*/ first; other files stay.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Start afresh in a non-empty --output: removes the earlier run's config.yaml, metrics.csv, hparams.yaml, bad_files.txt, plots, checkpoints/, model/, eval-*/ and tracker logs (tensorboard/, mlflow.db, mlartifacts/) first; other files stay.")] = False,
     precision: Annotated[str, typer.Option(help="auto, 32, bf16-mixed or 16-mixed. auto: bf16-mixed on a GPU or CPU with native bf16, else 32.")] = "auto",
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format. Default: on with mixed precision.")] = None,
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu (= cuda), mps or tpu.")] = "auto",
@@ -119,8 +119,8 @@ def run(
     early_stop_min_delta: Annotated[float, typer.Option(help="With --early-stop: the smallest change of --monitor that counts as an improvement.")] = 0.0,
     class_weights: Annotated[str, typer.Option(help="Per-class weights of the training loss: none, auto (inverse effective number of samples, Cui et al. 2019, mean 1 over the train images) or PATH to a YAML/JSON mapping class: weight.")] = "none",
     sampler: Annotated[str, typer.Option(help="Train batches: shuffle (every image once an epoch) or balanced (classes drawn equally often, with repetition). Not with --class-weights.")] = "shuffle",
-    logger: Annotated[list[str], typer.Option(help="Experiment tracker, repeatable: csv (metrics.csv only; it is always written), tensorboard (RUN_DIR/tensorboard) or mlflow (RUN_DIR/mlruns, or --mlflow-uri).")] = ["csv"],
-    mlflow_uri: Annotated[Optional[str], typer.Option(help="With --logger mlflow: the tracking server or store URI. Default: a file store in RUN_DIR/mlruns.")] = None,
+    logger: Annotated[list[str], typer.Option(help="Experiment tracker, repeatable: csv (metrics.csv only; it is always written), tensorboard (RUN_DIR/tensorboard) or mlflow (a local store RUN_DIR/mlflow.db, or --mlflow-uri).")] = ["csv"],
+    mlflow_uri: Annotated[Optional[str], typer.Option(help="With --logger mlflow: the tracking server or store URI. Default: sqlite:///RUN_DIR/mlflow.db (artifacts in RUN_DIR/mlartifacts).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--no-verbose", help="Show Lightning's own messages and the libraries' warnings. Default: off, one line per epoch.")] = False,
 ) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
@@ -221,6 +221,60 @@ def demo(
     _exit_on_user_error(lambda: run_demo(output, backbone=backbone, task=task, shots=shots, epochs=epochs, console=console))
 
 
+@app.command("runs")
+def runs_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder holding run directories (searched 3 levels deep).")] = Path("runs"),
+) -> None:
+    """List runs: backbone, data, best val figure, epochs, wall time, and the settings given beyond the defaults."""
+    from finetune.runs import find_runs
+
+    found = _exit_on_user_error(lambda: find_runs(folder))
+    table = Table(title=f"Runs in {folder} ({len(found)})", title_justify="left")
+    for col, justify in (("run", "left"), ("backbone", "left"), ("data", "left"), ("best val", "right"),
+                         ("epochs", "right"), ("wall", "right"), ("settings given", "left")):
+        table.add_column(col, justify=justify)
+    for r in found:
+        best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2]}" if r.best else "-"
+        given = " ".join(f"{k}={v}" for k, v in r.changed.items())
+        recipe = r.settings.get("recipe")
+        table.add_row(_shown_path(r.path, folder), str(r.settings.get("backbone")), Path(str(r.settings.get("data"))).name,
+                      best, f"{r.epochs}/{r.planned_epochs}", f"{r.seconds:.0f}s", (f"recipe={Path(recipe).stem} " if recipe else "") + given)
+    console.print(table)
+
+
+@app.command("compare")
+def compare_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    output: Annotated[Path, typer.Option(help="PNG overlaying the runs' val top-1 and val loss curves.")] = Path("compare.png"),
+) -> None:
+    """Print the settings that differ between runs, side by side, and plot their val curves together."""
+    from finetune.runs import plot_comparison, read_run, setting_differences
+
+    if len(run_dirs) < 2:
+        err_console.print(f"[red]Error:[/red] compare needs two or more run directories, got {len(run_dirs)}")
+        raise typer.Exit(2)
+    found = [_exit_on_user_error(lambda d=d: read_run(d)) for d in run_dirs]
+    labels = [d.name or str(d) for d in run_dirs]
+    table = Table(title="Settings that differ", title_justify="left")
+    table.add_column("setting")
+    for label in labels:
+        table.add_column(label)
+    for key, values in setting_differences(found).items():
+        table.add_row(key, *(str(v) for v in values))
+    table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2]})" if r.best else "-" for r in found))
+    table.add_row("epochs trained", *(str(r.epochs) for r in found))
+    table.add_row("wall", *(f"{r.seconds:.0f}s" for r in found))
+    console.print(table)
+    console.print(f"Curves: {plot_comparison(found, labels, output)}")
+
+
+def _shown_path(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base)) or "."
+    except ValueError:
+        return str(path)
+
+
 recipes_app = typer.Typer(help="List the shipped recipes, or show one.", invoke_without_command=True)
 app.add_typer(recipes_app, name="recipes")
 
@@ -313,10 +367,10 @@ def eval_cmd(
 
 def _print_eval_report(m: dict) -> None:
     table = Table(title=f"{m['split']} split, {m['images']} images", title_justify="left")
-    for col in ("TTA", "top-1", "top-5", "ECE"):
+    for col in ("TTA", "top-1", "top-5", "balanced acc", "macro-F1", "ECE"):
         table.add_column(col, justify="right" if col != "TTA" else "left")
     for mode, a in m["accuracy"].items():
-        table.add_row(mode, f"{a['top1']:.4f}", f"{a['top5']:.4f}", f"{a['ece']:.4f}")
+        table.add_row(mode, *(f"{a[k]:.4f}" for k in ("top1", "top5", "balanced_acc", "macro_f1", "ece")))
     console.print(table)
     if "calibration" in m:
         c = m["calibration"]

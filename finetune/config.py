@@ -187,7 +187,7 @@ class RunConfig(BaseModel):
     sampler: Sampler = Field("shuffle", description="train batches: shuffle (each image once an epoch) or balanced "
                              "(classes drawn equally often, with repetition)")
     logger: list[Logger] = Field(["csv"], description="metrics.csv always; tensorboard and mlflow add Lightning's loggers")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: a file store in RUN_DIR/mlruns")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: a SQLite store RUN_DIR/mlflow.db")
     verbose: bool = Field(False, description="show Lightning's own messages and library warnings")
 
     @field_validator("sampler")

@@ -228,7 +228,7 @@ def _report(predictor: Predictor, images, labels, bad, report: dict, out: Path) 
         "per_class": metrics.per_class(cm, names), "confusion_matrix": cm.tolist(), "class_names": names,
         "worst_confused": metrics.worst_confused(cm, names), "calibration_bins": bins,
     })
-    report.update({k: report["accuracy"][modes[-1]][k] for k in ("top1", "top5", "ece")})
+    report.update({k: report["accuracy"][modes[-1]][k] for k in ("top1", "top5", "balanced_acc", "macro_f1", "ece")})
     out.mkdir(parents=True, exist_ok=True)
     title = f"{report['split']} split, TTA {modes[-1]}"
     files = [plot_confusion(cm, names, out / "confusion_matrix.png", f"Confusion matrix, {title}"),

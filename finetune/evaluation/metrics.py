@@ -76,7 +76,18 @@ def worst_confused(cm: np.ndarray, class_names: Sequence[str], n: int = 5) -> li
     return pairs
 
 
+def class_balanced_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Balanced accuracy (the mean of the class recalls) and macro-F1, as training validates them
+    (the same torchmetrics functions, so `eval` and metrics.csv agree)."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_recall
+
+    preds, target, classes = torch.from_numpy(probs), torch.from_numpy(labels).long(), probs.shape[1]
+    return {"balanced_acc": float(multiclass_recall(preds, target, classes, average="macro")),
+            "macro_f1": float(multiclass_f1_score(preds, target, classes, average="macro"))}
+
+
 def accuracy_summary(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Top-1, top-5 (capped at the class count) and ECE of (N, C) probabilities."""
+    """Top-1, top-5 (capped at the class count), balanced accuracy, macro-F1 and ECE of (N, C) probabilities."""
     return {"top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5),
-            "ece": expected_calibration_error(probs, labels)}
+            **class_balanced_scores(probs, labels), "ece": expected_calibration_error(probs, labels)}

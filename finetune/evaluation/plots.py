@@ -21,7 +21,7 @@ def subplots(*args, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -54,7 +54,7 @@ def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
@@ -73,7 +73,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
             for p in range(n):
                 ax.text(p, t, str(cm[t, p]), ha="center", va="center",
                         color="white" if rates[t, p] > 0.5 else "black", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str = "Reliability") -> Path:
@@ -94,4 +94,4 @@ def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str 
     top.legend(loc="upper left")
     bottom.bar(lower, counts / max(counts.sum(), 1), width=width, align="edge", color="gray", edgecolor="black")
     bottom.set(xlabel="confidence (max probability)", ylabel="share of images")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -148,8 +148,11 @@ def tracker_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
 
         if not _MLFLOW_AVAILABLE:
             raise FinetuneError("--logger mlflow needs the mlflow package: pip install 'finetune[trackers]'")
-        uri = config.mlflow_uri or (run_dir / "mlruns").absolute().as_uri()
-        loggers.append(MLFlowLogger(experiment_name="finetune", run_name=run_dir.name, tracking_uri=uri))
+        # MLflow 3 refuses its plain-folder store; a SQLite file in the run dir is its local store now.
+        uri = config.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').absolute()}"
+        artifacts = None if config.mlflow_uri else (run_dir / "mlartifacts").absolute().as_uri()
+        loggers.append(MLFlowLogger(experiment_name="finetune", run_name=run_dir.name, tracking_uri=uri,
+                                    artifact_location=artifacts))
     return loggers
 
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 # Lightning reports through these loggers at INFO ("GPU available: False", "💡 Tip: ... litlogger",
 # "`Trainer(limit_train_batches=1.0)` was configured", "Loading `train_dataloader` to estimate...").
-LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric",
+                     "mlflow", "alembic")  # MLflow's store setup logs its schema migrations at INFO
 # Lightning's warnings that describe a choice this toolkit made on purpose, not something to act on.
 EXPECTED_WARNINGS = (
     r"The '\w+_dataloader' does not have many workers",  # --workers 0 is the user's (or a test's) choice

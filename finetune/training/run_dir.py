@@ -8,7 +8,7 @@ from finetune.errors import FinetuneError
 
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
-             "checkpoints", "model")
+             "checkpoints", "model", "tensorboard", "mlflow.db", "mlartifacts")
 RUN_FOLDER_PREFIXES = ("eval-",)  # eval-val/, eval-test/: results of the old model
 
 

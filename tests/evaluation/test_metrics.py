@@ -52,3 +52,15 @@ def test_temperature_scaling_lowers_ece_and_keeps_top1():
     after = metrics.expected_calibration_error(softmax(logits, t), labels)
     assert after < before / 2
     np.testing.assert_array_equal(softmax(logits, t).argmax(1), logits.argmax(1))
+
+
+def test_balanced_accuracy_and_macro_f1_by_hand():
+    # 6 of class 0 (5 right), 2 of class 1 (1 right), 2 of class 2 (0 right, both called 0).
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    probs = np.eye(3)[preds] * 0.8 + 0.2 / 3
+    scores = metrics.accuracy_summary(probs, labels)
+    assert scores["top1"] == pytest.approx(0.6)
+    assert scores["balanced_acc"] == pytest.approx((5 / 6 + 1 / 2 + 0) / 3)
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in ((5 / 8, 5 / 6), (1 / 2, 1 / 2), (0, 0))]
+    assert scores["macro_f1"] == pytest.approx(sum(f1) / 3)

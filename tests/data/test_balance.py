@@ -1,0 +1,113 @@
+"""Class imbalance: the warning, --class-weights (auto and file), --sampler balanced."""
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import yaml
+from rich.console import Console
+
+from finetune.config import RunConfig
+from finetune.data.balance import (balanced_sample_weights, class_weights, effective_number_weights,
+                                   imbalance_warning, read_class_weights)
+from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.data_config import DataConfig
+from finetune.errors import FinetuneError
+from finetune.training.fit import fit
+from finetune.training.losses import mixed_soft_targets, training_loss
+
+
+def test_auto_weights_favour_rare_classes_and_keep_the_loss_scale():
+    counts = [100, 10, 2]
+    w = effective_number_weights(counts)
+    assert w[2] > w[1] > w[0] > 0
+    n = torch.tensor(counts, dtype=torch.float32)
+    assert float((w * n).sum() / n.sum()) == pytest.approx(1.0)  # mean 1 over the training images
+    assert torch.allclose(effective_number_weights([7, 7, 7]), torch.ones(3))  # balanced data: unweighted
+    # Softer than inverse frequency for a class that is most of the data (Cui et al.'s point).
+    inverse = 1 / n
+    assert float(w[0] / w[2]) > float(inverse[0] / inverse[2])
+
+
+def test_weighted_soft_target_loss_matches_torch_with_smoothing_and_mixing():
+    torch.manual_seed(0)
+    logits, w = torch.randn(6, 3), torch.tensor([0.5, 1.0, 3.0])
+    y, partner = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 2, 1, 1, 0, 0])
+    target = mixed_soft_targets(y, partner, 0.7, 3, smoothing=0.1)
+    ours = training_loss(logits, target, class_weights=w).total
+    assert torch.allclose(ours, F.cross_entropy(logits, target, weight=w))
+    hard = training_loss(logits, F.one_hot(y, 3).float(), class_weights=w).total
+    assert torch.allclose(hard, F.cross_entropy(logits, y, weight=w, reduction="sum") / len(y))
+
+
+def test_weights_file_names_unknown_and_missing_classes(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dgo": 2.0}))
+    with pytest.raises(FinetuneError, match="unknown classes dgo; missing classes dog; the classes are cat, dog"):
+        read_class_weights(path, ["cat", "dog"])
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": -1}))
+    with pytest.raises(FinetuneError, match="numbers >= 0"):
+        read_class_weights(path, ["cat", "dog"])
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": 4}))
+    assert class_weights(str(path), {"cat": 5, "dog": 5}).tolist() == [1.0, 4.0]
+
+
+def test_imbalance_warning_above_ten_to_one():
+    assert imbalance_warning({"a": 100, "b": 10}) is None
+    message = imbalance_warning({"a": 110, "b": 10, "c": 50})
+    assert message.startswith("class imbalance 11:1 in train (a: 110 images, b: 10)")
+
+
+def test_sampler_and_class_weights_together_are_refused():
+    with pytest.raises(ValueError, match="corrects the imbalance twice"):
+        RunConfig(backbone="x", data=".", class_weights="auto", sampler="balanced")
+
+
+def _imbalanced(write_folder, root):
+    from PIL import Image
+
+    def draw(cls, rng):
+        return Image.new("L", (32, 32), {"big": 40, "small": 200}[cls] + int(rng.integers(0, 20)))
+
+    folder = write_folder(root, ["big", "small"], draw, train=24, val=4)
+    for p in sorted((folder / "train" / "small").glob("*.png"))[2:]:
+        p.unlink()  # 24 against 2: 12:1
+    return folder
+
+
+def test_balanced_sampler_draws_classes_equally(write_folder, tmp_path):
+    data = _imbalanced(write_folder, tmp_path / "d")
+    dm = ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=26, sampler="balanced", augment="none")
+    labels = Counter()
+    loader = dm.train_dataloader()
+    for _ in range(20):
+        for _, y in loader:
+            labels.update(y.tolist())
+    assert sum(labels.values()) == 20 * 26  # an epoch is still one pass's worth of images
+    assert 0.4 < labels[1] / sum(labels.values()) < 0.6  # the 2-image class is drawn half the time
+    plain = Counter(y for _, ys in ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=26,
+                                                         augment="none").train_dataloader() for y in ys.tolist())
+    assert plain[1] == 2
+
+
+class _Weights(pl.Callback):
+    def on_fit_start(self, trainer, pl_module):
+        self.seen = pl_module.class_weights
+
+
+def test_run_with_class_weights_auto_trains_with_them_and_records_them(write_folder, tmp_path):
+    data = _imbalanced(write_folder, tmp_path / "d")
+    out, probe = io.StringIO(), _Weights()
+    config = RunConfig(backbone="test_resnet", data=data, weights="none", image_size=32, epochs=1, batch_size=8,
+                       workers=0, progress=False, export=False, output=tmp_path / "run", class_weights="auto")
+    result = fit(config, Console(file=out, width=200), callbacks=[probe])
+    expected = effective_number_weights([24, 2])
+    assert torch.allclose(probe.seen, expected)
+    resolved = yaml.safe_load((result.run_dir / "config.yaml").read_text())["resolved"]
+    assert resolved["class_counts"] == {"big": 24, "small": 2} and resolved["imbalance_ratio"] == 12.0
+    assert resolved["class_weights"]["small"] == pytest.approx(float(expected[1]), rel=1e-5)
+    assert "Warning: class imbalance 12:1 in train (big: 24 images, small: 2)" in out.getvalue()
