@@ -27,7 +27,7 @@ from finetune.tune.budget import estimate
 from finetune.tune.sampling import TrialSeededRandomSampler
 from finetune.tune.space import Param, Space, default_space, load_space, narrow, parse_param, space_to_dict, suggest
 from finetune.tune.storage import claim_trial, counts, open_storage
-from finetune.tune.trial import run_trial, trial_config
+from finetune.tune.trial import join_trial_as_rank, run_trial, trial_config
 
 STAGE1_SHARE = 2 / 3  # of --trials: many cheap trials explore, fewer long ones refine
 STAGE1_FRACTION = 1 / 3  # of the full epochs: enough to rank settings, a third of the cost
@@ -254,6 +254,9 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
         >>> result = finetune.tune(RunConfig(backbone="resnet18", data="mydata"), trials=12)  # doctest: +SKIP
         >>> result.best_yaml
     """
+    if join_trial_as_rank():  # a DDP rank started for a trial of this study: it trained its part
+        study_dir = Path(output) if output is not None else default_study_dir(config.backbone)
+        return TuneResult(study_dir, None, None, None, None, study_dir / "trials.csv")
     console = console or Console()
     base = config.model_copy(update={"output": None}).with_absolute_paths()
     space = load_space(space) if isinstance(space, (str, Path)) else dict(space or default_space(base))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,9 @@ from finetune.tune.pruning import TrialPruning
 # A bad setting (a layer name the backbone lacks, settings that contradict each other, memory) ends
 # its trial, recorded with the reason; the study goes on. Anything else is a bug and stops the study.
 SETTING_ERRORS = (FinetuneError, ValueError, torch.OutOfMemoryError)
+# Lightning's DDP launcher starts ranks 1..N-1 by running the same command again: they find the trial
+# they belong to here, and join its run instead of starting a study of their own.
+TRIAL_ENV = "FINETUNE_TUNE_TRIAL"
 
 
 def trial_config(base: RunConfig, params: Mapping[str, Any], epochs: int, run_dir: Path) -> RunConfig:
@@ -49,6 +54,30 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _shared_with_ranks(config: RunConfig) -> Iterator[None]:
+    os.environ[TRIAL_ENV] = config.model_dump_json()
+    try:
+        yield
+    finally:
+        os.environ.pop(TRIAL_ENV, None)
+
+
+def join_trial_as_rank() -> bool:
+    """In a process the DDP launcher started for a trial: trains this rank of it and returns True.
+
+    The rank holds no trial: its pruning callback only votes, and how the trial ended (pruned,
+    diverged, failed) is recorded by global zero, which raised or stopped at the same step.
+    """
+    shared = os.environ.get(TRIAL_ENV)
+    if shared is None:
+        return False
+    config = RunConfig.model_validate_json(shared)
+    with contextlib.suppress(*SETTING_ERRORS), _quiet():
+        fit(config, Console(file=io.StringIO()), callbacks=[TrialPruning(None)])
+    return True
+
+
 def run_trial(study: optuna.Study, trial: Trial, base: RunConfig, params: Mapping[str, Any], epochs: int,
               run_dir: Path) -> str:
     """Trains one trial and tells the study how it ended.
@@ -71,7 +100,7 @@ def run_trial(study: optuna.Study, trial: Trial, base: RunConfig, params: Mappin
     with open(run_dir / "log.txt", "w") as log:
         try:
             config = trial_config(base, params, epochs, run_dir)
-            with _quiet():
+            with _quiet(), _shared_with_ranks(config):
                 result = fit(config, Console(file=log, width=120), callbacks=[pruning])
             outcome, value = ("pruned", None) if pruning.pruned_at is not None else ("complete", result.best_val_acc1)
         except DivergenceError as e:
