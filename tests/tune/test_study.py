@@ -153,3 +153,12 @@ def test_final_run_trains_the_best_for_the_full_epochs_and_scores_it_on_test(bas
     split, top1 = result.final_top1
     assert split == "test" and 0.0 <= top1 <= 1.0
     assert (result.final_run / "eval-test" / "metrics.json").is_file()
+
+
+def test_timeout_stops_starting_trials_and_the_estimate_says_so(base_config, tmp_path):
+    console = _quiet()
+    result = finetune.tune(base_config(), {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}, trials=3, timeout=1e-6,
+                           output=tmp_path / "s", console=console)
+    text = console.file.getvalue()
+    assert "--timeout 1e-06 s stops starting trials before that" in text
+    assert result.best_yaml is None and _rows(tmp_path / "s") == [] and "No trial completed" in text
