@@ -14,6 +14,7 @@ from finetune.errors import FinetuneError
 from finetune.training.monitor import monitor_spec
 
 SHOWN_APART = ("backbone", "data", "output", "recipe")  # columns of their own, not "flags"
+CONSOLE_ONLY = ("progress", "verbose")  # change what is printed, not what trains
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class RunSummary:
     def changed(self) -> dict[str, Any]:
         """Settings given on the command line or by a recipe (not defaults, not derived from the data)."""
         return {k: self.settings.get(k) for k, src in self.sources.items()
-                if k not in SHOWN_APART and (src == "command line" or src.startswith("recipe"))}
+                if k not in SHOWN_APART + CONSOLE_ONLY and (src == "command line" or src.startswith("recipe"))}
 
     @property
     def planned_epochs(self) -> Any:

@@ -60,7 +60,9 @@ def test_bad_files_are_listed_and_the_run_goes_on(tiny_data, tmp_path, run_args)
     assert result.exit_code == 0, result.output
     listed = (out / "bad_files.txt").read_text()
     assert "empty.jpg" in listed and "notes.txt" in listed
-    assert "Skipped 2" in result.output
+    text = " ".join(result.output.split())
+    assert "Skipped 2 unreadable files:" in text and "empty.jpg (empty file (0 bytes))" in text
+    assert text.count("empty.jpg") == 1  # said once: the scan's own warning is not repeated
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path, run_args):

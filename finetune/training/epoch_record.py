@@ -15,8 +15,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-# Column groups of metrics.csv, left to right (a stable sort keeps first-seen order within a group).
-_COLUMN_ORDER = ("epoch", "train/", "val/", "val_ema/", "lr/", "freeze/", "img/s", "epoch_seconds", "")
+# Column groups of metrics.csv, left to right (a stable sort keeps first-seen order within a group):
+# a name ending in "/" is a prefix, any other an exact column.
+_COLUMN_ORDER = ("epoch", "train/", "val/", "val_ema/", "lr/", "freeze/", "img/s", "epoch_seconds")
+
+
+def _column_rank(column: str) -> int:
+    for i, name in enumerate(_COLUMN_ORDER):
+        if column == name or (name.endswith("/") and column.startswith(name)):
+            return i
+    return len(_COLUMN_ORDER)
 
 
 class EpochRecord(pl.Callback):
@@ -86,7 +94,7 @@ class EpochRecord(pl.Callback):
         columns: list[str] = []
         for row in self.rows:
             columns.extend(k for k in row if k not in columns)
-        columns.sort(key=lambda c: next(i for i, prefix in enumerate(_COLUMN_ORDER) if c.startswith(prefix)))
+        columns.sort(key=_column_rank)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
+from rich.markup import escape
 
 from finetune.config import RunConfig
 from finetune.data.balance import class_weights, imbalance_ratio, imbalance_warning
@@ -321,7 +322,10 @@ def _announce(console, config, index, report, precision, why, module, world_size
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
     console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
     if index.bad_files:
-        console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: see bad_files.txt[/yellow]")
+        first = "; ".join(f"{_shown(p)} ({reason})" for p, reason in index.bad_files[:3])
+        more = f"; and {len(index.bad_files) - 3} more" if len(index.bad_files) > 3 else ""
+        console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: {escape(first)}{more} "
+                      f"(all in bad_files.txt)[/yellow]")
     train_counts = index.counts("train")
     console.print(f"Train images per class: {min(train_counts.values())}-{max(train_counts.values())} "
                   f"(imbalance {imbalance_ratio(train_counts):.1f}:1)")

@@ -22,6 +22,7 @@ EXPECTED_WARNINGS = (
     r"Experiment logs directory .* exists and is not empty",
     r"Found \d+ module\(s\) in eval mode",  # frozen BatchNorm, on purpose
     r"Checkpoint directory .* exists and is not empty",  # --resume writes into its own checkpoints/
+    r"skipped \d+ bad file\(s\) in ",  # the run prints them itself, once, with bad_files.txt
 )
 
 

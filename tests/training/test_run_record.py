@@ -28,6 +28,9 @@ def test_metrics_csv_has_one_full_row_per_epoch(make_config):
     result, _ = _quiet_fit(make_config(epochs=4, val_every=2, export=False))
     rows = _rows(result.run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    header = list(rows[0])
+    assert header[0] == "epoch" and header[-2:] == ["img/s", "epoch_seconds"]
+    assert header.index("train/loss") < header.index("val/loss") < header.index("lr/head")
     groups = [f"lr/{g.name}" for g in create_backbone("test_resnet", 3, "none")[0].groups]
     for row in rows:
         assert float(row["train/loss"]) > 0 and 0 <= float(row["train/acc1"]) <= 1

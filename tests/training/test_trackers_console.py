@@ -44,6 +44,17 @@ def test_mlflow_local_store_in_the_run_dir_holds_the_run(make_config):
     assert (result.run_dir / "metrics.csv").is_file()  # the record is written with any tracker
 
 
+def test_mlflow_uri_sends_the_run_to_another_store(make_config, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    result = fit(make_config(epochs=1, export=False, logger=["mlflow"], mlflow_uri=uri), Console(file=io.StringIO()))
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    assert run.info.run_name == result.run_dir.name and "val/acc1" in run.data.metrics
+    assert not (result.run_dir / "mlflow.db").exists()
+
+
 def test_a_tracker_without_its_package_is_a_clear_error(make_config, monkeypatch):
     import pytorch_lightning.loggers.tensorboard as tb
 
