@@ -93,6 +93,12 @@ class Param:
             return replace(self, low=int(math.floor(new_lo)), high=int(math.ceil(new_hi)))
         return replace(self, low=self._unscale(new_lo), high=self._unscale(new_hi))
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` could be drawn from this setting's range or choices."""
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def edge(self, value: Any, tolerance: float = EDGE) -> str | None:
         """"low" or "high" when `value` sits in the outer `tolerance` of the range, else None."""
         if not self.numeric or self.low == self.high:

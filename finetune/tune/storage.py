@@ -50,14 +50,23 @@ def claim_trial(study: optuna.Study, n_trials: int) -> Trial | None:
 
     Two workers may both see N-1 trials and ask at once. Trial numbers are assigned in one order
     by the storage, so the later one finds N earlier trials, records itself as surplus (FAIL,
-    never run, not counted) and stops: the study runs exactly N.
+    never run, not counted) and stops: the study runs exactly N. An enqueued trial that two
+    workers both enqueued (same `enqueued` attribute) runs once: the later copy is surplus too.
     """
-    if taken(study) >= n_trials:
-        return None
-    trial = study.ask()
-    earlier = sum(counts(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
-    if earlier >= n_trials:
-        trial.set_user_attr("outcome", "surplus")
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-    return trial
+    while taken(study) < n_trials:
+        trial = study.ask()
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t)]
+        tag = trial.user_attrs.get("enqueued")
+        if tag is not None and any(t.user_attrs.get("enqueued") == tag for t in earlier):
+            _surplus(study, trial)
+            continue
+        if len(earlier) >= n_trials:
+            _surplus(study, trial)
+            return None
+        return trial
+    return None
+
+
+def _surplus(study: optuna.Study, trial: Trial) -> None:
+    trial.set_user_attr("outcome", "surplus")
+    study.tell(trial, state=TrialState.FAIL)

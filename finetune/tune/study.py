@@ -160,6 +160,20 @@ def _same_study(study: optuna.Study, key: str, value: Any, what: str, study_dir:
                             "give the same options to continue it, or another --output for a new study")
 
 
+def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, console: Console) -> None:
+    """A new study's first trial runs the base settings (the defaults, or the recipe and flags given):
+    the study then ranks every setting it tries against them, and stage 2 narrows around them when
+    they are among the best. Skipped when a base value lies outside the space."""
+    if study.trials:
+        return
+    values = {name: getattr(base, name) for name in space}
+    outside = [name for name, p in space.items() if not p.contains(values[name])]
+    if outside:
+        console.print(f"The base settings are not a trial: {', '.join(outside)} outside the space")
+        return
+    study.enqueue_trial(values, user_attrs={"enqueued": "base settings"})  # run once, even if two workers enqueue it
+
+
 def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space) -> Space:
     """Stage 1's space narrowed around its best trials, computed by the first worker to get here
     and stored with stage 2, so that every worker samples the same ranges."""
@@ -273,6 +287,7 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
     settings = {k: v for k, v in base.model_dump(mode="json").items() if k not in NOT_COMPARED}
     _same_study(studies[1], "settings", settings, "run settings", study_dir)
     _same_study(studies[1], "space", space_to_dict(space), "search space", study_dir)
+    _enqueue_base(studies[1], space, base, console)
     console.print(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); rerun the same command to continue it")
     print_space(console, space, "Search space (stage 1)" if len(plan) > 1 else "Search space")
     _print_estimate(console, base, index, batch, plan, full, timeout)

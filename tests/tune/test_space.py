@@ -97,3 +97,9 @@ def test_space_file_kinds(tmp_path):
         ("log-uniform", 1e-4, 1e-2, ()), ("int", 2, 4, ()), ("choice", None, None, (None, "layer4")),
         ("uniform", 0.0, 0.2, ())]
     assert all(math.isfinite(v["lr"]) for v in _draws(space, 3))
+
+
+def test_contains():
+    assert Param("lr", "log-uniform", 1e-4, 1e-2).contains(1e-3) and not Param("lr", "log-uniform", 1e-4, 1e-2).contains("auto")
+    assert Param("augment", "choice", choices=("none", "light")).contains("none")
+    assert not Param("mixup", "uniform", 0.1, 0.4).contains(0.0)

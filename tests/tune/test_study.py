@@ -105,6 +105,14 @@ def test_two_stages_short_then_full_in_a_narrowed_space(two_stage_study):
     assert "3/3 done" in text
 
 
+def test_the_first_trial_runs_the_base_settings(two_stage_study):
+    result, _ = two_stage_study
+    first = _rows(result.study_dir)[0]
+    defaults = RunConfig.model_fields
+    assert float(first["lr"]) == defaults["lr"].default and float(first["weight_decay"]) == defaults["weight_decay"].default
+    assert first["freeze_until"] == "" and first["augment"] == "auto" and float(first["mixup"]) == 0.0
+
+
 def test_outputs_of_a_study(two_stage_study):
     result, text = two_stage_study
     columns = list(_rows(result.study_dir)[0])
