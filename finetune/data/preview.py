@@ -62,7 +62,7 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
         raise ValueError(f"unknown augmentation preset {augment!r}; valid: auto, {', '.join(PRESETS)}")
     index = scan_image_folder(data, progress=False)
     # auto: the policy `finetune run` would choose for this folder at this input size
-    preset = auto_augment_policy(profile_training_set(index, seed), dc.input_size) if augment == "auto" else augment
+    preset = auto_augment_policy(profile_training_set(index), dc.input_size) if augment == "auto" else augment
     dataset = ImageListDataset(_round_robin(index.train), build_transform(dc, train=True, preset=preset, seed=seed))
     tile, rows = _tile_size(dc), -(-count // columns)
     grid = Image.new("RGB", (columns * tile, rows * (tile + LABEL_HEIGHT)), "white")

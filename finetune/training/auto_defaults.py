@@ -69,7 +69,8 @@ class DataDefaults:
     sources: dict[str, str]
 
 
-def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: DataConfig) -> DataDefaults:
+def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: DataConfig,
+                          world_size: int = 1) -> DataDefaults:
     """Fills the settings left at None/auto (batch size, epochs, validation cadence, augmentation)
     from the training set.
 
@@ -77,24 +78,29 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         config: The run's settings.
         index: The scanned image folder (its train split is measured).
         data_config: The preprocessing the run trains with (its input size).
+        world_size: Training processes. Each sees 1/world_size of the images an epoch with its own
+            batch (--batch-size is per device), so the rules read that share: 4 GPUs on 200 images
+            take the batch and epochs of 50 images, not a 2-step epoch at batch 16.
     """
     n, updates, sources = len(index.train), {}, {}
+    share = -(-n // max(1, world_size))
+    over = f" over {world_size} processes ({share} each)" if world_size > 1 else ""
     if config.batch_size is None:
-        updates["batch_size"] = auto_batch_size(n)
-        sources["batch_size"] = f"auto: {n} train images -> {updates['batch_size']} ({BATCH_RULE})"
+        updates["batch_size"] = auto_batch_size(share)
+        sources["batch_size"] = f"auto: {n} train images{over} -> {updates['batch_size']} ({BATCH_RULE})"
     batch = updates.get("batch_size", config.batch_size)
     if config.epochs is None:
-        updates["epochs"] = auto_epochs(n, batch)
+        updates["epochs"] = auto_epochs(share, batch)
         if config.val_every:  # a given cadence: round up so that the last epoch is validated
             updates["epochs"] = -(-updates["epochs"] // config.val_every) * config.val_every
-        sources["epochs"] = f"auto: {math.ceil(n / batch)} steps an epoch -> {updates['epochs']} ({EPOCHS_RULE})"
+        sources["epochs"] = f"auto: {math.ceil(share / batch)} steps an epoch -> {updates['epochs']} ({EPOCHS_RULE})"
     epochs = updates.get("epochs", config.epochs)
     if config.val_every is None:
         updates["val_every"] = auto_val_every(epochs)
         sources["val_every"] = f"auto: {epochs} epochs -> every {updates['val_every']} (about {VALIDATIONS} validations, the last included)"
     profile, augment = None, config.augment
     if config.augment == "auto":
-        profile = profile_training_set(index, config.seed)
+        profile = profile_training_set(index)
         augment = auto_augment_policy(profile, data_config.input_size)
         sources["augment"] = f"auto: {augment.describe()}"
     return DataDefaults(config.model_copy(update=updates), augment, profile, sources)

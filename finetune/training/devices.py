@@ -37,3 +37,14 @@ def available_accelerators() -> list[str]:
 
     found = [("cpu", CPUAccelerator), ("gpu", CUDAAccelerator), ("mps", MPSAccelerator)]
     return [name for name, accelerator in found if accelerator.is_available()]
+
+
+def planned_world_size(accelerator: str, devices: int | str, strategy: str = "auto", num_nodes: int = 1) -> int:
+    """How many processes a run on these settings trains in, as Lightning resolves them.
+
+    A Trainer is built and dropped (no process starts before `fit`): Lightning's own rules for
+    "auto", -1, GPU id lists and nodes apply, rather than a copy of them.
+    """
+    probe = device_trainer(accelerator, devices, strategy, num_nodes, logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+    return int(probe.world_size)

@@ -28,7 +28,7 @@ from finetune.models.backbone import create_backbone
 from finetune.training.auto_defaults import resolve_data_defaults
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class
 from finetune.training.checkpoint_io import AtomicCheckpointIO
-from finetune.training.devices import device_trainer
+from finetune.training.devices import device_trainer, planned_world_size
 from finetune.training.early_stop import PhaseEarlyStopping
 from finetune.training.epoch_record import EpochLine, EpochRecord
 from finetune.training.lr_find import find_lr
@@ -213,7 +213,8 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         sources = {**(sources or {}), "freeze_until": f"auto: {why}"}
         console.print(f"freeze-until auto: {why}")
     data_config = backbone.data_config.with_size(config.image_size)
-    auto = resolve_data_defaults(config, index, data_config)
+    world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
+    auto = resolve_data_defaults(config, index, data_config, world)
     config, sources = auto.config, {**(sources or {}), **auto.sources}
     weights = class_weights(config.class_weights, index.counts("train"))
     module = FinetuneModule(config, index.classes, backbone=backbone, class_weights=weights)

@@ -81,3 +81,41 @@ def test_last_checkpoint_is_written_after_every_epoch_whatever_the_cadence(tmp_p
     trainer = build_trainer(config, tmp_path, "32", 5)
     last = next(c for c in trainer.checkpoint_callbacks if c.filename == "last")
     assert last._should_save_on_train_epoch_end(trainer)  # Lightning's default saves only after validation epochs
+
+
+def test_auto_batch_and_epochs_read_each_process_share_of_the_images():
+    from types import SimpleNamespace
+
+    from finetune.config import RunConfig
+    from finetune.data.data_config import DataConfig
+    from finetune.training.auto_defaults import resolve_data_defaults
+    from finetune.training.devices import planned_world_size
+
+    index = SimpleNamespace(train=[("x.png", 0)] * 200)  # the rules read only the train-set size here
+    config = RunConfig(backbone="test_resnet", data=".", augment="none")
+    dc = DataConfig(32, (0.5,) * 3, (0.5,) * 3)
+    one = resolve_data_defaults(config, index, dc, world_size=1)
+    four = resolve_data_defaults(config, index, dc, world_size=4)
+    # One process: 200 images -> batch 16, 13 steps an epoch -> 31 epochs. Four: 50 images each ->
+    # batch 8, 7 steps -> 58 epochs, about the same 400 steps, not 4-step epochs at batch 16.
+    assert (one.config.batch_size, one.config.epochs) == (16, 31)
+    assert (four.config.batch_size, four.config.epochs) == (8, 58)
+    assert "200 train images over 4 processes (50 each) -> 8" in four.sources["batch_size"]
+    assert four.sources["epochs"].startswith("auto: 7 steps an epoch")
+    assert planned_world_size("cpu", 3, "ddp") == 3 and planned_world_size("cpu", "auto") == 1
+
+
+def test_the_data_profile_does_not_depend_on_the_run_seed(tmp_path):
+    """augment-preview (its own --seed) and runs with different --seed must see the same auto policy."""
+    from finetune.config import RunConfig
+    from finetune.data.data_config import DataConfig
+    from finetune.data.scan import scan_image_folder
+    from finetune.data.synthetic import make_image_folder
+    from finetune.training.auto_defaults import resolve_data_defaults
+
+    data = make_image_folder(tmp_path / "d", "shapes", train_per_class=60, val_per_class=2, size=32,
+                             classes=("circle", "square"), seed=0)  # 60 > the 40 a class the profile samples
+    index, dc = scan_image_folder(data), DataConfig(32, (0.5,) * 3, (0.5,) * 3)
+    profiles = [resolve_data_defaults(RunConfig(backbone="test_resnet", data=data, seed=s), index, dc).profile
+                for s in (1, 2)]
+    assert profiles[0] == profiles[1]
