@@ -225,9 +225,12 @@ def stratified_split(items: list[Item], classes: list[str], val_split: float, se
     Returns:
         (train, val) lists, each in the input order.
     """
+    by_label: dict[int, list[Path]] = {}
+    for path, label in items:  # one pass over the items: O(N), not a scan per class
+        by_label.setdefault(label, []).append(path)
     in_val: set[Path] = set()
     for label, name in enumerate(classes):
-        paths = sorted(p for p, lab in items if lab == label)
+        paths = sorted(by_label.get(label, []))
         if len(paths) < 2:
             continue
         n_val = min(max(round(len(paths) * val_split), 1), len(paths) - 1)
