@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from finetune.config import RunConfig
 from finetune.errors import FinetuneError
+from finetune.models.backbone import create_backbone
 
 KINDS = ("log-uniform", "uniform", "int", "choice")
 # Settings a study sets itself (each trial's folder, no bars, no bundles) or that change no result.
@@ -151,8 +152,6 @@ def space_to_dict(space: Mapping[str, Param]) -> dict[str, dict[str, list]]:
 def freeze_choices(backbone: str) -> tuple[str | None, ...]:
     """Freeze depths over the backbone's layer groups: nothing frozen, then freezing before each
     later group (the first layer of the group trains), down to the head alone."""
-    from finetune.models.backbone import create_backbone
-
     net, _ = create_backbone(backbone, 2, "none")  # the groups only: no weights needed
     return (None, *(g.unit_names[0] for g in net.groups[1:]))
 

@@ -21,7 +21,9 @@ from rich.table import Table
 from finetune.config import RunConfig
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.errors import FinetuneError
+from finetune.evaluation.evaluate import evaluate
 from finetune.training.auto_defaults import resolve_data_defaults
+from finetune.training.fit import fit
 from finetune.tune import outputs
 from finetune.tune.budget import estimate
 from finetune.tune.sampling import TrialSeededRandomSampler
@@ -350,9 +352,6 @@ def _final_run(console: Console, best: RunConfig, trial: FrozenTrial, full: int,
                index: DatasetIndex) -> tuple[Path, tuple[str, float]]:
     """The best settings trained for the full epochs and exported; scored on test when there is one
     (trials selected on val, so val would flatter it)."""
-    from finetune.evaluation.evaluate import evaluate
-    from finetune.training.fit import fit
-
     epochs = trial.params.get("epochs", full)
     config = RunConfig.model_validate({**best.model_dump(), "epochs": epochs, "output": study_dir / "final",
                                        "overwrite": True, "export": True, "progress": False})
