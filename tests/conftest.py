@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Tests never reach the hub: an empty weights folder and caches under the test's own tmp dir.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The toolkit's cache (converted weights, verified scans) in a folder of this session, not the home's.
+os.environ.setdefault("FINETUNE_CACHE_DIR", tempfile.mkdtemp(prefix="finetune-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Two layouts are understood:
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zlib
@@ -177,15 +178,84 @@ def _check_one(path: Path) -> str | None:
 
 
 def _verify_all(paths: list[Path], progress: bool) -> list[str | None]:
-    """Decodes every file once in a thread pool (Pillow releases the GIL while decoding)."""
-    workers = min(16, 2 * (os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable[str | None] = pool.map(_check_one, paths)
-        if progress and len(paths) > PROGRESS_MIN_IMAGES:
-            from rich.progress import track
+    """Decodes every file once in a thread pool (Pillow releases the GIL while decoding), reusing
+    the verdicts of an earlier scan for files whose size and modification time are unchanged."""
+    cache = VerifiedFiles.load()
+    stats = [_stat(p) for p in paths]
+    results: list[str | None] = [cache.verdict(p, st) for p, st in zip(paths, stats)]
+    todo = [i for i, r in enumerate(results) if r is _UNKNOWN]
+    if todo:
+        workers = min(16, 2 * (os.cpu_count() or 2))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            fresh: Iterable[str | None] = pool.map(_check_one, [paths[i] for i in todo])
+            if progress and len(todo) > PROGRESS_MIN_IMAGES:
+                from rich.progress import track
 
-            results = track(results, total=len(paths), description="Checking images")
-        return list(results)
+                fresh = track(fresh, total=len(todo), description="Checking images")
+            for i, reason in zip(todo, fresh):
+                results[i] = reason
+                cache.record(paths[i], stats[i], reason)
+        cache.save()
+    return results
+
+
+_UNKNOWN = object()  # no cached verdict: the file must be decoded
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # a dangling link: decoding reports why
+    return st.st_size, st.st_mtime_ns
+
+
+class VerifiedFiles:
+    """Verdicts of earlier scans (None: readable, else the reason it is not), keyed on the absolute
+    path and valid while the file's size and modification time are those recorded.
+
+    Kept in the cache folder (see `finetune.cache`), one JSON file for all scans, so that `run`,
+    `lr-find`, `eval`, `export` and the processes DDP starts do not decode a folder again. Any
+    problem reading or writing it only costs the decode it would have saved.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, list]):
+        self.path, self.entries, self.changed = path, entries, False
+
+    @classmethod
+    def load(cls) -> "VerifiedFiles":
+        from finetune.cache import cache_dir
+
+        path = cache_dir() / "scan" / "verified.json"
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries)
+
+    def verdict(self, path: Path, stat: tuple[int, int] | None) -> object:
+        entry = self.entries.get(str(path.absolute()))
+        if stat is None or entry is None or tuple(entry[:2]) != stat:
+            return _UNKNOWN
+        return entry[2]
+
+    def record(self, path: Path, stat: tuple[int, int] | None, reason: str | None) -> None:
+        if stat is not None:
+            self.entries[str(path.absolute())] = [stat[0], stat[1], reason]
+            self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
+            os.replace(tmp, self.path)  # concurrent scans: the last writer wins, every copy is whole
+        except OSError:
+            pass
 
 
 def _keep_readable(items: list[Item], progress: bool, bad: list[tuple[Path, str]]) -> list[Item]:

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from finetune.cache import CACHE_DIR_ENV, cache_dir
 from finetune.errors import WeightsError
 
-CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
 # Bumped whenever the mapping changes, so a file converted by an older mapping is never reused.
 MAPPING_VERSION = 1
 # The port's top-level layers -> timm EfficientNet names.
@@ -86,14 +86,6 @@ def _package_dir(module: str) -> Path | None:
     # find_spec locates the package without importing (running) it.
     spec = importlib.util.find_spec(module)
     return Path(spec.origin).parent if spec is not None and spec.origin else None
-
-
-def cache_dir() -> Path:
-    """Folder for converted weights: $FINETUNE_CACHE_DIR, else $XDG_CACHE_HOME/finetune, else ~/.cache/finetune."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "finetune"
 
 
 def packaged_timm_file(name: str) -> tuple[Path, str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,44 @@ def test_split_layout_with_empty_val_holds_out_from_train(tmp_path):
         index = scan_image_folder(tmp_path, val_split=0.4)
     assert index.layout == "split"
     assert index.counts("train") == {"circle": 3, "square": 3} and index.counts("val") == {"circle": 2, "square": 2}
+
+
+def test_a_second_scan_reuses_the_verdicts_and_decodes_only_changed_files(tmp_path, monkeypatch):
+    import os
+
+    from finetune.data import scan as scan_module
+    from finetune.data.synthetic import make_image_folder
+
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "d", "shapes", train_per_class=4, val_per_class=2, size=16,
+                             classes=("circle", "square"), seed=0)
+    decoded: list[str] = []
+    real = scan_module.verify_image
+    monkeypatch.setattr(scan_module, "verify_image", lambda p: (decoded.append(Path(p).name), real(p))[1])
+    first = scan_image_folder(data)
+    assert len(decoded) == 12
+    decoded.clear()
+    again = scan_image_folder(data)
+    assert decoded == [] and again.train == first.train and again.val == first.val
+    victim = first.train[0][0]
+    victim.write_bytes(b"not a png any more")  # new size and mtime: decoded again, now bad
+    os.utime(first.train[1][0], ns=(0, 10**18))  # same bytes, other mtime: decoded again, still fine
+    with pytest.warns(DataWarning, match="skipped 1 bad file"):
+        third = scan_image_folder(data)
+    assert sorted(decoded) == sorted([victim.name, first.train[1][0].name])
+    assert [p for p, _ in third.bad_files] == [victim] and victim not in [p for p, _ in third.train]
+    decoded.clear()
+    with pytest.warns(DataWarning, match="skipped 1 bad file"):
+        scan_image_folder(data)  # the bad verdict is cached too
+    assert decoded == []
+
+
+def test_an_unwritable_cache_only_costs_the_decode(tmp_path, monkeypatch):
+    from finetune.data.synthetic import make_image_folder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(blocker / "cache"))  # a folder under a file: cannot exist
+    data = make_image_folder(tmp_path / "d", "shapes", train_per_class=3, val_per_class=1, size=16,
+                             classes=("circle", "square"), seed=0)
+    assert len(scan_image_folder(data).train) == 6
