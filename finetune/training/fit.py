@@ -334,6 +334,10 @@ def _announce(console, config, index, report, precision, why, module, world_size
     if warning:
         console.print(f"[yellow]Warning: {warning}[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
+    missing = getattr(report, "missing", [])
+    if config.weights_partial and missing:
+        console.print(f"[yellow]Warning: --weights-partial: {len(missing)} tensors of the model were not in "
+                      f"{report.source} and keep their random init[/yellow]")
     console.print(f"Precision: {precision} ({why})")
     if module.teacher is not None:
         console.print(f"Teacher: {module.teacher.source} (kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")

@@ -237,3 +237,5 @@ def test_run_refuses_unfit_weights_unless_partial(tiny_data: Path, tmp_path: Pat
     accepted = CliRunner().invoke(app, args(tmp_path / "run2", "--weights-partial"))
     assert accepted.exit_code == 0, accepted.output
     assert "weights_partial: true" in (tmp_path / "run2" / "config.yaml").read_text()
+    text = " ".join(accepted.output.split())
+    assert text.count("Warning: --weights-partial:") == 1 and "keep their random init" in text
