@@ -178,7 +178,8 @@ def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, console: C
 
 def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space) -> Space:
     """Stage 1's space narrowed around its best trials, computed by the first worker to get here
-    and stored with stage 2, so that every worker samples the same ranges."""
+    and stored with stage 2, so that every worker samples the same ranges. Trials still running on
+    other workers are not waited for: a worker that never returns would hold the study up."""
     stored = study2.user_attrs.get("space")
     if stored is not None:
         return {k: parse_param(k, v, where="stored stage-2 space") for k, v in stored.items()}
@@ -189,6 +190,8 @@ def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space) -> S
     top = done[:max(1, round(len(done) * TOP_SHARE))]
     narrowed = narrow(space, [t.params for t in top])
     study2.set_user_attr("space", space_to_dict(narrowed))
+    # Stage 2 opens with stage 1's best at full length: a short trial's rank is only an estimate.
+    study2.enqueue_trial(top[0].params, user_attrs={"enqueued": "best of stage 1"})
     return narrowed
 
 

@@ -101,6 +101,8 @@ def test_two_stages_short_then_full_in_a_narrowed_space(two_stage_study):
     stage2 = optuna.load_study(study_name="s-stage2", storage=f"sqlite:///{result.study_dir / 'study.db'}")
     narrowed = stage2.user_attrs["space"]["lr"]["log-uniform"]
     assert 1e-4 <= narrowed[0] < narrowed[1] <= 3e-2 and narrowed[1] / narrowed[0] < 300  # the whole range is 300x
+    stage1 = _stage1(result.study_dir)
+    assert stage2.trials[0].params == stage1.best_trial.params  # stage 2 opens with stage 1's best, full length
     assert "Search space (stage 1)" in text and "Stage 2 space" in text and "Estimate: one batch of 8" in text
     assert "3/3 done" in text
 
