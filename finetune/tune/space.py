@@ -92,7 +92,10 @@ class Param:
         new_hi = min(hi, self._scale(max(values)) + pad)
         if self.kind == "int":
             return replace(self, low=int(math.floor(new_lo)), high=int(math.ceil(new_hi)))
-        return replace(self, low=self._unscale(new_lo), high=self._unscale(new_hi))
+        # exp(log(x)) may land a rounding error beyond x: the top values themselves stay inside
+        low = max(self.low, min(min(values), self._unscale(new_lo)))
+        high = min(self.high, max(max(values), self._unscale(new_hi)))
+        return replace(self, low=low, high=high)
 
     def contains(self, value: Any) -> bool:
         """Whether `value` could be drawn from this setting's range or choices."""

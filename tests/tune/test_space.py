@@ -103,3 +103,9 @@ def test_contains():
     assert Param("lr", "log-uniform", 1e-4, 1e-2).contains(1e-3) and not Param("lr", "log-uniform", 1e-4, 1e-2).contains("auto")
     assert Param("augment", "choice", choices=("none", "light")).contains("none")
     assert not Param("mixup", "uniform", 0.1, 0.4).contains(0.0)
+
+
+def test_the_top_values_stay_inside_their_narrowed_range():
+    space = {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}
+    out = narrow(space, [{"lr": 1e-3}])  # exp(log(1e-3)) is 0.0010000000000000002
+    assert out["lr"].low == 1e-3 and out["lr"].contains(1e-3)
