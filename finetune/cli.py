@@ -108,7 +108,7 @@ def run(
     teacher_weights: Annotated[Optional[Path], typer.Option(help="Weights (.safetensors/.pth) of a backbone-name --teacher, with a head for this task's classes. Default: none (a run, checkpoint or bundle --teacher brings its own).")] = None,
     kd_alpha: Annotated[float, typer.Option(help="Weight A of distillation: (1-A) x task loss + A x T^2 x KL(teacher || student).")] = 0.5,
     kd_temperature: Annotated[float, typer.Option(help="Distillation softmax temperature T.")] = 4.0,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights, validate it next to the raw weights (val_ema/acc1), and keep the better one in best.ckpt.")] = False,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the weights, validate it next to the raw weights (val_ema/KEY for the --monitor figure KEY), and keep the better one in best.ckpt.")] = False,
     ema_decay: Annotated[float, typer.Option(help="EMA decay per optimizer step.")] = 0.999,
     ema_warmup: Annotated[bool, typer.Option("--ema-warmup/--no-ema-warmup", help="Ramp the EMA decay up from 0 over the first steps (0.8 after 10, 0.95 after 100).")] = True,
     head_dropout: Annotated[float, typer.Option(help="Dropout probability right before the classifier head. 0: off.")] = 0.0,
@@ -234,7 +234,7 @@ def runs_cmd(
                          ("epochs", "right"), ("wall", "right"), ("settings given", "left")):
         table.add_column(col, justify=justify)
     for r in found:
-        best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2]}" if r.best else "-"
+        best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2] + 1}" if r.best else "-"
         given = " ".join(f"{k}={v}" for k, v in r.changed.items())
         recipe = r.settings.get("recipe")
         table.add_row(_shown_path(r.path, folder), str(r.settings.get("backbone")), Path(str(r.settings.get("data"))).name,
@@ -261,7 +261,7 @@ def compare_cmd(
         table.add_column(label)
     for key, values in setting_differences(found).items():
         table.add_row(key, *(str(v) for v in values))
-    table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2]})" if r.best else "-" for r in found))
+    table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2] + 1})" if r.best else "-" for r in found))
     table.add_row("epochs trained", *(str(r.epochs) for r in found))
     table.add_row("wall", *(f"{r.seconds:.0f}s" for r in found))
     console.print(table)

@@ -190,6 +190,14 @@ class RunConfig(BaseModel):
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: a SQLite store RUN_DIR/mlflow.db")
     verbose: bool = Field(False, description="show Lightning's own messages and library warnings")
 
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_setting(cls, v: str) -> str:
+        if v in ("none", "auto") or Path(v).expanduser().is_file():
+            return v
+        raise ValueError(f"expected none, auto, or the path of a YAML/JSON file mapping each class to its weight; "
+                         f"{v!r} is neither a choice nor an existing file")
+
     @field_validator("sampler")
     @classmethod
     def _one_imbalance_remedy(cls, v: str, info: ValidationInfo) -> str:

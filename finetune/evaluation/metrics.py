@@ -80,10 +80,13 @@ def class_balanced_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Balanced accuracy (the mean of the class recalls) and macro-F1, as training validates them
     (the same torchmetrics functions, so `eval` and metrics.csv agree)."""
     import torch
-    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_recall
+    from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
+
+    from finetune.training.monitor import class_recalls
 
     preds, target, classes = torch.from_numpy(probs), torch.from_numpy(labels).long(), probs.shape[1]
-    return {"balanced_acc": float(multiclass_recall(preds, target, classes, average="macro")),
+    balanced = torch.nanmean(class_recalls(multiclass_confusion_matrix(preds, target, classes)))  # classes with images
+    return {"balanced_acc": float(balanced),
             "macro_f1": float(multiclass_f1_score(preds, target, classes, average="macro"))}
 
 

@@ -38,7 +38,9 @@ class PhaseEarlyStopping(EarlyStopping):
         epoch = trainer.current_epoch
         if schedule is None:
             return
-        self._unfreeze_ahead = any(start > epoch for start, _ in schedule.milestones)
+        last = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else float("inf")
+        # Only unfreezes this run will reach: a schedule may list more groups than --epochs has room for.
+        self._unfreeze_ahead = any(epoch < start < last for start, _ in schedule.milestones)
         if epoch > 0 and schedule.frozen_units_at(epoch) != schedule.frozen_units_at(epoch - 1):
             self.wait_count = 0
             self.restarts.append(epoch)

@@ -85,15 +85,20 @@ class EmaCallback(pl.Callback):
         self.ema: WeightEma | None = None
         self.ema_won = False
         self._acc: Metric | None = None
+        self._top1: Metric | None = None  # with another --monitor: the EMA's top-1, to report the winner's
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.ema is None:  # before a resume restores it
             self.ema = WeightEma(pl_module.backbone.model, self.decay, self.warmup)
             self._acc = monitor_metric(self.monitor, pl_module.backbone.num_classes)
+            if self.monitor != "acc1":
+                self._top1 = monitor_metric("acc1", pl_module.backbone.num_classes)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ema.module.to(pl_module.device)
-        self._acc.to(pl_module.device)
+        for metric in (self._acc, self._top1):
+            if metric is not None:
+                metric.to(pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -106,7 +111,10 @@ class EmaCallback(pl.Callback):
         x, y = batch
         with torch.no_grad():
             out = self.ema.module(x)
-        update_monitor_metric(self._acc, out[0] if isinstance(out, tuple) else out, y)
+        logits = out[0] if isinstance(out, tuple) else out
+        update_monitor_metric(self._acc, logits, y)
+        if self._top1 is not None:
+            self._top1.update(logits, y)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.ema is None or trainer.sanity_checking:
@@ -118,6 +126,11 @@ class EmaCallback(pl.Callback):
         self.ema_won = self.spec.better(float(ema_value), float(raw_value))
         pl_module.log(self.spec.ema_metric, ema_value)
         pl_module.log(self.spec.selected_metric, ema_value if self.ema_won else raw_value)
+        if self._top1 is not None:  # the top-1 of the weights best.ckpt would keep, for the run's summary
+            ema_top1 = self._top1.compute().float()
+            self._top1.reset()
+            pl_module.log(EMA_METRIC, ema_top1)
+            pl_module.log(SELECTED_METRIC, ema_top1 if self.ema_won else pl_module.val_acc1.compute().float().to(ema_top1))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

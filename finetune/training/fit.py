@@ -14,7 +14,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.markup import escape
@@ -37,6 +36,7 @@ from finetune.training.monitor import monitor_spec
 from finetune.training.plan import print_plan
 from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
 from finetune.training.quiet import quiet_lightning
+from finetune.training.trackers import tracker_loggers
 from finetune.training.resume import RNGState, previous_metrics
 from finetune.training.run_dir import claim_run_dir
 from finetune.training.unfreeze import GradualUnfreezing
@@ -92,11 +92,12 @@ def _shared_run_dir(run_dir: Path) -> Iterator[None]:
 
 def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int,
                   callbacks: Sequence[pl.Callback] = (), previous_rows: list[dict[str, str]] | None = None,
-                  on_epoch: Callable[[dict, pl.Trainer], None] | None = None) -> pl.Trainer:
+                  on_epoch: Callable[[dict, pl.Trainer], None] | None = None, mlflow_run_id: str | None = None) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir.
 
     `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept;
-    `on_epoch` gets each epoch's metrics.csv row (the console line).
+    `on_epoch` gets each epoch's metrics.csv row (the console line); `mlflow_run_id` continues that
+    MLflow run (a resumed run's).
     """
     monitor, mode = selection_metric(config), monitor_spec(config.monitor).mode
     checkpoint = ModelCheckpoint(
@@ -110,7 +111,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     record = EpochRecord(run_dir / "metrics.csv", previous_rows, on_epoch)
     stopping = [PhaseEarlyStopping(monitor, mode, config.early_stop, config.val_every or 1, config.early_stop_min_delta)
                 if config.early_stop else None]
-    loggers = tracker_loggers(config, run_dir)
+    loggers = tracker_loggers(config, run_dir, mlflow_run_id)
     # LearningRateMonitor feeds the trackers each step's LRs; metrics.csv has each group's LR per epoch.
     lr_monitor = [LearningRateMonitor(logging_interval="step")] if loggers else []
     return device_trainer(
@@ -129,32 +130,6 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         enable_progress_bar=config.progress,
         enable_model_summary=False,
     )
-
-
-def tracker_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
-    """Lightning's own loggers for --logger tensorboard / mlflow (metrics.csv is written regardless).
-
-    Raises:
-        FinetuneError: The tracker's package is not installed (with the command that installs it).
-    """
-    loggers: list[Logger] = []
-    if "tensorboard" in config.logger:
-        from pytorch_lightning.loggers.tensorboard import _TENSORBOARD_AVAILABLE, TensorBoardLogger
-
-        if not _TENSORBOARD_AVAILABLE:
-            raise FinetuneError("--logger tensorboard needs the tensorboard package: pip install 'finetune[trackers]'")
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
-    if "mlflow" in config.logger:
-        from pytorch_lightning.loggers.mlflow import _MLFLOW_AVAILABLE, MLFlowLogger
-
-        if not _MLFLOW_AVAILABLE:
-            raise FinetuneError("--logger mlflow needs the mlflow package: pip install 'finetune[trackers]'")
-        # MLflow 3 refuses its plain-folder store; a SQLite file in the run dir is its local store now.
-        uri = config.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').absolute()}"
-        artifacts = None if config.mlflow_uri else (run_dir / "mlartifacts").absolute().as_uri()
-        loggers.append(MLFlowLogger(experiment_name="finetune", run_name=run_dir.name, tracking_uri=uri,
-                                    artifact_location=artifacts))
-    return loggers
 
 
 def best_epoch(metrics_csv: Path, monitor: str = "acc1") -> tuple[float, int]:
@@ -228,13 +203,14 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
     resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
-    trainer = build_trainer(config, run_dir, precision, steps, policy, rows, EpochLine(console.print))
+    mlflow_run = _recorded(run_dir, "mlflow_run_id") if ckpt_path else None
+    trainer = build_trainer(config, run_dir, precision, steps, policy, rows, EpochLine(console.print), mlflow_run)
     lr_found = None
     if config.lr == "auto":
         config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console, auto.augment)
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
         _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None,
-                         profile=auto.profile, class_weights=weights)
+                         profile=auto.profile, class_weights=weights, trackers=_tracker_ids(trainer))
         _announce(console, config, index, report, precision, why, module, trainer.world_size)
         for key, why_auto in auto.sources.items():
             console.print(f"{key.replace('_', '-')} {why_auto}")
@@ -251,10 +227,19 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
 
 
 def _checkpoint_epoch(ckpt_path: Path) -> int:
-    """The epoch a checkpoint was written in (0-based)."""
+    """The epoch a checkpoint was written in (0-based); memory-mapped, so the tensors are not read."""
     import torch
 
-    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"])
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
+def _acc1_at(metrics_csv: Path, epoch: int) -> float:
+    """Val top-1 of `epoch` in metrics.csv (of the weights best.ckpt keeps, with --ema)."""
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch") == str(epoch):
+                return float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
+    return float("nan")
 
 
 def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
@@ -264,7 +249,7 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
                             "same options and pass its suggestion as --lr for a multi-device run")
     finder_dm = ImageFolderDataModule(
         config.data, dm.data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=dm.index, augment=augment,
+        val_split=config.val_split, seed=config.seed, index=dm.index, augment=augment, sampler=config.sampler,
     )
     found = find_lr(module, finder_dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
                     num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
@@ -272,12 +257,26 @@ def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
     console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
     config = config.model_copy(update={"lr": found.suggestion})
     pl.seed_everything(config.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
-    module = FinetuneModule(config, module.class_names, backbone=module.backbone)
+    module = FinetuneModule(config, module.class_names, backbone=module.backbone, teacher=module.teacher,
+                            class_weights=module.class_weights)
     return config, module, found.suggestion
 
 
+def _recorded(run_dir: Path, key: str) -> str | None:
+    """A value config.yaml recorded under `resolved` (a resumed run's tracker ids)."""
+    path = run_dir / "config.yaml"
+    return ((yaml.safe_load(path.read_text()) or {}).get("resolved") or {}).get(key) if path.is_file() else None
+
+
+def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
+    """The MLflow run id (creating the run), for config.yaml and a later --resume."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    return {"mlflow_run_id": lg.run_id for lg in trainer.loggers if isinstance(lg, MLFlowLogger)}
+
+
 def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False,
-                     profile=None, class_weights=None) -> None:
+                     profile=None, class_weights=None, trackers=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
         "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
@@ -291,6 +290,7 @@ def _write_run_files(config, run_dir, index, data_config, precision, lr_found=No
     resolved["imbalance_ratio"] = round(imbalance_ratio(train_counts), 3)
     if class_weights is not None:
         resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, class_weights)}
+    resolved.update(trackers or {})
     if profile is not None:  # what --augment auto measured of the training set
         resolved["data_profile"] = profile.to_dict()
     if lr_found is not None:
@@ -348,6 +348,11 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
     ckpt_dir = run_dir / "checkpoints"
     metrics_csv = run_dir / "metrics.csv"
     best, epoch = best_epoch(metrics_csv, config.monitor) if trainer.is_global_zero else (float("nan"), -1)
+    saved = ckpt_dir / "best.ckpt"
+    if trainer.is_global_zero and saved.is_file() and _checkpoint_epoch(saved) != epoch:
+        # metrics.csv rounds to 6 digits: on a near tie the checkpoint's own epoch is the truth.
+        epoch = _checkpoint_epoch(saved)
+        best = _acc1_at(metrics_csv, epoch)
     result = RunResult(run_dir, run_dir / "config.yaml", metrics_csv, ckpt_dir / "best.ckpt",
                        ckpt_dir / "last.ckpt", best, epoch, precision)
     if trainer.is_global_zero:
@@ -356,6 +361,6 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
             console.print(f"Early stop after epoch {stopper.stopped_epoch + 1} of {config.epochs}: "
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
         chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config)}"
-        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch}{chosen})")
+        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
         console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)")
     return result

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
@@ -18,6 +18,7 @@ from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
 from finetune.training.freeze import build_schedule, frozen_param_names
 from finetune.training.losses import mixed_soft_targets, training_loss
+from finetune.training.monitor import BalancedAccuracy, class_recalls
 from finetune.training.optim import build_optimizer, discriminative_mults, param_groups
 from finetune.training.precision import resolve_channels_last
 from finetune.training.regularization import backbone_options, build_mixer, build_teacher, mixing_on
@@ -80,9 +81,9 @@ class FinetuneModule(pl.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         # Per-class figures (--monitor balanced-acc / macro-f1): a rare class the model never gets right
         # hardly moves top-1 but shows in the mean of the class recalls.
-        self.val_balanced_acc = MulticlassRecall(num_classes, average="macro")
+        self.val_balanced_acc = BalancedAccuracy(num_classes)
         self.val_macro_f1 = MulticlassF1Score(num_classes, average="macro")
-        self.val_recall = MulticlassRecall(num_classes, average=None)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)  # for each class's recall
         self.val_loss = MeanMetric()  # weighted by batch size: a short last batch counts for its images
 
     def monitor_value(self, monitor: str) -> torch.Tensor:
@@ -170,7 +171,7 @@ class FinetuneModule(pl.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        for metric in (self.val_acc1, self.val_acc5, self.val_balanced_acc, self.val_macro_f1, self.val_recall):
+        for metric in (self.val_acc1, self.val_acc5, self.val_balanced_acc, self.val_macro_f1, self.val_confusion):
             metric.update(logits, y)
         self.val_loss.update(self.criterion(logits.float(), y), weight=len(y))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
@@ -180,9 +181,10 @@ class FinetuneModule(pl.LightningModule):
         self.log("val/macro_f1", self.val_macro_f1, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        """Logs the recall of each class as val/recall/<class> (a vector metric cannot go through self.log)."""
-        recall = self.val_recall.compute()
-        self.val_recall.reset()
+        """Logs the recall of each class as val/recall/<class> (a vector metric cannot go through self.log);
+        NaN for a class with no validation image."""
+        recall = class_recalls(self.val_confusion.compute())
+        self.val_confusion.reset()
         for name, value in zip(self.class_names, recall):
             self.log(f"val/recall/{name}", value)
 

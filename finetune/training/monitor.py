@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
 MONITORS: tuple[str, ...] = ("acc1", "balanced-acc", "macro-f1", "loss")
@@ -59,13 +59,31 @@ def monitor_spec(monitor: str) -> MonitorSpec:
     return _SPECS[monitor]
 
 
+def class_recalls(confusion: torch.Tensor) -> torch.Tensor:
+    """Recall of each class from a confusion matrix (rows: true class); NaN for a class with no images."""
+    support = confusion.sum(dim=1).float()
+    return torch.where(support > 0, confusion.diagonal().float() / support.clamp(min=1), torch.nan)
+
+
+class BalancedAccuracy(MulticlassConfusionMatrix):
+    """The mean recall over the classes that have images, as scikit-learn's balanced_accuracy_score.
+
+    torchmetrics' macro recall also averages in a class with no images that was predicted (as 0),
+    which would make the figure of a small val split depend on which rare classes it happens to
+    lack; the confusion matrix is torchmetrics', only the average skips those classes.
+    """
+
+    def compute(self) -> torch.Tensor:
+        return torch.nanmean(class_recalls(super().compute()))
+
+
 def monitor_metric(monitor: str, num_classes: int) -> Metric:
     """A torchmetrics object computing the figure from (logits, labels) updates; for "loss" it is
     fed per-batch mean cross-entropy weighted by the batch size (see `update_monitor_metric`)."""
     if monitor == "acc1":
         return MulticlassAccuracy(num_classes, top_k=1, average="micro")
     if monitor == "balanced-acc":  # the mean of the per-class recalls
-        return MulticlassRecall(num_classes, average="macro")
+        return BalancedAccuracy(num_classes)
     if monitor == "macro-f1":
         return MulticlassF1Score(num_classes, average="macro")
     if monitor == "loss":

@@ -64,3 +64,13 @@ def test_balanced_accuracy_and_macro_f1_by_hand():
     assert scores["balanced_acc"] == pytest.approx((5 / 6 + 1 / 2 + 0) / 3)
     f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in ((5 / 8, 5 / 6), (1 / 2, 1 / 2), (0, 0))]
     assert scores["macro_f1"] == pytest.approx(sum(f1) / 3)
+
+
+def test_balanced_accuracy_ignores_classes_without_images_like_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    labels, preds = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])  # class 2 predicted once, never present
+    scores = metrics.accuracy_summary(np.eye(3)[preds], labels)
+    with pytest.warns(UserWarning):  # scikit-learn says it ignored the absent class
+        expected = balanced_accuracy_score(labels, preds)
+    assert scores["balanced_acc"] == pytest.approx(expected) == pytest.approx(0.75)

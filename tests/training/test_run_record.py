@@ -5,7 +5,9 @@ import csv
 import io
 from pathlib import Path
 
+import pytest
 import torch
+import pytorch_lightning as pl
 from rich.console import Console
 
 from finetune.models.backbone import create_backbone
@@ -64,6 +66,10 @@ def test_monitor_loss_keeps_the_epoch_of_lowest_val_loss(make_config):
     assert _best_ckpt_epoch(result) == losses.index(min(losses))
     assert result.best_epoch == losses.index(min(losses))
     assert "chosen by val/loss" in out
+    # Whichever way the losses moved, a "max" mode would have kept another score (unless all were equal).
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+    best_score = next(v["best_model_score"] for k, v in state.items() if "ModelCheckpoint" in k and "best" in str(v))
+    assert len(set(losses)) > 1 and float(best_score) == pytest.approx(min(losses), rel=1e-5)
 
 
 def test_monitor_with_ema_compares_raw_and_ema_on_the_monitored_figure(make_config):
@@ -97,3 +103,52 @@ def test_early_stop_patience_is_in_epochs_whatever_the_validation_cadence(make_c
     result, _ = _quiet_fit(make_config(epochs=12, val_every=2, lr=1e-12, early_stop=4, export=False))
     # Validations at epochs 1, 3, 5: the first sets the best, two more (4 epochs) without improvement stop it.
     assert int(_rows(result.run_dir)[-1]["epoch"]) == 5
+
+
+def test_early_stop_still_works_when_the_schedule_lists_unfreezes_past_the_last_epoch(make_config):
+    # --freeze-epochs 8 in a 6-epoch run: that unfreeze never comes, so it must not hold the stop back.
+    result, _ = _quiet_fit(make_config(epochs=6, val_every=1, lr=1e-12, early_stop=2, freeze_epochs=8, export=False))
+    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [0, 1, 2]
+
+
+def test_balanced_accuracy_skips_classes_without_images():
+    from finetune.training.monitor import BalancedAccuracy
+
+    metric = BalancedAccuracy(3)
+    metric.update(torch.eye(3)[torch.tensor([0, 2, 1, 1])], torch.tensor([0, 0, 1, 1]))
+    assert float(metric.compute()) == pytest.approx(0.75)  # (1/2 + 2/2) / 2: class 2 has no image
+
+
+def test_training_step_weights_each_class_term(make_config):
+    import torch.nn.functional as F
+
+    from finetune.training.module import FinetuneModule
+
+    weights = torch.tensor([0.2, 1.0, 3.0])
+    module = FinetuneModule(make_config(), ["a", "b", "c"], class_weights=weights)
+    module.log = lambda *a, **k: None  # no Trainer here
+    module.train()
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = module.training_step((x, y), 0).detach()
+    with torch.no_grad():
+        logits = module(x)  # train mode again: the same batch statistics
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y, weight=weights, reduction="sum") / 6), rel=1e-4)
+
+
+class _Seen(pl.Callback):
+    def on_fit_start(self, trainer, pl_module):
+        self.weights = pl_module.class_weights
+        self.sampler = type(trainer.train_dataloader.sampler).__name__ if trainer.train_dataloader else None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.sampler = type(trainer.train_dataloader.sampler).__name__
+
+
+def test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader(make_config, tmp_path):
+    seen = _Seen()
+    _quiet_fit(make_config(epochs=1, lr="auto", lr_find_steps=5, class_weights="auto", export=False), callbacks=[seen])
+    assert seen.weights is not None and torch.allclose(seen.weights, torch.ones(3))  # 8 images a class: all 1
+    sampled = _Seen()
+    _quiet_fit(make_config(epochs=1, sampler="balanced", export=False, output=tmp_path / "run2"), callbacks=[sampled])
+    assert sampled.sampler == "WeightedRandomSampler"

@@ -44,6 +44,20 @@ def test_mlflow_local_store_in_the_run_dir_holds_the_run(make_config):
     assert (result.run_dir / "metrics.csv").is_file()  # the record is written with any tracker
 
 
+def test_a_resumed_run_continues_its_mlflow_run(make_config):
+    from mlflow.tracking import MlflowClient
+
+    from finetune.training.resume import resume_config
+
+    first = fit(make_config(epochs=1, val_every=1, export=False, logger=["mlflow"]), Console(file=io.StringIO()))
+    config = resume_config(first.run_dir, {"epochs": 2})
+    fit(config, Console(file=io.StringIO()), ckpt_path=first.run_dir / "checkpoints" / "last.ckpt")
+    client = MlflowClient(tracking_uri=f"sqlite:///{first.run_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    assert len(runs) == 1  # not a second run of the same name
+    assert len(client.get_metric_history(runs[0].info.run_id, "val/acc1")) == 2
+
+
 def test_mlflow_uri_sends_the_run_to_another_store(make_config, tmp_path):
     from mlflow.tracking import MlflowClient
 
