@@ -67,35 +67,42 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def plot_params(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Param], path: Path) -> Path:
-    """Val top-1 against each searched setting; log x for log-uniform settings."""
+    """Val top-1 against each searched setting; log x for log-uniform settings; circles for stage 1,
+    triangles for stage 2."""
     names = list(space)
     cols = min(3, len(names))
-    fig, axes = subplots(math.ceil(len(names) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(names) / cols)),
-                             squeeze=False)
+    rows_of_axes = math.ceil(len(names) / cols)
+    fig, axes = subplots(rows_of_axes, cols, figsize=(4 * cols, 3 * rows_of_axes), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        points = [(r[name], r["val_acc1"], r["outcome"]) for r in rows if r.get(name, "-") != "-" and name in r
-                  and r["val_acc1"] is not None]
+        points = [(r[name], r["val_acc1"], r["outcome"], r["stage"]) for r in rows
+                  if name in r and r["val_acc1"] is not None]
         if space[name].kind == "choice":
             labels = [str(c) for c in space[name].choices]
-            xs = [labels.index(str(v)) if str(v) in labels else -1 for v, _, _ in points]
+            xs = [labels.index(str(p[0])) if str(p[0]) in labels else -1 for p in points]
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
             ax.set_xlim(-0.5, len(labels) - 0.5)  # every choice shown, tried or not
         else:
-            xs = [v for v, _, _ in points]
+            xs = [p[0] for p in points]
             ax.set_xscale("log" if space[name].kind == "log-uniform" else "linear")
-        ax.scatter(xs, [p[1] for p in points], c=[COLOURS.get(p[2], "grey") for p in points], s=14)
+        for stage, marker in ((1, "o"), (2, "^")):  # stage 2 trains longer: its points are not stage 1's
+            mine = [i for i, p in enumerate(points) if p[3] == stage]
+            ax.scatter([xs[i] for i in mine], [points[i][1] for i in mine], marker=marker, s=16,
+                       c=[COLOURS.get(points[i][2], "grey") for i in mine])
         ax.set(xlabel=name, ylabel="val top-1")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     return _save(fig, path)
 
 
-def plot_importances(study: optuna.Study, path: Path) -> Path | None:
-    """Parameter importances of `study` (Optuna's evaluator); None when too few trials completed."""
+def plot_importances(studies: Mapping[int, optuna.Study], path: Path) -> Path | None:
+    """Parameter importances (Optuna's evaluator) in the stage with the most completed trials (the
+    later on a tie): a stage's trials share one range and one length. None when too few completed."""
+    counts_ = {n: len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for n, s in studies.items()}
+    stage = max(counts_, key=lambda n: (counts_[n], n))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "too few trials": the plot says it by showing equal bars
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(studies[stage])
     except (ValueError, RuntimeError):  # fewer than two completed trials, or a one-point space
         return None
     if not importances:
@@ -103,7 +110,8 @@ def plot_importances(study: optuna.Study, path: Path) -> Path | None:
     fig, ax = subplots(figsize=(6, 0.4 * len(importances) + 1.5))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
-    ax.set(xlabel="importance (share of the val top-1 variation)", title="Parameter importances")
+    ax.set(xlabel="importance (share of the val top-1 variation)",
+           title=f"Parameter importances (stage {stage}, {counts_[stage]} completed trials)")
     return _save(fig, path)
 
 

@@ -333,7 +333,7 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
         console.print("[yellow]No trial completed: no best.yaml.[/yellow] See the reasons in trials.csv.")
         return result
     stage, trial = best
-    importances = outputs.plot_importances(studies[stage], study_dir / "importances.png")
+    importances = outputs.plot_importances(studies, study_dir / "importances.png")
     if importances is not None:
         result.plots["importances"] = importances
     result.best_config = trial_config(base, trial.params, trial.user_attrs["epochs"], Path(trial.user_attrs["run_dir"]))
