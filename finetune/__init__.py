@@ -25,8 +25,8 @@ _LAZY = {
     "Ensemble": "finetune.inference",
     "load_recipe": "finetune.config",
     "list_recipes": "finetune.config",
-    "tune": "finetune.tune",
-    "TuneResult": "finetune.tune",
+    "tune": "finetune.search.study",
+    "TuneResult": "finetune.search.study",
 }
 __all__ = ["__version__", "backbones", *_LAZY]
 

@@ -451,7 +451,7 @@ def augment_preview(
     console.print(f"Wrote {path} ({count} images, --augment {augment})")
 
 
-from finetune.tune.command import register_tune  # noqa: E402 - `tune` takes its options from `run`'s signature
+from finetune.search.command import register_tune  # noqa: E402 - `tune` takes its options from `run`'s signature
 
 register_tune(app, run)
 

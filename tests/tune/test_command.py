@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import finetune
 from finetune.cli import app, run
-from finetune.tune.command import NOT_FROM_RUN
+from finetune.search.command import NOT_FROM_RUN
 
 
 def _options(name: str) -> set[str]:
@@ -41,7 +41,8 @@ def test_a_bad_run_option_is_refused_as_run_refuses_it(tiny_data, tmp_path):
 
 
 def test_finetune_tune_is_the_api_function_even_after_the_package_is_imported():
-    import finetune.tune.space  # noqa: F401 - binds the package to the name finetune.tune
+    import finetune.search.space  # noqa: F401 - the search package, imported as the CLI does
+    from finetune.search.study import tune
 
-    assert callable(finetune.tune)
+    assert finetune.tune is tune  # a plain function, not a package made callable
     assert finetune.TuneResult.__name__ == "TuneResult"

@@ -16,7 +16,7 @@ from pathlib import Path
 from optuna.pruners import ThresholdPruner
 import finetune
 from finetune.config import RunConfig
-from finetune.tune.space import Param
+from finetune.search.space import Param
 
 config = RunConfig(backbone="test_resnet", data=sys.argv[1], weights="none", image_size=32, epochs=3, batch_size=4,
                    workers=0, progress=False, precision="32", accelerator="cpu", devices=2, strategy="ddp")

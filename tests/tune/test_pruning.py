@@ -8,7 +8,7 @@ import pytest
 import torch
 from optuna.pruners import ThresholdPruner
 
-from finetune.tune.pruning import TrialPruning
+from finetune.search.pruning import TrialPruning
 
 
 def _trainer(acc: float, epoch: int = 0, *, rank_zero: bool = True, vote=lambda decision, all: decision, sanity=False):

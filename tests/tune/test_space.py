@@ -7,8 +7,8 @@ import optuna
 import pytest
 
 from finetune.errors import FinetuneError
-from finetune.tune.sampling import TrialSeededRandomSampler
-from finetune.tune.space import Param, default_space, load_space, narrow, suggest
+from finetune.search.sampling import TrialSeededRandomSampler
+from finetune.search.space import Param, default_space, load_space, narrow, suggest
 
 
 def _draws(space, n, seed=0):

@@ -7,8 +7,8 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from finetune.errors import FinetuneError
-from finetune.tune import storage
-from finetune.tune.storage import claim_trial, open_storage
+from finetune.search import storage
+from finetune.search.storage import claim_trial, open_storage
 
 
 def _study() -> optuna.Study:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import finetune
 from finetune.cli import app
 from finetune.config import RunConfig, load_recipe
-from finetune.tune.space import Param
+from finetune.search.space import Param
 
 
 def _quiet() -> Console:

@@ -11,7 +11,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from finetune.tune.storage import counts
+from finetune.search.storage import counts
 
 
 @pytest.mark.slow

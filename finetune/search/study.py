@@ -1,4 +1,4 @@
-"""`finetune.tune`: a hyperparameter study, coarse to fine, on Optuna, by one or many workers."""
+"""`finetune.tune` (the API) and `finetune tune` (the command): a hyperparameter study, coarse to fine, on Optuna, by one or many workers."""
 from __future__ import annotations
 
 import json
@@ -24,12 +24,12 @@ from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
 from finetune.training.auto_defaults import resolve_data_defaults
 from finetune.training.fit import fit
-from finetune.tune import outputs
-from finetune.tune.budget import estimate
-from finetune.tune.sampling import TrialSeededRandomSampler
-from finetune.tune.space import Param, Space, default_space, load_space, narrow, parse_param, space_to_dict, suggest
-from finetune.tune.storage import claim_trial, counts, open_storage
-from finetune.tune.trial import join_trial_as_rank, run_trial, trial_config
+from finetune.search import outputs
+from finetune.search.budget import estimate
+from finetune.search.sampling import TrialSeededRandomSampler
+from finetune.search.space import Param, Space, default_space, load_space, narrow, parse_param, space_to_dict, suggest
+from finetune.search.storage import claim_trial, counts, open_storage
+from finetune.search.trial import join_trial_as_rank, run_trial, trial_config
 
 STAGE1_SHARE = 2 / 3  # of --trials: many cheap trials explore, fewer long ones refine
 STAGE1_FRACTION = 1 / 3  # of the full epochs: enough to rank settings, a third of the cost
@@ -255,7 +255,7 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
 
     Args:
         config: The base run settings; each trial overrides the searched ones.
-        space: A space (`finetune.tune.space`), the path of a --space YAML file, or None for the
+        space: A space (`finetune.search.space`), the path of a --space YAML file, or None for the
             default space of the backbone.
         trials: Trials of the whole study, over every worker sharing its storage.
         timeout: Seconds after which this worker starts no new trial.

@@ -54,7 +54,7 @@ def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -
     """Resolves the base config as `run` does (defaults < recipe < flags), then runs the study."""
     from finetune import cli  # its console and error formatting, so that both commands speak alike
     from finetune.config import resolve_config
-    from finetune.tune.study import tune
+    from finetune.search.study import tune
 
     # Compared by name: Typer's ParameterSource is its own enum, not click's.
     explicit = {name for name in settings if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}

@@ -20,7 +20,7 @@ from finetune.config import RunConfig
 from finetune.errors import FinetuneError
 from finetune.training.divergence import DivergenceError
 from finetune.training.fit import fit
-from finetune.tune.pruning import TrialPruning
+from finetune.search.pruning import TrialPruning
 
 # A bad setting (a layer name the backbone lacks, settings that contradict each other, memory) ends
 # its trial, recorded with the reason; the study goes on. Anything else is a bug and stops the study.

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune.config import RunConfig
-from finetune.evaluation.plots import subplots
-from finetune.tune.space import Param
-from finetune.tune.storage import counts
+from finetune.evaluation.plots import save_figure, subplots
+from finetune.search.space import Param
+from finetune.search.storage import counts
 
 # Study settings, not training settings: `finetune run --recipe best.yaml --data D` supplies its own.
 NOT_IN_RECIPE = ("data", "output", "overwrite", "progress", "recipe", "export")
@@ -63,7 +63,7 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.scatter([], [], color=colour, s=18, label=outcome)
     ax.set(xlabel="trial (in order run)", ylabel="val top-1", title="Optimization history")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_params(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Param], path: Path) -> Path:
@@ -91,7 +91,7 @@ def plot_params(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Param], p
         ax.set(xlabel=name, ylabel="val top-1")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_importances(studies: Mapping[int, optuna.Study], path: Path) -> Path | None:
@@ -112,13 +112,7 @@ def plot_importances(studies: Mapping[int, optuna.Study], path: Path) -> Path | 
     ax.barh(names, [importances[n] for n in names])
     ax.set(xlabel="importance (share of the val top-1 variation)",
            title=f"Parameter importances (stage {stage}, {counts_[stage]} completed trials)")
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)
 
 
 # ----- best.yaml -------------------------------------------------------------------------------
