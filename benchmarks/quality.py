@@ -20,7 +20,9 @@ import io
 import json
 import logging
 import math
+import shlex
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -266,9 +268,10 @@ def _verdict(table: dict[tuple[str, str], dict[str, Cell]]) -> str:
     rows = []
     for (task, regime), cells in table.items():
         mean = {m: statistics.fmean(c.test) for m, c in cells.items() if c.test}
-        if "finetune" not in mean:
+        plains = [v for m, v in mean.items() if m.startswith("plain")]
+        if "finetune" not in mean or not plains:  # e.g. a run of finetune variants only (--methods)
             continue
-        plain = max(v for m, v in mean.items() if m.startswith("plain"))
+        plain = max(plains)
         rows.append(f"- {task} / {regime}: finetune {mean['finetune']:.3f} vs best plain loop {plain:.3f} "
                     f"({mean['finetune'] - plain:+.3f})" + (f", fastai {mean['fastai']:.3f}" if "fastai" in mean else ""))
     return "\n".join(rows)
@@ -322,7 +325,8 @@ def main() -> None:
                     cell.val.append(val), cell.test.append(test), cell.seconds.append(secs)
                     print(f"{task:12s} {regime.name:22s} {method:28s} seed {seed}: val {val:.3f} test {test:.3f} "
                           f"({secs:.0f} s)", flush=True)
-    command = "benchmarks/quality.py" + (" --quick" if args.quick else "")
+    shown = [a for a in sys.argv[1:] if a != "--resume"]  # the command that measures it, as given
+    command = " ".join(["benchmarks/quality.py", *(shlex.quote(a) for a in shown)])
     text = render(table, args.seeds, command)
     print(text)
     out = args.out or Path(__file__).parent / "results" / ("quality-quick.md" if args.quick else "quality.md")
