@@ -153,6 +153,20 @@ def _cell(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _at_field_limit(name: str, side: str, param: Param) -> bool:
+    """Whether the range's `side` end is the setting's own limit (RunConfig's ge/le), so it cannot be widened."""
+    import annotated_types
+
+    field = RunConfig.model_fields.get(name)
+    bound = param.low if side == "low" else param.high
+    for limit in (field.metadata if field is not None else []):
+        if side == "low" and isinstance(limit, annotated_types.Ge) and limit.ge == bound:
+            return True
+        if side == "high" and isinstance(limit, annotated_types.Le) and limit.le == bound:
+            return True
+    return False
+
+
 def edge_warnings(best: FrozenTrial, space: Mapping[str, Param], original: Mapping[str, Param]) -> list[str]:
     """Settings of the best trial at the edge of a range: the best may lie beyond it."""
     found = []
@@ -160,6 +174,8 @@ def edge_warnings(best: FrozenTrial, space: Mapping[str, Param], original: Mappi
         for where, params in (("its range", original), ("stage 2's narrowed range", space)):
             param = params.get(name)
             side = param.edge(value) if param is not None else None
+            if side and _at_field_limit(name, side, param):
+                break  # 0 label smoothing cannot go lower: the range is not what holds the best back
             if side:
                 fix = "widen it in --space" if where == "its range" else "rerun with a wider --space or more stage-1 trials"
                 found.append(f"{name} {_cell(value)} sits at the {side} edge of {where} "

@@ -109,3 +109,15 @@ def test_the_top_values_stay_inside_their_narrowed_range():
     space = {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}
     out = narrow(space, [{"lr": 1e-3}])  # exp(log(1e-3)) is 0.0010000000000000002
     assert out["lr"].low == 1e-3 and out["lr"].contains(1e-3)
+
+
+def test_no_edge_warning_at_a_limit_the_setting_cannot_pass():
+    from types import SimpleNamespace
+
+    from finetune.search.outputs import edge_warnings
+
+    space = {"label_smoothing": Param("label_smoothing", "uniform", 0.0, 0.2),
+             "lr": Param("lr", "log-uniform", 1e-4, 1e-2)}
+    best = SimpleNamespace(params={"label_smoothing": 0.0, "lr": 9.9e-3})
+    # 0 smoothing is RunConfig's own floor (ge=0): widening the range cannot help; the lr edge can.
+    assert [w.split()[0] for w in edge_warnings(best, space, space)] == ["lr"]
