@@ -152,3 +152,14 @@ def test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader(make
     sampled = _Seen()
     _quiet_fit(make_config(epochs=1, sampler="balanced", export=False, output=tmp_path / "run2"), callbacks=[sampled])
     assert sampled.sampler == "WeightedRandomSampler"
+
+
+def test_early_stop_min_delta_counts_only_improvements_that_large(make_config):
+    # The val loss falls a little every epoch; no fall counts as the 10.0 asked for, so the run stops at
+    # the patience while a min delta of 0 would let it go on.
+    result, _ = _quiet_fit(make_config(epochs=8, val_every=1, lr=0.01, monitor="loss", early_stop=2,
+                                       early_stop_min_delta=10.0, export=False))
+    rows = _rows(result.run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    losses = [float(r["val/loss"]) for r in rows]
+    assert losses[2] < losses[0]  # it was improving: only the min delta stopped it
