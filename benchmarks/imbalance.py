@@ -10,17 +10,15 @@ so its top-1 is the balanced accuracy, the figure a long-tailed task is judged b
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import Cell, IMAGENET_BACKBONE, finetune_run  # noqa: E402 - the quality benchmark's runner
+from quality import Cell, IMAGENET_BACKBONE, finetune_run, setup_process  # noqa: E402 - the quality benchmark's runner
 
 from finetune.data.real import make_real_task  # noqa: E402
 
@@ -55,9 +53,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-imbalance"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "imbalance.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    setup_process(args.threads)
     cells = {m: Cell() for m in args.methods}
     for seed in range(args.seeds):
         data = long_tailed(args.work / "data", seed)

@@ -291,6 +291,13 @@ def _save_result(path: Path, key: tuple, result: tuple[float, float, float]) -> 
         f.write(json.dumps({"key": list(key), "val": result[0], "test": result[1], "seconds": result[2]}) + "\n")
 
 
+def setup_process(threads: int) -> None:
+    """A benchmark process: its torch thread count, and no library warnings between the result lines."""
+    torch.set_num_threads(threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one regime (32 px, 10 shots, ImageNet weights), core methods")
@@ -303,9 +310,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse the cells in WORK/results.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="markdown table (default: results/quality[-quick].md)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    setup_process(args.threads)
     regimes = [REGIMES[r] for r in (args.regimes or (QUICK_REGIMES if args.quick else REGIMES))]
     tasks = [t for t in args.tasks if available(t) or print(f"skipping {t}: {TASKS[t].package} is not installed")]
     table: dict[tuple[str, str], dict[str, Cell]] = {}

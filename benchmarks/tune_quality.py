@@ -15,11 +15,9 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -102,9 +100,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tune"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tune-quick.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quality.setup_process(args.threads)
     results = args.work / "results.jsonl"  # every finished cell, so that a rerun skips it
     done = {tuple(r["key"]): r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
     cells: dict[tuple[str, str], list[dict]] = {}

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from finetune.errors import FinetuneError
-from finetune.training.monitor import monitor_spec
+from finetune.training.monitor import best_row
 
 SHOWN_APART = ("backbone", "data", "output", "recipe")  # columns of their own, not "flags"
 CONSOLE_ONLY = ("progress", "verbose")  # change what is printed, not what trains
@@ -66,20 +66,13 @@ def read_run(run_dir: str | Path) -> RunSummary:
     sources = record.pop("sources", {}) or {}
     record.pop("resolved", None)
     rows = _metrics_rows(run_dir / "metrics.csv")
-    spec = monitor_spec(record.get("monitor", "acc1"))
-    key = spec.selected_metric if record.get("ema") else spec.metric
-    best: tuple[str, float, int] | None = None
-    best_acc1 = math.nan
+    found = best_row(rows, record.get("monitor", "acc1"))
+    best, best_acc1 = (found[:3], found[3]) if found else (None, math.nan)
     curves: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
-        epoch = int(row["epoch"])
         for name, value in row.items():
             if name.startswith(("val/", "val_ema/")) and value not in ("", None):
-                curves.setdefault(name, []).append((epoch, float(value)))
-        value = row.get(key) or row.get(spec.metric) or ""
-        if value and (best is None or spec.better(float(value), best[1])):
-            best = (key, float(value), epoch)
-            best_acc1 = float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
+                curves.setdefault(name, []).append((int(row["epoch"]), float(value)))
     seconds = sum(float(r.get("epoch_seconds") or 0) for r in rows)
     return RunSummary(run_dir, record, sources, len(rows), best, best_acc1, seconds, curves)
 

@@ -32,7 +32,7 @@ from finetune.training.early_stop import PhaseEarlyStopping
 from finetune.training.epoch_record import EpochLine, EpochRecord
 from finetune.training.lr_find import find_lr
 from finetune.training.module import FinetuneModule
-from finetune.training.monitor import monitor_spec
+from finetune.training.monitor import best_row, monitor_spec
 from finetune.training.plan import print_plan
 from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
 from finetune.training.quiet import quiet_lightning
@@ -135,15 +135,9 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
 def best_epoch(metrics_csv: Path, monitor: str = "acc1") -> tuple[float, int]:
     """(val top-1 of the best epoch, that epoch) read back from metrics.csv; the best epoch is the
     one best.ckpt holds: the best --monitor figure (with --ema, of the better weights)."""
-    spec = monitor_spec(monitor)
-    best, acc1, epoch = float("nan"), float("nan"), -1
     with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            value = row.get(spec.selected_metric) or row.get(spec.metric) or ""  # with --ema: raw or EMA
-            if value and (epoch < 0 or spec.better(float(value), best)):
-                best, epoch = float(value), int(row["epoch"])
-                acc1 = float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
-    return acc1, epoch
+        best = best_row(csv.DictReader(f), monitor)
+    return (best[3], best[2]) if best else (float("nan"), -1)
 
 
 def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequence[pl.Callback] = (),

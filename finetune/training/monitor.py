@@ -1,6 +1,7 @@
 """The selection metric (--monitor): what best.ckpt, early stopping and EMA selection compare."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,23 @@ class MonitorSpec:
 
 _SPECS = {"acc1": MonitorSpec("acc1", "max"), "balanced-acc": MonitorSpec("balanced_acc", "max"),
           "macro-f1": MonitorSpec("macro_f1", "max"), "loss": MonitorSpec("loss", "min")}
+
+
+def best_row(rows: "Iterable[Mapping[str, str]]", monitor: str) -> tuple[str, float, int, float] | None:
+    """The epoch best.ckpt keeps, read back from metrics.csv rows: (metric, its value, epoch, val top-1).
+
+    The figure is --monitor's of the better weights with --ema (val/KEY_selected), else of the raw
+    weights; ties keep the first epoch, as the checkpoint callback does. None before any validation.
+    """
+    spec = monitor_spec(monitor)
+    best = None
+    for row in rows:
+        key = spec.selected_metric if row.get(spec.selected_metric) else spec.metric
+        value = row.get(key) or ""
+        if value and (best is None or spec.better(float(value), best[1])):
+            top1 = float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
+            best = (key, float(value), int(row["epoch"]), top1)
+    return best
 
 
 def monitor_spec(monitor: str) -> MonitorSpec:
