@@ -40,6 +40,7 @@ from finetune.data.real import TASKS, available, make_real_task
 from finetune.data.scan import scan_image_folder
 from finetune.data.transforms import build_eval_transform
 from finetune.models.backbone import create_backbone
+from finetune.training.divergence import DivergenceError
 from finetune.training.fit import fit
 from finetune.training.module import FinetuneModule
 
@@ -178,13 +179,21 @@ def finetune_run(data: Path, backbone: str, weights: str, size: int | None, seed
     `overrides` (a recipe's values); the best checkpoint, selected on val, scored on test."""
     config = RunConfig(backbone=backbone, data=data, weights=weights, image_size=size, seed=seed, output=out,
                        progress=False, export=False, overwrite=True, **(overrides or {}))
-    with contextlib.redirect_stdout(io.StringIO()):
-        result = fit(config)
-    module = FinetuneModule.from_checkpoint(result.best_checkpoint)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = fit(config)
+        best, val = result.best_checkpoint, result.best_val_acc1
+    except DivergenceError:  # the run stopped itself; what a user has left is its best.ckpt, if any
+        best = out / "checkpoints" / "best.ckpt"
+        if not best.is_file():
+            return float("nan"), float("nan")
+        states = torch.load(best, map_location="cpu", mmap=True, weights_only=False)["callbacks"].values()
+        val = next(float(s["best_model_score"]) for s in states if s.get("best_model_score") is not None)
+    module = FinetuneModule.from_checkpoint(best)
     transform = build_eval_transform(module.input_config)
     index = scan_image_folder(data)
     x, y = _load_split(data / "test", index.classes, transform)
-    return result.best_val_acc1, _accuracy(module, x, y)
+    return val, _accuracy(module, x, y)
 
 
 def recipes_for(regime: Regime) -> list[str]:

@@ -342,7 +342,7 @@ def export_cmd(
     bundle = _exit_on_user_error(lambda: _value_error_is_user_error(lambda: export(model, output, formats, quantize, data, tta)))
     config = json.loads((bundle / "config.json").read_text())
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in config["parity"]["max_abs_diff"].items())
-    console.print(f"Bundle: {bundle}  files: {', '.join(config['files'])}")
+    console.print(f"Bundle: {bundle}  files: {', '.join(config['files'])}", soft_wrap=True)
     console.print(f"Parity (max |logit diff| vs eager, {config['parity']['images']} val images): {diffs}")
     if "int8" in config:
         console.print(f"int8 top-1 agreement with fp32: {config['int8']['top1_agreement']:.4f} on {config['int8']['agreement_images']} val images")

@@ -21,6 +21,12 @@ from finetune.errors import DataError
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
+# Val/test batches are this many times the training batch. Inference keeps no activations for a
+# backward pass, so 4x the batch still needs less memory than one training step; and the training
+# batch of a small set is small (8) to give it enough steps, where batching is what makes
+# inference fast: resnet18 at 32 px on one core ran 224 img/s at batch 8, 826 at 32, 1248 at 128.
+EVAL_BATCH_FACTOR = 4
+
 
 def worker_init_fn(worker_id: int) -> None:
     """Limits threads and gives each dataloader worker its own random streams.
@@ -67,9 +73,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         index: DatasetIndex | None = None,
         augment: str | AugmentPolicy = "standard",
         sampler: str = "shuffle",
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
+        self.eval_batch_size = eval_batch_size or batch_size * EVAL_BATCH_FACTOR
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"unknown sampler {sampler!r}; valid: shuffle, balanced")
         self.sampler = sampler
@@ -108,7 +116,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                             replacement=True, generator=generator)
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             drop_last=shuffle and self._last_batch_of_one(len(self.datasets[split])),
@@ -134,7 +142,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Batches in scan order: images (B, 3, S, S) float32, labels (B,) int64."""
+        """Batches of eval_batch_size in scan order: images (B, 3, S, S) float32, labels (B,) int64."""
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -36,8 +36,8 @@ def finish_run(config: RunConfig, run_dir: Path, index: DatasetIndex, console: C
     _print_eval(console, result.metrics)
     if config.export:
         written["bundle"] = export_trained(trained, run_dir / "model", ExportOptions(tta=config.tta), index=index)
-        console.print(f"Bundle: {written['bundle']} (model.onnx, model.safetensors, config.json)")
-    console.print(f"Plots: {written['curves']}, {result.output / 'confusion_matrix.png'}")
+        console.print(f"Bundle: {written['bundle']} (model.onnx, model.safetensors, config.json)", soft_wrap=True)
+    console.print(f"Plots: {written['curves']}, {result.output / 'confusion_matrix.png'}", soft_wrap=True)
     return written
 
 

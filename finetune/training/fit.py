@@ -30,6 +30,7 @@ from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.devices import device_trainer, planned_world_size
 from finetune.training.early_stop import PhaseEarlyStopping
 from finetune.training.epoch_record import EpochLine, EpochRecord
+from finetune.training.last_checkpoint import LastCheckpoint
 from finetune.training.lr_find import find_lr
 from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec
@@ -104,10 +105,8 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=False,
     )
-    # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs every epoch.
-    # save_on_train_epoch_end: Lightning would otherwise save it only after validation epochs (--val-every > 1).
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False,
-                           save_on_train_epoch_end=True)
+    # Lightning's save_last only refreshes last.ckpt when best.ckpt changes; --resume needs recent epochs.
+    last = LastCheckpoint(run_dir / "checkpoints")
     record = EpochRecord(run_dir / "metrics.csv", previous_rows, on_epoch)
     stopping = [PhaseEarlyStopping(monitor, mode, config.early_stop, config.val_every or 1, config.early_stop_min_delta)
                 if config.early_stop else None]
@@ -172,7 +171,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         # Not for --resume, nor for the processes DDP starts: they inherit the run dir in RUN_DIR_ENV.
         removed = claim_run_dir(run_dir, config.overwrite)
         if removed:
-            console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}")
+            console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}", soft_wrap=True)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                        **backbone_options(config))
@@ -315,12 +314,12 @@ def _shown(path: Path | str) -> str:
 @rank_zero_only
 def _announce(console, config, index, report, precision, why, module, world_size=1) -> None:
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
-    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images")
+    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images", soft_wrap=True)
     if index.bad_files:
         first = "; ".join(f"{_shown(p)} ({reason})" for p, reason in index.bad_files[:3])
         more = f"; and {len(index.bad_files) - 3} more" if len(index.bad_files) > 3 else ""
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: {escape(first)}{more} "
-                      f"(all in bad_files.txt)[/yellow]")
+                      f"(all in bad_files.txt)[/yellow]", soft_wrap=True)  # paths are never broken
     train_counts = index.counts("train")
     console.print(f"Train images per class: {min(train_counts.values())}-{max(train_counts.values())} "
                   f"(imbalance {imbalance_ratio(train_counts):.1f}:1)")
@@ -356,5 +355,5 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
         chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config)}"
         console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
-        console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)")
+        console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
     return result

@@ -53,15 +53,29 @@ def discriminative_mults(num_groups: int, lr_decay: float | None, backbone_mult:
     return [backbone_mult] * (num_groups - 1) + [1.0]
 
 
+def _fused_kernels(groups: list[dict[str, Any]]) -> bool:
+    """Whether every parameter can take torch's fused (one kernel for all tensors) optimizer step.
+
+    torch picks its per-tensor Python loop on CPU by default; the fused step does the same update
+    in one pass. Measured on one core for resnet18's 11.7M parameters: AdamW 63 ms -> 8.5 ms a
+    step, SGD 11 ms -> 6.8 ms; at 32 px the loop was a third of a small run's training time.
+    Fused kernels exist for floating-point tensors on CPU and CUDA (torch >= 2.4).
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float,
                     nesterov: bool = False) -> torch.optim.Optimizer:
-    """Creates the optimizer named by `--optimizer` (Nesterov momentum for SGD only)."""
+    """Creates the optimizer named by `--optimizer` (Nesterov momentum for SGD only); fused where
+    the parameters allow (RMSprop has no fused kernel: it takes the multi-tensor step)."""
+    fused = _fused_kernels(groups)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
     if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, foreach=fused or None)
     raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam, sgd, rmsprop")

@@ -31,6 +31,7 @@ def test_batches(data_dir, dc, workers):
     assert sorted(torch.cat([y for _, y in train]).tolist()) == [0] * 5 + [1] * 5 + [2] * 5
     val_labels = torch.cat([y for _, y in dm.val_dataloader()]).tolist()
     assert val_labels == [label for _, label in dm.index.val]
+    assert dm.val_dataloader().batch_size == 16  # inference batches 4x the training batch: no backward to hold
 
 
 def test_test_split(tmp_path, data_dir, dc):
