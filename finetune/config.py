@@ -40,7 +40,8 @@ class RunConfig(BaseModel):
     weights_dir: Path | None = Field(None, description="folder searched first for <backbone>.safetensors")
     weights_partial: bool = Field(
         False, description="accept --weights PATH that leaves over 10% of the non-head tensors at random init")
-    freeze_until: str | None = Field(None, description="freeze every layer before this one")
+    # auto: the data decides (finetune/training/auto_freeze.py); None (--freeze-until none): nothing frozen.
+    freeze_until: str | None = Field("auto", description="freeze every layer before this one")
     epochs: int | None = Field(
         None, ge=1, description="training epochs; None: about 400 optimizer steps (10 to 60 epochs), from the train-set size")
     val_every: int | None = Field(
@@ -117,11 +118,16 @@ class RunConfig(BaseModel):
                 raise ValueError("expected a positive number such as 1e-3, or auto (run the LR finder)") from None
         return v
 
+    @field_validator("freeze_until", mode="before")
+    @classmethod
+    def _none_freezes_nothing(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.lower() == "none" else v
+
     @field_validator("freeze_policy")
     @classmethod
     def _policy_vs_freeze_until(cls, v: str | None, info: ValidationInfo) -> str | None:
         layer = info.data.get("freeze_until")
-        if v in ("linear-probe", "full") and layer:
+        if v in ("linear-probe", "full") and layer and layer != "auto":  # auto defers to the policy
             raise ValueError(f"{v} sets the frozen part itself and cannot be combined with --freeze-until "
                              f"{layer}; use --freeze-policy bn-only with --freeze-until, or drop one")
         return v

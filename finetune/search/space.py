@@ -153,10 +153,11 @@ def space_to_dict(space: Mapping[str, Param]) -> dict[str, dict[str, list]]:
 
 # ----- the default space ---------------------------------------------------------------------------
 def freeze_choices(backbone: str) -> tuple[str | None, ...]:
-    """Freeze depths over the backbone's layer groups: nothing frozen, then freezing before each
-    later group (the first layer of the group trains), down to the head alone."""
+    """Freeze depths over the backbone's layer groups: the data's choice (auto, the default, so that
+    the default run is a point of the space), nothing frozen, then freezing before each later group
+    (the first layer of the group trains), down to the head alone."""
     net, _ = create_backbone(backbone, 2, "none")  # the groups only: no weights needed
-    return (None, *(g.unit_names[0] for g in net.groups[1:]))
+    return ("auto", None, *(g.unit_names[0] for g in net.groups[1:]))
 
 
 def default_space(config: RunConfig) -> Space:

@@ -1,13 +1,18 @@
-"""`--freeze-until auto`: how much of the backbone to train, from how much data there is.
+"""`--freeze-until auto` (the default): how much of the backbone to train, from how much data there is.
 
 The rule follows the transfer-learning folklore (Yosinski et al. 2014; the CS231n notes): with
 few images per class, new weights overfit, so only the head trains; with more, later (more
 task-specific) groups are unfrozen first, and with thousands per class everything trains.
+
+Measured (benchmarks/results/quality.md, tf_efficientnet_lite0 with real ImageNet weights, 32 px,
+10 train images per class, test top-1 over 3 seeds): training the last group + head instead of
+every layer took faces 0.817 -> 0.961, textures 0.716 -> 0.902, silhouettes 0.448 -> 0.66.
 """
 from __future__ import annotations
 
 import statistics
 
+from finetune.config import RunConfig
 from finetune.models.backbone import Backbone
 
 # (fewer than this many train images per class, backbone groups that train, plain-words label)
@@ -40,3 +45,30 @@ def auto_freeze_until(backbone: Backbone, per_class: float) -> tuple[str, str]:
     layer = first.unit_names[0]
     why = f"{per_class:g} train images per class (median) -> train {label}: --freeze-until {layer} ({RULE})"
     return layer, why
+
+
+def auto_without_data(config: RunConfig) -> str | None:
+    """Why `auto` means "nothing frozen" whatever the data, or None when the data decides: nothing
+    pretrained to keep (--weights none), or another setting that defines the frozen part
+    (--freeze-policy, --freeze-epochs, --unfreeze-every: as without --freeze-until)."""
+    if config.weights == "none":
+        return "--weights none (random init): every layer trains"
+    shaping = [f"--{k.replace('_', '-')}" for k in ("freeze_policy", "freeze_epochs", "unfreeze_every")
+               if getattr(config, k) is not None]
+    return f"{' and '.join(shaping)} set the frozen part" if shaping else None
+
+
+def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: dict[str, int]) -> tuple[str | None, str | None]:
+    """--freeze-until as the run uses it: a layer name, or None (nothing frozen); `auto` follows
+    the data (auto_freeze_until) unless auto_without_data says otherwise.
+
+    Returns:
+        (the value, "auto: why" for config.yaml's sources; None when the value was given).
+    """
+    if config.freeze_until != "auto":
+        return config.freeze_until, None
+    fixed = auto_without_data(config)
+    if fixed is not None:
+        return None, f"auto: {fixed}"
+    layer, why = auto_freeze_until(backbone, images_per_class(train_counts))
+    return layer, f"auto: {why}"

@@ -25,7 +25,7 @@ from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_defaults import resolve_data_defaults
-from finetune.training.auto_freeze import auto_freeze_until, images_per_class
+from finetune.training.auto_freeze import resolve_freeze_until
 from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.devices import device_trainer, planned_world_size
 from finetune.training.early_stop import PhaseEarlyStopping
@@ -175,11 +175,12 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                        **backbone_options(config))
-    if config.freeze_until == "auto":
-        layer, why = auto_freeze_until(backbone, images_per_class(index.counts("train")))
+    layer, why = resolve_freeze_until(config, backbone, index.counts("train"))
+    if why is not None:
         config = config.model_copy(update={"freeze_until": layer})
-        sources = {**(sources or {}), "freeze_until": f"auto: {why}"}
-        console.print(f"freeze-until auto: {why}")
+        sources = {**(sources or {}), "freeze_until": why}
+        if layer is not None:  # a choice the data made; "nothing frozen" is what a run without auto does
+            console.print(f"freeze-until {why}")
     data_config = backbone.data_config.with_size(config.image_size)
     world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
     auto = resolve_data_defaults(config, index, data_config, world)

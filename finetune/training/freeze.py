@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from finetune.config import RunConfig
+from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone
+from finetune.training.auto_freeze import auto_without_data
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ def initial_frozen_units(config: RunConfig, backbone: Backbone) -> int:
 
     Gradual unfreezing without a policy starts from the linear probe, as fastai's `fine_tune` does.
     """
-    if config.freeze_until:
+    if config.freeze_until == "auto" and auto_without_data(config) is None:
+        raise FinetuneError("freeze_until 'auto' follows the train set: resolve it first with "
+                            "finetune.training.auto_freeze.resolve_freeze_until (finetune.fit does), or give a "
+                            "layer name or None (nothing frozen)")
+    if config.freeze_until and config.freeze_until != "auto":
         return backbone.resolve_layer(config.freeze_until)
     if config.freeze_policy in ("linear-probe", "bn-only") or (config.freeze_policy is None and gradual(config)):
         return len(backbone.units) - 1

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from finetune.config import RunConfig
+from finetune.training.auto_freeze import resolve_freeze_until
 from finetune.training.devices import device_trainer
 from finetune.training.module import FinetuneModule
 
@@ -174,6 +175,8 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                   weights_partial=config.weights_partial)
+    layer, _ = resolve_freeze_until(config, backbone, index.counts("train"))  # the layers `run` would train
+    config = config.model_copy(update={"freeze_until": layer})
     data_config = backbone.data_config.with_size(config.image_size)
     auto = resolve_data_defaults(config, index, data_config)  # the batch and augmentation `run` would use
     config = auto.config

@@ -1,11 +1,13 @@
-"""--freeze-until auto: fewer images per class freeze more."""
+"""--freeze-until auto, the default: fewer images per class freeze more."""
 from __future__ import annotations
 
+import yaml
 from typer.testing import CliRunner
 
 from finetune.cli import app
+from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
-from finetune.training.auto_freeze import auto_freeze_until, images_per_class
+from finetune.training.auto_freeze import auto_freeze_until, images_per_class, resolve_freeze_until
 
 
 def test_rule_unfreezes_more_with_more_data():
@@ -15,7 +17,30 @@ def test_rule_unfreezes_more_with_more_data():
     assert images_per_class({"a": 3, "b": 8, "c": 900}) == 8  # the median, not the mean
 
 
-def test_auto_is_printed_and_applied(tiny_data, tmp_path, run_args):
-    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--freeze-until", "auto"))
+def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, test_resnet_weights):
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
     assert result.exit_code == 0, result.output
     assert "freeze-until auto: 8 train images per class" in result.output and "--freeze-until fc" in result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "fc"
+
+
+def _resolved(**kw) -> str | None:
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+    config = RunConfig(**{"backbone": "test_resnet", "data": ".", "weights": "imagenet", **kw})
+    return resolve_freeze_until(config, backbone, {"a": 8, "b": 8, "c": 8})[0]
+
+
+def test_auto_trains_everything_where_nothing_pretrained_is_kept_or_a_policy_sets_the_part():
+    assert _resolved() == "fc"
+    assert _resolved(weights="none") is None
+    assert _resolved(freeze_policy="linear-probe") is None  # the policy's own frozen part, as before auto
+    assert _resolved(freeze_epochs=1) is None and _resolved(unfreeze_every=2) is None
+    assert _resolved(freeze_until="none") is None and _resolved(freeze_until="layer3") == "layer3"
+
+
+def test_nothing_frozen_on_the_command_line(tiny_data, tmp_path, run_args, test_resnet_weights):
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights),
+                                              "--freeze-until", "none"))
+    assert result.exit_code == 0, result.output
+    assert "freeze-until auto" not in result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] is None

@@ -33,7 +33,8 @@ def test_freeze_until_layer3_keeps_earlier_layers_bit_identical(tiny_data, test_
 
 def test_without_freezing_early_layers_train(tiny_data, test_resnet_weights, tmp_path, run_args):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, run_args(tiny_data, out, "--weights", str(test_resnet_weights), "--lr", "0.05"))
+    result = CliRunner().invoke(app, run_args(tiny_data, out, "--weights", str(test_resnet_weights), "--lr", "0.05",
+                                              "--freeze-until", "none"))
     assert result.exit_code == 0, result.output
     loaded, trained = load_file(str(test_resnet_weights)), _trained_state(out)
     assert not torch.equal(trained["conv1.0.weight"], loaded["conv1.0.weight"])

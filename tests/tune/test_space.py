@@ -66,7 +66,7 @@ def test_edge_is_measured_in_log_space_for_log_ranges():
 
 def test_default_space_freezes_over_the_backbone_groups(base_config):
     space = default_space(base_config())
-    assert space["freeze_until"].choices == (None, "layer1", "layer2", "layer3", "layer4", "fc")
+    assert space["freeze_until"].choices == ("auto", None, "layer1", "layer2", "layer3", "layer4", "fc")
     assert {n for n, p in space.items() if p.kind == "log-uniform"} == {"lr", "backbone_lr_mult", "weight_decay"}
     assert "freeze_until" not in default_space(base_config(freeze_policy="linear-probe"))
 
