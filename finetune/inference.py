@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.data.data_config import DataConfig
-from finetune.data.images import BadImageError, is_image_file, load_image
+from finetune.data.images import BadImageError, is_image_file, load_images
 from finetune.data.scan import walk_files
 from finetune.errors import FinetuneError
 from finetune.evaluation.tta import average_views, batch_inputs, check_tta, softmax, view_count
@@ -241,11 +241,11 @@ def expand_paths(inputs: Iterable[str | Path]) -> list[Path]:
 
 def _decode(paths: list[Path]) -> tuple[list[tuple[int, np.ndarray]], dict[int, str]]:
     ok, errors = [], {}
-    for i, path in enumerate(paths):
-        try:
-            ok.append((i, load_image(path)))  # a missing file, a broken link: BadImageError with the reason
-        except BadImageError as e:
-            errors[i] = str(e)
+    for i, image in enumerate(load_images(paths)):  # a missing file, a broken link: BadImageError with the reason
+        if isinstance(image, BadImageError):
+            errors[i] = str(image)
+        else:
+            ok.append((i, image))
     return ok, errors
 
 

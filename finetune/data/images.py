@@ -5,6 +5,8 @@ import errno
 import os
 import stat
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,23 @@ def load_image(path: str | Path) -> np.ndarray:
         BadImageError: Zero-byte, truncated, unreadable or non-image file.
     """
     return np.array(load_pil(path))  # a writable copy: np.asarray of a PIL image is read-only
+
+
+def load_images(paths: Sequence[str | Path], threads: int | None = None) -> list[np.ndarray | BadImageError]:
+    """Decodes several files in parallel threads (PIL releases the GIL while it decodes): for each
+    path, in order, its image (as `load_image`) or the BadImageError that says why it cannot be read."""
+
+    def one(path: str | Path) -> np.ndarray | BadImageError:
+        try:
+            return load_image(path)
+        except BadImageError as e:
+            return e
+
+    workers = threads or min(8, os.cpu_count() or 1)
+    if workers == 1 or len(paths) < 2:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, paths))
 
 
 def verify_image(path: str | Path, draft_size: int = 64) -> None:

@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from finetune.data.images import BadImageError, load_image
+from finetune.data.images import BadImageError, load_images
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
-from finetune.evaluation.tta import check_tta, softmax
+from finetune.evaluation.tta import average_views, check_tta, softmax, view_count
 from finetune.export.bundle import write_config
 from finetune.export.source import check_classes, load_trained, split_items
 from finetune.inference import Predictor, read_bundle_config
 
 SPLITS = ("val", "test")
+EVAL_CHUNK = 256  # images decoded and classified at once (with their TTA views): bounds eval's memory
 CROSS_FIT_FOLDS = 2  # halves: each fit still sees half of val, and every val image is scored once
 
 
@@ -71,15 +73,34 @@ def _val_held_out(index: DatasetIndex) -> bool:
 
 
 def decode(items: list[tuple[Path, int]]) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
-    """Decoded images, their labels (N,), and (path, reason) of files that no longer decode."""
+    """Decoded images (in parallel), their labels (N,), and (path, reason) of files that no longer decode."""
     images, labels, bad = [], [], []
-    for path, label in items:
-        try:
-            images.append(load_image(path))
+    for (path, label), image in zip(items, load_images([p for p, _ in items])):
+        if isinstance(image, BadImageError):
+            bad.append((str(path), str(image)))
+        else:
+            images.append(image)
             labels.append(label)
-        except BadImageError as e:
-            bad.append((str(path), str(e)))
     return images, np.asarray(labels, dtype=np.int64), bad
+
+
+def chunked_logits(predictor: Predictor, items: list[tuple[Path, int]], modes: Sequence[str],
+                   chunk: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[str, str]]]:
+    """Logits of every view for each TTA mode ({mode: (N * V, C)}), labels (N,) and unreadable files,
+    decoding and running `chunk` (default EVAL_CHUNK) images at a time: memory holds one chunk of images and their
+    views whatever the split's size, plus the (N, C) outputs."""
+    logits: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    labels, bad, chunk = [], [], chunk or EVAL_CHUNK
+    for start in range(0, len(items), chunk):
+        images, part, unreadable = decode(items[start:start + chunk])
+        labels.append(part)
+        bad += unreadable
+        for mode in modes:
+            if images:
+                logits[mode].append(predictor.logits(images, mode))
+    width = predictor.num_classes
+    return ({m: np.concatenate(v) if v else np.zeros((0, width)) for m, v in logits.items()},
+            np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64), bad)
 
 
 def calibrate(predictor: Predictor, index: DatasetIndex, bundle: Path | None) -> dict:
@@ -91,8 +112,8 @@ def calibrate(predictor: Predictor, index: DatasetIndex, bundle: Path | None) ->
     if bundle is None:
         raise FinetuneError("--calibrate stores the temperature in a bundle's config.json: pass an exported "
                             "bundle or a run directory with model/ (see `finetune export`)")
-    images, labels, _ = decode(split_items(index, "val"))
-    logits = predictor.logits(images, "none")
+    logits, labels, _ = chunked_logits(predictor, split_items(index, "val"), ["none"])
+    logits = logits["none"]
     temperature = fit_temperature(logits, labels)
     scored = _ece_on_test(predictor, index.test, temperature) if index.test else _ece_cross_fit(logits, labels)
     result = {"temperature": temperature, "fit_split": "val", "fit_images": int(len(labels)), **scored}
@@ -105,8 +126,8 @@ def calibrate(predictor: Predictor, index: DatasetIndex, bundle: Path | None) ->
 
 
 def _ece_on_test(predictor: Predictor, test: list[tuple[Path, int]], temperature: float) -> dict:
-    images, labels, _ = decode(test)
-    logits = predictor.logits(images, "none")
+    logits, labels, _ = chunked_logits(predictor, test, ["none"])
+    logits = logits["none"]
     return _ece_scores("test", labels, softmax(logits), softmax(logits, temperature))
 
 
@@ -185,8 +206,10 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
                        report: dict | None = None) -> EvalResult:
     """Figures, plots and metrics.json of a loaded predictor on one split of a scanned folder."""
     report = {**(report or {}), "split": split, "tta": check_tta(tta), "temperature": predictor.temperature}
-    images, labels, bad = decode(split_items(index, split))
-    return _report(predictor, images, labels, bad, report, Path(output))
+    modes = ["none"] + ([report["tta"]] if report["tta"] != "none" else [])
+    logits, labels, bad = chunked_logits(predictor, split_items(index, split), modes)
+    probs = {m: average_views(softmax(v, predictor.temperature), view_count(m)) for m, v in logits.items()}
+    return _report(predictor, probs, labels, bad, report, Path(output))
 
 
 def _check_empty(output: Path) -> None:
@@ -215,10 +238,9 @@ def _new_output(home: Path, split: str) -> Path:
             n += 1
 
 
-def _report(predictor: Predictor, images, labels, bad, report: dict, out: Path) -> EvalResult:
+def _report(predictor: Predictor, probs: dict[str, np.ndarray], labels, bad, report: dict, out: Path) -> EvalResult:
     names = predictor.class_names
-    modes = ["none"] + ([report["tta"]] if report["tta"] != "none" else [])
-    probs = {m: predictor.probabilities(images, m) for m in modes}
+    modes = list(probs)
     final = probs[modes[-1]]
     cm = metrics.confusion_matrix(labels, final.argmax(axis=1), len(names))
     bins = metrics.calibration_bins(final, labels)

@@ -100,3 +100,43 @@ def test_calibration_without_test_cross_fits_on_val(plain_bundle, tiny_data, tmp
     in_sample = metrics.expected_calibration_error(softmax(logits, cal["temperature"]), labels)
     assert cal["ece_after"] != pytest.approx(in_sample)  # not scored on the images T was fitted on
     assert "cross-fit" in " ".join(result.output.split())
+
+
+# ----- item: eval streams a split in bounded chunks -----------------------------------------------
+def _eval_peak_bytes(bundle, root, monkeypatch) -> tuple[int, dict]:
+    """Peak traced memory (numpy buffers included) of evaluating the val split of `root` with TTA."""
+    import tracemalloc
+
+    from finetune.data.scan import scan_image_folder
+    from finetune.evaluation import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "EVAL_CHUNK", 8)
+    predictor, index = Predictor.load(bundle), scan_image_folder(root)
+    tracemalloc.start()
+    try:
+        result = evaluate_module.evaluate_predictor(predictor, index, "val", "flip", root.parent / f"out-{root.name}")
+        return tracemalloc.get_traced_memory()[1], result.metrics
+    finally:
+        tracemalloc.stop()
+
+
+def test_eval_memory_stays_flat_when_the_split_grows_tenfold(plain_bundle, tmp_path, monkeypatch):
+    small = make_image_folder(tmp_path / "small", train_per_class=1, val_per_class=8, size=96, classes=CLASSES)
+    large = make_image_folder(tmp_path / "large", train_per_class=1, val_per_class=80, size=96, classes=CLASSES)
+    small_peak, small_metrics = _eval_peak_bytes(plain_bundle, small, monkeypatch)
+    large_peak, large_metrics = _eval_peak_bytes(plain_bundle, large, monkeypatch)
+    assert small_metrics["images"] == 24 and large_metrics["images"] == 240
+    # 240 decoded 96 px images alone are 6.6 MB; one chunk of 8 with its flip views is well under 1 MB.
+    assert large_peak < 1.5 * small_peak + 1_000_000, (small_peak, large_peak)
+
+
+def test_chunked_eval_scores_as_one_pass(plain_bundle, tiny_data, tmp_path, monkeypatch):
+    from finetune.data.scan import scan_image_folder
+    from finetune.evaluation import evaluate as evaluate_module
+
+    predictor, index = Predictor.load(plain_bundle), scan_image_folder(tiny_data)
+    whole = evaluate_module.evaluate_predictor(predictor, index, "val", "flip", tmp_path / "whole").metrics
+    monkeypatch.setattr(evaluate_module, "EVAL_CHUNK", 5)  # 12 val images: chunks of 5, 5, 2
+    chunked = evaluate_module.evaluate_predictor(predictor, index, "val", "flip", tmp_path / "chunked").metrics
+    assert chunked["confusion_matrix"] == whole["confusion_matrix"]
+    assert chunked["ece"] == pytest.approx(whole["ece"], abs=1e-6) and chunked["top1"] == whole["top1"]
