@@ -1,0 +1,226 @@
+"""Training throughput: `finetune.fit` against the plain PyTorch loop, side by side in one process.
+
+    .venv/bin/python benchmarks/train_throughput.py --quick     # resnet18 at 128 px, the three scenarios
+    .venv/bin/python benchmarks/train_throughput.py             # resnet18/50 at 128 and 224 px
+
+Both legs read the same folder of JPEG photos (crops of scikit-image's bundled photos, decoded every
+epoch), with the same batch size and DataLoader workers, random-init weights (speed does not depend
+on their values). Scenarios: full fine-tuning, `--freeze-until layer3`, and a linear probe.
+
+- plain: the textbook loop: fp32, SGD(momentum 0.9), torchvision's RandomResizedCrop + flip.
+- finetune: `fit` with its defaults (mixed precision and channels_last where the device has them,
+  fused optimizer, its data pipeline); epochs after the first are counted (its metrics.csv img/s).
+- Lightning's per-step overhead: the time from a step's first hook to its last, inside `fit`,
+  against the same forward/backward/optimizer step in a raw loop with the same precision,
+  memory format, optimizer and batch (in-memory tensors: no data loading on either side).
+- Time to the first training step: from the call of `fit` to its first batch.
+
+On a GPU it runs there too (--accelerator gpu). Prints a table of img/s and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import setup_process  # noqa: E402 - the benchmarks share one process setup
+
+from finetune.config import RunConfig  # noqa: E402
+from finetune.training.fit import fit  # noqa: E402
+from finetune.training.precision import resolve_channels_last  # noqa: E402
+
+SCENARIOS = {"full": None, "freeze-until layer3": "layer3", "linear probe": "fc"}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+def make_jpeg_folder(root: Path, per_class: int, side: int = 256, seed: int = 0) -> Path:
+    """root/train/<photo>/N.jpg: random side x side crops of scikit-image's photos, one class each;
+    root/val/ holds a few more (finetune needs a val split; the plain loop ignores it)."""
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(seed)
+    for name in PHOTOS:
+        photo = np.asarray(getattr(skdata, name)())
+        for split, count in (("train", per_class), ("val", 2)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                y = rng.integers(0, photo.shape[0] - side // 2)
+                x = rng.integers(0, photo.shape[1] - side // 2)
+                crop = Image.fromarray(photo[y:y + side // 2, x:x + side // 2]).resize((side, side))
+                crop.convert("RGB").save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def _freeze(model: nn.Module, first_trained: str | None) -> None:
+    """requires_grad off for every parameter before the first one whose name starts with `first_trained`."""
+    if first_trained is None:
+        return
+    training = False
+    for name, p in model.named_parameters():
+        training = training or name.startswith(first_trained)
+        p.requires_grad_(training)
+
+
+def plain_loop(data: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
+               first_trained: str | None, device: str) -> float:
+    """img/s of the textbook loop's epochs after the first."""
+    import timm
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = torchvision.datasets.ImageFolder(str(data / "train"), tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                                         persistent_workers=workers > 0, drop_last=True)
+    model = timm.create_model(backbone, num_classes=len(ds.classes)).to(device)
+    _freeze(model, first_trained)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    loss_fn, rates = nn.CrossEntropyLoss(), []
+    model.train()
+    for epoch in range(epochs):
+        start, seen = time.perf_counter(), 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            seen += len(y)
+        _sync(device)
+        if epoch:
+            rates.append(seen / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+class StepTimer(pl.Callback):
+    """Seconds from fit's start to the first batch, and each step's hook-to-hook seconds."""
+
+    def __init__(self):
+        self.t0, self.first_step, self.steps, self._start = time.perf_counter(), None, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = now - self.t0
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _sync(pl_module.device.type)
+        self.steps.append(time.perf_counter() - self._start)
+
+
+def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
+            first_trained: str | None, accelerator: str, out: Path) -> tuple[float, float, float, str]:
+    """(img/s of epochs after the first, median step seconds, seconds to the first step, precision)."""
+    config = RunConfig(backbone=backbone, data=data, weights="none", image_size=size, batch_size=batch, workers=workers,
+                       epochs=epochs, val_every=epochs, freeze_until=first_trained, output=out, overwrite=True,
+                       progress=False, export=False, accelerator=accelerator, augment="standard")
+    timer = StepTimer()
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = fit(config, callbacks=[timer])
+    with open(out / "metrics.csv", newline="") as f:
+        rates = [float(r["img/s"]) for r in csv.DictReader(f)][1:]
+    steady = timer.steps[len(timer.steps) // epochs:]  # the first epoch's steps warm up
+    return statistics.median(rates), statistics.median(steady), timer.first_step, result.precision
+
+
+def raw_step_seconds(backbone: str, size: int, batch: int, first_trained: str | None, device: str,
+                     precision: str, channels_last: bool, steps: int = 12) -> float:
+    """Median seconds of one forward/backward/fused-AdamW step on in-memory tensors, with the
+    precision and memory format `fit` chose: the step without Lightning around it."""
+    import timm
+
+    model = timm.create_model(backbone, num_classes=len(PHOTOS)).to(device)
+    _freeze(model, first_trained)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
+    y = torch.randint(0, len(PHOTOS), (batch,), device=device)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 128 px only")
+    parser.add_argument("--backbones", nargs="*", default=None, help="default: resnet18 resnet50 (--quick: resnet18)")
+    parser.add_argument("--sizes", nargs="*", type=int, default=None, help="default: 128 224 (--quick: 128)")
+    parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--images", type=int, default=192, help="training images (6 classes)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, the rest are counted")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    args = parser.parse_args()
+    setup_process(args.threads)
+    backbones = args.backbones or (["resnet18"] if args.quick else ["resnet18", "resnet50"])
+    sizes = args.sizes or ([128] if args.quick else [128, 224])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_jpeg_folder(Path(tmp) / "data", args.images // len(PHOTOS))
+        for backbone in backbones:
+            for size in sizes:
+                for scenario in args.scenarios:
+                    first = SCENARIOS[scenario]
+                    plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first, args.accelerator)
+                    rate, step, first_step, precision = toolkit(
+                        data, backbone, size, args.batch, args.workers, args.epochs, first,
+                        "gpu" if args.accelerator == "cuda" else "cpu", Path(tmp) / "run")
+                    channels_last = resolve_channels_last(None, precision)
+                    raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision, channels_last)
+                    rows.append((backbone, size, scenario, plain, rate, step / raw - 1, first_step,
+                                 precision + (" + channels_last" if channels_last else "")))
+                    r = rows[-1]
+                    print(f"{backbone} {size}px {scenario}: plain {plain:.1f} img/s, finetune {rate:.1f} img/s "
+                          f"({rate / plain:.2f}x), Lightning step overhead {r[5]:+.1%}, first step {first_step:.1f} s", flush=True)
+    device = torch.cuda.get_device_name() if args.accelerator == "cuda" else f"CPU, {args.threads} threads"
+    lines = [f"Device: {device}; {args.images} JPEG images, batch {args.batch}, {args.workers} workers, "
+             f"{args.epochs} epochs (the first not counted).", "",
+             f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`", "",
+             "| backbone | size | scenario | plain fp32 img/s | finetune img/s | ratio | Lightning step overhead | first step (s) | finetune precision |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for b, s, sc, plain, rate, over, first, prec in rows:
+        lines.append(f"| {b} | {s} | {sc} | {plain:.1f} | {rate:.1f} | {rate / plain:.2f}x | {over:+.1%} | {first:.1f} | {prec} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("# Training throughput\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
