@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quality benchmark with its optional fastai leg (the `bench` extra); --quick: about 15 minutes on 2 cores.
+# The quality benchmark with its optional fastai leg (the `bench` extra); --quick: 45 runs, about 45 minutes of one core.
 bench: $(STAMP)
 	$(PY) -m pip install -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/quality.py --quick

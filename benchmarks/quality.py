@@ -9,7 +9,7 @@ animal silhouettes, faces vs non-faces. Regimes: input size (32 px or the backbo
 training images per class (few-shot or a few hundred), and where the weights come from (real
 ImageNet weights, or a source task trained by this toolkit).
 
-    .venv/bin/python benchmarks/quality.py --quick          # a subset, under 15 minutes on 2 cores
+    .venv/bin/python benchmarks/quality.py --quick          # a subset: 45 runs, about 45 minutes of one core
     .venv/bin/python benchmarks/quality.py                  # the full table -> benchmarks/results/quality.md
 """
 from __future__ import annotations
