@@ -11,6 +11,12 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 
+# What a file that is never resumed from leaves out: best.ckpt serves eval, export and --teacher,
+# while --resume reads last.ckpt. AdamW's two moments are twice the weights: without them best.ckpt
+# is a third of the size and of the write time (0.47 s -> 0.16 s for resnet18).
+TRAINING_STATE = ("optimizer_states", "lr_schedulers")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in its own folder, then renames it into place.
 
@@ -18,12 +24,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     last.ckpt loadable for --resume. Lightning's own writer stages the bytes in the system temp
     folder; when that is another filesystem, moving the file into place is a copy, which a crash
     can cut short.
+
+    Files named in `inference_only` are written without the optimizer and scheduler state. (Not
+    Lightning's save_weights_only: that also skips the callbacks' on_save_checkpoint, through which
+    --ema puts the better weights into best.ckpt.)
     """
+
+    def __init__(self, inference_only: tuple[str, ...] = ()):
+        super().__init__()
+        self.inference_only = inference_only
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
+        if path.name in self.inference_only:
+            checkpoint = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)

@@ -121,7 +121,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         logger=loggers or False,
         callbacks=[checkpoint, last, record, *lr_monitor, *regularization_callbacks(config, run_dir), *callbacks,
                    *(c for c in stopping if c is not None)],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(inference_only=("best.ckpt",))],
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
         check_val_every_n_epoch=config.val_every or 1,

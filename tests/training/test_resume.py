@@ -135,3 +135,17 @@ def test_a_crash_while_writing_last_ckpt_leaves_the_previous_one(tiny_data, tmp_
     resumed = runner.invoke(app, ["run", "--resume", str(out), "--epochs", "2", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_best_ckpt_leaves_out_the_training_state_and_last_ckpt_keeps_it(tiny_data, tmp_path, run_args):
+    """--resume reads last.ckpt; best.ckpt serves eval, export and --teacher without the optimizer's moments."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--ema"))
+    assert result.exit_code == 0, result.output
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and "lr_schedulers" not in best
+    assert last["optimizer_states"] and last["lr_schedulers"]
+    assert "ema" in best and best["callbacks"]  # the callbacks' own state and hooks still reach best.ckpt
+    exported = runner.invoke(app, ["export", str(out)])
+    assert exported.exit_code == 0, exported.output
