@@ -7,6 +7,7 @@ Two layouts are understood:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -14,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -180,7 +181,7 @@ def _check_one(path: Path) -> str | None:
 def _verify_all(paths: list[Path], progress: bool) -> list[str | None]:
     """Decodes every file once in a thread pool (Pillow releases the GIL while decoding), reusing
     the verdicts of an earlier scan for files whose size and modification time are unchanged."""
-    cache = VerifiedFiles.load()
+    cache = VerifiedFiles.load(paths)
     stats = [_stat(p) for p in paths]
     results: list[str | None] = [cache.verdict(p, st) for p, st in zip(paths, stats)]
     todo = [i for i, r in enumerate(results) if r is _UNKNOWN]
@@ -195,7 +196,7 @@ def _verify_all(paths: list[Path], progress: bool) -> list[str | None]:
             for i, reason in zip(todo, fresh):
                 results[i] = reason
                 cache.record(paths[i], stats[i], reason)
-        cache.save()
+    cache.save()  # a no-op unless a verdict is new or a file is gone
     return results
 
 
@@ -214,26 +215,32 @@ class VerifiedFiles:
     """Verdicts of earlier scans (None: readable, else the reason it is not), keyed on the absolute
     path and valid while the file's size and modification time are those recorded.
 
-    Kept in the cache folder (see `finetune.cache`), one JSON file for all scans, so that `run`,
-    `lr-find`, `eval`, `export` and the processes DDP starts do not decode a folder again. Any
-    problem reading or writing it only costs the decode it would have saved.
+    Kept in the cache folder (see `finetune.cache`), so that `run`, `lr-find`, `eval`, `export` and
+    the processes DDP starts do not decode a folder again: one JSON file per scanned folder (named
+    by a hash of its path), holding that folder's files only, so a command reads what it scans and
+    not every folder ever scanned. Any problem reading or writing it only costs the decode it would
+    have saved.
     """
 
     def __init__(self, path: Path, entries: dict[str, list]):
         self.path, self.entries, self.changed = path, entries, False
 
     @classmethod
-    def load(cls) -> "VerifiedFiles":
+    def load(cls, paths: Sequence[Path]) -> "VerifiedFiles":
         from finetune.cache import cache_dir
 
-        path = cache_dir() / "scan" / "verified.json"
+        root = os.path.commonpath([str(p.absolute()) for p in paths]) if paths else ""
+        path = cache_dir() / "scan" / f"{hashlib.sha1(root.encode()).hexdigest()[:16]}.json"
         try:
             entries = json.loads(path.read_text())
             if not isinstance(entries, dict):
                 entries = {}
         except (OSError, ValueError):
             entries = {}
-        return cls(path, entries)
+        wanted = {str(p.absolute()) for p in paths}
+        cache = cls(path, {k: v for k, v in entries.items() if k in wanted})
+        cache.changed = len(cache.entries) < len(entries)  # files gone since: rewrite without them
+        return cache
 
     def verdict(self, path: Path, stat: tuple[int, int] | None) -> object:
         entry = self.entries.get(str(path.absolute()))

@@ -218,3 +218,25 @@ def test_an_unwritable_cache_only_costs_the_decode(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "d", "shapes", train_per_class=3, val_per_class=1, size=16,
                              classes=("circle", "square"), seed=0)
     assert len(scan_image_folder(data).train) == 6
+
+
+def test_each_folder_has_its_own_cache_file_holding_only_its_files(tmp_path, monkeypatch):
+    """A command reads the verdicts of the folder it scans, not of every folder ever scanned."""
+    import json
+
+    from finetune.data.synthetic import make_image_folder
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(cache))
+    a = make_image_folder(tmp_path / "a", "shapes", train_per_class=3, val_per_class=1, size=16, classes=("circle", "square"))
+    b = make_image_folder(tmp_path / "b", "shapes", train_per_class=2, val_per_class=1, size=16, classes=("circle", "square"))
+    scan_image_folder(a), scan_image_folder(b)
+    files = sorted((cache / "scan").glob("*.json"))
+    assert len(files) == 2
+    held = sorted(len(json.loads(f.read_text())) for f in files)
+    assert held == [6, 8]  # b: 4 train + 2 val; a: 6 train + 2 val
+    removed = next((a / "train" / "circle").iterdir())
+    removed.unlink()
+    scan_image_folder(a)
+    entries = [json.loads(f.read_text()) for f in files]
+    assert sorted(len(e) for e in entries) == [6, 7] and all(str(removed) not in e for e in entries)
