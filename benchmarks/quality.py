@@ -183,15 +183,16 @@ def finetune_run(data: Path, backbone: str, weights: str, size: int | None, seed
         with contextlib.redirect_stdout(io.StringIO()):
             result = fit(config)
         best, val = result.best_checkpoint, result.best_val_acc1
-    except DivergenceError:  # the run stopped itself; what a user has left is its best.ckpt, if any
-        best = out / "checkpoints" / "best.ckpt"
-        if not best.is_file():
+    except DivergenceError:  # the run stopped itself: a user has its best.ckpt, or else the last.ckpt it names
+        best = next((c for c in (out / "checkpoints" / "best.ckpt", out / "checkpoints" / "last.ckpt") if c.is_file()), None)
+        if best is None:
             return float("nan"), float("nan")
-        states = torch.load(best, map_location="cpu", mmap=True, weights_only=False)["callbacks"].values()
-        val = next(float(s["best_model_score"]) for s in states if s.get("best_model_score") is not None)
+        val = None  # measured below, on the checkpoint the user has
     module = FinetuneModule.from_checkpoint(best)
     transform = build_eval_transform(module.input_config)
     index = scan_image_folder(data)
+    if val is None:
+        val = _accuracy(module, *_load_split(data / "val", index.classes, transform))
     x, y = _load_split(data / "test", index.classes, transform)
     return val, _accuracy(module, x, y)
 
