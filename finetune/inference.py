@@ -182,7 +182,13 @@ class Predictor:
         if len(images) == 0:
             return np.zeros((0, self.num_classes))
         tta = tta or self.tta
-        return average_views(softmax(self.logits(images, tta), self.temperature), view_count(tta))
+        return self.probabilities_of(self.logits(images, tta), tta)
+
+    def probabilities_of(self, logits: np.ndarray, tta: str | None = None) -> np.ndarray:
+        """(N, C) probabilities from the (N * V, C) logits of `logits()`: each view's
+        softmax(logits / temperature), averaged over the V views of an image."""
+        tta = tta or self.tta
+        return average_views(softmax(logits, self.temperature), view_count(tta))
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, tta: str | None = None) -> list[Prediction]:
         """Top-k predictions per file; unreadable files get `error` set and do not stop the rest."""

@@ -73,11 +73,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         index: DatasetIndex | None = None,
         augment: str | AugmentPolicy = "standard",
         sampler: str = "shuffle",
-        eval_batch_size: int | None = None,
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
-        self.eval_batch_size = eval_batch_size or batch_size * EVAL_BATCH_FACTOR
+        self.eval_batch_size = batch_size * EVAL_BATCH_FACTOR
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"unknown sampler {sampler!r}; valid: shuffle, balanced")
         self.sampler = sampler

@@ -140,7 +140,7 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.array(load_pil(path))  # a writable copy: np.asarray of a PIL image is read-only
 
 
-def load_images(paths: Sequence[str | Path], threads: int | None = None) -> list[np.ndarray | BadImageError]:
+def load_images(paths: Sequence[str | Path]) -> list[np.ndarray | BadImageError]:
     """Decodes several files in parallel threads (PIL releases the GIL while it decodes): for each
     path, in order, its image (as `load_image`) or the BadImageError that says why it cannot be read."""
 
@@ -150,7 +150,7 @@ def load_images(paths: Sequence[str | Path], threads: int | None = None) -> list
         except BadImageError as e:
             return e
 
-    workers = threads or min(8, os.cpu_count() or 1)
+    workers = min(8, os.cpu_count() or 1)
     if workers == 1 or len(paths) < 2:
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:

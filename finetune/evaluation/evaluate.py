@@ -14,7 +14,7 @@ from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
-from finetune.evaluation.tta import average_views, check_tta, softmax, view_count
+from finetune.evaluation.tta import check_tta, softmax
 from finetune.export.bundle import write_config
 from finetune.export.source import check_classes, load_trained, split_items
 from finetune.inference import Predictor, read_bundle_config
@@ -208,7 +208,7 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
     report = {**(report or {}), "split": split, "tta": check_tta(tta), "temperature": predictor.temperature}
     modes = ["none"] + ([report["tta"]] if report["tta"] != "none" else [])
     logits, labels, bad = chunked_logits(predictor, split_items(index, split), modes)
-    probs = {m: average_views(softmax(v, predictor.temperature), view_count(m)) for m, v in logits.items()}
+    probs = {m: predictor.probabilities_of(v, m) for m, v in logits.items()}
     return _report(predictor, probs, labels, bad, report, Path(output))
 
 
