@@ -40,8 +40,8 @@ from finetune.data.real import TASKS, available, make_real_task
 from finetune.data.scan import scan_image_folder
 from finetune.data.transforms import build_eval_transform
 from finetune.models.backbone import create_backbone
-from finetune.training.divergence import DivergenceError
-from finetune.training.fit import fit
+from finetune.training.callbacks.divergence import DivergenceError
+from finetune.run.fit import fit
 from finetune.training.module import FinetuneModule
 
 IMAGENET_BACKBONE = "tf_efficientnet_lite0"  # real ImageNet weights that install offline

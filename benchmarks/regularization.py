@@ -17,7 +17,7 @@ from rich.table import Table
 
 from finetune.config import RunConfig
 from finetune.data.synthetic import make_image_folder
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 
 MIX = {"mixup": 0.2, "label_smoothing": 0.1}
 

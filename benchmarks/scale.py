@@ -80,7 +80,7 @@ def main() -> None:
         os.environ["FINETUNE_CACHE_DIR"] = str(work / "cache")  # a cold scan cache
         from finetune.config import RunConfig
         from finetune.data.scan import scan_image_folder
-        from finetune.training.fit import fit
+        from finetune.run.fit import fit
 
         root, gen = timed(lambda: make_folder(work / "data", args.images))
         print(f"generated {args.images} images of 32 px in {gen:.0f} s", flush=True)

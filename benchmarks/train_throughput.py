@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import setup_process  # noqa: E402 - the benchmarks share one process setup
 
 from finetune.config import RunConfig  # noqa: E402
-from finetune.training.fit import fit  # noqa: E402
+from finetune.run.fit import fit  # noqa: E402
 from finetune.training.precision import resolve_channels_last  # noqa: E402
 
 SCENARIOS = {"full": None, "freeze-until layer3": "layer3", "linear probe": "fc"}

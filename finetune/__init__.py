@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "RunConfig": "finetune.config",
-    "fit": "finetune.training.fit",
-    "RunResult": "finetune.training.fit",
+    "fit": "finetune.run.fit",
+    "RunResult": "finetune.run.fit",
     "FinetuneModule": "finetune.training.module",
     "ImageFolderDataModule": "finetune.data.datamodule",
     "create_backbone": "finetune.models.backbone",

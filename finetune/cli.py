@@ -126,7 +126,7 @@ def run(
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
     settings: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("ctx", "resume")}
     from finetune.config import resolve_config
-    from finetune.training.fit import fit
+    from finetune.run.fit import fit
 
     if resume is not None:
         _resume(ctx, resume, settings)
@@ -143,8 +143,8 @@ def run(
 
 def _resume(ctx: typer.Context, run_dir: Path, settings: dict[str, Any]) -> None:
     """`run --resume`: the saved config plus the options given on the command line."""
-    from finetune.training.fit import fit
-    from finetune.training.resume import resume_config
+    from finetune.run.fit import fit
+    from finetune.run.resume import resume_config
 
     # Compared by name: Typer may carry its own copy of click's ParameterSource enum.
     given = {k: v for k, v in settings.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
@@ -184,7 +184,7 @@ def lr_find(
     """LR range test: raise the LR exponentially, plot loss vs LR to OUTPUT/lr_find.png, print a suggested --lr."""
     options = {k: v for k, v in locals().items() if k not in ("start_lr", "end_lr", "num_steps", "output")}
     from finetune.config import RunConfig
-    from finetune.training.lr_find import run_lr_find
+    from finetune.run.lr_find import run_lr_find
 
     range_test = {"lr_find_start_lr": start_lr, "lr_find_end_lr": end_lr, "lr_find_steps": num_steps}
     config = _exit_on_user_error(lambda: RunConfig(**options, **range_test, lr="auto", output=output))
@@ -216,7 +216,7 @@ def demo(
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of each run. Default: as `finetune run` picks them.")] = None,
 ) -> None:
     """Real ImageNet transfer on real photos (installed offline), against the same backbone from scratch."""
-    from finetune.demo import run_demo
+    from finetune.run.demo import run_demo
 
     _exit_on_user_error(lambda: run_demo(output, backbone=backbone, task=task, shots=shots, epochs=epochs, console=console))
 
@@ -226,7 +226,7 @@ def runs_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder holding run directories (searched 3 levels deep).")] = Path("runs"),
 ) -> None:
     """List runs: backbone, data, best val figure, epochs, wall time, and the settings given beyond the defaults."""
-    from finetune.runs import find_runs
+    from finetune.run.listing import find_runs
 
     found = _exit_on_user_error(lambda: find_runs(folder))
     table = Table(title=f"Runs in {folder} ({len(found)})", title_justify="left")
@@ -248,7 +248,7 @@ def compare_cmd(
     output: Annotated[Path, typer.Option(help="PNG overlaying the runs' val top-1 and val loss curves.")] = Path("compare.png"),
 ) -> None:
     """Print the settings that differ between runs, side by side, and plot their val curves together."""
-    from finetune.runs import plot_comparison, read_run, setting_differences
+    from finetune.run.listing import plot_comparison, read_run, setting_differences
 
     if len(run_dirs) < 2:
         err_console.print(f"[red]Error:[/red] compare needs two or more run directories, got {len(run_dirs)}")
@@ -443,7 +443,7 @@ def augment_preview(
 ) -> None:
     """Write a PNG grid of augmented training images: what the model sees with --augment."""
     from finetune.config import RunConfig
-    from finetune.data.preview import write_preview
+    from finetune.run.preview import write_preview
 
     # Validates the preset name the same way `finetune run --augment` does.
     _exit_on_user_error(lambda: RunConfig(backbone=backbone, data=data, augment=augment))

@@ -40,7 +40,7 @@ class RunConfig(BaseModel):
     weights_dir: Path | None = Field(None, description="folder searched first for <backbone>.safetensors")
     weights_partial: bool = Field(
         False, description="accept --weights PATH that leaves over 10% of the non-head tensors at random init")
-    # auto: the data decides (finetune/training/auto_freeze.py); None (--freeze-until none): nothing frozen.
+    # auto: the data decides (finetune/run/auto_freeze.py); None (--freeze-until none): nothing frozen.
     freeze_until: str | None = Field("auto", description="freeze every layer before this one")
     epochs: int | None = Field(
         None, ge=1, description="training epochs; None: about 400 optimizer steps (10 to 60 epochs), from the train-set size")

@@ -17,7 +17,7 @@ from finetune.data.data_config import DataConfig
 from finetune.data.images import BadImageError, is_image_file, load_images
 from finetune.data.scan import walk_files
 from finetune.errors import FinetuneError
-from finetune.evaluation.tta import average_views, batch_inputs, check_tta, softmax, view_count
+from finetune.data.tta import average_views, batch_inputs, check_tta, softmax, view_count
 
 BUNDLE_FORMAT = "finetune-bundle"
 BACKENDS = ("onnx", "torchscript", "eager")
@@ -150,13 +150,13 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, tta: str | None = None) -> "Predictor":
         """Runs a run directory's best checkpoint (or a .ckpt file) eagerly, on a GPU when present."""
-        from finetune.export.source import load_trained
+        from finetune.training.checkpoint import load_trained
 
         return cls.from_trained(load_trained(path), tta=tta)
 
     @classmethod
     def from_trained(cls, trained, tta: str | None = None) -> "Predictor":
-        """Runs a loaded `finetune.export.source.TrainedModel` eagerly, on a GPU when present."""
+        """Runs a loaded `finetune.training.checkpoint.TrainedModel` eagerly, on a GPU when present."""
         return cls(module_runner(trained.backbone, auto_device=True), trained.class_names, trained.data_config,
                    tta=tta or getattr(trained.config, "tta", "none"))
 

@@ -105,7 +105,7 @@ def test_channels_last_flag_sets_the_memory_format(tiny_data, tmp_path, run_args
 
 
 def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, monkeypatch):
-    import finetune.training.fit as fit_module
+    import finetune.run.fit as fit_module
 
     seen = {}
     original = fit_module.ImageFolderDataModule

@@ -26,7 +26,7 @@ def test_ddp_on_two_cpu_processes(tiny_data, tmp_path):
 
 def test_num_nodes_reaches_the_trainer(tiny_data, tmp_path):
     from finetune.config import RunConfig
-    from finetune.training.fit import build_trainer
+    from finetune.run.fit import build_trainer
 
     config = RunConfig(backbone="test_resnet", data=tiny_data, accelerator="cpu", devices="1", strategy="ddp",
                        num_nodes=2, progress=False)
@@ -38,8 +38,8 @@ NAN_ON_RANK1 = """
 import sys
 from pathlib import Path
 from finetune.config import RunConfig
-from finetune.training.divergence import DivergenceError, DivergenceGuard
-from finetune.training.fit import fit
+from finetune.training.callbacks.divergence import DivergenceError, DivergenceGuard
+from finetune.run.fit import fit
 from finetune.training.module import FinetuneModule
 
 original = FinetuneModule.training_step
@@ -96,7 +96,7 @@ FREEZE_SCRIPT = """
 import sys, torch, pytorch_lightning as pl
 from pathlib import Path
 from finetune.config import RunConfig
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 
 class Report(pl.Callback):
     def on_train_epoch_end(self, trainer, module):

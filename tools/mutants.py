@@ -30,16 +30,16 @@ class Mutant:
     description: str
 
 
-TTA = "finetune/evaluation/tta.py"
+TTA = "finetune/data/tta.py"
 SCHED = "finetune/training/schedules.py"
 LOSSES = "finetune/training/losses.py"
 MIXING = "finetune/data/mixing.py"
-EMA = "finetune/training/ema.py"
+EMA = "finetune/training/callbacks/ema.py"
 FREEZE = "finetune/training/freeze.py"
-UNFREEZE = "finetune/training/unfreeze.py"
+UNFREEZE = "finetune/training/callbacks/unfreeze.py"
 MODULE = "finetune/training/module.py"
 
-T_TTA = "tests/evaluation/test_tta.py"
+T_TTA = "tests/data/test_tta.py"
 T_PREP = "tests/test_inference_preprocessing.py"
 T_SCHED = "tests/training/test_schedules.py"
 T_DLR = "tests/training/test_discriminative_lr.py"
@@ -245,21 +245,21 @@ MUTANTS: list[Mutant] = [
            ("tests/models/test_rebuild.py",),
            "GoogLeNet/Inception trained with transform_input reload without it: another function"),
     # ----- run directories -----------------------------------------------------------------------
-    Mutant("run_dir_overwritten_silently", "finetune/training/run_dir.py",
+    Mutant("run_dir_overwritten_silently", "finetune/run/run_dir.py",
            "    if not overwrite:\n", "    if False:\n",
            ("tests/test_cli.py::test_existing_run_dir_is_refused_and_overwrite_starts_fresh",),
            "--output pointing at an earlier run replaces it without a word"),
-    Mutant("overwrite_removes_user_files", "finetune/training/run_dir.py",
+    Mutant("overwrite_removes_user_files", "finetune/run/run_dir.py",
            "if path.name in RUN_FILES or (", "if True or (",
            ("tests/test_cli.py::test_existing_run_dir_is_refused_and_overwrite_starts_fresh",),
            "--overwrite deletes files a run never writes (the user's own)"),
     # ----- divergence guard ----------------------------------------------------------------------
-    Mutant("divergence_nan_slips_through", "finetune/training/divergence.py",
+    Mutant("divergence_nan_slips_through", "finetune/training/callbacks/divergence.py",
            "if not math.isfinite(mean):", "if math.isinf(mean):",
            ("tests/training/test_divergence.py::test_huge_lr_from_the_start_is_reported",),
            "a NaN training loss does not stop the run (NaN compares false with every threshold)"),
     # Caught by the state_dict round trip in test_divergence.py (test_a_resumed_guard_keeps_the_first_epoch_mean).
-    Mutant("divergence_guard_forgets_first_epoch_on_resume", "finetune/training/divergence.py",
+    Mutant("divergence_guard_forgets_first_epoch_on_resume", "finetune/training/callbacks/divergence.py",
            "self.first_epoch_mean = state_dict[\"first_epoch_mean\"]", "pass",
            ("tests/training/test_divergence.py",),
            "after --resume the guard has no first-epoch mean, so only NaN/Inf can stop the run"),
@@ -267,24 +267,24 @@ MUTANTS: list[Mutant] = [
            "DivergenceGuard(3.0,", "DivergenceGuard(300.0,",
            ("tests/training/test_divergence.py",), "the divergence guard allows 300x the first epoch's loss"),
     # ----- run record, selection, early stopping, class imbalance ------------------------------------
-    Mutant("epoch_row_keeps_stale_val", "finetune/training/epoch_record.py",
+    Mutant("epoch_row_keeps_stale_val", "finetune/training/callbacks/epoch_record.py",
            "self._val, self._images, self._train_seconds = {}, 0, None", "self._images, self._train_seconds = 0, None",
            ("tests/training/test_run_record.py::test_metrics_csv_has_one_full_row_per_epoch",),
            "metrics.csv repeats the last validation's figures in epochs that were not validated"),
-    Mutant("resume_drops_earlier_rows", "finetune/training/epoch_record.py",
+    Mutant("resume_drops_earlier_rows", "finetune/training/callbacks/epoch_record.py",
            "self.rows: list[dict[str, Any]] = [dict(r) for r in previous_rows or []]", "self.rows: list[dict[str, Any]] = []",
            ("tests/training/test_run_record.py::test_resumed_run_appends_rows_once_per_epoch",),
            "a resumed run's metrics.csv loses the epochs before the resume"),
-    Mutant("monitor_mode_always_max", "finetune/training/fit.py",
+    Mutant("monitor_mode_always_max", "finetune/run/fit.py",
            "monitor, mode = selection_metric(config), monitor_spec(config.monitor).mode",
            "monitor, mode = selection_metric(config), \"max\"",
            ("tests/training/test_run_record.py::test_monitor_loss_keeps_the_epoch_of_lowest_val_loss",),
            "--monitor loss keeps the checkpoint with the highest val loss"),
-    Mutant("early_stop_no_restart_at_unfreeze", "finetune/training/early_stop.py",
+    Mutant("early_stop_no_restart_at_unfreeze", "finetune/training/callbacks/early_stop.py",
            "            self.wait_count = 0\n", "",
            ("tests/training/test_run_record.py::test_early_stop_patience_restarts_when_layers_unfreeze",),
            "an unfrozen phase inherits the frozen phase's patience count and is cut before it trains"),
-    Mutant("early_stop_waits_for_unreachable_unfreeze", "finetune/training/early_stop.py",
+    Mutant("early_stop_waits_for_unreachable_unfreeze", "finetune/training/callbacks/early_stop.py",
            "any(epoch < start < last for start, _ in schedule.milestones)",
            "any(epoch < start for start, _ in schedule.milestones)",
            ("tests/training/test_run_record.py::test_early_stop_still_works_when_the_schedule_lists_unfreezes_past_the_last_epoch",),
@@ -294,11 +294,11 @@ MUTANTS: list[Mutant] = [
            ("tests/data/test_balance.py::test_weighted_soft_target_loss_matches_torch_with_smoothing_and_mixing",
             "tests/training/test_run_record.py::test_training_step_weights_each_class_term"),
            "--class-weights is accepted and recorded but the loss is unweighted"),
-    Mutant("lr_auto_drops_class_weights", "finetune/training/fit.py",
+    Mutant("lr_auto_drops_class_weights", "finetune/run/fit.py",
            "teacher=module.teacher,\n                            class_weights=module.class_weights)", "teacher=module.teacher)",
            ("tests/training/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "with --lr auto the run trains without the class weights it recorded"),
-    Mutant("sampler_not_passed", "finetune/training/fit.py",
+    Mutant("sampler_not_passed", "finetune/run/fit.py",
            "augment=auto.augment, sampler=config.sampler,", "augment=auto.augment,",
            ("tests/training/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "--sampler balanced is accepted but batches are plainly shuffled"),

@@ -14,9 +14,9 @@ from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
-from finetune.evaluation.tta import check_tta, softmax
+from finetune.data.tta import check_tta, softmax
 from finetune.export.bundle import write_config
-from finetune.export.source import check_classes, load_trained, split_items
+from finetune.training.checkpoint import check_classes, load_trained, split_items
 from finetune.inference import Predictor, read_bundle_config
 
 SPLITS = ("val", "test")

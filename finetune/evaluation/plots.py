@@ -7,25 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from finetune.figures import save_figure, subplots
 
 MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
-
-
-def subplots(*args, **kwargs):
-    """Like `plt.subplots`, on a bare Figure: writing PNGs never switches the global backend.
-
-    pyplot + `matplotlib.use("Agg")` would turn off a notebook's inline plots as a side effect.
-    """
-    fig = Figure(figsize=kwargs.pop("figsize", None))
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
 
 
 def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:

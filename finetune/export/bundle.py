@@ -25,13 +25,13 @@ from safetensors.torch import save_file
 from finetune.data.data_config import DataConfig
 from finetune.data.images import load_image
 from finetune.data.scan import DatasetIndex
-from finetune.evaluation.tta import batch_inputs, check_tta
+from finetune.data.tta import batch_inputs, check_tta
 from finetune.errors import FinetuneError
 from finetune.export import atomic, formats, parity
 from finetune.export.parity import ExportError
 from finetune.export.quantize import QUANTIZE_MODES, quantize_int8
 from finetune.export.sampling import stratified_sample
-from finetune.export.source import TrainedModel, load_trained, scan_for
+from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
 from finetune.inference import BUNDLE_FORMAT, module_runner, onnx_runner, read_bundle_config, torchscript_runner
 from finetune.models.backbone import Backbone
 

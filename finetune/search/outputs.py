@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune.config import RunConfig
-from finetune.evaluation.plots import save_figure, subplots
+from finetune.figures import save_figure, subplots
 from finetune.search.space import Param
 from finetune.search.storage import counts
 

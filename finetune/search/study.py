@@ -22,8 +22,8 @@ from finetune.config import RunConfig
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
-from finetune.training.auto_defaults import resolve_data_defaults
-from finetune.training.fit import fit
+from finetune.run.auto_defaults import resolve_data_defaults
+from finetune.run.fit import fit
 from finetune.search import outputs
 from finetune.search.budget import estimate
 from finetune.search.sampling import TrialSeededRandomSampler

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from finetune.config import RunConfig
 from finetune.errors import FinetuneError
-from finetune.training.divergence import DivergenceError
-from finetune.training.fit import fit
+from finetune.training.callbacks.divergence import DivergenceError
+from finetune.run.fit import fit
 from finetune.search.pruning import TrialPruning
 
 # A bad setting (a layer name the backbone lacks, settings that contradict each other, memory) ends

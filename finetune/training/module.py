@@ -225,7 +225,7 @@ class FinetuneModule(pl.LightningModule):
     def head_lr(self, world_size: int | None = None) -> float:
         """The head's peak LR: --lr, times global batch / 256 with --scale-lr (the linear scaling rule)."""
         if self.config.lr == "auto":
-            raise FinetuneError("lr is 'auto': run finetune.training.lr_find.find_lr first and set config.lr")
+            raise FinetuneError("lr is 'auto': run finetune.run.lr_find.find_lr first and set config.lr")
         if world_size is None:
             world_size = self._trainer.world_size if self._trainer is not None else 1
         if self.config.scale_lr and self.config.batch_size is None:

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.mixing import BatchMixer
-from finetune.training.divergence import DivergenceGuard
-from finetune.training.ema import EmaCallback
+from finetune.training.callbacks.divergence import DivergenceGuard
+from finetune.training.callbacks.ema import EmaCallback
 from finetune.training.monitor import monitor_spec
 from finetune.training.teacher import Teacher, load_teacher
 

@@ -17,7 +17,7 @@ from finetune.data.balance import (balanced_sample_weights, class_weights, effec
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 from finetune.training.losses import mixed_soft_targets, training_loss
 
 

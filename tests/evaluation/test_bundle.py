@@ -13,7 +13,7 @@ from finetune.cli import app
 from finetune.data.images import load_image
 from finetune.export.bundle import ExportOptions, export_bundle
 from finetune.export.parity import ExportError
-from finetune.export.source import load_trained
+from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor, module_runner
 
 runner = CliRunner()
@@ -170,8 +170,8 @@ def brightness_model(tmp_path_factory):
     import finetune.export.bundle as bundle_module
     from finetune.config import RunConfig
     from finetune.data.scan import scan_image_folder
-    from finetune.evaluation.tta import batch_inputs
-    from finetune.export.source import TrainedModel
+    from finetune.data.tta import batch_inputs
+    from finetune.training.checkpoint import TrainedModel
     from finetune.models.backbone import create_backbone
 
     root = _brightness_folder(tmp_path_factory.mktemp("brightness"), bundle_module.CALIBRATION_IMAGES, 8)

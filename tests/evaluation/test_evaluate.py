@@ -14,9 +14,9 @@ from finetune.data.synthetic import make_image_folder
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.evaluate import evaluate
-from finetune.evaluation.tta import softmax
+from finetune.data.tta import softmax
 from finetune.export.bundle import export_bundle
-from finetune.export.source import load_trained
+from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
 
 runner = CliRunner()

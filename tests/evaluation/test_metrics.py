@@ -6,7 +6,7 @@ import pytest
 
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
-from finetune.evaluation.tta import softmax
+from finetune.data.tta import softmax
 
 NAMES = ["a", "b", "c"]
 

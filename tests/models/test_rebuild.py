@@ -17,9 +17,9 @@ from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.images import load_image
 from finetune.data.scan import scan_image_folder
-from finetune.evaluation.tta import batch_inputs
+from finetune.data.tta import batch_inputs
 from finetune.export.bundle import export_trained
-from finetune.export.source import load_trained
+from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
 from finetune.models.zoo import torchvision_data_config
 from finetune.training.module import FinetuneModule

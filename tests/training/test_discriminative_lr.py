@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finetune.config import RunConfig
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 from finetune.training.module import FinetuneModule
 from finetune.training.optim import discriminative_mults
 from finetune.training.plan import plan_rows

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.config import RunConfig
-from finetune.training.divergence import DivergenceError
+from finetune.training.callbacks.divergence import DivergenceError
 from finetune.training.module import FinetuneModule
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def test_huge_lr_from_the_start_is_reported(tiny_data, tmp_path, run_args):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import finetune.training.fit as fit_module
+    import finetune.run.fit as fit_module
 
     original = fit_module.regularization_callbacks
     monkeypatch.setattr(fit_module, "regularization_callbacks", lambda *a: [*original(*a), _HugeLrFromEpoch1()])
@@ -63,7 +63,7 @@ def _loss_times(factor: float, from_epoch: int = 1):
 @pytest.mark.parametrize(("factor", "stops"), [(4.0, True), (2.0, False)])
 def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, tiny_data, tmp_path, monkeypatch):
     # The guard fit() installs, not a hand-built one: its threshold is 3x the first epoch's mean.
-    from finetune.training.fit import fit
+    from finetune.run.fit import fit
 
     monkeypatch.setattr(FinetuneModule, "training_step", _loss_times(factor))
     cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
@@ -78,7 +78,7 @@ def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, t
 
 def test_a_resumed_guard_keeps_the_first_epoch_mean():
     """--resume restores the guard from the checkpoint: without the first epoch's mean it could only catch NaN."""
-    from finetune.training.divergence import DivergenceGuard
+    from finetune.training.callbacks.divergence import DivergenceGuard
 
     first = DivergenceGuard(3.0)
     first.first_epoch_mean = 0.5

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.config import RunConfig
-from finetune.training.ema import EmaCallback, WeightEma
+from finetune.training.callbacks.ema import EmaCallback, WeightEma
 from finetune.training.regularization import regularization_callbacks
 
 runner = CliRunner()

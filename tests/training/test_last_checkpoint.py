@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from finetune.training import last_checkpoint
-from finetune.training.last_checkpoint import WRITE_SHARE, LastCheckpoint
+from finetune.training.callbacks import last_checkpoint
+from finetune.training.callbacks.last_checkpoint import WRITE_SHARE, LastCheckpoint
 
 
 def _epochs_written(monkeypatch, tmp_path, epoch_seconds: float, write_seconds: float, epochs: int,

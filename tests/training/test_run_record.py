@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 from rich.console import Console
 
 from finetune.models.backbone import create_backbone
-from finetune.training.fit import fit
-from finetune.training.resume import resume_config
+from finetune.run.fit import fit
+from finetune.run.resume import resume_config
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 from finetune.training.schedules import ONECYCLE_DIV, ScheduleFactor
 
 

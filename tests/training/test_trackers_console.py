@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from finetune.errors import FinetuneError
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 
 
 def _val_acc1(run_dir) -> dict[int, float]:
@@ -47,7 +47,7 @@ def test_mlflow_local_store_in_the_run_dir_holds_the_run(make_config):
 def test_a_resumed_run_continues_its_mlflow_run(make_config):
     from mlflow.tracking import MlflowClient
 
-    from finetune.training.resume import resume_config
+    from finetune.run.resume import resume_config
 
     first = fit(make_config(epochs=1, val_every=1, export=False, logger=["mlflow"]), Console(file=io.StringIO()))
     config = resume_config(first.run_dir, {"epochs": 2})

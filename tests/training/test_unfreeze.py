@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule
-from finetune.training.unfreeze import GradualUnfreezing, trainable_groups
+from finetune.training.callbacks.unfreeze import GradualUnfreezing, trainable_groups
 
 runner = CliRunner()
 
@@ -137,7 +137,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist, pytorch_lightning as pl
 from pathlib import Path
 from finetune.config import RunConfig
-from finetune.training.fit import fit
+from finetune.run.fit import fit
 
 class Report(pl.Callback):
     def on_train_epoch_end(self, trainer, module):

@@ -24,23 +24,24 @@ from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
-from finetune.training.auto_defaults import resolve_data_defaults
-from finetune.training.auto_freeze import resolve_freeze_until
+from finetune.run.auto_defaults import resolve_data_defaults
+from finetune.run.auto_freeze import resolve_freeze_until
 from finetune.training.checkpoint_io import AtomicCheckpointIO
-from finetune.training.devices import device_trainer, planned_world_size
-from finetune.training.early_stop import PhaseEarlyStopping
-from finetune.training.epoch_record import EpochLine, EpochRecord
-from finetune.training.last_checkpoint import LastCheckpoint
-from finetune.training.lr_find import find_lr
+from finetune.run.devices import device_trainer, planned_world_size
+from finetune.training.callbacks.early_stop import PhaseEarlyStopping
+from finetune.training.callbacks.epoch_record import EpochLine, EpochRecord
+from finetune.training.callbacks.last_checkpoint import LastCheckpoint
+from finetune.run.lr_find import find_lr
 from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec
 from finetune.training.plan import print_plan
 from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
-from finetune.training.quiet import quiet_lightning
-from finetune.training.trackers import tracker_loggers
-from finetune.training.resume import RNGState, previous_metrics
-from finetune.training.run_dir import claim_run_dir
-from finetune.training.unfreeze import GradualUnfreezing
+from finetune.run.quiet import quiet_lightning
+from finetune.run.trackers import tracker_loggers
+from finetune.run.resume import previous_metrics
+from finetune.training.callbacks.rng_state import RNGState
+from finetune.run.run_dir import claim_run_dir
+from finetune.training.callbacks.unfreeze import GradualUnfreezing
 from finetune.training.precision import resolve_channels_last, resolve_precision
 
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
@@ -147,7 +148,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         config: The validated run settings.
         console: Where the plan and summary go (default: stdout).
         callbacks: Extra Lightning callbacks for the Trainer.
-        ckpt_path: A last.ckpt to continue from (see `finetune.training.resume.resume_config`).
+        ckpt_path: A last.ckpt to continue from (see `finetune.run.resume.resume_config`).
         sources: Where each setting came from (default, recipe, command line), for config.yaml.
 
     Returns:
@@ -214,7 +215,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         trainer.fit(module, dm, ckpt_path=ckpt_path)
     result = _finish(console, trainer, run_dir, precision, config)
     if trainer.is_global_zero:
-        from finetune.evaluation.run_report import finish_run  # curves, final evaluation, export bundle
+        from finetune.run.report import finish_run  # curves, final evaluation, export bundle
 
         finish_run(config, run_dir, index, console)
     return result

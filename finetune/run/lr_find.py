@@ -16,12 +16,11 @@ import torch
 from rich.console import Console
 
 from finetune.config import RunConfig
-from finetune.training.auto_freeze import resolve_freeze_until
-from finetune.training.devices import device_trainer
+from finetune.run.auto_freeze import resolve_freeze_until
+from finetune.run.devices import device_trainer
+from finetune.training.callbacks.lr_range_test import LRRangeTest
 from finetune.training.module import FinetuneModule
 
-SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai and Lightning do)
-DIVERGE = 4.0  # stop once the smoothed loss exceeds 4x its best
 
 
 @dataclass(frozen=True)
@@ -39,36 +38,6 @@ class LRFindResult:
     losses: list[float]
     suggestion: float
     plot: Path | None = None
-
-
-class LRRangeTest(pl.Callback):
-    """Sets every group to head LR x its multiplier before each step and records the loss."""
-
-    def __init__(self, start_lr: float, end_lr: float, num_steps: int) -> None:
-        self.start_lr, self.end_lr, self.num_steps = start_lr, end_lr, num_steps
-        self.lrs: list[float] = []
-        self.losses: list[float] = []
-        self._avg, self._best = 0.0, math.inf
-
-    def lr_at(self, step: int) -> float:
-        return self.start_lr * (self.end_lr / self.start_lr) ** (step / max(1, self.num_steps - 1))
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: FinetuneModule, batch: Any, batch_idx: int) -> None:
-        lr = self.lr_at(trainer.global_step)
-        mults = dict(zip((g.name for g in pl_module.backbone.groups), pl_module.lr_mults()))
-        for group in trainer.optimizers[0].param_groups:
-            group["lr"] = lr * mults[group["layer_group"]]
-        self.lrs.append(lr)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: FinetuneModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
-        step = len(self.losses) + 1
-        self._avg = SMOOTHING * self._avg + (1 - SMOOTHING) * loss
-        smoothed = self._avg / (1 - SMOOTHING ** step)
-        self.losses.append(smoothed)
-        self._best = min(self._best, smoothed)
-        if not math.isfinite(smoothed) or smoothed > DIVERGE * self._best:
-            trainer.should_stop = True
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:
@@ -90,7 +59,7 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
 
 def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     """Writes loss vs head LR (log x-axis) with the suggestion marked."""
-    from finetune.evaluation.plots import subplots
+    from finetune.figures import subplots
 
     fig, ax = subplots(figsize=(6, 4))
     ax.plot(result.lrs[: len(result.losses)], result.losses)
@@ -167,7 +136,7 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     from finetune.data.datamodule import ImageFolderDataModule
     from finetune.data.scan import scan_image_folder
     from finetune.models.backbone import create_backbone
-    from finetune.training.auto_defaults import resolve_data_defaults
+    from finetune.run.auto_defaults import resolve_data_defaults
     from finetune.training.plan import print_plan
     from finetune.training.precision import resolve_precision
 

@@ -37,7 +37,7 @@ class _RecordAtFirstStep(pl.Callback):
 
 def test_resume_from_another_directory_keeps_the_record(tiny_data, test_resnet_weights, tmp_path, monkeypatch):
     """Relative --data/--weights/--output; then --resume and export from elsewhere."""
-    import finetune.training.fit as fit_module
+    import finetune.run.fit as fit_module
 
     shutil.copytree(tiny_data, tmp_path / "data")
     shutil.copy(test_resnet_weights, tmp_path / "w.safetensors")

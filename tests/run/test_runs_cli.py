@@ -5,7 +5,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from finetune.cli import app
-from finetune.runs import read_run, setting_differences
+from finetune.run.listing import read_run, setting_differences
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from finetune.training.auto_defaults import (BATCH_RANGE, EPOCH_RANGE, MIN_STEPS_PER_EPOCH, TARGET_STEPS,
+from finetune.run.auto_defaults import (BATCH_RANGE, EPOCH_RANGE, MIN_STEPS_PER_EPOCH, TARGET_STEPS,
                                              VALIDATIONS, auto_batch_size, auto_epochs, auto_val_every)
 
 
@@ -41,7 +41,7 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
     import yaml
 
     from finetune.config import RunConfig
-    from finetune.training.fit import fit
+    from finetune.run.fit import fit
 
     config = RunConfig(backbone="test_resnet", data=arrows_data, weights="none", image_size=32, workers=0,
                        limit_train_batches=1, progress=False, export=False, output=tmp_path / "run")
@@ -64,7 +64,7 @@ def test_a_cadence_that_skips_the_last_epoch_is_refused_and_auto_epochs_round_up
     from finetune.config import RunConfig
     from finetune.data.scan import scan_image_folder
     from finetune.data.data_config import DataConfig
-    from finetune.training.auto_defaults import resolve_data_defaults
+    from finetune.run.auto_defaults import resolve_data_defaults
 
     with pytest.raises(ValueError, match=r"--val-every 5 would leave the last of --epochs 3 unvalidated.*\[1, 3\]"):
         RunConfig(backbone="test_resnet", data=".", epochs=3, val_every=5)
@@ -75,7 +75,7 @@ def test_a_cadence_that_skips_the_last_epoch_is_refused_and_auto_epochs_round_up
 
 def test_last_checkpoint_is_written_after_every_epoch_whatever_the_cadence(tmp_path, arrows_data):
     from finetune.config import RunConfig
-    from finetune.training.fit import build_trainer
+    from finetune.run.fit import build_trainer
 
     config = RunConfig(backbone="test_resnet", data=arrows_data, epochs=4, val_every=2, progress=False)
     trainer = build_trainer(config, tmp_path, "32", 5)
@@ -88,8 +88,8 @@ def test_auto_batch_and_epochs_read_each_process_share_of_the_images():
 
     from finetune.config import RunConfig
     from finetune.data.data_config import DataConfig
-    from finetune.training.auto_defaults import resolve_data_defaults
-    from finetune.training.devices import planned_world_size
+    from finetune.run.auto_defaults import resolve_data_defaults
+    from finetune.run.devices import planned_world_size
 
     index = SimpleNamespace(train=[("x.png", 0)] * 200)  # the rules read only the train-set size here
     config = RunConfig(backbone="test_resnet", data=".", augment="none")
@@ -111,7 +111,7 @@ def test_the_data_profile_does_not_depend_on_the_run_seed(tmp_path):
     from finetune.data.data_config import DataConfig
     from finetune.data.scan import scan_image_folder
     from finetune.data.synthetic import make_image_folder
-    from finetune.training.auto_defaults import resolve_data_defaults
+    from finetune.run.auto_defaults import resolve_data_defaults
 
     data = make_image_folder(tmp_path / "d", "shapes", train_per_class=60, val_per_class=2, size=32,
                              classes=("circle", "square"), seed=0)  # 60 > the 40 a class the profile samples

@@ -16,7 +16,7 @@ from rich.table import Table
 from finetune.config import RunConfig
 from finetune.data.real import TASKS, make_real_task
 from finetune.evaluation.evaluate import evaluate
-from finetune.training.fit import RunResult, fit
+from finetune.run.fit import RunResult, fit
 
 DEMO_BACKBONE = "tf_efficientnet_lite0"  # its ImageNet weights install offline from the package registry
 DEMO_SIZE = 64  # the patches' own side: 2 CPU cores train it in about a minute

@@ -113,7 +113,7 @@ def setting_differences(runs: Sequence[RunSummary]) -> dict[str, list[Any]]:
 
 def plot_comparison(runs: Sequence[RunSummary], labels: Sequence[str], path: str | Path) -> Path:
     """One PNG: val top-1 and val loss per epoch, one line per run, so the curves can be compared."""
-    from finetune.evaluation.plots import save_figure, subplots
+    from finetune.figures import save_figure, subplots
 
     fig, axes = subplots(1, 2, figsize=(11, 4))
     for ax, (key, title) in zip(axes, (("val/acc1", "val top-1"), ("val/loss", "val loss"))):

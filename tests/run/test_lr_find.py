@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.data.datamodule import ImageFolderDataModule
-from finetune.training.lr_find import LRRangeTest, find_lr, suggest
+from finetune.run.lr_find import find_lr, suggest
+from finetune.training.callbacks.lr_range_test import LRRangeTest
 from finetune.training.module import FinetuneModule
 
 runner = CliRunner()
@@ -43,7 +44,7 @@ def test_find_lr_restores_weights_and_batchnorm_stats(make_config, tiny_data, tm
 def test_range_test_records_the_real_losses_and_stops_where_the_loss_blows_up(make_config, tiny_data):
     """A finder that logs the wrong loss, skips or repeats steps, misplaces the LRs or runs on past
     divergence fails here; the suggestion must come from before the blow-up."""
-    from finetune.training.lr_find import DIVERGE, SMOOTHING
+    from finetune.training.callbacks.lr_range_test import DIVERGE, SMOOTHING
 
     import pytorch_lightning as pl
 

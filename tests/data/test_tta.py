@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from finetune.data.data_config import DataConfig
-from finetune.evaluation.tta import TTA_MODES, average_views, batch_inputs, tta_views, view_count
+from finetune.data.tta import TTA_MODES, average_views, batch_inputs, tta_views, view_count
 from finetune.inference import Predictor
 
 DC = DataConfig(input_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear", crop_pct=0.8)

@@ -1,0 +1,22 @@
+"""Figures written as PNG files, never through pyplot's global state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def subplots(*args, **kwargs):
+    """Like `plt.subplots`, on a bare Figure: writing PNGs never switches the global backend.
+
+    pyplot + `matplotlib.use("Agg")` would turn off a notebook's inline plots as a side effect.
+    """
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,1 @@
+"""Lightning callbacks of a fine-tuning run, one per file."""
