@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune.export.formats import export_onnx
-from finetune.export.quantize import quantize_int8
+from finetune.bundling.formats import export_onnx
+from finetune.bundling.quantize import quantize_int8
 from finetune.inference import onnx_runner
 from finetune.models.backbone import create_backbone
 

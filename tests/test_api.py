@@ -12,6 +12,14 @@ def test_public_names_resolve():
     assert {"RunConfig", "fit", "FinetuneModule", "ImageFolderDataModule", "export", "Predictor", "backbones"} <= set(finetune.__all__)
 
 
+def test_export_stays_the_function_after_its_package_is_imported():
+    import inspect
+
+    import finetune.bundling.bundle
+
+    assert inspect.isfunction(finetune.export) and finetune.export is finetune.bundling.bundle.export
+
+
 def test_fit_returns_paths_and_metrics(tiny_data, tmp_path):
     config = finetune.RunConfig(backbone="test_resnet", data=tiny_data, weights="none", image_size=32, epochs=1,
                                 batch_size=8, workers=0, progress=False, output=tmp_path / "run")

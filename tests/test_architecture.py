@@ -11,13 +11,14 @@ PACKAGE = Path(finetune.__file__).parent
 # layer are independent of each other. docs/ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors"},
-    {"cache", "config", "figures", "console"},
+    {"cache", "config", "figures", "console", "atomic"},
     {"data"},
     {"models"},
     {"training"},
     {"inference"},
-    {"evaluation", "export", "prediction_output"},
+    {"evaluation", "bundling", "prediction_output"},
     {"run"},
+    {"options", "views"},
     {"search"},
     {"cli"},
 ]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from finetune.data.data_config import DataConfig
-from finetune.export.bundle import export_bundle
+from finetune.bundling.bundle import export_bundle
 from finetune.inference import Predictor
 from finetune.models.backbone import create_backbone
 

@@ -82,10 +82,10 @@ MUTANTS: list[Mutant] = [
            "\"std\": (0.229, 0.224, 0.225)})",
            (T_PREP,), "Predictor.load ignores the bundle's mean/std and uses ImageNet's"),
     # ----- export parity ---------------------------------------------------------------------
-    Mutant("export_copy_in_train_mode", "finetune/export/bundle.py",
+    Mutant("export_copy_in_train_mode", "finetune/bundling/bundle.py",
            "copy.deepcopy(backbone).float().cpu().eval()", "copy.deepcopy(backbone).float().cpu()",
            (T_PREP,), "the exported network is traced/referenced with BatchNorm in train mode"),
-    Mutant("parity_tolerance_loosened", "finetune/export/parity.py",
+    Mutant("parity_tolerance_loosened", "finetune/bundling/parity.py",
            "PARITY_TOLERANCE = 1e-3", "PARITY_TOLERANCE = 1.0",
            ("tests/evaluation/test_bundle.py::test_parity_above_bound_fails_the_export",),
            "an exported graph whose logits differ by 0.1 passes the parity check"),

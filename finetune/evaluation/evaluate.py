@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from finetune.data.images import BadImageError, load_images
 from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.tta import check_tta, softmax
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
-from finetune.data.tta import check_tta, softmax
-from finetune.export.bundle import write_config
+from finetune.inference import Predictor
+from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
 from finetune.training.checkpoint import check_classes, load_trained, split_items
-from finetune.inference import Predictor, read_bundle_config
 
 SPLITS = ("val", "test")
 EVAL_CHUNK = 256  # images decoded and classified at once (with their TTA views): bounds eval's memory
@@ -38,12 +38,14 @@ class EvalResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _load_model(model: Path, backend: str) -> tuple[Predictor, dict | None, Path | None]:
-    """(predictor, the run's {"val_split", "seed"} or None when not recorded, bundle folder or None)."""
-    bundle = _bundle_of(model)
-    if bundle is not None:
-        return Predictor.load(bundle, backend=backend), read_bundle_config(bundle).get("split"), bundle
-    trained = load_trained(model)
+def _load_model(source: ModelSource, backend: str) -> tuple[Predictor, dict | None, Path | None]:
+    """(predictor, the run's {"val_split", "seed"} or None when not recorded, bundle folder or None).
+
+    A run directory's bundle is preferred to its checkpoint: it is what gets deployed.
+    """
+    if source.bundle is not None:
+        return Predictor.load(source.bundle, backend=backend), BundleConfig.load(source.bundle).split, source.bundle
+    trained = load_trained(source.checkpoint)
     split = {"val_split": trained.config.val_split, "seed": trained.config.seed}
     return Predictor.from_trained(trained), split, None
 
@@ -117,10 +119,9 @@ def calibrate(predictor: Predictor, index: DatasetIndex, bundle: Path | None) ->
     temperature = fit_temperature(logits, labels)
     scored = _ece_on_test(predictor, index.test, temperature) if index.test else _ece_cross_fit(logits, labels)
     result = {"temperature": temperature, "fit_split": "val", "fit_images": int(len(labels)), **scored}
-    config = read_bundle_config(bundle)
-    config["temperature"] = temperature
-    config["calibration"] = {"method": "temperature scaling", **result}
-    write_config(bundle, config)
+    config = BundleConfig.load(bundle)
+    calibration = {"method": "temperature scaling", **result}
+    replace(config, temperature=temperature, extra={**config.extra, "calibration": calibration}).save(bundle)
     predictor.temperature = temperature
     return result
 
@@ -159,10 +160,6 @@ def _ece_scores(measured_on: str, labels: np.ndarray, before: np.ndarray, after:
             "ece_after": metrics.expected_calibration_error(after, labels)}
 
 
-def _bundle_of(path: Path) -> Path | None:
-    return next((b for b in (path, path / "model") if (b / "config.json").is_file()), None)
-
-
 def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str = "none",
              calibrate_temperature: bool = False, output: str | Path | None = None,
              backend: str = "onnx") -> EvalResult:
@@ -191,14 +188,15 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
     model, data = Path(model), Path(data)
     if output is not None:
         _check_empty(Path(output))
-    predictor, split_settings, bundle = _load_model(model, backend)
+    source = resolve_model_source(model)
+    predictor, split_settings, bundle = _load_model(source, backend)
     index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature)
     check_classes(index.classes, predictor.class_names, data)
     split_items(index, split)  # a missing split fails before anything is written
     report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta}
     if calibrate_temperature:
         report["calibration"] = calibrate(predictor, index, bundle)
-    out = Path(output) if output is not None else _new_output(_results_home(model), split)
+    out = Path(output) if output is not None else _new_output(_results_home(source), split)
     return evaluate_predictor(predictor, index, split, tta, out, report)
 
 
@@ -218,12 +216,9 @@ def _check_empty(output: Path) -> None:
                             f"results are never overwritten: pass a new folder, or leave --output out for a new eval-SPLIT-N")
 
 
-def _results_home(model: Path) -> Path:
-    """The run directory of a run, its bundle or its checkpoint; else the folder holding the model."""
-    if model.is_dir() and not (model / "config.json").is_file():
-        return model  # a run directory
-    home = model.parent  # a bundle folder or a .ckpt file: results go beside it, never into a bundle
-    return home.parent if home.name == "checkpoints" else home
+def _results_home(source: ModelSource) -> Path:
+    """The run directory of a run or its checkpoint; else the folder holding the model, never a bundle."""
+    return source.run_dir if source.run_dir is not None else source.path.parent
 
 
 def _new_output(home: Path, split: str) -> Path:

@@ -9,7 +9,7 @@ from finetune.config import RunConfig
 from finetune.data.scan import DatasetIndex
 from finetune.evaluation.evaluate import evaluate_predictor
 from finetune.evaluation.plots import plot_curves
-from finetune.export.bundle import ExportOptions, export_trained
+from finetune.bundling.bundle import ExportOptions, export_trained
 from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor, module_runner
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.data.images import load_image
-from finetune.export.bundle import ExportOptions, export_bundle
-from finetune.export.parity import ExportError
+from finetune.bundling.bundle import ExportOptions, export_bundle
+from finetune.bundling.parity import ExportError
 from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor, module_runner
 
@@ -72,7 +72,7 @@ def test_export_command_torchscript_and_int8(trained_run, tiny_data, tmp_path):
 
 
 def test_parity_above_bound_fails_the_export(trained_run, tiny_data, tmp_path, monkeypatch):
-    import finetune.export.bundle as bundle_module
+    import finetune.bundling.bundle as bundle_module
 
     real = bundle_module.onnx_runner
     monkeypatch.setattr(bundle_module, "onnx_runner", lambda path: (lambda x: real(path)(x) + 2e-3))
@@ -167,7 +167,7 @@ def brightness_model(tmp_path_factory):
     """
     import torch
 
-    import finetune.export.bundle as bundle_module
+    import finetune.bundling.bundle as bundle_module
     from finetune.config import RunConfig
     from finetune.data.scan import scan_image_folder
     from finetune.data.tta import batch_inputs
@@ -188,8 +188,8 @@ def brightness_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def brightness_int8(brightness_model, tmp_path_factory):
     """Exports the probe with int8, recording which files were decoded: (config.json, decoded paths)."""
-    import finetune.export.bundle as bundle_module
-    from finetune.export.bundle import export_trained
+    import finetune.bundling.bundle as bundle_module
+    from finetune.bundling.bundle import export_trained
 
     trained, index = brightness_model
     decoded = []
@@ -200,7 +200,7 @@ def brightness_int8(brightness_model, tmp_path_factory):
 
 
 def test_int8_calibration_and_parity_samples_cover_every_class(brightness_int8, brightness_model):
-    import finetune.export.bundle as bundle_module
+    import finetune.bundling.bundle as bundle_module
 
     config, decoded = brightness_int8
     root = brightness_model[1].root
@@ -237,7 +237,7 @@ def _snapshot(folder):
 
 @pytest.mark.slow  # a second Python process that imports torch and exports: ~15-30 s on 2 cores
 def test_export_killed_mid_write_leaves_the_previous_bundle(trained_run, tiny_data, tmp_path):
-    import finetune.export.bundle as bundle_module
+    import finetune.bundling.bundle as bundle_module
 
     bundle = bundle_module.export(trained_run, tmp_path / "bundle")
     before = _snapshot(bundle)
@@ -245,8 +245,8 @@ def test_export_killed_mid_write_leaves_the_previous_bundle(trained_run, tiny_da
     probs = Predictor.load(bundle, tta="none").probabilities(images)
     code = (
         "import os, signal\n"
-        "import finetune.export.bundle as b\n"
-        "from finetune.export import formats\n"
+        "import finetune.bundling.bundle as b\n"
+        "from finetune.bundling import formats\n"
         "real = formats.export_onnx\n"
         "def dying(model, example, path):\n"
         "    real(model, example, path)\n"
@@ -266,8 +266,8 @@ def test_export_killed_mid_write_leaves_the_previous_bundle(trained_run, tiny_da
 
 
 def test_failed_export_keeps_the_previous_bundle_and_cleans_up(trained_run, tmp_path, monkeypatch):
-    import finetune.export.bundle as bundle_module
-    from finetune.export import formats
+    import finetune.bundling.bundle as bundle_module
+    from finetune.bundling import formats
 
     bundle = bundle_module.export(trained_run, tmp_path / "bundle")
     before = _snapshot(bundle)
@@ -285,7 +285,7 @@ def test_failed_export_keeps_the_previous_bundle_and_cleans_up(trained_run, tmp_
 
 
 def test_export_refuses_a_folder_that_is_not_a_bundle(trained_run, tmp_path):
-    from finetune.export.bundle import export
+    from finetune.bundling.bundle import export
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="notes.txt"):

@@ -15,7 +15,7 @@ from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.evaluate import evaluate
 from finetune.data.tta import softmax
-from finetune.export.bundle import export_bundle
+from finetune.bundling.bundle import export_bundle
 from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
 
@@ -140,3 +140,17 @@ def test_chunked_eval_scores_as_one_pass(plain_bundle, tiny_data, tmp_path, monk
     chunked = evaluate_module.evaluate_predictor(predictor, index, "val", "flip", tmp_path / "chunked").metrics
     assert chunked["confusion_matrix"] == whole["confusion_matrix"]
     assert chunked["ece"] == pytest.approx(whole["ece"], abs=1e-6) and chunked["top1"] == whole["top1"]
+
+
+def test_a_folder_without_a_model_gets_one_message_everywhere(tiny_data, tmp_path):
+    """eval, predict and export share one rule for what a model path is, and one message when nothing fits."""
+    from finetune.bundling.bundle import export
+
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    for attempt in (lambda: evaluate(empty, tiny_data), lambda: Predictor.from_path(empty), lambda: export(empty)):
+        with pytest.raises(FinetuneError) as e:
+            attempt()
+        message = " ".join(str(e.value).split())
+        assert str(empty) in message and "checkpoints/best.ckpt" in message and "model/config.json" in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-run"]  # nothing written beside it

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from finetune.export.sampling import stratified_sample
+from finetune.bundling.sampling import stratified_sample
 
 
 def _items(sizes):

@@ -10,36 +10,36 @@ Layout of a bundle directory:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from finetune import atomic
+from finetune.bundling import formats, parity
+from finetune.bundling.parity import ExportError
+from finetune.bundling.quantize import QUANTIZE_MODES, quantize_int8
+from finetune.bundling.sampling import stratified_sample
 from finetune.data.data_config import DataConfig
 from finetune.data.images import load_image
 from finetune.data.scan import DatasetIndex
 from finetune.data.tta import batch_inputs, check_tta
-from finetune.errors import FinetuneError
-from finetune.export import atomic, formats, parity
-from finetune.export.parity import ExportError
-from finetune.export.quantize import QUANTIZE_MODES, quantize_int8
-from finetune.export.sampling import stratified_sample
-from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
-from finetune.inference import BUNDLE_FORMAT, module_runner, onnx_runner, read_bundle_config, torchscript_runner
+from finetune.inference import module_runner, onnx_runner, torchscript_runner
 from finetune.models.backbone import Backbone
+from finetune.models.source import BUNDLE_FORMAT, CONFIG_NAME, FORMAT_VERSION, BundleConfig, BundleError
+from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
 
-FORMAT_VERSION = 1
 FORMATS = ("onnx", "torchscript")
 PARITY_IMAGES = 16  # a real batch: enough to hit every class's logit range, cheap to run three ways
 CALIBRATION_IMAGES = 64  # stratified: MinMax ranges must see every class's activations
-BUNDLE_FILES = ("config.json", "README.md")  # with every "model.*": what a bundle folder is made of
+BUNDLE_FILES = (CONFIG_NAME, "README.md")  # with every "model.*": what a bundle folder is made of
 
 
 @dataclass
@@ -113,7 +113,7 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
                                        agreement_images or parity_images)
         config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
         (out / "README.md").write_text(bundle_readme(config))
-        write_config(out, config)
+        BundleConfig.from_dict(config).save(out)  # validated: what is written loads
         _carry_other_entries(final, out)
     return final
 
@@ -129,9 +129,9 @@ def _check_output(final: Path) -> None:
     if not final.is_dir():
         raise ExportError(f"--output {final} is a file; a bundle is a folder")
     try:
-        read_bundle_config(final)
+        BundleConfig.load(final)
         return
-    except (FinetuneError, ValueError):  # not a bundle, or a config.json that does not parse
+    except BundleError:  # not a bundle, or a config.json that does not parse
         pass
     foreign = sorted(p.name for p in final.iterdir() if not _is_bundle_file(p.name))
     if foreign:
@@ -167,15 +167,21 @@ def _cpu_fp32_copy(backbone: Backbone) -> Backbone:
     return model.to(memory_format=torch.contiguous_format)
 
 
-def _base_config(backbone, class_names, data_config, options, source_checkpoint) -> dict:
-    from finetune import __version__
+def toolkit_version() -> str:
+    """The installed finetune's version, as recorded in every bundle."""
+    try:
+        return metadata.version("finetune")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
+
+def _base_config(backbone, class_names, data_config, options, source_checkpoint) -> dict:
     return {
         "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone.name,
         "build_options": backbone.build_options,  # e.g. transform_input: rebuilt as it was trained
         "num_classes": len(class_names), "class_names": list(class_names),
         "data_config": data_config.to_dict(), "tta": options.tta, "temperature": float(options.temperature),
-        "toolkit_version": __version__, "source_checkpoint": str(source_checkpoint),
+        "toolkit_version": toolkit_version(), "source_checkpoint": str(source_checkpoint),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"name": formats.INPUT_NAME, "shape": ["batch", 3, data_config.input_size, data_config.input_size],
                   "dtype": "float32", "layout": "NCHW RGB, normalised"},
@@ -216,11 +222,6 @@ def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agre
     return {"file": "model.int8.onnx", "method": "static QDQ, per-channel int8 weights, uint8 activations",
             "calibration_images": min(len(calibration), CALIBRATION_IMAGES),
             "top1_agreement": parity.top1_agreement(a, b), "agreement_images": int(len(x))}
-
-
-def write_config(bundle: Path, config: dict) -> Path:
-    """Writes BUNDLE/config.json (indented, stable key order) in one rename: never half a file."""
-    return atomic.write_text(Path(bundle) / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def bundle_readme(config: dict) -> str:
@@ -304,4 +305,4 @@ def export(path: str | Path, output: str | Path | None = None, formats_: Sequenc
     return export_trained(trained, out, options, data)
 
 
-__all__ = ["ExportError", "ExportOptions", "export", "export_bundle", "export_trained", "write_config"]
+__all__ = ["ExportError", "ExportOptions", "export", "export_bundle", "export_trained"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.export.formats import INPUT_NAME
+from finetune.bundling.formats import INPUT_NAME
 
 QUANTIZE_MODES = ("int8",)
 
