@@ -6,7 +6,6 @@ PIL + numpy functions the training eval transform calls, so the network sees ide
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,10 @@ import numpy as np
 from finetune.data.data_config import DataConfig
 from finetune.data.images import BadImageError, is_image_file, load_images
 from finetune.data.scan import walk_files
-from finetune.errors import FinetuneError
 from finetune.data.tta import average_views, batch_inputs, check_tta, softmax, view_count
+from finetune.errors import FinetuneError
+from finetune.models.source import BundleConfig, resolve_model_source
 
-BUNDLE_FORMAT = "finetune-bundle"
 BACKENDS = ("onnx", "torchscript", "eager")
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 -> (B, C) logits
 
@@ -41,21 +40,6 @@ class Prediction:
     error: str | None = None
 
 
-def read_bundle_config(bundle: str | Path) -> dict:
-    """Reads and checks BUNDLE/config.json.
-
-    Raises:
-        FinetuneError: The folder is not a bundle written by this toolkit.
-    """
-    path = Path(bundle) / "config.json"
-    if not path.is_file():
-        raise FinetuneError(f"{bundle} is not an export bundle: {path} is missing")
-    config = json.loads(path.read_text())
-    if config.get("format") != BUNDLE_FORMAT:
-        raise FinetuneError(f"{path} is not a {BUNDLE_FORMAT} config (format: {config.get('format')!r})")
-    return config
-
-
 def onnx_runner(path: Path, threads: int | None = None) -> Runner:
     """An onnxruntime CPU session over an ONNX file with one input and logits as first output."""
     import onnxruntime as ort
@@ -75,12 +59,12 @@ def torchscript_runner(path: Path) -> Runner:
     return module_runner(torch.jit.load(str(path), map_location="cpu").eval())
 
 
-def eager_runner(bundle: Path, config: dict) -> Runner:
+def eager_runner(bundle: Path, config: BundleConfig) -> Runner:
     """The network rebuilt from model.safetensors with timm/torchvision (imports torch)."""
     from finetune.models.backbone import create_backbone
 
-    backbone, _ = create_backbone(config["backbone"], config["num_classes"], weights=str(bundle / "model.safetensors"),
-                                  build_options=config.get("build_options"))
+    backbone, _ = create_backbone(config.backbone, config.num_classes, weights=str(bundle / "model.safetensors"),
+                                  build_options=config.build_options)
     return module_runner(backbone.eval())
 
 
@@ -130,22 +114,24 @@ class Predictor:
             int8: With backend "onnx", run the int8 model (model.int8.onnx) when the bundle has one.
             threads: onnxruntime intra-op threads (None: onnxruntime's default).
         """
-        bundle, config = Path(bundle), read_bundle_config(bundle)
+        bundle, config = Path(bundle), BundleConfig.load(bundle)
         runner = _bundle_runner(bundle, config, backend, int8, threads)
-        return cls(runner, config["class_names"], DataConfig.from_dict(config["data_config"]),
-                   tta=tta or config.get("tta", "none"), temperature=config.get("temperature", 1.0))
+        return cls(runner, config.class_names, config.data_config, tta=tta or config.tta,
+                   temperature=config.temperature)
 
     @classmethod
     def from_path(cls, path: str | Path, backend: str = "onnx", tta: str | None = None) -> "Predictor":
         """A bundle, a run directory (its model/ bundle, else its best checkpoint) or a .ckpt file.
 
         Checkpoints run eagerly and need the training stack (torch, Lightning, timm).
+
+        Raises:
+            FinetuneError: The path is none of these (the message lists what is expected).
         """
-        path = Path(path)
-        for candidate in (path, path / "model"):
-            if (candidate / "config.json").is_file():
-                return cls.load(candidate, backend=backend, tta=tta)
-        return cls.from_checkpoint(path, tta=tta)
+        source = resolve_model_source(path)
+        if source.bundle is not None:
+            return cls.load(source.bundle, backend=backend, tta=tta)
+        return cls.from_checkpoint(source.checkpoint, tta=tta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tta: str | None = None) -> "Predictor":
@@ -222,7 +208,7 @@ class Ensemble:
         return predict_files(self, paths, top_k, tta)
 
 
-def _bundle_runner(bundle: Path, config: dict, backend: str, int8: bool, threads: int | None) -> Runner:
+def _bundle_runner(bundle: Path, config: BundleConfig, backend: str, int8: bool, threads: int | None) -> Runner:
     if backend not in BACKENDS:
         raise FinetuneError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "eager":

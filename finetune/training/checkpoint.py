@@ -11,6 +11,7 @@ from finetune.data.data_config import DataConfig
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.errors import DataError, FinetuneError
 from finetune.models.backbone import Backbone
+from finetune.models.source import resolve_model_source
 
 Item = tuple[Path, int]
 
@@ -44,16 +45,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """RUN_DIR -> RUN_DIR/checkpoints/best.ckpt (or last.ckpt); a .ckpt file as it is.
 
     Raises:
-        FinetuneError: Neither a checkpoint file nor a run directory with one.
+        FinetuneError: Neither a checkpoint file nor a run directory with one (an export bundle has none).
     """
-    path = Path(path)
-    if path.is_file():
-        return path
-    for name in ("best.ckpt", "last.ckpt"):
-        if (path / "checkpoints" / name).is_file():
-            return path / "checkpoints" / name
-    raise FinetuneError(f"{path} is neither a checkpoint file nor a run directory with "
-                        f"checkpoints/best.ckpt or checkpoints/last.ckpt")
+    checkpoint = resolve_model_source(path).checkpoint
+    if checkpoint is None:
+        raise FinetuneError(f"{path} is neither a checkpoint file nor a run directory with "
+                            f"checkpoints/best.ckpt or checkpoints/last.ckpt (an export bundle holds no checkpoint)")
+    return checkpoint
 
 
 CHECKPOINT_HELP = "expected a .ckpt written by `finetune run` (RUN_DIR/checkpoints/best.ckpt or last.ckpt)"

@@ -6,7 +6,6 @@ and the student's optimizer never sees its parameters.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from torch import Tensor
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
-
-BUNDLE_FORMAT = "finetune-bundle"
+from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
 
 
 class TeacherError(FinetuneError):
@@ -108,24 +106,21 @@ def load_teacher(source: str | Path, class_names: Sequence[str], weights: str | 
     if weights is not None and path.exists():
         raise TeacherError(f"--teacher-weights is only for a backbone-name teacher; {source} is a "
                            f"file or directory that carries its own weights")
-    if (path / "config.json").is_file():
-        teacher = _from_bundle(path)
-    elif path.is_dir() or path.suffix == ".ckpt":
-        teacher = _from_checkpoint(_checkpoint_in(path))
+    if path.exists() or path.suffix == ".ckpt":
+        model = _model_source(path)
+        # A run directory's checkpoint is the model as trained; its bundle serves when the checkpoints are gone.
+        teacher = _from_checkpoint(model.checkpoint) if model.checkpoint is not None else _from_bundle(model.bundle)
     else:
         teacher = _from_name(str(source), weights, class_names, student_config)
     teacher.check_classes(class_names)
     return teacher
 
 
-def _checkpoint_in(path: Path) -> Path:
-    if path.is_file():
-        return path
-    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt", path / "best.ckpt"):
-        if candidate.is_file():
-            return candidate
-    raise TeacherError(f"--teacher {path}: no checkpoints/best.ckpt or last.ckpt in this directory, and "
-                       f"no config.json of an exported bundle")
+def _model_source(path: Path) -> ModelSource:
+    try:
+        return resolve_model_source(path)
+    except FinetuneError as e:
+        raise TeacherError(f"--teacher {e}") from None
 
 
 def _from_checkpoint(ckpt_path: Path) -> Teacher:
@@ -140,13 +135,13 @@ def _from_checkpoint(ckpt_path: Path) -> Teacher:
 
 
 def _from_bundle(bundle: Path) -> Teacher:
-    config = json.loads((bundle / "config.json").read_text())
-    if config.get("format") != BUNDLE_FORMAT:
-        raise TeacherError(f"--teacher {bundle}: config.json is not a {BUNDLE_FORMAT} "
-                           f"(format: {config.get('format')!r})")
-    backbone = _load_exact(f"--teacher {bundle}", config["backbone"], int(config["num_classes"]),
-                           bundle / "model.safetensors", build_options=config.get("build_options"))
-    return Teacher(backbone, DataConfig.from_dict(config["data_config"]), config["class_names"], str(bundle))
+    try:
+        config = BundleConfig.load(bundle)
+    except FinetuneError as e:
+        raise TeacherError(f"--teacher {bundle}: {e}") from None
+    backbone = _load_exact(f"--teacher {bundle}", config.backbone, config.num_classes,
+                           bundle / "model.safetensors", build_options=config.build_options)
+    return Teacher(backbone, config.data_config, config.class_names, str(bundle))
 
 
 def _from_name(name: str, weights: str | Path | None, class_names: Sequence[str],

@@ -69,3 +69,23 @@ def test_backbone_name_teacher_with_unexpected_tensors_fails(tmp_path: Path) -> 
     _edit_weights(bundle / "model.safetensors", lambda s: s.update({"extra.weight": torch.zeros(2)}))
     with pytest.raises(TeacherError, match=r"unexpected 1 \(extra\.weight\)"):
         load_teacher("test_resnet", CLASSES, weights=bundle / "model.safetensors")
+
+
+def test_run_directory_with_only_its_bundle_is_a_teacher(tmp_path: Path) -> None:
+    """A run whose checkpoints were deleted still has RUN/model/: the same rule as predict and eval."""
+    bundle = _bundle(tmp_path / "run" / "model")
+    teacher = load_teacher(tmp_path / "run", CLASSES)
+    assert teacher.source == str(bundle) and teacher.data_config.mean == (0.5, 0.5, 0.5)
+
+
+def test_missing_teacher_checkpoint_names_what_is_expected(tmp_path: Path) -> None:
+    with pytest.raises(TeacherError, match=r"--teacher .*gone\.ckpt does not exist; expected an export bundle"):
+        load_teacher(tmp_path / "gone.ckpt", CLASSES)
+
+
+def test_bundle_teacher_of_another_format_names_it(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path / "bundle")
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "format_version": 7}))
+    with pytest.raises(TeacherError, match=r"--teacher .*bundle.*format_version 7"):
+        load_teacher(bundle, CLASSES)
