@@ -60,7 +60,7 @@ class BundleConfig:
         return len(self.class_names)
 
     @classmethod
-    def load(cls, bundle: str | Path) -> "BundleConfig":
+    def load(cls, bundle: str | Path) -> BundleConfig:
         """Reads and validates BUNDLE/config.json.
 
         Raises:
@@ -78,7 +78,7 @@ class BundleConfig:
         return cls.from_dict(raw, where=str(path))
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str = CONFIG_NAME) -> "BundleConfig":
+    def from_dict(cls, raw: Any, where: str = CONFIG_NAME) -> BundleConfig:
         """Validates a parsed config.json; `where` names it in errors."""
         _check_header(raw, where)
         known = {"format", "num_classes", *(f for f in cls.__dataclass_fields__ if f != "extra")}

@@ -8,8 +8,7 @@ import pytest
 
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
-from finetune.models.source import (BUNDLE_FORMAT, FORMAT_VERSION, BundleConfig, BundleError,
-                                    resolve_model_source)
+from finetune.models.source import BUNDLE_FORMAT, FORMAT_VERSION, BundleConfig, BundleError, resolve_model_source
 
 CLASSES = ("circle", "square", "triangle")
 DC = DataConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic", crop_pct=0.9)
@@ -83,7 +82,8 @@ def test_nothing_that_fits_names_what_was_expected(tmp_path, kind):
         resolve_model_source(path)
     message = str(e.value)
     assert str(path) in message and ("does not exist" in message) == (kind == "missing")
-    for expected in ("config.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "model/config.json", ".ckpt file"):
+    for expected in ("config.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "model/config.json",
+                     ".ckpt file"):
         assert expected in message, message
 
 
@@ -91,7 +91,8 @@ def test_nothing_that_fits_names_what_was_expected(tmp_path, kind):
 def test_bundle_config_round_trip(tmp_path):
     config = BundleConfig(backbone="tv:resnet18", class_names=CLASSES, data_config=DC,
                           build_options={"transform_input": False}, tta="flip", temperature=1.7,
-                          split={"val_split": 0.25, "seed": 3}, extra={"parity": {"images": 16}, "files": ["model.onnx"]})
+                          split={"val_split": 0.25, "seed": 3},
+                          extra={"parity": {"images": 16}, "files": ["model.onnx"]})
     written = config.save(tmp_path / "bundle")
     assert written == tmp_path / "bundle" / "config.json"
     assert [p.name for p in (tmp_path / "bundle").iterdir()] == ["config.json"]  # no temporary file left
