@@ -1,0 +1,72 @@
+"""The consoles the commands print to, and the one way a user error ends a command."""
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from finetune.errors import FinetuneError
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setting_errors(error: ValidationError) -> list[str]:
+    """One line per invalid setting: its flag, what is wrong, and the value given."""
+    lines = []
+    for err in error.errors():
+        # The field is enough: union members add their type names to loc.
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "settings"
+        if err["type"] == "missing":
+            lines.append(f"{flag} is required (on the command line or in the recipe)")
+        else:
+            lines.append(f"{flag}: {err['msg']} (got {err.get('input')!r})")
+    return lines
+
+
+def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
+    """Decorates a command: a user error becomes one line per problem on stderr and exit status 2,
+    not a traceback.
+
+    User errors are FinetuneError and pydantic's ValidationError (a bad setting). Use it bare
+    (`@user_errors`) or as `@user_errors(value_errors=True)` for commands whose library calls check
+    option values with ValueError naming the choices (tta, formats, top-k...).
+    """
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except ValidationError as e:  # a ValueError too: reported field by field
+                lines = setting_errors(e)
+            except FinetuneError as e:
+                lines = [str(e)]
+            except ValueError as e:
+                if not value_errors:
+                    raise
+                lines = [str(e)]
+            for line in lines:
+                err_console.print(f"[red]Error:[/red] {escape(line)}")
+            raise typer.Exit(2)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(command) if command is not None else decorate
+
+
+@contextmanager
+def shown_warnings() -> Iterator[None]:
+    """Prints the warnings raised inside (recipe values that the flags switch off) as one yellow line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for warning in caught:
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(str(warning.message))}")
