@@ -18,6 +18,7 @@ from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
+from finetune.training.checkpoint import read_checkpoint
 
 
 class TeacherError(FinetuneError):
@@ -125,13 +126,17 @@ def _model_source(path: Path) -> ModelSource:
 
 def _from_checkpoint(ckpt_path: Path) -> Teacher:
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        config, names = ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["class_names"]
-    except (KeyError, RuntimeError, OSError) as e:
-        raise TeacherError(f"--teacher {ckpt_path} is not a checkpoint of this toolkit: {e}") from e
-    backbone = _load_exact(f"--teacher {ckpt_path}", config["backbone"], len(names), ckpt_path,
-                           build_options=checkpoint_build_options(ckpt))
-    return Teacher(backbone, backbone.data_config.with_size(config.get("image_size")), names, str(ckpt_path))
+        ckpt = read_checkpoint(ckpt_path)  # the checks and messages of `finetune export` and `eval`
+    except FinetuneError as e:
+        raise TeacherError(f"--teacher {e}") from None
+    names, record = ckpt["hyper_parameters"]["class_names"], ckpt.get("finetune", {})
+    config = ckpt["hyper_parameters"]["config"] or {}  # None for a module built from its parts
+    backbone = _load_exact(f"--teacher {ckpt_path}", record.get("backbone") or config["backbone"], len(names),
+                           ckpt_path, build_options=checkpoint_build_options(ckpt))
+    # The record holds the input the run trained at; checkpoints without it, the weights' own at --image-size.
+    saved = record.get("data_config")
+    data_config = DataConfig.from_dict(saved) if saved else backbone.data_config.with_size(config.get("image_size"))
+    return Teacher(backbone, data_config, names, str(ckpt_path))
 
 
 def _from_bundle(bundle: Path) -> Teacher:

@@ -89,3 +89,17 @@ def test_bundle_teacher_of_another_format_names_it(tmp_path: Path) -> None:
     (bundle / "config.json").write_text(json.dumps({**config, "format_version": 7}))
     with pytest.raises(TeacherError, match=r"--teacher .*bundle.*format_version 7"):
         load_teacher(bundle, CLASSES)
+
+
+def test_checkpoint_teacher_without_a_run_config(tmp_path: Path) -> None:
+    """A module built from its parts saves no RunConfig: the checkpoint's own record names network and input."""
+    torch.manual_seed(5)
+    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
+    state = {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
+    record = {"backbone": "test_resnet", "class_names": CLASSES, "build_options": backbone.build_options,
+              "data_config": {"input_size": 40, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    hparams = {"config": None, "class_names": CLASSES}
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "finetune": record}, tmp_path / "parts.ckpt")
+    teacher = load_teacher(tmp_path / "parts.ckpt", CLASSES)
+    assert teacher.data_config.input_size == 40 and teacher.data_config.std == (0.25, 0.25, 0.25)
+    assert torch.equal(teacher.backbone.model.fc.weight, backbone.model.fc.weight)
