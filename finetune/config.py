@@ -1,4 +1,9 @@
-"""The typed run configuration: every setting of `finetune run`, validated, saved with the run."""
+"""The typed run configuration: every setting of `finetune run`, validated, saved with the run.
+
+Each setting is declared once, here: a RunConfig field holds its type, default, range and help, and
+the `run`, `lr-find` and `tune` options are made from the fields (finetune/options.py). Each choice
+list is spelled once, as one of the Literal aliases below.
+"""
 from __future__ import annotations
 
 import difflib
@@ -8,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -23,80 +28,155 @@ Schedule = Literal["cosine", "step", "onecycle", "constant"]
 Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
 Sampler = Literal["shuffle", "balanced"]
 Logger = Literal["csv", "tensorboard", "mlflow"]
+Tta = Literal["none", "flip", "five-crop", "ten-crop", "scales"]
 # Lightning's accelerator names, plus its alias gpu and auto.
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 DEVICES_HELP = "a device count (1, 2), GPU ids such as 0,1, -1 (every GPU) or auto"
 BATCHES_HELP = "a whole number of batches (1, 10) or a fraction of them such as 0.5 (1.0: all)"
 
 
+def one_of(choices: Any, notes: Mapping[str, str] | None = None) -> str:
+    """The choices of a Literal alias as help text, each with its note: "a, b (note) or c".
+
+    Raises:
+        ValueError: A note for a name that is not one of the choices (a renamed or dropped choice).
+    """
+    names, notes = get_args(choices), notes or {}
+    if set(notes) - set(names):
+        raise ValueError(f"notes for {sorted(set(notes) - set(names))}, which are not among {names}")
+    shown = [f"{name} ({notes[name]})" if name in notes else name for name in names]
+    return f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+_REQUIRED = "Required here or in the recipe (not with --resume)."
+_COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all)."
+_AUTO_FREEZE = (
+    "auto (default): from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
+    "last half of the groups; else everything; every layer with --weights none, and the policy's part with "
+    "--freeze-policy/--freeze-epochs/--unfreeze-every.")
+_AUTO_AUGMENT = (
+    "from the data: translation only under 64 px, else a random crop keeping 50% of the area, 25% with 100+ images "
+    "per class; flip unless mirroring changes the class; no colour jitter on grey images")
+_RANGE_TEST = "of the LR range test (`finetune lr-find`, and `run --lr auto`)"
+
+
 class RunConfig(BaseModel):
-    """Settings of one fine-tuning run. Field docs double as the CLI help."""
+    """Settings of one fine-tuning run. Each field's description is its option's help on the command line."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    backbone: str = Field(description="timm model name (resnet50, convnext_tiny) or tv:NAME for torchvision")
-    data: Path = Field(description="image folder: DIR/train/<class>, DIR/val/<class> or DIR/<class>")
-    weights: str = Field("imagenet", description="imagenet | none | PATH to a state dict or checkpoint")
-    weights_dir: Path | None = Field(None, description="folder searched first for <backbone>.safetensors")
-    weights_partial: bool = Field(
-        False, description="accept --weights PATH that leaves over 10% of the non-head tensors at random init")
-    # auto: the data decides (finetune/run/auto_freeze.py); None (--freeze-until none): nothing frozen.
-    freeze_until: str | None = Field("auto", description="freeze every layer before this one")
-    epochs: int | None = Field(
-        None, ge=1, description="training epochs; None: about 400 optimizer steps (10 to 60 epochs), from the train-set size")
-    val_every: int | None = Field(
-        None, ge=1, description="validate every N epochs, the last included; None: about 20 validations a run")
-    batch_size: int | None = Field(
-        None, ge=1, description="images per batch and device; None: 8 to 32, keeping at least 10 steps an epoch")
-    image_size: int | None = Field(None, ge=16, description="input side in pixels; None: the backbone's own")
-    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description="the head's learning rate, or auto (LR range test)")
-    optimizer: Optimizer = Field("adamw", description="optimizer")
-    weight_decay: float = Field(0.01, ge=0, description="weight decay (not on biases and norm layers)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
-    augment: Augment = Field(
-        "auto", description="train augmentation: auto (chosen from the input size, images per class and tests of the "
-        "data: does mirroring change the class, is it grey), or a preset")
-    seed: int = Field(42, description="seed for the split, initialisation and augmentation")
-    workers: int | None = Field(None, ge=0, description="DataLoader workers; None: min(4, CPU cores)")
-    val_split: float = Field(0.2, gt=0, lt=1, description="validation fraction for DIR/<class> layouts")
-    output: Path | None = Field(None, description="run directory; None: runs/<date>-<backbone>")
-    overwrite: bool = Field(False, description="replace the files of an earlier run in --output instead of refusing")
-    precision: Precision = Field("auto", description="numeric precision")
-    channels_last: bool | None = Field(None, description="NHWC memory format; None: on with mixed precision")
-    accelerator: str = Field("auto", description="cpu | gpu | auto")
-    devices: str = Field("auto", description="device count or ids")
-    strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ddp_spawn | ...")
-    num_nodes: int = Field(1, ge=1, description="machines for distributed training")
+    backbone: str = Field(description=(
+        "timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18). "
+        + _REQUIRED))
+    data: Path = Field(description=(
+        "Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by "
+        "--val-split. " + _REQUIRED))
+    weights: str = Field("imagenet", description=(
+        "imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random "
+        "init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit."))
+    weights_dir: Path | None = Field(None, description=(
+        "Folder searched first for <backbone>.safetensors when --weights imagenet. "
+        "Default: $FINETUNE_WEIGHTS_DIR if set."))
+    weights_partial: bool = Field(False, description=(
+        "Train even when --weights PATH leaves more than 10% of the backbone's (non-head) tensors missing or "
+        "mismatched, i.e. at random init. Default: off, such weights are an error naming the tensors."))
+    # auto: the data decides (finetune/training/auto_freeze.py); None (--freeze-until none): nothing frozen.
+    freeze_until: str | None = Field("auto", description=(
+        "Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, "
+        "head; none: nothing frozen. " + _AUTO_FREEZE))
+    epochs: int | None = Field(None, ge=1, description=(
+        "Training epochs. Default: from the train-set size, about 400 optimizer steps within 10-60 epochs."))
+    val_every: int | None = Field(None, ge=1, description=(
+        "Validate every N epochs, the last included (best.ckpt is chosen among these). Default: about 20 "
+        "validations a run (the largest divisor of --epochs up to epochs/20)."))
+    batch_size: int | None = Field(None, ge=1, description=(
+        "Images per batch per device. Default: from the train-set size, the largest of 8, 16, 32 that keeps 10+ "
+        "steps an epoch."))
+    image_size: int | None = Field(None, ge=16, description=(
+        "Input side in pixels. Default: the backbone's own (its pretrained data config)."))
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description=(
+        "The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR "
+        "range test first and use its suggestion."))
+    optimizer: Optimizer = Field("adamw", description=f"Optimizer: {one_of(Optimizer)}.")
+    weight_decay: float = Field(0.01, ge=0, description=(
+        "Weight decay; never applied to biases and normalisation layers."))
+    momentum: float = Field(0.9, ge=0, lt=1, description=(
+        "Momentum of sgd and rmsprop (an error with adam/adamw, which have none)."))
+    augment: Augment = Field("auto", description=(
+        "Train augmentation: " + one_of(Augment, {
+            "auto": _AUTO_AUGMENT, "none": "the eval resize + center crop", "light": "+ flip",
+            "standard": "random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1",
+            "strong": "standard + a TrivialAugment-like op + random erasing"})
+        + ". Default: auto. See `finetune augment-preview`."))
+    seed: int = Field(42, description="Seed for the train/val split, the new head's init and augmentation.")
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes. Default: min(4, CPU cores).")
+    val_split: float = Field(0.2, gt=0, lt=1, description=(
+        "Validation fraction, stratified by class, for the DIR/<class>/ layout."))
+    output: Path | None = Field(None, description=(
+        "Run directory. Default: runs/<date>-<backbone>. A folder that is not empty is refused: see --resume and "
+        "--overwrite."))
+    overwrite: bool = Field(False, description=(
+        "Start afresh in a non-empty --output: removes the earlier run's config.yaml, metrics.csv, hparams.yaml, "
+        "bad_files.txt, plots, checkpoints/, model/, eval-*/ and tracker logs (tensorboard/, mlflow.db, "
+        "mlartifacts/) first; other files stay."))
+    precision: Precision = Field("auto", description=(
+        f"{one_of(Precision)}. auto: bf16-mixed on a GPU or CPU with native bf16, else 32."))
+    channels_last: bool | None = Field(None, description="NHWC memory format. Default: on with mixed precision.")
+    accelerator: str = Field("auto", description=f"Lightning accelerator: {one_of(Accelerator, {'gpu': '= cuda'})}.")
+    devices: str = Field("auto", description=(
+        "Number of devices (cpu: processes), GPU ids such as 0,1, -1 (every GPU) or auto."))
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp...")
+    num_nodes: int = Field(1, ge=1, description="Machines taking part in distributed training.")
     # As in Lightning: an int is a count of batches (1: one), a float a fraction of them (1.0: all).
-    limit_train_batches: int | float = Field(1.0, description="train batches per epoch: a count (int) or a fraction (float)")
-    limit_val_batches: int | float = Field(1.0, description="val batches per epoch: a count (int) or a fraction (float)")
-    progress: bool = Field(True, description="show the progress bar")
-    recipe: str | None = Field(None, description="recipe the settings started from (name or path)")
+    limit_train_batches: int | float = Field(1.0, description="Train batches per epoch: " + _COUNT_OR_FRACTION)
+    limit_val_batches: int | float = Field(1.0, description="Validation batches per epoch: " + _COUNT_OR_FRACTION)
+    progress: bool = Field(True, description="Show the progress bar.")
+    recipe: str | None = Field(None, description=(
+        "Recipe name (see `finetune recipes`) or YAML path. Precedence: defaults < recipe < flags given here. "
+        "Default: none."))
 
     # Evaluation and export after training (finetune/evaluation, finetune/export).
-    tta: Literal["none", "flip", "five-crop", "ten-crop", "scales"] = Field(
-        "none", description="test-time augmentation of the final evaluation; the bundle's default")
-    export: bool = Field(True, description="write the export bundle to RUN_DIR/model/ at the end")
+    tta: Tta = Field("none", description=(
+        f"Test-time augmentation of the final evaluation, stored as the bundle's default: {one_of(Tta)}."))
+    export: bool = Field(True, description=(
+        "Write the export bundle (ONNX + safetensors + config.json) to RUN_DIR/model/ at the end. Default: on."))
 
     # Fine-tuning policies: freezing, gradual unfreezing, discriminative LRs, schedules, LR finder.
-    freeze_policy: FreezePolicy | None = Field(None, description="linear-probe | bn-only | full; None: --freeze-until alone")
-    train_bn: bool = Field(False, description="BatchNorm layers in the frozen part keep training (affine and stats)")
-    freeze_epochs: int | None = Field(None, ge=1, description="epochs with the frozen policy before unfreezing")
-    unfreeze_every: int | None = Field(None, ge=1, description="unfreeze one more layer group every K epochs")
-    lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay per group below the head")
+    freeze_policy: FreezePolicy | None = Field(None, description=one_of(FreezePolicy, {
+        "linear-probe": "only the head trains",
+        "bn-only": "BatchNorm affine + head train; with --freeze-until: only before LAYER",
+        "full": "everything trains"}) + ". Default: --freeze-until alone decides.")
+    train_bn: bool = Field(False, description=(
+        "BatchNorm layers in the frozen part keep training (affine and running statistics). Default: off, frozen "
+        "BatchNorm is bit-identical."))
+    freeze_epochs: int | None = Field(None, ge=1, description=(
+        "Train N epochs with the freeze policy (default policy: linear-probe), then unfreeze everything. "
+        "Default: no unfreezing."))
+    unfreeze_every: int | None = Field(None, ge=1, description=(
+        "Unfreeze one more layer group from the top every K epochs (first at K, or at --freeze-epochs). "
+        "Default: off."))
+    lr_decay: float | None = Field(None, gt=0, le=1, description=(
+        "Layer-wise LR decay: each group below the head gets F x the LR of the group above it; replaces "
+        "--backbone-lr-mult. Default: off."))
     # 1, the plain loop's single LR: on the real-image benchmark a 0.1 backbone LR lost 0.09 (faces) and
     # 0.08-0.10 (textures) test top-1 to 1; benchmarks/results/quality.md.
-    backbone_lr_mult: float | None = Field(1.0, gt=0, description="LR of every backbone group relative to the head's")
-    schedule: Schedule = Field("cosine", description="LR schedule, one factor for every group")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs")
-    step_size: int = Field(7, ge=1, description="epochs between LR drops of the step schedule")
-    gamma: float = Field(0.1, gt=0, le=1, description="LR factor at each step of the step schedule")
-    min_lr: float = Field(0.0, ge=0, description="floor of the head's LR for cosine/step/onecycle")
-    scale_lr: bool = Field(False, description="linear scaling rule: LR x global batch / 256")
-    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
-    lr_find_start_lr: float = Field(1e-7, gt=0, description="first LR of the range test")
-    lr_find_end_lr: float = Field(10.0, gt=0, description="last LR of the range test")
-    lr_find_steps: int = Field(100, ge=5, description="steps of the range test")
+    backbone_lr_mult: float | None = Field(1.0, gt=0, description=(
+        "LR of every backbone group as a multiple of the head's --lr (1: one LR for the whole network, as the "
+        "plain loop; measured better than 0.1 on real images)."))
+    schedule: Schedule = Field("cosine", description=f"LR schedule: {one_of(Schedule)}; one factor scales every group.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear LR warmup, in epochs (fractions allowed).")
+    step_size: int = Field(7, ge=1, description="step schedule: epochs between LR drops.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: LR factor at each drop.")
+    min_lr: float = Field(0.0, ge=0, description=(
+        "Floor of the head's LR for cosine, step and onecycle (groups keep their ratios)."))
+    scale_lr: bool = Field(False, description=(
+        "Linear scaling rule: multiply --lr by the global batch size (--batch-size x devices) / 256. Default: off."))
+    nesterov: bool = Field(False, description="Nesterov momentum, with --optimizer sgd. Default: off.")
+    lr_find_start_lr: float = Field(1e-7, gt=0, description=f"First head LR {_RANGE_TEST}.")
+    lr_find_end_lr: float = Field(10.0, gt=0, description=f"Last head LR {_RANGE_TEST}.")
+    lr_find_steps: int = Field(100, ge=5, description=(
+        f"Steps {_RANGE_TEST}; it stops early when the loss diverges."))
 
     @field_validator("val_every")
     @classmethod
@@ -163,38 +243,62 @@ class RunConfig(BaseModel):
         return v
 
     # Regularization and distillation: soft-target loss, batch mixing, teacher, EMA, head dropout.
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing eps of the training targets")
-    mixup: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0: off")
-    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0: off")
-    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a training batch is mixed")
-    mix_switch_prob: float = Field(0.5, ge=0, le=1, description="with mixup and cutmix on: probability of cutmix")
-    mix_off_epoch: int = Field(0, ge=0, description="no mixing from this (0-based) epoch on; 0: mix in every epoch")
-    teacher: str | None = Field(None, description="distillation teacher: run dir, .ckpt, bundle dir, or backbone name")
-    teacher_weights: Path | None = Field(None, description="weights of a backbone-name teacher")
-    kd_alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
-    kd_temperature: float = Field(4.0, gt=0, description="distillation softmax temperature")
-    ema: bool = Field(False, description="keep and validate an exponential moving average of the weights")
-    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
-    ema_warmup: bool = Field(True, description="ramp the EMA decay up over the first steps")
-    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier head")
-    drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate; 0: the backbone's default")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
+        "Label smoothing eps of the training targets, applied once (also with mixing). 0: off."))
+    mixup: float = Field(0.0, ge=0, description=(
+        "Mixup alpha: lambda ~ Beta(alpha, alpha) per batch (0.2-0.4 typical). 0: off."))
+    cutmix: float = Field(0.0, ge=0, description=(
+        "CutMix alpha: box area ~ Beta(alpha, alpha) per batch (1.0 typical). 0: off."))
+    mix_prob: float = Field(1.0, ge=0, le=1, description=(
+        "Probability that a training batch is mixed (with --mixup/--cutmix)."))
+    mix_switch_prob: float = Field(0.5, ge=0, le=1, description=(
+        "With --mixup and --cutmix both on: probability that a mixed batch uses cutmix."))
+    mix_off_epoch: int = Field(0, ge=0, description=(
+        "Epoch (0-based) from which training batches are no longer mixed, so the last epochs see clean images. "
+        "0: mix in every epoch."))
+    teacher: str | None = Field(None, description=(
+        "Distill from a teacher: a run directory or .ckpt of this toolkit, an exported bundle directory, or a "
+        "backbone name with --teacher-weights. Same classes as the student required. Default: no teacher."))
+    teacher_weights: Path | None = Field(None, description=(
+        "Weights (.safetensors/.pth) of a backbone-name --teacher, with a head for this task's classes. "
+        "Default: none (a run, checkpoint or bundle --teacher brings its own)."))
+    kd_alpha: float = Field(0.5, ge=0, le=1, description=(
+        "Weight A of distillation: (1-A) x task loss + A x T^2 x KL(teacher || student)."))
+    kd_temperature: float = Field(4.0, gt=0, description="Distillation softmax temperature T.")
+    ema: bool = Field(False, description=(
+        "Keep an exponential moving average of the weights, validate it next to the raw weights (val_ema/KEY for "
+        "the --monitor figure KEY), and keep the better one in best.ckpt."))
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step.")
+    ema_warmup: bool = Field(True, description=(
+        "Ramp the EMA decay up from 0 over the first steps (0.8 after 10, 0.95 after 100)."))
+    head_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout probability right before the classifier head. 0: off."))
+    drop_path: float = Field(0.0, ge=0, lt=1, description=(
+        "Stochastic depth (drop path) rate, for backbones that have it. 0: the backbone's default."))
 
     # Selection and stopping, class imbalance, the run record and the console.
-    monitor: Monitor = Field(
-        "acc1", description="validation figure that picks best.ckpt and drives early stopping and EMA selection: "
-        "acc1, balanced-acc (mean of the class recalls), macro-f1 or loss (lower is better)")
-    early_stop: int | None = Field(
-        None, ge=1, description="stop when --monitor has not improved for N epochs (patience restarts at each "
-        "unfreeze); None: train every epoch")
-    early_stop_min_delta: float = Field(0.0, ge=0, description="smallest change of --monitor that counts as improvement")
-    class_weights: str = Field(
-        "none", description="per-class weights of the training loss: none, auto (effective number of samples, "
-        "Cui et al. 2019) or PATH to a YAML/JSON mapping class: weight")
-    sampler: Sampler = Field("shuffle", description="train batches: shuffle (each image once an epoch) or balanced "
-                             "(classes drawn equally often, with repetition)")
-    logger: list[Logger] = Field(["csv"], description="metrics.csv always; tensorboard and mlflow add Lightning's loggers")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: a SQLite store RUN_DIR/mlflow.db")
-    verbose: bool = Field(False, description="show Lightning's own messages and library warnings")
+    monitor: Monitor = Field("acc1", description=(
+        "Validation figure that picks best.ckpt and drives --early-stop and --ema selection: "
+        + one_of(Monitor, {"balanced-acc": "mean of the class recalls", "loss": "lower is better"}) + "."))
+    early_stop: int | None = Field(None, ge=1, description=(
+        "Stop when --monitor has not improved for N epochs; the patience restarts at each unfreeze. The result is "
+        "best.ckpt. Default: off, every epoch trains."))
+    early_stop_min_delta: float = Field(0.0, ge=0, description=(
+        "With --early-stop: the smallest change of --monitor that counts as an improvement."))
+    class_weights: str = Field("none", description=(
+        "Per-class weights of the training loss: none, auto (inverse effective number of samples, Cui et al. "
+        "2019, mean 1 over the train images) or PATH to a YAML/JSON mapping class: weight."))
+    sampler: Sampler = Field("shuffle", description="Train batches: " + one_of(Sampler, {
+        "shuffle": "every image once an epoch", "balanced": "classes drawn equally often, with repetition"})
+        + ". Not with --class-weights.")
+    logger: list[Logger] = Field(["csv"], description="Experiment tracker, repeatable: " + one_of(Logger, {
+        "csv": "metrics.csv only; it is always written", "tensorboard": "RUN_DIR/tensorboard",
+        "mlflow": "a local store RUN_DIR/mlflow.db, or --mlflow-uri"}) + ".")
+    mlflow_uri: str | None = Field(None, description=(
+        "With --logger mlflow: the tracking server or store URI. Default: sqlite:///RUN_DIR/mlflow.db (artifacts "
+        "in RUN_DIR/mlartifacts)."))
+    verbose: bool = Field(False, description=(
+        "Show Lightning's own messages and the libraries' warnings. Default: off, one line per epoch."))
 
     @field_validator("class_weights")
     @classmethod
@@ -262,7 +366,8 @@ class RunConfig(BaseModel):
             return self
         unused = unused_settings(self.model_dump())
         if unused:
-            raise FinetuneError("; ".join(f"--{k.replace('_', '-')} {_flag_value(self, k)} {why}" for k, why in unused.items()))
+            raise FinetuneError("; ".join(f"--{k.replace('_', '-')} {_flag_value(self, k)} {why}"
+                                          for k, why in unused.items()))
         return self
 
     def resolved_backbone_lr_mult(self) -> float:
@@ -336,7 +441,8 @@ def unused_settings(values: Mapping[str, Any]) -> dict[str, str]:
     if optimizer in ("adam", "adamw") and not _is_default(values, "momentum"):
         unused["momentum"] = f"has no effect with --optimizer {optimizer}; momentum applies to sgd and rmsprop"
     if not values.get("ema"):
-        unused.update({k: "has no effect without --ema" for k in ("ema_decay", "ema_warmup") if not _is_default(values, k)})
+        unused.update({k: "has no effect without --ema" for k in ("ema_decay", "ema_warmup")
+                       if not _is_default(values, k)})
     if not values.get("early_stop") and not _is_default(values, "early_stop_min_delta"):
         unused["early_stop_min_delta"] = "has no effect without --early-stop"
     if "mlflow" not in (values.get("logger") or []) and not _is_default(values, "mlflow_uri"):
@@ -433,7 +539,8 @@ def _check_values(path: Path, values: dict[str, Any]) -> None:
         raise FinetuneError(f"recipe {path}: {key}: {err['msg']} (got {err.get('input')!r})") from None
 
 
-def resolve_config(cli_values: dict[str, Any], explicit: set[str], recipe: str | None) -> tuple[RunConfig, dict[str, str]]:
+def resolve_config(cli_values: dict[str, Any], explicit: set[str],
+                   recipe: str | None) -> tuple[RunConfig, dict[str, str]]:
     """Merges settings with the precedence defaults < recipe < flags given on the command line.
 
     Args:
@@ -456,7 +563,8 @@ def resolve_config(cli_values: dict[str, Any], explicit: set[str], recipe: str |
     for key in explicit & set(RunConfig.model_fields):
         sources[key] = "command line"
     if loaded:
-        merged["recipe"], sources["recipe"] = str(loaded.path) if recipe.endswith((".yaml", ".yml")) else loaded.name, "command line"
+        by_path = recipe.endswith((".yaml", ".yml"))
+        merged["recipe"], sources["recipe"] = str(loaded.path) if by_path else loaded.name, "command line"
         _drop_unused_recipe_values(merged, sources, loaded.name)
     return RunConfig(**merged), sources
 

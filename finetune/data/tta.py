@@ -5,15 +5,15 @@ into one array and go through the network in a single forward pass.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
+from finetune.config import Tta as TTA
 from finetune.data.data_config import DataConfig
 from finetune.data.resize import center_crop, pil_resize_shorter
 
-TTA = Literal["none", "flip", "five-crop", "ten-crop", "scales"]
-TTA_MODES: tuple[str, ...] = ("none", "flip", "five-crop", "ten-crop", "scales")
+TTA_MODES: tuple[str, ...] = get_args(TTA)  # spelled once, in finetune.config
 # Shorter side of the "scales" views relative to the eval resize (input_size / crop_pct):
 # a tighter, the standard and a wider crop around the center.
 SCALE_FACTORS = (0.875, 1.0, 1.143)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from finetune.console import console, shown_warnings, user_errors
+from finetune.options import CONTEXT, given_on_command_line, parameter, with_parameters
 
 # Options of `run` that a study sets itself: each trial has its own folder, no bar and no bundle.
 NOT_FROM_RUN = ("ctx", "resume", "output", "overwrite", "progress", "export")
@@ -15,18 +17,33 @@ NOT_FROM_RUN = ("ctx", "resume", "output", "overwrite", "progress", "export")
 
 def _tune_options() -> list[inspect.Parameter]:
     """The study's own options, appended after `run`'s."""
-    def opt(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
-
     return [
-        opt("trials", Annotated[int, typer.Option(help="Trials of the whole study, counted over every worker that shares it (not per worker).")], 20),
-        opt("timeout", Annotated[Optional[float], typer.Option(help="Seconds after which this worker starts no new trial (the running one finishes). Default: none.")], None),
-        opt("output", Annotated[Optional[Path], typer.Option(help="Study folder: trials/, study.db, trials.csv, PNG plots, best.yaml. Default: studies/<date>-<backbone>; the same command continues the study in it.")], None),
-        opt("storage", Annotated[Optional[str], typer.Option(help="Where the study lives: an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal file FILE.log on a shared filesystem. Workers giving the same --output and --storage share one study. Default: sqlite:///OUTPUT/study.db.")], None),
-        opt("space", Annotated[Optional[Path], typer.Option(help="YAML file of SETTING: {log-uniform: [LOW, HIGH]} | {uniform: [LOW, HIGH]} | {int: [LOW, HIGH]} | {choice: [A, B, ...]}, keys being `run` settings; replaces the default space (lr, backbone-lr-mult, weight-decay in log space, freeze-until over the layer groups, augment, label-smoothing, mixup).")], None),
-        opt("stages", Annotated[int, typer.Option(help="2: two thirds of the trials short (a third of the epochs) and random, then full-length TPE trials in ranges narrowed around the best quarter; 1: full-length trials, random then TPE.")], 2),
-        opt("pruner", Annotated[str, typer.Option(help="Stops poor trials from their per-epoch val top-1: median (below the median of earlier trials at the same epoch, after a quarter of the epochs), asha (successive halving) or none.")], "median"),
-        opt("final_run", Annotated[bool, typer.Option("--final-run/--no-final-run", help="Train the best settings for the full epochs into OUTPUT/final, export them and report test top-1 (val when there is no test split). Default: off.")], False),
+        parameter("trials", Annotated[int, typer.Option(help=(
+            "Trials of the whole study, counted over every worker that shares it (not per worker)."))], 20),
+        parameter("timeout", Annotated[Optional[float], typer.Option(help=(
+            "Seconds after which this worker starts no new trial (the running one finishes). Default: none."))],
+            None),
+        parameter("output", Annotated[Optional[Path], typer.Option(help=(
+            "Study folder: trials/, study.db, trials.csv, PNG plots, best.yaml. Default: studies/<date>-<backbone>; "
+            "the same command continues the study in it."))], None),
+        parameter("storage", Annotated[Optional[str], typer.Option(help=(
+            "Where the study lives: an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal file "
+            "FILE.log on a shared filesystem. Workers giving the same --output and --storage share one study. "
+            "Default: sqlite:///OUTPUT/study.db."))], None),
+        parameter("space", Annotated[Optional[Path], typer.Option(help=(
+            "YAML file of SETTING: {log-uniform: [LOW, HIGH]} | {uniform: [LOW, HIGH]} | {int: [LOW, HIGH]} | "
+            "{choice: [A, B, ...]}, keys being `run` settings; replaces the default space (lr, backbone-lr-mult, "
+            "weight-decay in log space, freeze-until over the layer groups, augment, label-smoothing, mixup)."))],
+            None),
+        parameter("stages", Annotated[int, typer.Option(help=(
+            "2: two thirds of the trials short (a third of the epochs) and random, then full-length TPE trials in "
+            "ranges narrowed around the best quarter; 1: full-length trials, random then TPE."))], 2),
+        parameter("pruner", Annotated[str, typer.Option(help=(
+            "Stops poor trials from their per-epoch val top-1: median (below the median of earlier trials at the "
+            "same epoch, after a quarter of the epochs), asha (successive halving) or none."))], "median"),
+        parameter("final_run", Annotated[bool, typer.Option("--final-run/--no-final-run", help=(
+            "Train the best settings for the full epochs into OUTPUT/final, export them and report test top-1 (val "
+            "when there is no test split). Default: off."))], False),
     ]
 
 
@@ -37,32 +54,25 @@ def register_tune(app: typer.Typer, run: Callable[..., None]) -> None:
     names = {p.name for p in own}
     inherited = [p for name, p in inspect.signature(run, eval_str=True).parameters.items()
                  if name not in NOT_FROM_RUN and name not in names]
-    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    params = [ctx, *inherited, *own]
+    params = [CONTEXT, *inherited, *own]
 
     def tune(**kwargs: Any) -> None:
         _tune(kwargs.pop("ctx"), {k: kwargs.pop(k) for k in names}, kwargs)
 
-    tune.__signature__ = inspect.Signature(params)
-    tune.__annotations__ = {p.name: p.annotation for p in params}
+    with_parameters(params)(tune)
     tune.__doc__ = ("Search hyperparameters of BACKBONE on DATA with Optuna: short random trials, then longer ones "
                     "around the best; writes trials.csv, plots and best.yaml (a recipe for `finetune run`).")
     app.command("tune")(tune)
 
 
+@user_errors
 def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -> None:
     """Resolves the base config as `run` does (defaults < recipe < flags), then runs the study."""
-    from finetune import cli  # its console and error formatting, so that both commands speak alike
     from finetune.config import resolve_config
     from finetune.search.study import tune
 
-    # Compared by name: Typer's ParameterSource is its own enum, not click's.
-    explicit = {name for name in settings if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
-    with warnings.catch_warnings(record=True) as caught:  # recipe values the flags switch off
-        warnings.simplefilter("always", UserWarning)
-        config, _ = cli._exit_on_user_error(lambda: resolve_config(settings, explicit, settings.get("recipe")))
-    for warning in caught:
-        cli.err_console.print(f"[yellow]Warning:[/yellow] {warning.message}")
-    cli._exit_on_user_error(lambda: tune(config, study["space"], trials=study["trials"], timeout=study["timeout"],
-                                         storage=study["storage"], output=study["output"], stages=study["stages"],
-                                         final_run=study["final_run"], pruner=study["pruner"], console=cli.console))
+    with shown_warnings():  # recipe values the flags switch off
+        config, _ = resolve_config(settings, given_on_command_line(ctx, settings), settings.get("recipe"))
+    tune(config, study["space"], trials=study["trials"], timeout=study["timeout"], storage=study["storage"],
+         output=study["output"], stages=study["stages"], final_run=study["final_run"], pruner=study["pruner"],
+         console=console)
