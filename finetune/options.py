@@ -1,10 +1,10 @@
 """The options of the `finetune` commands: made from RunConfig fields where the option is a run
 setting (a field is the one declaration of its setting), declared here where it is not.
 
-A command made from fields takes `**settings` and gets its Typer signature from `with_parameters`. Typer parses no
-unions or Literals, so such fields come in as strings for RunConfig to parse and check, exactly as
-from a recipe: `--lr auto` or `--lr 1e-3`, `--limit-train-batches 1` (a count) or `0.5` (a fraction),
-and a bad `--augment` is refused by RunConfig, with the valid choices.
+A command made from fields takes `**settings` and gets its Typer signature from `with_parameters`.
+Typer parses no unions or Literals, so such fields come in as strings for RunConfig to parse and
+check, exactly as from a recipe: `--lr auto` or `--lr 1e-3`, `--limit-train-batches 1` (a count) or
+`0.5` (a fraction), and a bad `--augment` is refused by RunConfig, with the valid choices.
 """
 from __future__ import annotations
 
