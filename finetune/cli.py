@@ -5,7 +5,6 @@ fields); the tables the commands print are in finetune/views.py.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,10 +131,10 @@ def export_cmd(model: o.TrainedModel, output: o.BundleDir = None, format: o.Form
                quantize: o.Quantize = None, data: o.ExportData = None, tta: o.BundleTta = None) -> None:
     """Export a trained model to a bundle: safetensors, ONNX (+ TorchScript, + int8), config.json; parity checked."""
     from finetune.bundling.bundle import export
+    from finetune.models.source import BundleConfig
 
     bundle = export(model, output, [f.strip() for f in format.split(",") if f.strip()], quantize, data, tta)
-    config = json.loads((bundle / "config.json").read_text())
-    views.print_bundle(console, bundle, config)
+    views.print_bundle(console, bundle, BundleConfig.load(bundle).to_dict())
 
 
 @app.command("eval")

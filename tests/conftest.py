@@ -121,3 +121,20 @@ def make_config(tiny_data, tmp_path):
 @pytest.fixture
 def group_lrs() -> GroupLRs:
     return GroupLRs()
+
+
+# ----- a trained run with its bundle: evaluation, export, inference and the run record -----------
+@pytest.fixture(scope="session")
+def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`finetune run` with --tta flip: 2 epochs of test_resnet at 32 px; writes RUN/model/."""
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    out = tmp_path_factory.mktemp("evalrun") / "run"
+    args = ["run", "--backbone", "test_resnet", "--data", str(tiny_data), "--output", str(out),
+            "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--no-progress",
+            "--weights", "none", "--lr", "0.01", "--tta", "flip"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out

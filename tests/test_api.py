@@ -37,7 +37,7 @@ def test_module_and_datamodule_work_with_a_users_trainer(tiny_data, tmp_path):
     backbone, _ = finetune.create_backbone("test_resnet", num_classes=3, weights="none")
     dm = finetune.ImageFolderDataModule(tiny_data, backbone.data_config.with_size(32), batch_size=8)
     config = finetune.RunConfig(backbone="test_resnet", data=tiny_data, weights="none", freeze_until="layer3")
-    module = finetune.FinetuneModule(config, dm.classes, backbone=backbone)
+    module = finetune.FinetuneModule.from_config(config, dm.classes, backbone=backbone)
     stem_before = backbone.model.conv1[0].weight.detach().clone()
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=tmp_path)

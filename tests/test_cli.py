@@ -105,17 +105,17 @@ def test_channels_last_flag_sets_the_memory_format(tiny_data, tmp_path, run_args
 
 
 def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, monkeypatch):
-    import finetune.run.fit as fit_module
+    import finetune.run.plan as plan_module
 
     seen = {}
-    original = fit_module.ImageFolderDataModule
+    original = plan_module.ImageFolderDataModule
 
     def spy(*args, **kwargs):
         dm = original(*args, **kwargs)
         seen["steps"] = [type(t).__name__ for t in dm.train_transform.pipeline.transforms]
         return dm
 
-    monkeypatch.setattr(fit_module, "ImageFolderDataModule", spy)
+    monkeypatch.setattr(plan_module, "ImageFolderDataModule", spy)
     assert runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none", "--augment", "light")).exit_code == 0
     assert "RandomResizedCrop" not in seen["steps"] and "CenterCrop" in seen["steps"]
     assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none", "--augment", "standard")).exit_code == 0

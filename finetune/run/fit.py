@@ -19,31 +19,30 @@ from rich.console import Console
 from rich.markup import escape
 
 from finetune.config import RunConfig
-from finetune.data.balance import class_weights, imbalance_ratio, imbalance_warning
-from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
-from finetune.run.auto_defaults import resolve_data_defaults
-from finetune.run.auto_freeze import resolve_freeze_until
 from finetune.training.checkpoint_io import AtomicCheckpointIO
-from finetune.run.devices import device_trainer, planned_world_size
+from finetune.run.devices import device_trainer
+from finetune.run.plan import RunPlan, resolve_run
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
 from finetune.training.callbacks.epoch_record import EpochLine, EpochRecord
 from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.run.lr_find import find_lr
-from finetune.training.module import FinetuneModule
-from finetune.training.monitor import best_row, monitor_spec
-from finetune.training.plan import print_plan
-from finetune.training.regularization import backbone_options, regularization_callbacks, selection_metric
+from finetune.training.callbacks.divergence import DivergenceGuard
+from finetune.training.callbacks.ema import EmaCallback
+from finetune.training.module import FinetuneModule, backbone_options
+from finetune.training.monitor import best_row, monitor_spec, selection_metric
+from finetune.training.plan_table import print_plan
 from finetune.run.quiet import quiet_lightning
 from finetune.run.trackers import tracker_loggers
 from finetune.run.resume import previous_metrics
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.run.run_dir import claim_run_dir
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
-from finetune.training.precision import resolve_channels_last, resolve_precision
 
+DIVERGENCE_FACTOR = 3.0  # the course notes' rule: stop a run whose loss explodes past 3x its start
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
 
 
@@ -101,7 +100,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     `on_epoch` gets each epoch's metrics.csv row (the console line); `mlflow_run_id` continues that
     MLflow run (a resumed run's).
     """
-    monitor, mode = selection_metric(config), monitor_spec(config.monitor).mode
+    monitor, mode = selection_metric(config.monitor, config.ema), monitor_spec(config.monitor).mode
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=False,
@@ -120,7 +119,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         max_epochs=config.epochs,
         precision=precision,
         logger=loggers or False,
-        callbacks=[checkpoint, last, record, *lr_monitor, *regularization_callbacks(config, run_dir), *callbacks,
+        callbacks=[checkpoint, last, record, *lr_monitor, *guard_callbacks(config, run_dir), *callbacks,
                    *(c for c in stopping if c is not None)],
         plugins=[AtomicCheckpointIO(inference_only=("best.ckpt",))],
         limit_train_batches=config.limit_train_batches,
@@ -130,6 +129,14 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         enable_progress_bar=config.progress,
         enable_model_summary=False,
     )
+
+
+def guard_callbacks(config: RunConfig, run_dir: Path) -> list[pl.Callback]:
+    """The divergence guard (always: a loss past 3x its first epoch's stops the run), and EMA with --ema."""
+    guards: list[pl.Callback] = [DivergenceGuard(DIVERGENCE_FACTOR, run_dir / "checkpoints")]
+    if config.ema:
+        guards.append(EmaCallback(config.ema_decay, config.ema_warmup, config.monitor))
+    return guards
 
 
 def best_epoch(metrics_csv: Path, monitor: str = "acc1") -> tuple[float, int]:
@@ -176,48 +183,34 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
                                        **backbone_options(config))
-    layer, why = resolve_freeze_until(config, backbone, index.counts("train"))
-    if why is not None:
-        config = config.model_copy(update={"freeze_until": layer})
-        sources = {**(sources or {}), "freeze_until": why}
-        if layer is not None:  # a choice the data made; "nothing frozen" is what a run without auto does
-            console.print(f"freeze-until {why}")
-    data_config = backbone.data_config.with_size(config.image_size)
-    world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
-    auto = resolve_data_defaults(config, index, data_config, world)
-    config, sources = auto.config, {**(sources or {}), **auto.sources}
-    weights = class_weights(config.class_weights, index.counts("train"))
-    module = FinetuneModule(config, index.classes, backbone=backbone, class_weights=weights)
-    dm = ImageFolderDataModule(
-        config.data, data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=index, augment=auto.augment, sampler=config.sampler,
-    )
-    precision, why = resolve_precision(config.precision, config.accelerator)
-    steps = -(-len(index.train) // config.batch_size)
+    plan = resolve_run(config, index, backbone, sources)
+    if plan.config.freeze_until is not None and "freeze_until" in plan.sources and config.freeze_until == "auto":
+        console.print(f"freeze-until {plan.sources['freeze_until']}")  # a choice the data made
+    steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
     resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = _recorded(run_dir, "mlflow_run_id") if ckpt_path else None
-    trainer = build_trainer(config, run_dir, precision, steps, policy, rows, EpochLine(console.print), mlflow_run)
-    lr_found = None
-    if config.lr == "auto":
-        config, module, lr_found = _auto_lr(config, module, dm, trainer, run_dir, precision, console, auto.augment)
+    trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print), mlflow_run)
+    if plan.lr_pending:
+        plan = _auto_lr(plan, trainer, run_dir, console)
+    module = plan.build_module()
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
-        _write_run_files(config, run_dir, index, data_config, precision, lr_found, sources, resuming=ckpt_path is not None,
-                         profile=auto.profile, class_weights=weights, trackers=_tracker_ids(trainer))
-        _announce(console, config, index, report, precision, why, module, trainer.world_size)
-        for key, why_auto in auto.sources.items():
-            console.print(f"{key.replace('_', '-')} {why_auto}")
+        _write_run_files(plan, run_dir, resuming=ckpt_path is not None, trackers=_tracker_ids(trainer))
+        _announce(console, plan, report, module, trainer.world_size)
+        for key, why_auto in plan.sources.items():
+            if key not in ("freeze_until", "lr") and str(why_auto).startswith("auto:"):
+                console.print(f"{key.replace('_', '-')} {why_auto}")
         if ckpt_path:
-            console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {config.epochs})")
+            console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {plan.config.epochs})")
     with _shared_run_dir(run_dir):
-        trainer.fit(module, dm, ckpt_path=ckpt_path)
-    result = _finish(console, trainer, run_dir, precision, config)
+        trainer.fit(module, plan.datamodule(), ckpt_path=ckpt_path)
+    result = _finish(console, trainer, run_dir, plan.precision, plan.config)
     if trainer.is_global_zero:
         from finetune.run.report import finish_run  # curves, final evaluation, export bundle
 
-        finish_run(config, run_dir, index, console)
+        finish_run(plan.config, run_dir, index, console)
     return result
 
 
@@ -237,24 +230,19 @@ def _acc1_at(metrics_csv: Path, epoch: int) -> float:
     return float("nan")
 
 
-def _auto_lr(config, module, dm, trainer, run_dir, precision, console, augment):
-    """--lr auto: a range test on a fresh copy of the data pipeline, then the run with its suggestion."""
+def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console) -> RunPlan:
+    """--lr auto: a range test on its own copy of the module and data pipeline; the plan with its suggestion."""
     if trainer.world_size > 1:
         raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
                             "same options and pass its suggestion as --lr for a multi-device run")
-    finder_dm = ImageFolderDataModule(
-        config.data, dm.data_config, batch_size=config.batch_size, workers=config.resolved_workers(),
-        val_split=config.val_split, seed=config.seed, index=dm.index, augment=augment, sampler=config.sampler,
-    )
-    found = find_lr(module, finder_dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
-                    num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
-                    plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
+    c = plan.config
+    found = find_lr(plan.build_module(lr=c.lr_find_start_lr), plan.datamodule(), start_lr=c.lr_find_start_lr,
+                    end_lr=c.lr_find_end_lr, num_steps=c.lr_find_steps, accelerator=c.accelerator,
+                    precision=plan.precision, plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
     console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
-    config = config.model_copy(update={"lr": found.suggestion})
-    pl.seed_everything(config.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
-    module = FinetuneModule(config, module.class_names, backbone=module.backbone, teacher=module.teacher,
-                            class_weights=module.class_weights)
-    return config, module, found.suggestion
+    pl.seed_everything(c.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
+    return plan.with_lr(found.suggestion, f"auto: LR range test {c.lr_find_start_lr:g}-{c.lr_find_end_lr:g} "
+                                          f"over {c.lr_find_steps} steps (plot: lr_find.png)")
 
 
 def _recorded(run_dir: Path, key: str) -> str | None:
@@ -270,33 +258,21 @@ def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
     return {"mlflow_run_id": lg.run_id for lg in trainer.loggers if isinstance(lg, MLFlowLogger)}
 
 
-def _write_run_files(config, run_dir, index, data_config, precision, lr_found=None, sources=None, resuming=False,
-                     profile=None, class_weights=None, trackers=None) -> None:
+def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False, trackers: dict[str, str] | None = None) -> None:
+    """config.yaml: the settings, then the plan's resolved values and where each setting came from."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {
-        "run_dir": str(run_dir.absolute()), "classes": index.classes, "precision": precision,
-        "channels_last": resolve_channels_last(config.channels_last, precision),
-        "workers": config.resolved_workers(), "data_config": data_config.to_dict(),
-        "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
-        "bad_files": len(index.bad_files),
-    }
-    train_counts = index.counts("train")
-    resolved["class_counts"] = train_counts
-    resolved["imbalance_ratio"] = round(imbalance_ratio(train_counts), 3)
-    if class_weights is not None:
-        resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, class_weights)}
-    resolved.update(trackers or {})
-    if profile is not None:  # what --augment auto measured of the training set
-        resolved["data_profile"] = profile.to_dict()
-    if lr_found is not None:
-        resolved["lr_find"] = {"suggestion": lr_found, "plot": "lr_find.png"}
+    record = plan.record()
+    resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {})}
+    sources = record["sources"]
+    if plan.sources.get("lr", "").startswith("auto"):
+        resolved["lr_find"] = {"suggestion": plan.config.lr, "plot": "lr_find.png"}
     if resuming:
         resolved, sources = _merge_record(run_dir / "config.yaml", resolved, sources)
     tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(config.to_yaml(resolved, sources))
+    tmp.write_text(plan.config.to_yaml(resolved, sources))
     os.replace(tmp, run_dir / "config.yaml")  # never a half-written config.yaml for --resume to read
-    if index.bad_files:
-        index.write_bad_files(run_dir / "bad_files.txt")
+    if plan.index.bad_files:
+        plan.index.write_bad_files(run_dir / "bad_files.txt")
 
 
 def _merge_record(path: Path, resolved: dict, sources: dict[str, str] | None) -> tuple[dict, dict[str, str]]:
@@ -314,7 +290,8 @@ def _shown(path: Path | str) -> str:
 
 
 @rank_zero_only
-def _announce(console, config, index, report, precision, why, module, world_size=1) -> None:
+def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, world_size: int = 1) -> None:
+    config, index = plan.config, plan.index
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
     console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images", soft_wrap=True)
     if index.bad_files:
@@ -333,7 +310,7 @@ def _announce(console, config, index, report, precision, why, module, world_size
     if config.weights_partial and missing:
         console.print(f"[yellow]Warning: --weights-partial: {len(missing)} tensors of the model were not in "
                       f"{report.source} and keep their random init[/yellow]")
-    console.print(f"Precision: {precision} ({why})")
+    console.print(f"Precision: {plan.precision} ({plan.precision_why})")
     if module.teacher is not None:
         console.print(f"Teacher: {module.teacher.source} (kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
     print_plan(module, console, world_size)
@@ -355,7 +332,7 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
         if stopper is not None and stopper.stopped_epoch > 0:
             console.print(f"Early stop after epoch {stopper.stopped_epoch + 1} of {config.epochs}: "
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
-        chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config)}"
+        chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config.monitor, config.ema)}"
         console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
         console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
     return result

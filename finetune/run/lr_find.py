@@ -16,7 +16,6 @@ import torch
 from rich.console import Console
 
 from finetune.config import RunConfig
-from finetune.run.auto_freeze import resolve_freeze_until
 from finetune.run.devices import device_trainer
 from finetune.training.callbacks.lr_range_test import LRRangeTest
 from finetune.training.module import FinetuneModule
@@ -98,9 +97,6 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
     Returns:
         The LRs, smoothed losses and the suggested head LR.
     """
-    config = module.config
-    if config.lr == "auto":  # the test sets every LR itself; the optimizer only needs a number to start from
-        module.config = config.model_copy(update={"lr": start_lr})
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     frozen_units, was_training = module.frozen_units, module.training
     test = LRRangeTest(start_lr, end_lr, num_steps)
@@ -116,8 +112,7 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
             module.load_state_dict(saved)
         module.set_frozen_units(frozen_units)
         module.train(was_training)
-        module._trainer = None  # detach from the test's Trainer; the real run attaches its own
-        module.config = config
+        module.trainer = None  # detached from the test's Trainer; the real run attaches its own
     result = LRFindResult(test.lrs[: len(test.losses)], test.losses, suggest(test.lrs[: len(test.losses)], test.losses))
     return LRFindResult(result.lrs, result.losses, result.suggestion, plot_lr_find(result, plot) if plot else None)
 
@@ -133,29 +128,21 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     Returns:
         The test's LRs, losses, suggestion and plot path.
     """
-    from finetune.data.datamodule import ImageFolderDataModule
     from finetune.data.scan import scan_image_folder
     from finetune.models.backbone import create_backbone
-    from finetune.run.auto_defaults import resolve_data_defaults
-    from finetune.training.plan import print_plan
-    from finetune.training.precision import resolve_precision
+    from finetune.run.plan import resolve_run
+    from finetune.training.module import backbone_options
+    from finetune.training.plan_table import print_plan
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
-                                  weights_partial=config.weights_partial)
-    layer, _ = resolve_freeze_until(config, backbone, index.counts("train"))  # the layers `run` would train
-    config = config.model_copy(update={"freeze_until": layer})
-    data_config = backbone.data_config.with_size(config.image_size)
-    auto = resolve_data_defaults(config, index, data_config)  # the batch and augmentation `run` would use
-    config = auto.config
-    module = FinetuneModule(config.model_copy(update={"lr": config.lr_find_start_lr}), index.classes, backbone=backbone)
-    dm = ImageFolderDataModule(config.data, data_config, batch_size=config.batch_size,
-                               workers=config.resolved_workers(), val_split=config.val_split, seed=config.seed,
-                               index=index, augment=auto.augment)
-    precision, _ = resolve_precision(config.precision, config.accelerator)
+                                  **backbone_options(config))
+    plan = resolve_run(config, index, backbone)  # the layers, batch and augmentation `run` would use
+    c = plan.config
+    module = plan.build_module(lr=c.lr_find_start_lr)
     print_plan(module, console)
-    output = Path(config.output) if config.output is not None else Path(".")
-    return find_lr(module, dm, start_lr=config.lr_find_start_lr, end_lr=config.lr_find_end_lr,
-                   num_steps=config.lr_find_steps, accelerator=config.accelerator, precision=precision,
-                   plot=output / "lr_find.png", progress=config.progress)
+    output = Path(c.output) if c.output is not None else Path(".")
+    return find_lr(module, plan.datamodule(), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
+                   num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
+                   plot=output / "lr_find.png", progress=c.progress)

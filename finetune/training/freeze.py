@@ -14,7 +14,7 @@ from torch import nn
 from finetune.config import RunConfig
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone
-from finetune.run.auto_freeze import auto_without_data
+from finetune.training.auto_freeze import auto_without_data
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def initial_frozen_units(config: RunConfig, backbone: Backbone) -> int:
     """
     if config.freeze_until == "auto" and auto_without_data(config) is None:
         raise FinetuneError("freeze_until 'auto' follows the train set: resolve it first with "
-                            "finetune.run.auto_freeze.resolve_freeze_until (finetune.fit does), or give a "
+                            "finetune.training.auto_freeze.resolve_freeze_until (finetune.fit does), or give a "
                             "layer name or None (nothing frozen)")
     if config.freeze_until and config.freeze_until != "auto":
         return backbone.resolve_layer(config.freeze_until)

@@ -84,6 +84,21 @@ def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature:
     return kl * temperature**2
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """The training loss's settings, as plain values (stored in checkpoints).
+
+    Attributes:
+        label_smoothing: Eps of the soft targets, applied once (also to mixed targets).
+        kd_alpha: Weight of the distillation term (with a teacher).
+        kd_temperature: Softmax temperature of distillation.
+    """
+
+    label_smoothing: float = 0.0
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+
+
 @dataclass
 class LossParts:
     """The training loss and its terms (for logging); `kd` is None without a teacher."""

@@ -1,7 +1,8 @@
 """The LightningModule: a backbone with a new head, a freeze boundary, metrics and optimizer groups."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,56 +14,82 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
-from finetune.data.mixing import MixedBatch
+from finetune.data.mixing import BatchMixer, MixedBatch
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
-from finetune.training.freeze import build_schedule, frozen_param_names
-from finetune.training.losses import mixed_soft_targets, training_loss
+from finetune.training.freeze import FreezeSchedule, build_schedule, frozen_param_names
+from finetune.training.losses import LossSpec, mixed_soft_targets, training_loss
 from finetune.training.monitor import BalancedAccuracy, class_recalls
-from finetune.training.optim import build_optimizer, discriminative_mults, param_groups
+from finetune.training.optim import OptimizerSpec, build_optimizer, discriminative_mults, param_groups
 from finetune.training.precision import resolve_channels_last
-from finetune.training.regularization import backbone_options, build_mixer, build_teacher, mixing_on
-from finetune.training.schedules import ScheduleFactor
-from finetune.training.teacher import Teacher
+from finetune.training.schedules import ScheduleFactor, ScheduleSpec
+from finetune.training.teacher import Teacher, load_teacher
+
+
+def backbone_options(config: RunConfig) -> dict[str, Any]:
+    """`create_backbone` keyword arguments: head dropout, stochastic depth (None: the default), partial weights."""
+    return {"drop_rate": config.head_dropout, "drop_path_rate": config.drop_path or None,
+            "weights_partial": config.weights_partial}
+
+
+def build_mixer(config: RunConfig) -> BatchMixer | None:
+    """The batch mixer, or None when neither mixup nor cutmix is on."""
+    if config.mixup <= 0 and config.cutmix <= 0:
+        return None
+    return BatchMixer(config.mixup, config.cutmix, config.mix_prob, config.mix_switch_prob)
 
 
 class FinetuneModule(pl.LightningModule):
-    """Fine-tunes a pretrained backbone on a classification task.
+    """Fine-tunes a pretrained backbone on a classification task, built from its parts.
 
-    Usable with any `pl.Trainer`; `finetune.fit` is one such use.
+    Usable with any `pl.Trainer`; `finetune.fit` is one such use. `from_config` builds the parts
+    from a RunConfig; `from_checkpoint` rebuilds a trained module for inference.
 
     Args:
-        config: The run settings (backbone, weights, freeze_until, optimizer...).
-        class_names: Class names in label-index order; their count sizes the head.
-        backbone: A backbone already built (skips `create_backbone`, e.g. when loading a checkpoint).
-        teacher: A distillation teacher already loaded (default: the one `config.teacher` names).
-            It is kept out of the registered children: never optimized, never in checkpoints.
-        class_weights: Per-class weights of the training loss (--class-weights), shape (C,), or None.
-            Not saved in checkpoints: `finetune.fit` derives them from the data again on resume.
+        backbone: The network with its new head (`create_backbone`).
+        class_names: Class names in label-index order; their count is the head's size.
+        optimizer: Optimizer, head LR and each layer group's LR multiplier.
+        schedule: LR schedule (one factor for every group).
+        loss: Label smoothing and the distillation weights.
+        freeze: The frozen part over the epochs (default: nothing frozen).
+        mixer: Mixup/CutMix of training batches, or None.
+        mix_off_epoch: No mixing from this (0-based) epoch on; 0: every epoch.
+        teacher: A distillation teacher. It is kept out of the registered children: never
+            optimized, never in checkpoints.
+        class_weights: Per-class weights of the training loss, shape (C,), or None. Not saved in
+            checkpoints: `finetune.fit` derives them from the data again on resume.
+        image_size: Input side the network trains at (None: the backbone's own).
+        channels_last: NHWC memory format; None: on with mixed precision.
+        record: The run's settings as plain data (`RunPlan.record()`, with its "config"), kept in
+            checkpoints so that evaluation and export know the run's data split and TTA.
 
     Example:
-        >>> dm = ImageFolderDataModule("data/", data_config)          # doctest: +SKIP
-        >>> module = FinetuneModule(RunConfig(backbone="resnet18", data="data/"), dm.classes)
+        >>> module = FinetuneModule.from_config(RunConfig(backbone="resnet18", data="data/"), dm.classes)  # doctest: +SKIP
         >>> pl.Trainer(max_epochs=3).fit(module, dm)
     """
 
-    def __init__(self, config: RunConfig | dict[str, Any], class_names: Sequence[str], backbone: Backbone | None = None,
-                 teacher: Teacher | None = None, class_weights: torch.Tensor | None = None):
+    def __init__(self, backbone: Backbone, class_names: Sequence[str], *, optimizer: OptimizerSpec,
+                 schedule: ScheduleSpec = ScheduleSpec(), loss: LossSpec = LossSpec(), freeze: FreezeSchedule | None = None,
+                 mixer: BatchMixer | None = None, mix_off_epoch: int = 0, teacher: Teacher | None = None,
+                 class_weights: torch.Tensor | None = None, image_size: int | None = None,
+                 channels_last: bool | None = None, record: Mapping[str, Any] | None = None):
         super().__init__()
-        self.config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
         self.class_names = list(class_names)
-        self.save_hyperparameters({"config": self.config.model_dump(mode="json"), "class_names": self.class_names})
+        self.optimizer_spec, self.schedule_spec, self.loss_spec = optimizer, schedule, loss
+        self.image_size, self.channels_last = image_size, channels_last
+        self.mixer, self.mix_off_epoch = mixer, mix_off_epoch
+        self.record = dict(record or {})
+        self.save_hyperparameters({
+            "class_names": self.class_names, "config": self.record.get("config"),
+            "plan": {k: v for k, v in self.record.items() if k != "config"},
+            "parts": {"optimizer": asdict(optimizer), "schedule": asdict(schedule), "loss": asdict(loss),
+                      "image_size": image_size, "channels_last": channels_last},
+        })
         self.load_report = None
-        if backbone is None:
-            backbone, self.load_report = create_backbone(
-                self.config.backbone, len(self.class_names), self.config.weights, weights_dir=self.config.weights_dir,
-                **backbone_options(self.config),
-            )
         self.backbone = backbone
         self.criterion = nn.CrossEntropyLoss()  # validation: plain CE on hard labels
         self.register_buffer("class_weights", None if class_weights is None else class_weights.float(), persistent=False)
-        self.mixer = build_mixer(self.config)
-        self.teacher = teacher or build_teacher(self.config, self.class_names, self.input_config)
+        self.teacher = teacher
         if self.teacher is not None:
             self.teacher.check_classes(self.class_names)
         self._make_metrics(len(self.class_names))
@@ -70,9 +97,56 @@ class FinetuneModule(pl.LightningModule):
         self.frozen_units = 0
         self.frozen_param_names: frozenset[str] = frozenset()
         self.grad_mask_mode = False  # see setup(): how DDP runs freeze
-        self.freeze_schedule = build_schedule(self.config, backbone)
+        self.freeze_schedule = freeze or FreezeSchedule(0)
         self.set_frozen_units(self.freeze_schedule.initial)
         self.use_channels_last = False
+
+    @property
+    def config(self) -> RunConfig | None:
+        """The run settings this module was built from (None for a module built from parts alone)."""
+        saved = self.record.get("config")
+        if saved is None:
+            return None
+        # A rebuilt module has no teacher: its saved kd_* settings are unused, which is fine for a record.
+        return RunConfig.model_validate(saved, context={"unused": "allow"})
+
+    @classmethod
+    def from_config(cls, config: RunConfig, class_names: Sequence[str], *, backbone: Backbone | None = None,
+                    teacher: Teacher | None = None, class_weights: torch.Tensor | None = None,
+                    record: Mapping[str, Any] | None = None) -> "FinetuneModule":
+        """The module a RunConfig describes: its parts built from the settings.
+
+        Args:
+            config: The run settings; `lr` must be a number (resolve `auto` first, as `finetune.fit` does).
+            class_names: Class names in label-index order.
+            backbone: A backbone already built (default: `create_backbone` with the config's weights).
+            teacher: A distillation teacher already loaded (default: the one `config.teacher` names).
+            class_weights: Per-class weights of the training loss, or None.
+            record: What to keep in checkpoints (default: the config).
+        """
+        if config.lr == "auto":
+            raise FinetuneError("lr is 'auto': run finetune.run.lr_find.find_lr first and set config.lr")
+        load_report = None
+        if backbone is None:
+            backbone, load_report = create_backbone(config.backbone, len(class_names), config.weights,
+                                                    weights_dir=config.weights_dir, **backbone_options(config))
+        image_size = config.image_size
+        if teacher is None and config.teacher is not None:
+            teacher = load_teacher(config.teacher, class_names, config.teacher_weights,
+                                   backbone.data_config.with_size(image_size))
+        mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())
+        module = cls(
+            backbone, class_names,
+            optimizer=OptimizerSpec(config.optimizer, float(config.lr), tuple(mults), config.weight_decay,
+                                    config.momentum, config.nesterov, config.scale_lr, config.batch_size),
+            schedule=ScheduleSpec(config.schedule, config.warmup_epochs, config.step_size, config.gamma, config.min_lr),
+            loss=LossSpec(config.label_smoothing, config.kd_alpha, config.kd_temperature),
+            freeze=build_schedule(config, backbone), mixer=build_mixer(config), mix_off_epoch=config.mix_off_epoch,
+            teacher=teacher, class_weights=class_weights, image_size=image_size, channels_last=config.channels_last,
+            record=record or {"config": config.model_dump(mode="json")},
+        )
+        module.load_report = load_report
+        return module
 
     def _make_metrics(self, num_classes: int) -> None:
         top5 = min(5, num_classes)  # top-k is capped at the class count: top-5 of 3 classes is meaningless
@@ -141,17 +215,18 @@ class FinetuneModule(pl.LightningModule):
     @property
     def input_config(self) -> DataConfig:
         """The preprocessing of the training inputs (the backbone's, at --image-size)."""
-        return self.backbone.data_config.with_size(self.config.image_size)
+        return self.backbone.data_config.with_size(self.image_size)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Mixes the batch, builds soft targets (smoothed once), adds the teacher's KD term."""
-        x, y, cfg = *batch, self.config
-        mixing = self.mixer is not None and mixing_on(cfg, self.current_epoch)
+        x, y = batch
+        mixing = self.mixes_in(self.current_epoch)
         mixed = self.mixer(x, y) if mixing else MixedBatch.unmixed(x, y)
-        target = mixed_soft_targets(mixed.y, mixed.y_partner, mixed.lam, len(self.class_names), cfg.label_smoothing)
+        spec = self.loss_spec
+        target = mixed_soft_targets(mixed.y, mixed.y_partner, mixed.lam, len(self.class_names), spec.label_smoothing)
         logits = self(mixed.x)
         teacher_logits = self.teacher.logits(mixed.x, self.input_config) if self.teacher is not None else None
-        parts = training_loss(logits, target, teacher_logits, cfg.kd_alpha, cfg.kd_temperature, self.class_weights)
+        parts = training_loss(logits, target, teacher_logits, spec.kd_alpha, spec.kd_temperature, self.class_weights)
         self.train_acc1(logits, target.argmax(dim=1))  # the dominant label of a mixed image
         self._log_train("train/loss", parts.total, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
@@ -159,6 +234,10 @@ class FinetuneModule(pl.LightningModule):
             self._log_train("train/task_loss", parts.task)
             self._log_train("train/kd_loss", parts.kd)
         return parts.total
+
+    def mixes_in(self, epoch: int) -> bool:
+        """Whether training batches of `epoch` (0-based) are mixed: with a mixer, until --mix-off-epoch if set."""
+        return self.mixer is not None and (self.mix_off_epoch == 0 or epoch < self.mix_off_epoch)
 
     def _log_train(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """Logs NAME_step (this process's value) and NAME_epoch (the mean over every process).
@@ -192,7 +271,7 @@ class FinetuneModule(pl.LightningModule):
     def configure_model(self) -> None:
         # Before the strategy wraps the model: converting after DDP has registered the parameters
         # would leave its gradient buckets in the old layout.
-        self.use_channels_last = resolve_channels_last(self.config.channels_last, str(self.trainer.precision))
+        self.use_channels_last = resolve_channels_last(self.channels_last, str(self.trainer.precision))
         if self.use_channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -220,24 +299,18 @@ class FinetuneModule(pl.LightningModule):
 
     def lr_mults(self) -> list[float]:
         """LR multiplier of each layer group relative to the head's LR (--lr-decay / --backbone-lr-mult)."""
-        return discriminative_mults(len(self.backbone.groups), self.config.lr_decay, self.config.resolved_backbone_lr_mult())
+        return list(self.optimizer_spec.lr_mults)
 
     def head_lr(self, world_size: int | None = None) -> float:
         """The head's peak LR: --lr, times global batch / 256 with --scale-lr (the linear scaling rule)."""
-        if self.config.lr == "auto":
-            raise FinetuneError("lr is 'auto': run finetune.run.lr_find.find_lr first and set config.lr")
         if world_size is None:
             world_size = self._trainer.world_size if self._trainer is not None else 1
-        if self.config.scale_lr and self.config.batch_size is None:
-            raise FinetuneError("--scale-lr scales the LR by the batch size: set config.batch_size (finetune.fit "
-                                "resolves it from the data before building the module)")
-        scale = self.config.batch_size * world_size / 256 if self.config.scale_lr else 1.0
-        return float(self.config.lr) * scale
+        return self.optimizer_spec.head_lr(world_size)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg, lr = self.config, self.head_lr()
-        groups = param_groups(self.backbone, lr, cfg.weight_decay, self.lr_mults())
-        optimizer = build_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov)
+        spec, lr = self.optimizer_spec, self.head_lr()
+        groups = param_groups(self.backbone, lr, spec.weight_decay, self.lr_mults())
+        optimizer = build_optimizer(spec.name, groups, lr, spec.momentum, spec.nesterov)
         factor = self._schedule_factor(lr)
         # A plain function, not the callable object: LambdaLR would then save the factor's fields and
         # a resume with more --epochs would restore the old schedule length.
@@ -245,17 +318,16 @@ class FinetuneModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _schedule_factor(self, lr: float) -> ScheduleFactor:
-        cfg, trainer = self.config, self.trainer
+        trainer = self.trainer
         total = max(1, int(trainer.estimated_stepping_batches))
         per_epoch = max(1, total // trainer.max_epochs) if trainer.max_epochs and trainer.max_epochs > 0 else total
-        return ScheduleFactor(cfg.schedule, total, per_epoch, round(cfg.warmup_epochs * per_epoch),
-                              cfg.step_size, cfg.gamma, min(1.0, cfg.min_lr / lr))
+        return self.schedule_spec.factor(lr, total, per_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["finetune"] = {
             "backbone": self.backbone.name,
             "class_names": self.class_names,
-            "data_config": self.backbone.data_config.with_size(self.config.image_size).to_dict(),
+            "data_config": self.input_config.to_dict(),
             "frozen_units": self.frozen_units,
             "build_options": self.backbone.build_options,
         }
@@ -264,15 +336,25 @@ class FinetuneModule(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "FinetuneModule":
         """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub.
 
-        The network is built with the options it was trained with (`Backbone.build_options`).
+        The network is built with the options it was trained with (`Backbone.build_options`); the
+        parts come from the checkpoint's `parts` (older checkpoints: from their saved config).
         """
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         hparams = ckpt["hyper_parameters"]
-        # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
-        config = RunConfig.model_validate({**hparams["config"], "weights": "none", "teacher": None},
-                                          context={"unused": "allow"})
-        backbone, _ = create_backbone(config.backbone, len(hparams["class_names"]), "none",
-                                      build_options=checkpoint_build_options(ckpt), **backbone_options(config))
-        module = cls(config, hparams["class_names"], backbone=backbone)
+        names, parts, saved = hparams["class_names"], hparams.get("parts"), hparams.get("config")
+        record = {**(hparams.get("plan") or {}), **({"config": saved} if saved is not None else {})}
+        name = ckpt.get("finetune", {}).get("backbone") or saved["backbone"]
+        backbone, _ = create_backbone(name, len(names), "none", build_options=checkpoint_build_options(ckpt))
+        if parts is None:  # written before modules were built from parts: the config says everything
+            # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
+            config = RunConfig.model_validate({**saved, "weights": "none", "teacher": None}, context={"unused": "allow"})
+            module = cls.from_config(config.model_copy(update={"freeze_until": config.freeze_until
+                                                               if config.freeze_until != "auto" else None}),
+                                     names, backbone=backbone, record=record)
+        else:
+            optimizer = OptimizerSpec(**{**parts["optimizer"], "lr_mults": tuple(parts["optimizer"]["lr_mults"])})
+            module = cls(backbone, names, optimizer=optimizer, schedule=ScheduleSpec(**parts["schedule"]),
+                         loss=LossSpec(**parts["loss"]), image_size=parts["image_size"],
+                         channels_last=parts["channels_last"], record=record)
         module.load_state_dict(ckpt["state_dict"])
         return module

@@ -66,6 +66,13 @@ def best_row(rows: "Iterable[Mapping[str, str]]", monitor: str) -> tuple[str, fl
     return best
 
 
+def selection_metric(monitor: str, ema: bool = False) -> str:
+    """The metric best.ckpt is chosen by: val/KEY for --monitor KEY, or with --ema the better of the
+    raw and EMA weights' (val/KEY_selected)."""
+    spec = monitor_spec(monitor)
+    return spec.selected_metric if ema else spec.metric
+
+
 def monitor_spec(monitor: str) -> MonitorSpec:
     """The spec of a --monitor value.
 

@@ -3,11 +3,47 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer of a run, as plain values (stored in checkpoints).
+
+    Attributes:
+        name: adamw | adam | sgd | rmsprop.
+        lr: The head's peak LR (before --scale-lr).
+        lr_mults: Each layer group's LR as a multiple of the head's, input side first, head last.
+        weight_decay: Decay of every tensor except biases, norm layers and `no_weight_decay()`.
+        momentum: SGD/RMSprop momentum.
+        nesterov: Nesterov momentum (SGD).
+        scale_lr: Multiply the LR by the global batch / 256 (the linear scaling rule).
+        batch_size: Images per batch and process (for scale_lr).
+    """
+
+    name: str
+    lr: float
+    lr_mults: tuple[float, ...]
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    scale_lr: bool = False
+    batch_size: int | None = None
+
+    def head_lr(self, world_size: int = 1) -> float:
+        """The head's peak LR: `lr`, times global batch / 256 with `scale_lr`."""
+        if not self.scale_lr:
+            return float(self.lr)
+        if self.batch_size is None:
+            raise FinetuneError("--scale-lr scales the LR by the batch size: set the batch size (finetune.fit "
+                                "resolves it from the data before building the module)")
+        return float(self.lr) * self.batch_size * world_size / 256
 
 
 def no_decay_names(backbone: Backbone) -> set[str]:

@@ -61,6 +61,30 @@ class ScheduleFactor:
         return _cosine(1.0, end, min((step - rise) / max(1, self.total_steps - rise), 1.0))
 
 
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """The LR schedule of a run in epochs, as plain values (stored in checkpoints); `factor` turns it
+    into steps once the Trainer knows how many there are.
+
+    Attributes:
+        name: cosine | step | onecycle | constant.
+        warmup_epochs: Linear warmup length (fractions allowed).
+        step_size: Epochs between drops (step).
+        gamma: Factor at each drop (step).
+        min_lr: Floor of the head's LR (cosine, step, onecycle).
+    """
+
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 7
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+    def factor(self, head_lr: float, total_steps: int, steps_per_epoch: int) -> ScheduleFactor:
+        return ScheduleFactor(self.name, total_steps, steps_per_epoch, round(self.warmup_epochs * steps_per_epoch),
+                              self.step_size, self.gamma, min(1.0, self.min_lr / head_lr))
+
+
 def _cosine(start: float, end: float, progress: float) -> float:
     """Cosine interpolation from `start` (progress 0) to `end` (progress 1)."""
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -18,7 +18,7 @@ from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.images import load_image
 from finetune.data.scan import scan_image_folder
 from finetune.data.tta import batch_inputs
-from finetune.export.bundle import export_trained
+from finetune.bundling.bundle import export_trained
 from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
 from finetune.models.zoo import torchvision_data_config
@@ -47,7 +47,7 @@ def _local_imagenet_weights(arch: str, folder, images: np.ndarray) -> None:
 
 
 def _train_one_step(config: RunConfig, tmp_path) -> tuple[FinetuneModule, object]:
-    module = FinetuneModule(config, CLASSES)
+    module = FinetuneModule.from_config(config, CLASSES)
     dm = ImageFolderDataModule(config.data, module.input_config, batch_size=8, workers=0)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 def test_find_lr_restores_weights_and_batchnorm_stats(make_config, tiny_data, tmp_path):
     config = make_config(freeze_until="layer3", lr_decay=0.5)
-    module = FinetuneModule(config, ["a", "b", "c"])
+    module = FinetuneModule.from_config(config, ["a", "b", "c"])
     dm = ImageFolderDataModule(tiny_data, module.backbone.data_config.with_size(32), batch_size=8, seed=0)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     seen = []
@@ -49,7 +49,7 @@ def test_range_test_records_the_real_losses_and_stops_where_the_loss_blows_up(ma
     import pytorch_lightning as pl
 
     pl.seed_everything(0)
-    module = FinetuneModule(make_config(optimizer="sgd"), ["a", "b", "c"])
+    module = FinetuneModule.from_config(make_config(optimizer="sgd"), ["a", "b", "c"])
     dm = ImageFolderDataModule(tiny_data, module.backbone.data_config.with_size(32), batch_size=8, seed=0)
     raw, training_step = [], module.training_step
 

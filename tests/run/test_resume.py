@@ -58,8 +58,8 @@ def test_resume_from_another_directory_keeps_the_record(tiny_data, test_resnet_w
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     spy = _RecordAtFirstStep(run)
-    original = fit_module.regularization_callbacks
-    monkeypatch.setattr(fit_module, "regularization_callbacks", lambda *a: [*original(*a), spy])
+    original = fit_module.guard_callbacks
+    monkeypatch.setattr(fit_module, "guard_callbacks", lambda *a: [*original(*a), spy])
     resumed = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert spy.seen["val_epochs"] == {0}  # the first run's rows are on disk from the start

@@ -30,7 +30,7 @@ def test_step_values_are_logged_without_an_all_reduce(make_config, tiny_data, mo
         return original(self, name, value, *args, on_step=on_step, on_epoch=on_epoch, sync_dist=sync_dist, **kw)
 
     monkeypatch.setattr(pl.LightningModule, "log", log)
-    _fit(FinetuneModule(make_config(), CLASSES), tiny_data)
+    _fit(FinetuneModule.from_config(make_config(), CLASSES), tiny_data)
     assert calls
     assert [c for c in calls if c[1] and c[3]] == [], "a per-step value is all-reduced every step"
     assert ("train/loss_epoch", False, True, True) in calls  # the epoch mean still covers every process
@@ -46,7 +46,7 @@ def test_channels_last_is_applied_before_the_strategy_wraps_the_model(make_confi
         original(self, trainer)
 
     monkeypatch.setattr(SingleDeviceStrategy, "setup", setup)
-    module = FinetuneModule(make_config(channels_last=True), CLASSES)
+    module = FinetuneModule.from_config(make_config(channels_last=True), CLASSES)
     _fit(module, tiny_data)
     assert formats == [True]
     assert module.use_channels_last

@@ -10,7 +10,7 @@ from finetune.config import RunConfig
 from finetune.run.fit import fit
 from finetune.training.module import FinetuneModule
 from finetune.training.optim import discriminative_mults
-from finetune.training.plan import plan_rows
+from finetune.training.plan_table import plan_rows
 from finetune.training.schedules import ScheduleFactor
 
 CLASSES = ["a", "b", "c"]
@@ -22,27 +22,27 @@ def test_lr_decay_multiplies_per_group_and_replaces_backbone_mult():
 
 
 def test_plan_shows_each_groups_lr(make_config):
-    module = FinetuneModule(make_config(lr=0.01, lr_decay=0.5), CLASSES)
+    module = FinetuneModule.from_config(make_config(lr=0.01, lr_decay=0.5), CLASSES)
     lrs = {r.group: r.lr for r in plan_rows(module)}
     assert lrs["head"] == pytest.approx(0.01) and lrs["layer4"] == pytest.approx(0.005)
     assert lrs["stem"] == pytest.approx(0.01 * 0.5 ** 5)
-    module = FinetuneModule(make_config(lr=0.01, backbone_lr_mult=0.2), CLASSES)
+    module = FinetuneModule.from_config(make_config(lr=0.01, backbone_lr_mult=0.2), CLASSES)
     assert {r.group: r.lr for r in plan_rows(module)}["layer1"] == pytest.approx(0.002)
 
 
 def test_default_backbone_mult_is_one_and_older_runs_keep_theirs(make_config, test_resnet_weights):
-    tuned = FinetuneModule(make_config(lr=0.01, weights=str(test_resnet_weights), freeze_until=None), CLASSES)
+    tuned = FinetuneModule.from_config(make_config(lr=0.01, weights=str(test_resnet_weights), freeze_until=None), CLASSES)
     assert {r.group: r.lr for r in plan_rows(tuned)}["layer1"] == pytest.approx(0.01)  # one LR, as measured best
     # a checkpoint of an earlier version saved None for "default": 0.1 with pretrained weights, 1 without
-    older = FinetuneModule(make_config(lr=0.01, weights=str(test_resnet_weights), backbone_lr_mult=None,
+    older = FinetuneModule.from_config(make_config(lr=0.01, weights=str(test_resnet_weights), backbone_lr_mult=None,
                                        freeze_until=None), CLASSES)
     assert {r.group: r.lr for r in plan_rows(older)}["layer1"] == pytest.approx(0.001)
-    scratch = FinetuneModule(make_config(lr=0.01, backbone_lr_mult=None), CLASSES)  # make_config: weights none
+    scratch = FinetuneModule.from_config(make_config(lr=0.01, backbone_lr_mult=None), CLASSES)  # make_config: weights none
     assert {r.group: r.lr for r in plan_rows(scratch)}["layer1"] == pytest.approx(0.01)
 
 
 def test_scale_lr_applies_the_linear_scaling_rule(make_config):
-    module = FinetuneModule(make_config(lr=0.1, scale_lr=True, batch_size=64), CLASSES)
+    module = FinetuneModule.from_config(make_config(lr=0.1, scale_lr=True, batch_size=64), CLASSES)
     assert plan_rows(module)[-1].lr == pytest.approx(0.1 * 64 / 256)
     assert plan_rows(module, world_size=2)[-1].lr == pytest.approx(0.1 * 128 / 256)
 
@@ -50,7 +50,7 @@ def test_scale_lr_applies_the_linear_scaling_rule(make_config):
 def test_weight_decay_spares_biases_and_norms(make_config):
     from finetune.training.optim import param_groups
 
-    module = FinetuneModule(make_config(), CLASSES)
+    module = FinetuneModule.from_config(make_config(), CLASSES)
     groups = param_groups(module.backbone, 0.1, 0.05, module.lr_mults())
     decay = {g["name"]: g["weight_decay"] for g in groups}
     assert decay["stem"] == 0.05 and decay["stem/no_decay"] == 0.0 and decay["head/no_decay"] == 0.0

@@ -36,8 +36,8 @@ def test_huge_lr_from_the_start_is_reported(tiny_data, tmp_path, run_args):
 def test_divergence_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     import finetune.run.fit as fit_module
 
-    original = fit_module.regularization_callbacks
-    monkeypatch.setattr(fit_module, "regularization_callbacks", lambda *a: [*original(*a), _HugeLrFromEpoch1()])
+    original = fit_module.guard_callbacks
+    monkeypatch.setattr(fit_module, "guard_callbacks", lambda *a: [*original(*a), _HugeLrFromEpoch1()])
     out = tmp_path / "run"
     cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=out, image_size=32, epochs=3,
                     batch_size=8, workers=0, progress=False, optimizer="sgd", lr=0.01)

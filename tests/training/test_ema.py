@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.training.callbacks.ema import EmaCallback, WeightEma
-from finetune.training.regularization import regularization_callbacks
+from finetune.run.fit import guard_callbacks
 
 runner = CliRunner()
 
@@ -46,16 +46,16 @@ def test_decay_warmup():
 
 def test_ema_flags_reach_the_callback():
     cfg = RunConfig(backbone="test_resnet", data=".", ema=True, ema_decay=0.95, ema_warmup=False)
-    ema = [c for c in regularization_callbacks(cfg, cfg.data) if isinstance(c, EmaCallback)]
+    ema = [c for c in guard_callbacks(cfg, cfg.data) if isinstance(c, EmaCallback)]
     assert len(ema) == 1 and (ema[0].decay, ema[0].warmup) == (0.95, False)
-    assert not any(isinstance(c, EmaCallback) for c in regularization_callbacks(cfg.model_copy(update={"ema": False}), cfg.data))
+    assert not any(isinstance(c, EmaCallback) for c in guard_callbacks(cfg.model_copy(update={"ema": False}), cfg.data))
 
 
 @pytest.mark.parametrize("ema_won", [True, False])
 def test_checkpoint_carries_the_winner_and_resume_restores_raw(ema_won):
     from finetune.training.module import FinetuneModule
 
-    module = FinetuneModule(RunConfig(backbone="test_resnet", data=".", weights="none"), ["a", "b"])
+    module = FinetuneModule.from_config(RunConfig(backbone="test_resnet", data=".", weights="none"), ["a", "b"])
     callback = EmaCallback(0.9)
     callback.setup(None, module, "fit")
     with torch.no_grad():

@@ -29,7 +29,7 @@ class ModesAtStep(pl.Callback):
 
 def _fit(config, tiny_data, callback: pl.Callback, epochs: int = 1, module: FinetuneModule | None = None
          ) -> FinetuneModule:
-    module = module or FinetuneModule(config, ["circle", "square", "triangle"])
+    module = module or FinetuneModule.from_config(config, ["circle", "square", "triangle"])
     dm = ImageFolderDataModule(tiny_data, module.input_config, batch_size=8, workers=0)
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -47,7 +47,7 @@ def test_freeze_until_features_2_trains_bn_of_features_10_and_beyond(make_config
     # used to put their BatchNorm layers in eval mode too.
     torch.manual_seed(0)
     config = make_config(backbone="tv:mobilenet_v2", freeze_until="features.2", lr=0.01)
-    module = FinetuneModule(config, ["circle", "square", "triangle"])
+    module = FinetuneModule.from_config(config, ["circle", "square", "triangle"])
     before = {k: v.clone() for k, v in module.backbone.model.state_dict().items()}
     frozen_units = module.backbone.layer_names()[:module.frozen_units]
     assert frozen_units == ["features.0", "features.1"]

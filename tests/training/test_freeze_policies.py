@@ -14,7 +14,7 @@ CLASSES = ["a", "b", "c"]
 
 
 def _module(tiny_data, **kw) -> FinetuneModule:
-    return FinetuneModule(RunConfig(backbone="test_resnet", data=tiny_data, weights="none", **kw), CLASSES)
+    return FinetuneModule.from_config(RunConfig(backbone="test_resnet", data=tiny_data, weights="none", **kw), CLASSES)
 
 
 def _trainable(module: FinetuneModule) -> set[str]:

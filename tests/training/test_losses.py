@@ -72,10 +72,10 @@ def test_module_loss_smooths_once_with_mixing_and_distills(monkeypatch):
                                         label_smoothing=0.2, mixup=1.0, kd_alpha=0.4, kd_temperature=3.0),
                                    context={"unused": "allow"})
     torch.manual_seed(0)
-    student = FinetuneModule(cfg, ["a", "b", "c"])
-    teacher_module = FinetuneModule(cfg.model_copy(update={"mixup": 0.0}), ["a", "b", "c"])
+    student = FinetuneModule.from_config(cfg, ["a", "b", "c"])
+    teacher_module = FinetuneModule.from_config(cfg.model_copy(update={"mixup": 0.0}), ["a", "b", "c"])
     teacher = Teacher(teacher_module.backbone, student.input_config, ["a", "b", "c"], "test")
-    module = FinetuneModule(cfg, ["a", "b", "c"], backbone=student.backbone, teacher=teacher)
+    module = FinetuneModule.from_config(cfg, ["a", "b", "c"], backbone=student.backbone, teacher=teacher)
     module.mixer = _FixedMixer()
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
@@ -99,7 +99,8 @@ def test_module_loss_smooths_once_with_mixing_and_distills(monkeypatch):
 
 @pytest.mark.parametrize("off_epoch,expected", [(0, [True, True, True]), (2, [True, True, False])])
 def test_mix_off_epoch(off_epoch, expected):
-    from finetune.training.regularization import mixing_on
+    from finetune.training.module import FinetuneModule
 
-    cfg = RunConfig(backbone="test_resnet", data=".", mixup=0.2, mix_off_epoch=off_epoch)
-    assert [mixing_on(cfg, e) for e in range(3)] == expected
+    cfg = RunConfig(backbone="test_resnet", data=".", weights="none", mixup=0.2, mix_off_epoch=off_epoch)
+    module = FinetuneModule.from_config(cfg, ["a", "b"])
+    assert [module.mixes_in(e) for e in range(3)] == expected

@@ -125,7 +125,7 @@ def test_training_step_weights_each_class_term(make_config):
     from finetune.training.module import FinetuneModule
 
     weights = torch.tensor([0.2, 1.0, 3.0])
-    module = FinetuneModule(make_config(), ["a", "b", "c"], class_weights=weights)
+    module = FinetuneModule.from_config(make_config(), ["a", "b", "c"], class_weights=weights)
     module.log = lambda *a, **k: None  # no Trainer here
     module.train()
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.models.backbone import create_backbone
-from finetune.training.regularization import build_teacher
+from finetune.training.module import FinetuneModule
 from finetune.training.teacher import TeacherError, load_teacher, renormalize
 
 CLASSES = ["circle", "square", "triangle"]
@@ -67,9 +67,9 @@ def test_backbone_name_teacher_needs_fitting_weights(tmp_path):
     with pytest.raises(TeacherError, match="--teacher-weights"):
         load_teacher("test_resnet", CLASSES)
     bundle, original = write_bundle(tmp_path / "bundle")
-    cfg = RunConfig(backbone="test_resnet", data=".", teacher="test_resnet",
+    cfg = RunConfig(backbone="test_resnet", data=".", weights="none", image_size=32, teacher="test_resnet",
                     teacher_weights=bundle / "model.safetensors")
-    teacher = build_teacher(cfg, CLASSES, DataConfig(32, (0.5,) * 3, (0.25,) * 3))
+    teacher = FinetuneModule.from_config(cfg, CLASSES).teacher  # the --teacher the config names
     assert torch.equal(teacher.backbone.model.fc.weight, original.model.fc.weight)
     assert teacher.data_config.input_size == 32  # the student's size
     with pytest.raises(TeacherError, match="does not fit"):

@@ -111,9 +111,9 @@ def test_restored_callback_puts_the_module_back_in_its_frozen_state():
     config = RunConfig(backbone="test_resnet", data=".", weights="none", unfreeze_every=1)
     saved = GradualUnfreezing()
     saved.frozen_units, saved.history = 4, [{"epoch": 1, "unfrozen": ["layer4"]}, {"epoch": 2, "unfrozen": ["layer3"]}]
-    module = FinetuneModule(config, ["a", "b", "c"])
+    module = FinetuneModule.from_config(config, ["a", "b", "c"])
     assert module.frozen_units == 6  # the linear probe of epoch 0
-    expected = FinetuneModule(config, ["a", "b", "c"], backbone=module.backbone)
+    expected = FinetuneModule.from_config(config, ["a", "b", "c"], backbone=module.backbone)
     expected.set_frozen_units(4)
     restored = GradualUnfreezing()
     restored.load_state_dict(saved.state_dict())

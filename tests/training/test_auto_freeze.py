@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
-from finetune.run.auto_freeze import auto_freeze_until, images_per_class, resolve_freeze_until
+from finetune.training.auto_freeze import auto_freeze_until, images_per_class, resolve_freeze_until
 
 
 def test_rule_unfreezes_more_with_more_data():

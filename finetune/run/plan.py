@@ -1,0 +1,149 @@
+"""The one moment a run's settings are resolved: `resolve_run(config, index, backbone) -> RunPlan`.
+
+Everything `auto` or left unset is decided here, from the data, the backbone and the machine: the
+frozen part, the batch size, epochs and validation cadence, the augmentation, precision,
+channels_last, workers, the preprocessing and each layer group's LR. `finetune run`, `finetune
+lr-find` and `finetune tune` all build through it, config.yaml records it, and checkpoints keep it,
+so nothing downstream resolves a setting again or rebinds the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from finetune.config import RunConfig
+from finetune.data.balance import class_weights as resolve_class_weights
+from finetune.data.balance import imbalance_ratio
+from finetune.data.data_config import DataConfig
+from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.policy import AugmentPolicy
+from finetune.data.profile import DataProfile
+from finetune.data.scan import DatasetIndex
+from finetune.models.backbone import Backbone
+from finetune.run.auto_defaults import resolve_data_defaults
+from finetune.run.devices import planned_world_size
+from finetune.training.auto_freeze import resolve_freeze_until
+from finetune.training.module import FinetuneModule
+from finetune.training.optim import discriminative_mults
+from finetune.training.precision import resolve_channels_last, resolve_precision
+from finetune.training.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every value a run derives from its settings, decided once.
+
+    Attributes:
+        config: The settings with everything resolved: `freeze_until` a layer or None, `batch_size`,
+            `epochs` and `val_every` numbers. `lr` stays "auto" until `with_lr` gives the LR
+            range test's result.
+        sources: Where each setting came from: "default", "recipe NAME", "command line" or "auto: why".
+        index: The scanned image folder.
+        backbone: The network with its new head and its weights loaded.
+        data_config: The preprocessing the run trains and evaluates with (at --image-size).
+        augment: The preset name given, or the AugmentPolicy `--augment auto` chose.
+        profile: What `--augment auto` measured of the training set (None otherwise).
+        precision: Lightning precision, and `precision_why` the reason.
+        channels_last: NHWC memory format.
+        workers: DataLoader workers.
+        world_size: Training processes the accelerator, devices and nodes make.
+        class_weights: Per-class weights of the training loss (--class-weights), or None.
+        lr_mults: Each layer group's LR as a multiple of the head's, input side first.
+    """
+
+    config: RunConfig
+    sources: dict[str, str]
+    index: DatasetIndex
+    backbone: Backbone
+    data_config: DataConfig
+    augment: str | AugmentPolicy
+    profile: DataProfile | None
+    precision: str
+    precision_why: str
+    channels_last: bool
+    workers: int
+    world_size: int
+    class_weights: torch.Tensor | None
+    lr_mults: tuple[float, ...] = field(default=())
+
+    @property
+    def lr_pending(self) -> bool:
+        """Whether the LR is still `auto`: the range test must run before the module is built."""
+        return self.config.lr == "auto"
+
+    def with_lr(self, lr: float, why: str) -> RunPlan:
+        """The plan with the LR the range test measured."""
+        config = self.config.model_copy(update={"lr": lr})
+        return dataclasses.replace(self, config=config, sources={**self.sources, "lr": why})
+
+    def group_lrs(self) -> dict[str, float]:
+        """Each layer group's peak LR (head LR x its multiplier, before --scale-lr)."""
+        lr = float(self.config.lr) if not self.lr_pending else float("nan")
+        return {g.name: lr * m for g, m in zip(self.backbone.groups, self.lr_mults, strict=True)}
+
+    def build_module(self, teacher: Teacher | None = None, lr: float | None = None) -> FinetuneModule:
+        """The LightningModule this plan describes (`lr` overrides the head LR: the range test's start)."""
+        config = self.config if lr is None else self.config.model_copy(update={"lr": lr})
+        return FinetuneModule.from_config(config, self.index.classes, backbone=self.backbone, teacher=teacher,
+                                          class_weights=self.class_weights, record=self.record())
+
+    def datamodule(self) -> ImageFolderDataModule:
+        """The train/val loaders this plan describes (a fresh one per call: the LR range test gets its own)."""
+        c = self.config
+        return ImageFolderDataModule(c.data, self.data_config, batch_size=c.batch_size, workers=self.workers,
+                                     val_split=c.val_split, seed=c.seed, index=self.index, augment=self.augment,
+                                     sampler=c.sampler)
+
+    def record(self) -> dict[str, Any]:
+        """The plan as plain data: config.yaml's `resolved` section, kept in checkpoints with the config."""
+        index, counts = self.index, self.index.counts("train")
+        resolved: dict[str, Any] = {
+            "classes": index.classes, "precision": self.precision, "channels_last": self.channels_last,
+            "workers": self.workers, "world_size": self.world_size, "data_config": self.data_config.to_dict(),
+            "counts": {split: len(getattr(index, split) or []) for split in ("train", "val", "test")},
+            "bad_files": len(index.bad_files), "class_counts": counts,
+            "imbalance_ratio": round(imbalance_ratio(counts), 3),
+            "freeze_until": self.config.freeze_until,
+            "lr_mults": {g.name: m for g, m in zip(self.backbone.groups, self.lr_mults, strict=True)},
+        }
+        if self.class_weights is not None:
+            resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, self.class_weights)}
+        if self.profile is not None:  # what --augment auto measured of the training set
+            resolved["data_profile"] = self.profile.to_dict()
+        return {"config": self.config.model_dump(mode="json"), "resolved": resolved, "sources": dict(self.sources)}
+
+
+def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
+                sources: dict[str, str] | None = None) -> RunPlan:
+    """Resolves every derived setting of a run from its config, its scanned data and its backbone.
+
+    Args:
+        config: The validated settings (paths absolute: see `RunConfig.with_absolute_paths`).
+        index: The scanned image folder.
+        backbone: The network built for `len(index.classes)` classes with the run's weights.
+        sources: Where each given setting came from (default: every one "default").
+
+    Returns:
+        The frozen plan; `sources` gains "auto: why" for each value decided from the data.
+    """
+    sources = dict(sources or {})
+    layer, why = resolve_freeze_until(config, backbone, index.counts("train"))
+    if why is not None:
+        config = config.model_copy(update={"freeze_until": layer})
+        sources["freeze_until"] = why
+    data_config = backbone.data_config.with_size(config.image_size)
+    world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
+    auto = resolve_data_defaults(config, index, data_config, world)
+    config, sources = auto.config, {**sources, **auto.sources}
+    precision, precision_why = resolve_precision(config.precision, config.accelerator)
+    mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())
+    return RunPlan(
+        config=config, sources=sources, index=index, backbone=backbone, data_config=data_config,
+        augment=auto.augment, profile=auto.profile, precision=precision, precision_why=precision_why,
+        channels_last=resolve_channels_last(config.channels_last, precision), workers=config.resolved_workers(),
+        world_size=world, class_weights=resolve_class_weights(config.class_weights, index.counts("train")),
+        lr_mults=tuple(mults),
+    )

@@ -1,0 +1,99 @@
+"""The RunPlan: every derived setting decided once, built through by run and lr-find, kept in the record."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from finetune.config import RunConfig
+from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.scan import scan_image_folder
+from finetune.models.backbone import create_backbone
+from finetune.run.plan import resolve_run
+from finetune.training.losses import LossSpec
+from finetune.training.module import FinetuneModule
+from finetune.training.optim import OptimizerSpec
+from finetune.training.schedules import ScheduleSpec
+
+
+def _plan(tiny_data: Path, weights: Path, **kw):
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights=str(weights), image_size=32, workers=0,
+                       precision="32", **kw)
+    index = scan_image_folder(tiny_data, val_split=config.val_split, seed=config.seed)
+    backbone, _ = create_backbone("test_resnet", len(index.classes), str(weights))
+    return resolve_run(config, index, backbone, {"lr": "command line"})
+
+
+def test_resolve_run_decides_every_data_dependent_setting(tiny_data, test_resnet_weights):
+    plan = _plan(tiny_data, test_resnet_weights, class_weights="auto")
+    c = plan.config
+    # 8 train images per class: the head alone trains (the auto rule's first step).
+    assert c.freeze_until == plan.backbone.groups[-1].unit_names[0]
+    assert (c.batch_size, c.epochs) == (8, 60) and isinstance(c.val_every, int) and c.epochs % c.val_every == 0
+    assert not isinstance(plan.augment, str)  # --augment auto: a policy measured on the data
+    for key in ("freeze_until", "batch_size", "epochs", "val_every", "augment"):
+        assert plan.sources[key].startswith("auto:"), key
+    assert plan.sources["lr"] == "command line"
+    assert plan.precision == "32" and plan.channels_last is False and plan.workers == 0
+    assert plan.class_weights is not None and plan.class_weights.shape == (3,)
+    assert len(plan.lr_mults) == len(plan.backbone.groups) and plan.lr_mults[-1] == 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.precision = "bf16-mixed"
+
+
+def test_lr_find_builds_what_run_would_train(tiny_data, test_resnet_weights, monkeypatch, tmp_path):
+    """lr-find tests the module `run` trains: its frozen part, class weights, batch and sampler."""
+    import finetune.run.lr_find as lr_find_module
+
+    seen = {}
+
+    def capture(module, datamodule, **kw):
+        seen.update(module=module, datamodule=datamodule)
+        return lr_find_module.LRFindResult([1e-3], [1.0], 1e-3)
+
+    monkeypatch.setattr(lr_find_module, "find_lr", capture)
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights=str(test_resnet_weights), image_size=32,
+                       workers=0, precision="32", lr="auto", class_weights="auto", output=tmp_path, progress=False)
+    lr_find_module.run_lr_find(config)
+    plan = _plan(tiny_data, test_resnet_weights, class_weights="auto")
+    module, dm = seen["module"], seen["datamodule"]
+    assert module.frozen_units == plan.backbone.resolve_layer(plan.config.freeze_until) > 0
+    assert torch.equal(module.class_weights, plan.class_weights.float())
+    assert dm.batch_size == plan.config.batch_size
+
+
+def test_a_module_built_from_parts_round_trips_through_its_checkpoint(tiny_data, tmp_path):
+    """No RunConfig anywhere: the parts are what the checkpoint keeps and what rebuilds the module."""
+    pl.seed_everything(0)
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+    optimizer = OptimizerSpec("sgd", 0.05, tuple(0.5 for _ in backbone.groups[:-1]) + (1.0,), weight_decay=1e-4)
+    module = FinetuneModule(backbone, ["circle", "square", "triangle"], optimizer=optimizer,
+                            schedule=ScheduleSpec("step", step_size=1, gamma=0.5), loss=LossSpec(label_smoothing=0.1),
+                            image_size=32)
+    dm = ImageFolderDataModule(tiny_data, backbone.data_config.with_size(32), batch_size=8, seed=0)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer.fit(module, dm)
+    assert trainer.optimizers[0].param_groups[0]["lr"] < 0.05  # the step schedule's spec reached the optimizer
+    trainer.save_checkpoint(tmp_path / "parts.ckpt")
+    hparams = torch.load(tmp_path / "parts.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["config"] is None and hparams["parts"]["loss"]["label_smoothing"] == 0.1
+    rebuilt = FinetuneModule.from_checkpoint(tmp_path / "parts.ckpt")
+    assert rebuilt.optimizer_spec == optimizer and rebuilt.schedule_spec == module.schedule_spec
+    x = torch.randn(2, 3, 32, 32)
+    module.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), module(x), rtol=0, atol=1e-6)  # same weights, same function
+
+
+def test_config_yaml_and_the_checkpoint_record_the_same_plan(trained_run):
+    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
+    hparams = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
+    resolved = hparams["plan"]["resolved"]
+    assert saved["resolved"]["lr_mults"] == resolved["lr_mults"] and len(resolved["lr_mults"]) > 1
+    assert saved["resolved"]["freeze_until"] == resolved["freeze_until"] == hparams["config"]["freeze_until"]
+    assert hparams["plan"]["sources"]["epochs"] == saved["sources"]["epochs"] == "command line"
+    assert hparams["config"]["batch_size"] == saved["batch_size"] == 8
