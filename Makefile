@@ -21,7 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/finetune demo
 
 # pytest exits 5 when it collects no test: that is a failure here, like any non-zero status.
+# The lint runs first: a ruff finding fails the target before any test starts.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quality benchmark with its optional fastai leg (the `bench` extra); --quick: 45 runs, about 45 minutes of one core.
