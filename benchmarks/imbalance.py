@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import Cell, IMAGENET_BACKBONE, finetune_run, setup_process  # noqa: E402 - the quality benchmark's runner
+from quality import IMAGENET_BACKBONE, Cell, finetune_run, setup_process  # noqa: E402 - the quality benchmark's runner
 
 from finetune.data.real import make_real_task  # noqa: E402
 

@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import shlex
 import statistics
 import sys
@@ -40,8 +39,8 @@ from finetune.data.real import TASKS, available, make_real_task
 from finetune.data.scan import scan_image_folder
 from finetune.data.transforms import build_eval_transform
 from finetune.models.backbone import create_backbone
-from finetune.training.callbacks.divergence import DivergenceError
 from finetune.run.fit import fit
+from finetune.training.callbacks.divergence import DivergenceError
 from finetune.training.module import FinetuneModule
 
 IMAGENET_BACKBONE = "tf_efficientnet_lite0"  # real ImageNet weights that install offline
@@ -143,8 +142,7 @@ def fastai_fine_tune(data: Path, backbone: str, weights_file: Path, size: int, s
     """fastai's `vision_learner` + `fine_tune` with its defaults (aug_transforms, Adam, one-cycle),
     keeping the best val epoch (SaveModelCallback) and scoring it on test."""
     from fastai.callback.tracker import SaveModelCallback
-    from fastai.vision.all import (ImageDataLoaders, Resize, accuracy, aug_transforms, set_seed,
-                                   vision_learner)
+    from fastai.vision.all import ImageDataLoaders, Resize, accuracy, aug_transforms, set_seed, vision_learner
 
     set_seed(seed, reproducible=True)
     # fastai drops the last partial training batch: at its default bs of 64 a 20-image set would never

@@ -29,8 +29,8 @@ from finetune.config import RunConfig  # noqa: E402
 from finetune.data.real import TASKS, available, make_real_task  # noqa: E402
 from finetune.data.scan import scan_image_folder  # noqa: E402
 from finetune.data.transforms import build_eval_transform  # noqa: E402
-from finetune.training.module import FinetuneModule  # noqa: E402
 from finetune.search.study import tune  # noqa: E402
+from finetune.training.module import FinetuneModule  # noqa: E402
 
 REGIME = quality.REGIMES["32px-10shot-imagenet"]
 

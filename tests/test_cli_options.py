@@ -9,7 +9,6 @@ import pytest
 import typer.main
 
 from finetune.cli import app
-from finetune.options import LR_FIND_ALIASES
 from finetune.config import (
     ACCELERATORS,
     Augment,
@@ -22,6 +21,7 @@ from finetune.config import (
     Schedule,
     Tta,
 )
+from finetune.options import LR_FIND_ALIASES
 
 # Options a command declares itself, as they are no RunConfig field (or not that field's meaning).
 RUN_OWN = {"resume"}  # a run directory to continue

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.data.data_config import DataConfig
 from finetune.bundling.bundle import export_bundle
+from finetune.data.data_config import DataConfig
 from finetune.inference import Predictor
 from finetune.models.backbone import create_backbone
 

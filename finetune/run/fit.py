@@ -5,7 +5,6 @@ import contextlib
 import csv
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,24 +22,24 @@ from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
-from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.run.devices import device_trainer
+from finetune.run.lr_find import find_lr
 from finetune.run.plan import RunPlan, resolve_run
+from finetune.run.quiet import quiet_lightning
+from finetune.run.resume import previous_metrics
+from finetune.run.run_dir import claim_run_dir
+from finetune.run.trackers import tracker_loggers
+from finetune.training.callbacks.divergence import DivergenceGuard
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
+from finetune.training.callbacks.ema import EmaCallback
 from finetune.training.callbacks.epoch_record import EpochLine, EpochRecord
 from finetune.training.callbacks.last_checkpoint import LastCheckpoint
-from finetune.run.lr_find import find_lr
-from finetune.training.callbacks.divergence import DivergenceGuard
-from finetune.training.callbacks.ema import EmaCallback
+from finetune.training.callbacks.rng_state import RNGState
+from finetune.training.callbacks.unfreeze import GradualUnfreezing
+from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
-from finetune.run.quiet import quiet_lightning
-from finetune.run.trackers import tracker_loggers
-from finetune.run.resume import previous_metrics
-from finetune.training.callbacks.rng_state import RNGState
-from finetune.run.run_dir import claim_run_dir
-from finetune.training.callbacks.unfreeze import GradualUnfreezing
 
 DIVERGENCE_FACTOR = 3.0  # the course notes' rule: stop a run whose loss explodes past 3x its start
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts

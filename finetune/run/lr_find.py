@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,7 +18,6 @@ from finetune.config import RunConfig
 from finetune.run.devices import device_trainer
 from finetune.training.callbacks.lr_range_test import LRRangeTest
 from finetune.training.module import FinetuneModule
-
 
 
 @dataclass(frozen=True)

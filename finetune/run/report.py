@@ -5,13 +5,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from finetune.bundling.bundle import ExportOptions, export_trained
 from finetune.config import RunConfig
 from finetune.data.scan import DatasetIndex
 from finetune.evaluation.evaluate import evaluate_predictor
 from finetune.evaluation.plots import plot_curves
-from finetune.bundling.bundle import ExportOptions, export_trained
-from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor, module_runner
+from finetune.training.checkpoint import load_trained
 
 
 def finish_run(config: RunConfig, run_dir: Path, index: DatasetIndex, console: Console) -> dict[str, Path]:

@@ -18,9 +18,9 @@ from rich.console import Console
 
 from finetune.config import RunConfig
 from finetune.errors import FinetuneError
-from finetune.training.callbacks.divergence import DivergenceError
 from finetune.run.fit import fit
 from finetune.search.pruning import TrialPruning
+from finetune.training.callbacks.divergence import DivergenceError
 
 # A bad setting (a layer name the backbone lacks, settings that contradict each other, memory) ends
 # its trial, recorded with the reason; the study goes on. Anything else is a bug and stops the study.

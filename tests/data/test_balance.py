@@ -12,10 +12,9 @@ import yaml
 from rich.console import Console
 
 from finetune.config import RunConfig
-from finetune.data.balance import (balanced_sample_weights, class_weights, effective_number_weights,
-                                   imbalance_warning, read_class_weights)
-from finetune.data.datamodule import ImageFolderDataModule
+from finetune.data.balance import class_weights, effective_number_weights, imbalance_warning, read_class_weights
 from finetune.data.data_config import DataConfig
+from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
 from finetune.run.fit import fit
 from finetune.training.losses import mixed_soft_targets, training_loss

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from finetune.cli import app
-from finetune.data.images import load_image
 from finetune.bundling.bundle import ExportOptions, export_bundle
 from finetune.bundling.parity import ExportError
-from finetune.training.checkpoint import load_trained
+from finetune.cli import app
+from finetune.data.images import load_image
 from finetune.inference import Predictor, module_runner
+from finetune.training.checkpoint import load_trained
 
 runner = CliRunner()
 # int8 vs fp32 top-1 agreement a correctly calibrated bundle must reach. Measured: 1.0 for the tiny
@@ -171,8 +171,8 @@ def brightness_model(tmp_path_factory):
     from finetune.config import RunConfig
     from finetune.data.scan import scan_image_folder
     from finetune.data.tta import batch_inputs
-    from finetune.training.checkpoint import TrainedModel
     from finetune.models.backbone import create_backbone
+    from finetune.training.checkpoint import TrainedModel
 
     root = _brightness_folder(tmp_path_factory.mktemp("brightness"), bundle_module.CALIBRATION_IMAGES, 8)
     index = scan_image_folder(root)

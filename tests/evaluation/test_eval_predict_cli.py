@@ -77,6 +77,7 @@ def test_ensemble_averages_member_probabilities():
     pa, pb = a.probabilities([img]), b.probabilities([img])
     np.testing.assert_allclose(Ensemble([a, b]).probabilities([img]), (pa + pb) / 2)
     import pytest
+
     from finetune.errors import FinetuneError
     with pytest.raises(FinetuneError, match="disagree on classes"):
         Ensemble([a, Predictor(_const([0.0, 1.0]), ["y", "x"], dc)])

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from finetune.bundling.bundle import export_bundle
 from finetune.cli import app
 from finetune.data.images import load_image
 from finetune.data.synthetic import make_image_folder
+from finetune.data.tta import softmax
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.evaluate import evaluate
-from finetune.data.tta import softmax
-from finetune.bundling.bundle import export_bundle
-from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
+from finetune.training.checkpoint import load_trained
 
 runner = CliRunner()
 CLASSES = ("circle", "square", "triangle")

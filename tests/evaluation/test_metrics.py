@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from finetune.data.tta import softmax
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
-from finetune.data.tta import softmax
 
 NAMES = ["a", "b", "c"]
 

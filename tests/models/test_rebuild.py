@@ -13,15 +13,15 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from finetune.bundling.bundle import export_trained
 from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.images import load_image
 from finetune.data.scan import scan_image_folder
 from finetune.data.tta import batch_inputs
-from finetune.bundling.bundle import export_trained
-from finetune.training.checkpoint import load_trained
 from finetune.inference import Predictor
 from finetune.models.zoo import torchvision_data_config
+from finetune.training.checkpoint import load_trained
 from finetune.training.module import FinetuneModule
 from finetune.training.teacher import load_teacher
 

@@ -5,8 +5,16 @@ import math
 
 import pytest
 
-from finetune.run.auto_defaults import (BATCH_RANGE, EPOCH_RANGE, MIN_STEPS_PER_EPOCH, TARGET_STEPS,
-                                             VALIDATIONS, auto_batch_size, auto_epochs, auto_val_every)
+from finetune.run.auto_defaults import (
+    BATCH_RANGE,
+    EPOCH_RANGE,
+    MIN_STEPS_PER_EPOCH,
+    TARGET_STEPS,
+    VALIDATIONS,
+    auto_batch_size,
+    auto_epochs,
+    auto_val_every,
+)
 
 
 @pytest.mark.parametrize("images, batch", [(20, 8), (50, 8), (160, 16), (200, 16), (320, 32), (100_000, 32)])
@@ -62,8 +70,8 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
 
 def test_a_cadence_that_skips_the_last_epoch_is_refused_and_auto_epochs_round_up_to_it(arrows_data):
     from finetune.config import RunConfig
-    from finetune.data.scan import scan_image_folder
     from finetune.data.data_config import DataConfig
+    from finetune.data.scan import scan_image_folder
     from finetune.run.auto_defaults import resolve_data_defaults
 
     with pytest.raises(ValueError, match=r"--val-every 5 would leave the last of --epochs 3 unvalidated.*\[1, 3\]"):

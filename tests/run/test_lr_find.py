@@ -44,9 +44,9 @@ def test_find_lr_restores_weights_and_batchnorm_stats(make_config, tiny_data, tm
 def test_range_test_records_the_real_losses_and_stops_where_the_loss_blows_up(make_config, tiny_data):
     """A finder that logs the wrong loss, skips or repeats steps, misplaces the LRs or runs on past
     divergence fails here; the suggestion must come from before the blow-up."""
-    from finetune.training.callbacks.lr_range_test import DIVERGE, SMOOTHING
-
     import pytorch_lightning as pl
+
+    from finetune.training.callbacks.lr_range_test import DIVERGE, SMOOTHING
 
     pl.seed_everything(0)
     module = FinetuneModule.from_config(make_config(optimizer="sgd"), ["a", "b", "c"])

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from finetune.config import RunConfig
 from finetune.run.fit import fit
 from finetune.training.module import FinetuneModule
 from finetune.training.optim import discriminative_mults

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from finetune.cli import app
 from finetune.config import RunConfig
-from finetune.training.callbacks.ema import EmaCallback, WeightEma
 from finetune.run.fit import guard_callbacks
+from finetune.training.callbacks.ema import EmaCallback, WeightEma
 
 runner = CliRunner()
 

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.data_config import DataConfig
+from finetune.data.datamodule import ImageFolderDataModule
 
 DC = DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
 

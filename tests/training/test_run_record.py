@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 import pytorch_lightning as pl
+import torch
 from rich.console import Console
 
 from finetune.models.backbone import create_backbone

@@ -16,9 +16,9 @@ from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
 from finetune.run.fit import fit
+from finetune.training.callbacks.unfreeze import GradualUnfreezing, trainable_groups
 from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule
-from finetune.training.callbacks.unfreeze import GradualUnfreezing, trainable_groups
 
 runner = CliRunner()
 

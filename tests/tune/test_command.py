@@ -6,7 +6,6 @@ import inspect
 import typer
 from typer.testing import CliRunner
 
-import finetune
 from finetune.cli import app, run
 from finetune.search.command import NOT_FROM_RUN
 
