@@ -55,7 +55,8 @@ def main() -> None:
                 return backbone(torch.from_numpy(x)).numpy()
 
         print(f"{args.backbone} at {args.size}px, {args.threads} threads, median of {args.repeats} runs")
-        print(f"{'batch':>5} {'eager ms':>10} {'ort fp32 ms':>12} {'ort int8 ms':>12} {'eager/fp32':>11} {'eager/int8':>11}")
+        print(f"{'batch':>5} {'eager ms':>10} {'ort fp32 ms':>12} {'ort int8 ms':>12} "
+              f"{'eager/fp32':>11} {'eager/int8':>11}")
         for batch in (1, 32):
             x = rng.standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
             repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)

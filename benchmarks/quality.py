@@ -182,7 +182,8 @@ def finetune_run(data: Path, backbone: str, weights: str, size: int | None, seed
             result = fit(config)
         best, val = result.best_checkpoint, result.best_val_acc1
     except DivergenceError:  # the run stopped itself: a user has its best.ckpt, or else the last.ckpt it names
-        best = next((c for c in (out / "checkpoints" / "best.ckpt", out / "checkpoints" / "last.ckpt") if c.is_file()), None)
+        best = next((c for c in (out / "checkpoints" / "best.ckpt", out / "checkpoints" / "last.ckpt")
+                     if c.is_file()), None)
         if best is None:
             return float("nan"), float("nan")
         val = None  # measured below, on the checkpoint the user has
@@ -265,7 +266,8 @@ def render(table: dict[tuple[str, str], dict[str, Cell]], seeds: int, command: s
              f"Each method selects on val; test is never selected on.", "", f"Command: `{command}`", "",
              "| task | regime | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for (task, regime), cells in table.items():
-        lines.append(f"| {task} | {regime} | " + " | ".join(cells[m].summary() if m in cells else "-" for m in methods) + " |")
+        lines.append(f"| {task} | {regime} | "
+                     + " | ".join(cells[m].summary() if m in cells else "-" for m in methods) + " |")
     lines += ["", _verdict(table)]
     return "\n".join(lines) + "\n"
 
@@ -280,7 +282,8 @@ def _verdict(table: dict[tuple[str, str], dict[str, Cell]]) -> str:
             continue
         plain = max(plains)
         rows.append(f"- {task} / {regime}: finetune {mean['finetune']:.3f} vs best plain loop {plain:.3f} "
-                    f"({mean['finetune'] - plain:+.3f})" + (f", fastai {mean['fastai']:.3f}" if "fastai" in mean else ""))
+                    f"({mean['finetune'] - plain:+.3f})"
+                    + (f", fastai {mean['fastai']:.3f}" if "fastai" in mean else ""))
     return "\n".join(rows)
 
 
@@ -307,9 +310,11 @@ def setup_process(threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one regime (32 px, 10 shots, ImageNet weights), core methods")
+    parser.add_argument("--quick", action="store_true",
+                        help="one regime (32 px, 10 shots, ImageNet weights), core methods")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: all cores)")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--regimes", nargs="*", default=None, help=f"default: all of {', '.join(REGIMES)}")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method that fits the regime")

@@ -24,7 +24,8 @@ MIX = {"mixup": 0.2, "label_smoothing": 0.1}
 
 def _data(root: Path) -> tuple[Path, Path]:
     student = make_image_folder(root / "patterns", "patterns", train_per_class=8, val_per_class=30, size=64, seed=2)
-    teacher = make_image_folder(root / "patterns_large", "patterns", train_per_class=40, val_per_class=4, size=64, seed=5)
+    teacher = make_image_folder(root / "patterns_large", "patterns", train_per_class=40, val_per_class=4, size=64,
+                                seed=5)
     return student, teacher
 
 

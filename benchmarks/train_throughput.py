@@ -189,7 +189,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, the rest are counted")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
     setup_process(args.threads)
@@ -202,12 +203,14 @@ def main() -> None:
             for size in sizes:
                 for scenario in args.scenarios:
                     first = SCENARIOS[scenario]
-                    plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first, args.accelerator)
+                    plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first,
+                                       args.accelerator)
                     rate, step, first_step, precision = toolkit(
                         data, backbone, size, args.batch, args.workers, args.epochs, first,
                         "gpu" if args.accelerator == "cuda" else "cpu", Path(tmp) / "run")
                     channels_last = resolve_channels_last(None, precision)
-                    raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision, channels_last)
+                    raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision,
+                                           channels_last)
                     raw_fp32 = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, "32", False,
                                                 optimizer="sgd")
                     rows.append((backbone, size, scenario, plain, rate, raw_fp32 / raw, step / raw - 1, first_step,
@@ -220,11 +223,12 @@ def main() -> None:
     lines = [f"Device: {device}; {args.images} JPEG images, batch {args.batch}, {args.workers} workers, "
              f"{args.epochs} epochs (the first not counted).", "",
              f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`", "",
-             "| backbone | size | scenario | plain fp32 img/s | finetune img/s | ratio | raw-step ceiling | Lightning step overhead | first step (s) | finetune precision |",
+             "| backbone | size | scenario | plain fp32 img/s | finetune img/s | ratio | raw-step ceiling "
+             "| Lightning step overhead | first step (s) | finetune precision |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for b, s, sc, plain, rate, ceiling, over, first, prec in rows:
-        lines.append(f"| {b} | {s} | {sc} | {plain:.1f} | {rate:.1f} | {rate / plain:.2f}x | {ceiling:.2f}x | {over:+.1%} "
-                     f"| {first:.1f} | {prec} |")
+        lines.append(f"| {b} | {s} | {sc} | {plain:.1f} | {rate:.1f} | {rate / plain:.2f}x | {ceiling:.2f}x "
+                     f"| {over:+.1%} | {first:.1f} | {prec} |")
     lines += ["", "raw-step ceiling: a forward/backward/optimizer step on in-memory tensors with finetune's precision, "
               "memory format and fused AdamW, against the same step in fp32 with SGD: the ratio the data pipeline "
               "and the framework can at most keep."]

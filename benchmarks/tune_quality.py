@@ -50,8 +50,10 @@ def tuned(data: Path, seed: int, out: Path, trials: int) -> tuple[float, float, 
     with contextlib.redirect_stdout(io.StringIO()):
         result = tune(config, trials=trials, output=out)
     best = result.best_config
-    settings = " ".join(f"{k}={getattr(best, k):.3g}" if isinstance(getattr(best, k), float) else f"{k}={getattr(best, k)}"
-                        for k in ("lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup"))
+    settings = " ".join(f"{k}={getattr(best, k):.3g}" if isinstance(getattr(best, k), float)
+                        else f"{k}={getattr(best, k)}"
+                        for k in ("lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment",
+                                  "label_smoothing", "mixup"))
     return result.best_value, test_top1(best.output / "checkpoints" / "best.ckpt", data), settings
 
 
@@ -72,21 +74,26 @@ def run_cell(method: str, task: str, seed: int, work: Path, trials: int) -> dict
 def render(cells: dict[tuple[str, str], list[dict]], trials: int, seeds: int, command: str) -> str:
     lines = [f"Test top-1 (val top-1 in brackets), mean over {seeds} seed(s); wall minutes of one run or study. "
              f"Both select on val; test is never selected on.", "", f"Command: `{command}`", "",
-             f"| task | default `finetune run` | `finetune tune --trials {trials}` (best trial) | test gain | best settings |",
+             f"| task | default `finetune run` | `finetune tune --trials {trials}` (best trial) "
+             "| test gain | best settings |",
              "|---|---|---|---|---|"]
     gains = []
     for task in dict.fromkeys(t for t, _ in cells):
         run, tuned_ = cells.get((task, "run"), []), cells.get((task, "tune"), [])
         if not run or not tuned_:
             continue
-        mean = {m: {k: statistics.fmean(c[k] for c in cs) for k in ("val", "test", "seconds")} for m, cs in (("run", run), ("tune", tuned_))}
+        mean = {m: {k: statistics.fmean(c[k] for c in cs) for k in ("val", "test", "seconds")}
+                for m, cs in (("run", run), ("tune", tuned_))}
         gain = mean["tune"]["test"] - mean["run"]["test"]
         gains.append(gain)
-        lines.append(f"| {task} | {mean['run']['test']:.3f} ({mean['run']['val']:.3f}), {mean['run']['seconds'] / 60:.1f} min "
-                     f"| {mean['tune']['test']:.3f} ({mean['tune']['val']:.3f}), {mean['tune']['seconds'] / 60:.1f} min "
+        lines.append(f"| {task} | {mean['run']['test']:.3f} ({mean['run']['val']:.3f}), "
+                     f"{mean['run']['seconds'] / 60:.1f} min "
+                     f"| {mean['tune']['test']:.3f} ({mean['tune']['val']:.3f}), "
+                     f"{mean['tune']['seconds'] / 60:.1f} min "
                      f"| {gain:+.3f} | {tuned_[0]['settings']} |")
     if gains:
-        lines += ["", f"Mean test gain of the study over the default run: {statistics.fmean(gains):+.3f} over {len(gains)} task(s)."]
+        lines += ["", f"Mean test gain of the study over the default run: {statistics.fmean(gains):+.3f} "
+                      f"over {len(gains)} task(s)."]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: all cores)")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--methods", nargs="*", default=["run", "tune"])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tune"))
@@ -115,8 +123,8 @@ def main() -> None:
                         f.write(json.dumps(done[key]) + "\n")
                 r = done[key]
                 cells.setdefault((task, method), []).append(r)
-                print(f"{task:12s} {method:5s} seed {seed}: val {r['val']:.3f} test {r['test']:.3f} ({r['seconds']:.0f} s) {r['settings']}",
-                      flush=True)
+                print(f"{task:12s} {method:5s} seed {seed}: val {r['val']:.3f} test {r['test']:.3f} "
+                      f"({r['seconds']:.0f} s) {r['settings']}", flush=True)
     text = render(cells, args.trials, args.seeds, "OMP_NUM_THREADS=1 benchmarks/tune_quality.py --threads 1"
                   + (f" --seeds {args.seeds}" if args.seeds != 1 else ""))
     print(text)

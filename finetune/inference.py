@@ -192,7 +192,8 @@ class Ensemble:
             raise FinetuneError("an ensemble needs at least one model")
         for m in members[1:]:
             if m.class_names != members[0].class_names:
-                raise FinetuneError(f"ensemble members disagree on classes: {members[0].class_names} vs {m.class_names}")
+                raise FinetuneError(f"ensemble members disagree on classes: "
+                                    f"{members[0].class_names} vs {m.class_names}")
         self.members = list(members)
         self.class_names = members[0].class_names
 
@@ -215,8 +216,9 @@ def _bundle_runner(bundle: Path, config: BundleConfig, backend: str, int8: bool,
         return eager_runner(bundle, config)
     name = "model.ts" if backend == "torchscript" else ("model.int8.onnx" if int8 else "model.onnx")
     if not (bundle / name).is_file():
-        raise FinetuneError(f"{bundle} has no {name}; export it with `finetune export` "
-                            f"({'--format torchscript' if backend == 'torchscript' else '--quantize int8' if int8 else 'the default format'})")
+        how = ("--format torchscript" if backend == "torchscript"
+               else "--quantize int8" if int8 else "the default format")
+        raise FinetuneError(f"{bundle} has no {name}; export it with `finetune export` ({how})")
     return torchscript_runner(bundle / name) if backend == "torchscript" else onnx_runner(bundle / name, threads)
 
 
@@ -260,7 +262,8 @@ def predict_files(model: Predictor | Ensemble, paths: Iterable[str | Path], top_
         probs = model.probabilities([img for _, img in ok], tta)
         rows = {i: p for (i, _), p in zip(ok, probs)}
         for i, path in enumerate(part):
-            results.append(Prediction(str(path), error=errors[i]) if i in errors else _top_k(str(path), rows[i], model.class_names, k))
+            results.append(Prediction(str(path), error=errors[i]) if i in errors
+                           else _top_k(str(path), rows[i], model.class_names, k))
     return results
 
 

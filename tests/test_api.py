@@ -9,7 +9,8 @@ import finetune
 def test_public_names_resolve():
     for name in finetune.__all__:
         assert getattr(finetune, name) is not None, name
-    assert {"RunConfig", "fit", "FinetuneModule", "ImageFolderDataModule", "export", "Predictor", "backbones"} <= set(finetune.__all__)
+    assert ({"RunConfig", "fit", "FinetuneModule", "ImageFolderDataModule", "export", "Predictor", "backbones"}
+            <= set(finetune.__all__))
 
 
 def test_export_stays_the_function_after_its_package_is_imported():

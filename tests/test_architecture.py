@@ -43,9 +43,11 @@ def imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of every finetune import in the file, those inside functions included."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "finetune":
+        if (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                and node.module.split(".")[0] == "finetune"):
             modules = [node.module] if node.module != "finetune" else [
-                f"finetune.{a.name}" if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file() else "finetune"
+                f"finetune.{a.name}" if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file()
+                else "finetune"
                 for a in node.names]
             found += [(node.lineno, m) for m in modules]
         elif isinstance(node, ast.Import):

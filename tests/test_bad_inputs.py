@@ -213,7 +213,8 @@ def test_predict_skips_and_names_every_bad_file(corpus, trained):
 def test_predict_on_broken_links_given_by_name(corpus, trained):
     _, run_dir = trained
     links = [corpus / "train" / "cat" / name for name in ("loop.jpg", "dangling.jpg")]
-    result = runner.invoke(app, ["predict", *map(str, links), str(corpus / "no such.png"), "--model", str(run_dir / "model")])
+    result = runner.invoke(app, ["predict", *map(str, links), str(corpus / "no such.png"),
+                                 "--model", str(run_dir / "model")])
     flat = _assert_clean_exit(result, 1)  # 1: nothing could be classified
     for link in links:
         assert _squash(f"Skipped {link}: {BAD[link.name]}") in flat

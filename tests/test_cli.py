@@ -98,7 +98,8 @@ def test_channels_last_flag_sets_the_memory_format(tiny_data, tmp_path, run_args
     layouts = {}
     for flag in ("--channels-last", "--no-channels-last"):
         out = tmp_path / flag
-        assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--precision", "32", flag)).exit_code == 0
+        assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--precision", "32",
+                                           flag)).exit_code == 0
         state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         layouts[flag] = state["backbone.model.layer1.0.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
     assert layouts == {"--channels-last": True, "--no-channels-last": False}
@@ -116,9 +117,11 @@ def test_augment_flag_reaches_the_train_pipeline(tiny_data, tmp_path, run_args, 
         return dm
 
     monkeypatch.setattr(plan_module, "ImageFolderDataModule", spy)
-    assert runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none", "--augment", "light")).exit_code == 0
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none",
+                                       "--augment", "light")).exit_code == 0
     assert "RandomResizedCrop" not in seen["steps"] and "CenterCrop" in seen["steps"]
-    assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none", "--augment", "standard")).exit_code == 0
+    assert runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none",
+                                       "--augment", "standard")).exit_code == 0
     assert "RandomResizedCrop" in seen["steps"]
     # the default, auto, at 32 px: translation only (no scale-changing crop)
     assert runner.invoke(app, run_args(tiny_data, tmp_path / "c", "--weights", "none")).exit_code == 0
@@ -146,7 +149,8 @@ def test_every_run_option_states_its_real_default_in_help():
             assert "Default:" in option.help, f"--{name.replace('_', '-')} does not say what its default is"
         else:
             parsed = RunConfig.model_validate({"backbone": "x", "data": ".", name: option.default})
-            assert getattr(parsed, name) == default, f"--{name.replace('_', '-')} shows {option.default!r}, RunConfig has {default!r}"
+            assert getattr(parsed, name) == default, (f"--{name.replace('_', '-')} shows {option.default!r}, "
+                                                      f"RunConfig has {default!r}")
             assert option.show_default is not False, f"--{name.replace('_', '-')} hides its default"
 
 
@@ -167,7 +171,8 @@ def test_existing_run_dir_is_refused_and_overwrite_starts_fresh(tiny_data, tmp_p
     assert (out / "metrics.csv").read_bytes() == before  # nothing of the first run was touched
     (out / "lr_find.png").write_bytes(b"stale plot of the first run")
     (out / "notes.txt").write_text("the user's own file")
-    fresh = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1", "--overwrite"))
+    fresh = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1",
+                                        "--overwrite"))
     assert fresh.exit_code == 0, fresh.output
     assert not (out / "lr_find.png").exists()  # the first run's files are gone...
     assert (out / "notes.txt").read_text() == "the user's own file"  # ...files a run never writes are kept
@@ -189,7 +194,8 @@ def test_limit_train_batches_1_is_one_batch_per_epoch(tiny_data, tmp_path, run_a
 
 
 def test_limit_train_batches_rejects_a_fractional_count(tiny_data, tmp_path, run_args):
-    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--limit-train-batches", "2.5"))
+    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none",
+                                         "--limit-train-batches", "2.5"))
     assert result.exit_code == 2 and "--limit-train-batches" in result.output and "2.5" in result.output
 
 

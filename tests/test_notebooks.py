@@ -8,7 +8,8 @@ import nbformat
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-EXPECTED = ["01-quickstart.ipynb", "02-freeze-policies.ipynb", "03-distillation-and-tta.ipynb", "04-inference.ipynb", "05-search.ipynb"]
+EXPECTED = ["01-quickstart.ipynb", "02-freeze-policies.ipynb", "03-distillation-and-tta.ipynb", "04-inference.ipynb",
+            "05-search.ipynb"]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300  # generous per cell; each whole notebook takes well under a minute on 2 cores
 

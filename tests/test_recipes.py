@@ -85,7 +85,8 @@ def test_the_shipped_recipes_are_all_there_with_descriptions():
 def teacher_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "run"
     args = ["run", "--backbone", "test_resnet", "--data", str(tiny_data), "--output", str(out), "--weights", "none",
-            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--no-export"]
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress",
+            "--no-export"]
     assert runner.invoke(app, args).exit_code == 0
     return out
 

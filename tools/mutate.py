@@ -126,7 +126,8 @@ def check_baseline(mutants: list[Mutant], repo: Path, timeout: float) -> None:
     status, detail, why = run_tests(Mutant("baseline", "", "", "", tests, ""), repo, timeout * 4)
     print(status if status != "survived" else "pass", flush=True)
     if status != "survived":
-        raise SystemExit(f"the unmutated tests do not pass ({status}: {detail})\n{why}\nfix them before scoring mutants")
+        raise SystemExit(f"the unmutated tests do not pass ({status}: {detail})\n{why}\n"
+                         "fix them before scoring mutants")
 
 
 def print_table(outcomes: list[Outcome], verbose: bool = False) -> None:
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
     parser.add_argument("--check", action="store_true", help="only check that every snippet applies, run no test")
     parser.add_argument("--tests", nargs="+", metavar="TEST",
-                        help="run these test paths/node ids instead of each mutant's own (e.g. to see what else catches it)")
+                        help="run these test paths/node ids instead of each mutant's own "
+                             "(e.g. to see what else catches it)")
     parser.add_argument("--baseline", action="store_true",
                         help="first run every mapped test on the unmutated source and stop if one fails")
     parser.add_argument("--verbose", action="store_true", help="show the assertion that caught each mutant")

@@ -207,7 +207,8 @@ def _export_graphs(model: Backbone, x: np.ndarray, out: Path, wanted: Sequence[s
     if "torchscript" in wanted:
         formats.export_torchscript(model, example, out / "model.ts")
         batchnorm["torchscript_nodes"] = formats.count_torchscript_batchnorms(out / "model.ts")
-        result["max_abs_diff"]["torchscript"] = parity.check_parity("TorchScript", reference, torchscript_runner(out / "model.ts")(x))
+        result["max_abs_diff"]["torchscript"] = parity.check_parity("TorchScript", reference,
+                                                                    torchscript_runner(out / "model.ts")(x))
     config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))  # for the README
     config["batchnorm"] = batchnorm
     return result
@@ -230,22 +231,26 @@ def bundle_readme(config: dict) -> str:
     names = ", ".join(config["class_names"][:20]) + (" ..." if config["num_classes"] > 20 else "")
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in config["parity"]["max_abs_diff"].items())
     int8 = config.get("int8")
-    int8_line = f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} on {int8['agreement_images']} val images\n" if int8 else ""
+    int8_line = (f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} "
+                 f"on {int8['agreement_images']} val images\n" if int8 else "")
     return f"""# {config['backbone']} image classifier ({config['num_classes']} classes)
 
 Classes, in output order: {names}
 
 ## Files
-- `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` (batch, {config['num_classes']})
+- `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` \
+(batch, {config['num_classes']})
 - `model.safetensors`: weights; `config.json`: everything below, machine-readable
 {"- `model.ts`: frozen TorchScript" + chr(10) if "model.ts" in config.get("files", []) else ""}{int8_line}
 Max |logit difference| vs the training framework on {config['parity']['images']} validation images: {diffs}.
 
 ## Preprocessing (RGB)
-1. Resize the shorter side to round({dc['input_size']} / {dc['crop_pct']}) = {round(dc['input_size'] / dc['crop_pct'])} px ({dc['interpolation']}, PIL).
+1. Resize the shorter side to round({dc['input_size']} / {dc['crop_pct']}) = \
+{round(dc['input_size'] / dc['crop_pct'])} px ({dc['interpolation']}, PIL).
 2. Center-crop {dc['input_size']} x {dc['input_size']}.
 3. x / 255, subtract mean {dc['mean']}, divide by std {dc['std']}; layout NCHW float32.
-4. Probabilities = softmax(logits / {config['temperature']:g}) (temperature {config['temperature']:g}). Default test-time augmentation: {config['tta']}.
+4. Probabilities = softmax(logits / {config['temperature']:g}) (temperature {config['temperature']:g}). \
+Default test-time augmentation: {config['tta']}.
 
 ## Run it
 ```python
@@ -278,7 +283,8 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
     return export_bundle(
         trained.backbone, trained.class_names, trained.data_config, output,
         parity_images=_decode_items(stratified_sample(val, PARITY_IMAGES, seed)), options=options,
-        calibration_images=_decode_items(stratified_sample(index.train, CALIBRATION_IMAGES, seed)) if quantizing else (),
+        calibration_images=(_decode_items(stratified_sample(index.train, CALIBRATION_IMAGES, seed))
+                            if quantizing else ()),
         agreement_images=_decode_items(val) if quantizing else (),
         source_checkpoint=str(trained.checkpoint),
     )
@@ -287,7 +293,8 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
 def default_bundle_dir(trained: TrainedModel) -> Path:
     """RUN_DIR/model for a run's checkpoint, else a `<checkpoint stem>-bundle` folder beside it."""
     run_dir = trained.run_dir
-    return run_dir / "model" if run_dir is not None else trained.checkpoint.with_name(trained.checkpoint.stem + "-bundle")
+    return (run_dir / "model" if run_dir is not None
+            else trained.checkpoint.with_name(trained.checkpoint.stem + "-bundle"))
 
 
 def export(path: str | Path, output: str | Path | None = None, formats_: Sequence[str] = ("onnx",),

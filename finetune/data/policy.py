@@ -31,7 +31,8 @@ class AugmentPolicy:
 
     def describe(self) -> str:
         crop = "translate by up to 1/8" if self.crop_scale is None else f"crop {self.crop_scale[0]:g}-1 of the area"
-        parts = [crop, "flip" if self.flip else "no flip", "colour jitter" if self.colour else "brightness/contrast only"]
+        parts = [crop, "flip" if self.flip else "no flip",
+                 "colour jitter" if self.colour else "brightness/contrast only"]
         return ", ".join(parts) + " (" + "; ".join(self.reasons) + ")"
 
     def to_dict(self) -> dict[str, Any]:

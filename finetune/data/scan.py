@@ -292,7 +292,8 @@ def _check_train_classes(train: list[Item], classes: list[str], class_root: Path
         )
 
 
-def stratified_split(items: list[Item], classes: list[str], val_split: float, seed: int) -> tuple[list[Item], list[Item]]:
+def stratified_split(items: list[Item], classes: list[str], val_split: float,
+                     seed: int) -> tuple[list[Item], list[Item]]:
     """Splits (path, label) pairs into train and val class by class.
 
     Each class with n >= 2 images puts round(n * val_split) of them, but at least one and at most
@@ -347,7 +348,8 @@ def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list) -> tupl
     return classes, splits
 
 
-def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool, bad: list) -> tuple[str, list[str], dict[str, list[Item]]]:
+def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool,
+                 bad: list) -> tuple[str, list[str], dict[str, list[Item]]]:
     """Returns (layout, classes, {split: readable items}) for the split or the flat layout."""
     if dirs is not None:
         return ("split", *_scan_split_layout(dirs, progress, bad))

@@ -45,7 +45,8 @@ def _draw_shape(img: Image.Image, cls: str, rng: np.random.Generator) -> None:
         draw.polygon(pts, fill=fill)
     elif cls == "triangle":
         a = rng.uniform(0, 2 * math.pi)
-        pts = [(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+               for k in range(3)]
         draw.polygon(pts, fill=fill)
     elif cls == "cross":
         w = r / 3
@@ -105,7 +106,8 @@ def _draw_pattern(img: Image.Image, cls: str, rng: np.random.Generator) -> None:
             draw.line((k, size, k + size, 0), fill=fill, width=width)
     elif cls == "zigzag":
         for y in range(0, size + period, period):
-            pts = [(x, y + (period // 2 if i % 2 else 0)) for i, x in enumerate(range(-period, size + period, period // 2 + 1))]
+            pts = [(x, y + (period // 2 if i % 2 else 0))
+                   for i, x in enumerate(range(-period, size + period, period // 2 + 1))]
             draw.line(pts, fill=fill, width=width)
     elif cls == "blobs":
         for _ in range(int(rng.integers(6, 14))):

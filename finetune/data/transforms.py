@@ -156,7 +156,8 @@ def _policy_train(dc: DataConfig, policy: AugmentPolicy) -> list[A.BasicTransfor
     if policy.crop_scale is None:
         # Translation only: the eval geometry, reflect-padded by 1/8 of the side, cropped back at random.
         pad = max(1, s // 8)
-        geometry = [*_standard_eval(dc)[:2], A.PadIfNeeded(s + 2 * pad, s + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+        geometry = [*_standard_eval(dc)[:2],
+                    A.PadIfNeeded(s + 2 * pad, s + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
                     A.RandomCrop(s, s)]
     else:
         geometry = [RandomResizedCrop(size=(s, s), scale=policy.crop_scale, ratio=(3 / 4, 4 / 3),
@@ -203,7 +204,8 @@ def build_transform(dc: DataConfig, train: bool, preset: str | AugmentPolicy = "
     return AlbumentationsTransform(A.Compose(steps, seed=seed))
 
 
-def build_train_transform(dc: DataConfig, seed: int | None = None, preset: str | AugmentPolicy = "standard") -> AlbumentationsTransform:
+def build_train_transform(dc: DataConfig, seed: int | None = None,
+                          preset: str | AugmentPolicy = "standard") -> AlbumentationsTransform:
     """The train pipeline of `preset`; standard: RandomResizedCrop(0.08-1, 3/4-4/3) + flip + colour
     jitter + PCA lighting + normalize."""
     return build_transform(dc, train=True, preset=preset, seed=seed)

@@ -213,7 +213,8 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
 def _check_empty(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FinetuneError(f"--output {output} already exists and is not an empty folder; evaluation "
-                            f"results are never overwritten: pass a new folder, or leave --output out for a new eval-SPLIT-N")
+                            f"results are never overwritten: pass a new folder, "
+                            f"or leave --output out for a new eval-SPLIT-N")
 
 
 def _results_home(source: ModelSource) -> Path:

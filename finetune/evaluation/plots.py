@@ -42,7 +42,8 @@ def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     return save_figure(fig, Path(path))
 
 
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
+                   title: str = "Confusion matrix") -> Path:
     """Row-normalised confusion matrix (colour = share of the true class), counts in the cells."""
     n = len(class_names)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)

@@ -73,7 +73,8 @@ def _local_weights(name: str, weights_dir: Path | None) -> str | None:
     return f"torch hub cache ({hit})" if hit else None
 
 
-def list_backbones(filter: str | None = None, weights_dir: Path | None = None, progress: bool = False) -> list[BackboneInfo]:
+def list_backbones(filter: str | None = None, weights_dir: Path | None = None,
+                   progress: bool = False) -> list[BackboneInfo]:
     """Backbones matching `filter`, with parameter counts and local pretrained weights.
 
     Example:

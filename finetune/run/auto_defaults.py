@@ -18,8 +18,10 @@ MIN_STEPS_PER_EPOCH = 10  # below this a "epoch" of a tiny set is one or two noi
 BATCH_RANGE = (8, 32)  # 8: BatchNorm statistics stay usable; 32: the usual fine-tuning batch
 TARGET_STEPS = 400  # optimizer steps a tiny set gets: the textbook loop's 25 epochs x ~16 steps
 EPOCH_RANGE = (10, 60)
-VALIDATIONS = 20  # best.ckpt is chosen among about this many points; validating a tiny set every epoch cost more than training
-BATCH_RULE = f"the largest power of two in {BATCH_RANGE[0]}-{BATCH_RANGE[1]} giving {MIN_STEPS_PER_EPOCH}+ steps an epoch"
+# best.ckpt is chosen among about this many points; validating a tiny set every epoch cost more than training
+VALIDATIONS = 20
+BATCH_RULE = (f"the largest power of two in {BATCH_RANGE[0]}-{BATCH_RANGE[1]} "
+              f"giving {MIN_STEPS_PER_EPOCH}+ steps an epoch")
 EPOCHS_RULE = f"about {TARGET_STEPS} optimizer steps, {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]} epochs"
 
 
@@ -97,7 +99,8 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
     epochs = updates.get("epochs", config.epochs)
     if config.val_every is None:
         updates["val_every"] = auto_val_every(epochs)
-        sources["val_every"] = f"auto: {epochs} epochs -> every {updates['val_every']} (about {VALIDATIONS} validations, the last included)"
+        sources["val_every"] = (f"auto: {epochs} epochs -> every {updates['val_every']} "
+                                f"(about {VALIDATIONS} validations, the last included)")
     profile, augment = None, config.augment
     if config.augment == "auto":
         profile = profile_training_set(index)

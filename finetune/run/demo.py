@@ -46,7 +46,8 @@ def run_demo(output: Path, backbone: str = DEMO_BACKBONE, task: str = "textures"
 
 
 def _print_table(console: Console, task: str, rows: list[tuple[str, str, float, float, float]]) -> None:
-    table = Table(title=f"{task}: best val top-1 (selected on) and test top-1 (never selected on)", title_justify="left")
+    table = Table(title=f"{task}: best val top-1 (selected on) and test top-1 (never selected on)",
+                  title_justify="left")
     for col in ("start", "--weights", "val top-1", "test top-1", "time"):
         table.add_column(col)
     for name, weights, val, test, seconds in rows:

@@ -27,7 +27,8 @@ def device_trainer(accelerator: str, devices: int | str, strategy: str = "auto",
         if not isinstance(e, MisconfigurationException) and not any(w in str(e) for w in _DEVICE_WORDS):
             raise
         raise FinetuneError(f"--accelerator {accelerator} --devices {devices} --strategy {strategy}: "
-                            f"{' '.join(str(e).split())} Accelerators available here: {', '.join(available_accelerators())}; "
+                            f"{' '.join(str(e).split())} "
+                            f"Accelerators available here: {', '.join(available_accelerators())}; "
                             f"--devices takes {DEVICES_HELP} (cpu: a count of processes)") from None
 
 

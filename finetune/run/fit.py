@@ -92,7 +92,8 @@ def _shared_run_dir(run_dir: Path) -> Iterator[None]:
 
 def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int,
                   callbacks: Sequence[pl.Callback] = (), previous_rows: list[dict[str, str]] | None = None,
-                  on_epoch: Callable[[dict, pl.Trainer], None] | None = None, mlflow_run_id: str | None = None) -> pl.Trainer:
+                  on_epoch: Callable[[dict, pl.Trainer], None] | None = None,
+                  mlflow_run_id: str | None = None) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints/{best,last}.ckpt into the run dir.
 
     `callbacks` join the toolkit's own; `previous_rows` (a resumed run's metrics.csv) are kept;
@@ -178,10 +179,11 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         # Not for --resume, nor for the processes DDP starts: they inherit the run dir in RUN_DIR_ENV.
         removed = claim_run_dir(run_dir, config.overwrite)
         if removed:
-            console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}", soft_wrap=True)
+            console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}",
+                          soft_wrap=True)
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
-                                       **backbone_options(config))
+    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights,
+                                       weights_dir=config.weights_dir, **backbone_options(config))
     plan = resolve_run(config, index, backbone, sources)
     if plan.config.freeze_until is not None and "freeze_until" in plan.sources and config.freeze_until == "auto":
         console.print(f"freeze-until {plan.sources['freeze_until']}")  # a choice the data made
@@ -191,7 +193,8 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = _recorded(run_dir, "mlflow_run_id") if ckpt_path else None
-    trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print), mlflow_run)
+    trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
+                            mlflow_run)
     if plan.lr_pending:
         plan = _auto_lr(plan, trainer, run_dir, console)
     module = plan.build_module()
@@ -257,7 +260,8 @@ def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
     return {"mlflow_run_id": lg.run_id for lg in trainer.loggers if isinstance(lg, MLFlowLogger)}
 
 
-def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False, trackers: dict[str, str] | None = None) -> None:
+def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
+                     trackers: dict[str, str] | None = None) -> None:
     """config.yaml: the settings, then the plan's resolved values and where each setting came from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = plan.record()
@@ -292,7 +296,8 @@ def _shown(path: Path | str) -> str:
 def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, world_size: int = 1) -> None:
     config, index = plan.config, plan.index
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
-    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, {counts} images", soft_wrap=True)
+    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, "
+                  f"{counts} images", soft_wrap=True)
     if index.bad_files:
         first = "; ".join(f"{_shown(p)} ({reason})" for p, reason in index.bad_files[:3])
         more = f"; and {len(index.bad_files) - 3} more" if len(index.bad_files) > 3 else ""
@@ -311,7 +316,8 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
                       f"{report.source} and keep their random init[/yellow]")
     console.print(f"Precision: {plan.precision} ({plan.precision_why})")
     if module.teacher is not None:
-        console.print(f"Teacher: {module.teacher.source} (kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
+        console.print(f"Teacher: {module.teacher.source} "
+                      f"(kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
     print_plan(module, console, world_size)
 
 
@@ -333,5 +339,6 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
         chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config.monitor, config.ema)}"
         console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
-        console.print(f"Run directory: {run_dir}  (config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
+        console.print(f"Run directory: {run_dir}  "
+                      "(config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
     return result

@@ -47,7 +47,8 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     finite = np.isfinite(losses_a)
     lrs_a, losses_a = lrs_a[finite], losses_a[finite]
     if len(lrs_a) < 3:
-        raise ValueError(f"the range test has {len(lrs_a)} finite losses; raise --lr-find-steps or lower --lr-find-end-lr")
+        raise ValueError(f"the range test has {len(lrs_a)} finite losses; "
+                         "raise --lr-find-steps or lower --lr-find-end-lr")
     skip = min(len(lrs_a) - 3, max(0, len(lrs_a) // 10))
     end = max(skip + 3, int(np.argmin(losses_a)) + 1)  # np.gradient needs a few points
     slopes = np.gradient(losses_a[skip:end], np.log(lrs_a[skip:end]))

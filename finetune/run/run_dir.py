@@ -32,7 +32,8 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> list[str]:
     if not overwrite:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise FinetuneError(f"--output {run_dir} is not empty ({shown}); continue that run with "
-                            f"`finetune run --resume {run_dir}`, replace it with --overwrite, or choose another --output")
+                            f"`finetune run --resume {run_dir}`, replace it with --overwrite, "
+                            f"or choose another --output")
     return _remove_run_files(run_dir)
 
 

@@ -120,7 +120,8 @@ def best_recipe(config: RunConfig) -> dict[str, Any]:
     """The settings of `config` that differ from RunConfig's defaults, as recipe values."""
     values = config.model_dump(mode="json")
     fields = RunConfig.model_fields
-    return {k: v for k, v in values.items() if k not in NOT_IN_RECIPE and (fields[k].is_required() or v != fields[k].default)}
+    return {k: v for k, v in values.items()
+            if k not in NOT_IN_RECIPE and (fields[k].is_required() or v != fields[k].default)}
 
 
 def write_best_yaml(config: RunConfig, header: str, path: Path) -> Path:
@@ -177,14 +178,16 @@ def edge_warnings(best: FrozenTrial, space: Mapping[str, Param], original: Mappi
             if side and _at_field_limit(name, side, param):
                 break  # 0 label smoothing cannot go lower: the range is not what holds the best back
             if side:
-                fix = "widen it in --space" if where == "its range" else "rerun with a wider --space or more stage-1 trials"
+                fix = ("widen it in --space" if where == "its range"
+                       else "rerun with a wider --space or more stage-1 trials")
                 found.append(f"{name} {_cell(value)} sits at the {side} edge of {where} "
                                 f"[{_cell(param.low)}, {_cell(param.high)}]: {fix}")
                 break
     return found
 
 
-def print_summary(console: Console, rows: Sequence[Mapping[str, Any]], names: Sequence[str], edges: Sequence[str]) -> None:
+def print_summary(console: Console, rows: Sequence[Mapping[str, Any]], names: Sequence[str],
+                  edges: Sequence[str]) -> None:
     console.print(summary_table(rows, names))
     for warning in edges:
         console.print(f"[yellow]Warning:[/yellow] {warning}")

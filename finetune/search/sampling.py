@@ -30,7 +30,8 @@ class TrialSeededRandomSampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return {}
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
@@ -45,7 +46,8 @@ def draw(rng: np.random.Generator, dist: BaseDistribution) -> Any:
         return dist.choices[int(rng.integers(len(dist.choices)))]
     if isinstance(dist, IntDistribution):
         if dist.log:  # uniform in log over [low - 0.5, high + 0.5], rounded: every integer reachable
-            value = math.exp(rng.uniform(math.log(dist.low - 0.5 if dist.low > 1 else dist.low), math.log(dist.high + 0.5)))
+            value = math.exp(rng.uniform(math.log(dist.low - 0.5 if dist.low > 1 else dist.low),
+                                         math.log(dist.high + 0.5)))
             return int(min(dist.high, max(dist.low, round(value))))
         steps = (dist.high - dist.low) // dist.step
         return int(dist.low + dist.step * int(rng.integers(steps + 1)))

@@ -190,7 +190,8 @@ def load_space(path: str | Path) -> Space:
         raise FinetuneError(f"--space {path}: no such file")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict) or not raw:
-        raise FinetuneError(f"--space {path}: expected a mapping of settings to ranges, e.g. lr: {{log-uniform: [1e-4, 1e-2]}}")
+        raise FinetuneError(f"--space {path}: expected a mapping of settings to ranges, "
+                            "e.g. lr: {log-uniform: [1e-4, 1e-2]}")
     return {str(key): parse_param(str(key), value, where=f"--space {path}") for key, value in raw.items()}
 
 
@@ -198,7 +199,8 @@ def parse_param(key: str, value: Any, where: str = "space") -> Param:
     """One `key: {kind: ...}` entry of a space file, checked against RunConfig."""
     _check_key(key, where)
     if not isinstance(value, dict) or len(value) != 1:
-        raise FinetuneError(f"{where}: {key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}}, got {value!r}")
+        raise FinetuneError(f"{where}: {key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}}, "
+                            f"got {value!r}")
     kind, spec = next(iter(value.items()))
     if kind not in KINDS:
         near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.4)
@@ -230,7 +232,8 @@ def _param_of_kind(key: str, kind: str, spec: Any, where: str) -> Param:
     if not numbers or spec[0] >= spec[1]:
         raise FinetuneError(f"{where}: {key}: {kind} needs [low, high] with low < high, got {spec!r}")
     if kind == "log-uniform" and spec[0] <= 0:
-        raise FinetuneError(f"{where}: {key}: log-uniform needs low > 0 (got {spec[0]}); use uniform for a range from 0")
+        raise FinetuneError(f"{where}: {key}: log-uniform needs low > 0 (got {spec[0]}); "
+                            "use uniform for a range from 0")
     if kind == "int" and not all(float(v).is_integer() for v in spec):
         raise FinetuneError(f"{where}: {key}: int needs whole-number bounds, got {spec!r}")
     low, high = (int(v) for v in spec) if kind == "int" else (float(v) for v in spec)

@@ -1,4 +1,5 @@
-"""`finetune.tune` (the API) and `finetune tune` (the command): a hyperparameter study, coarse to fine, on Optuna, by one or many workers."""
+"""`finetune.tune` (the API) and `finetune tune` (the command): a hyperparameter study, coarse to fine,
+on Optuna, by one or many workers."""
 from __future__ import annotations
 
 import json
@@ -218,9 +219,11 @@ class Progress:
                    key=lambda r: r["val_acc1"], default=None)
         this = next(r for r in rows if r["stage"] == stage and r["trial"] == number)
         value = f" val top-1 {this['val_acc1']:.4f}" if this["val_acc1"] is not None else ""
-        best_text = f"best of stage {stage} {best['val_acc1']:.4f} (trial {best['trial']})" if best else "no trial completed yet"
-        self.console.print(f"stage {stage} trial {number}: {outcome}{value} ({this['wall_s']:.0f} s) | {len(ended)}/{self.total} "
-                           f"done: {by['pruned']} pruned, {by['diverged']} diverged, {by['failed']} failed | {best_text}")
+        best_text = (f"best of stage {stage} {best['val_acc1']:.4f} (trial {best['trial']})" if best
+                     else "no trial completed yet")
+        self.console.print(f"stage {stage} trial {number}: {outcome}{value} ({this['wall_s']:.0f} s) | "
+                           f"{len(ended)}/{self.total} done: {by['pruned']} pruned, {by['diverged']} diverged, "
+                           f"{by['failed']} failed | {best_text}")
 
 
 def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig, full: int, study_dir: Path,
@@ -293,7 +296,8 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
     _same_study(studies[1], "settings", settings, "run settings", study_dir)
     _same_study(studies[1], "space", space_to_dict(space), "search space", study_dir)
     _enqueue_base(studies[1], space, base, console)
-    console.print(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); rerun the same command to continue it")
+    console.print(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); "
+                  "rerun the same command to continue it")
     print_space(console, space, "Search space (stage 1)" if len(plan) > 1 else "Search space")
     _print_estimate(console, base, index, batch, plan, full, timeout)
     deadline = time.monotonic() + timeout if timeout else None
@@ -315,7 +319,8 @@ def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batc
     line = (f"Estimate: one batch of {batch} takes {est.batch_s:.3f} s, an epoch {est.epoch_s:.1f} s -> about "
             f"{est.total_s / 60:.1f} min on one worker ({stages}); pruning shortens it, more workers divide it")
     if timeout and timeout < est.total_s:
-        line += f". --timeout {timeout:g} s stops starting trials before that: expect about {timeout / est.total_s:.0%} of them"
+        line += (f". --timeout {timeout:g} s stops starting trials before that: "
+                 f"expect about {timeout / est.total_s:.0%} of them")
     console.print(line)
 
 
@@ -344,8 +349,9 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
     result.best_yaml = outputs.write_best_yaml(result.best_config, header, study_dir / "best.yaml")
     result.warnings = outputs.edge_warnings(trial, stage_spaces.get(stage, space), space)
     outputs.print_summary(console, rows, list(space), result.warnings)
-    console.print(f"Best: stage {stage} trial {trial.number}, val top-1 {trial.value:.4f}. Written: {result.best_yaml}, "
-                  f"{result.trials_csv}, " + ", ".join(str(p) for p in result.plots.values()))
+    console.print(f"Best: stage {stage} trial {trial.number}, val top-1 {trial.value:.4f}. "
+                  f"Written: {result.best_yaml}, {result.trials_csv}, "
+                  + ", ".join(str(p) for p in result.plots.values()))
     if final_run:
         result.final_run, result.final_top1 = _final_run(console, result.best_config, trial, full, study_dir, index)
     return result

@@ -126,5 +126,6 @@ def _record(study: optuna.Study, trial: Trial, outcome: str, value: float | None
     trial.set_user_attr("wall_s", round(time.perf_counter() - start, 2))
     if pruning.best is not None:
         trial.set_user_attr("best_reported", pruning.best)
-    state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "diverged": TrialState.PRUNED}.get(outcome, TrialState.FAIL)
+    state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+             "diverged": TrialState.PRUNED}.get(outcome, TrialState.FAIL)
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)

@@ -17,7 +17,8 @@ from finetune.config import RunConfig
 from finetune.models.backbone import Backbone
 
 # (fewer than this many train images per class, backbone groups that train, plain-words label)
-THRESHOLDS = ((10, 0, "only the head"), (100, 1, "the last group and the head"), (1000, None, "the last half of the groups"))
+THRESHOLDS = ((10, 0, "only the head"), (100, 1, "the last group and the head"),
+              (1000, None, "the last half of the groups"))
 RULE = "< 10 images/class: head only; < 100: last group + head; < 1000: last half of the groups; else everything"
 
 
@@ -59,7 +60,8 @@ def auto_without_data(config: RunConfig) -> str | None:
     return f"{' and '.join(shaping)} set the frozen part" if shaping else None
 
 
-def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: dict[str, int]) -> tuple[str | None, str | None]:
+def resolve_freeze_until(config: RunConfig, backbone: Backbone,
+                         train_counts: dict[str, int]) -> tuple[str | None, str | None]:
     """--freeze-until as the run uses it: a layer name, or None (nothing frozen); `auto` follows
     the data (auto_freeze_until) unless auto_without_data says otherwise.
 

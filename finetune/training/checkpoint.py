@@ -71,7 +71,8 @@ def read_checkpoint(path: Path) -> dict:
         raise FinetuneError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); {CHECKPOINT_HELP}") from None
     missing = _missing_keys(ckpt)
     if missing:
-        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: it has no {', '.join(missing)}; {CHECKPOINT_HELP}")
+        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: it has no {', '.join(missing)}; "
+                            f"{CHECKPOINT_HELP}")
     return ckpt
 
 

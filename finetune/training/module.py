@@ -64,12 +64,14 @@ class FinetuneModule(pl.LightningModule):
             checkpoints so that evaluation and export know the run's data split and TTA.
 
     Example:
-        >>> module = FinetuneModule.from_config(RunConfig(backbone="resnet18", data="data/"), dm.classes)  # doctest: +SKIP
+        >>> module = FinetuneModule.from_config(  # doctest: +SKIP
+        ...     RunConfig(backbone="resnet18", data="data/"), dm.classes)
         >>> pl.Trainer(max_epochs=3).fit(module, dm)
     """
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], *, optimizer: OptimizerSpec,
-                 schedule: ScheduleSpec = ScheduleSpec(), loss: LossSpec = LossSpec(), freeze: FreezeSchedule | None = None,
+                 schedule: ScheduleSpec = ScheduleSpec(), loss: LossSpec = LossSpec(),
+                 freeze: FreezeSchedule | None = None,
                  mixer: BatchMixer | None = None, mix_off_epoch: int = 0, teacher: Teacher | None = None,
                  class_weights: torch.Tensor | None = None, image_size: int | None = None,
                  channels_last: bool | None = None, record: Mapping[str, Any] | None = None):
@@ -88,7 +90,8 @@ class FinetuneModule(pl.LightningModule):
         self.load_report = None
         self.backbone = backbone
         self.criterion = nn.CrossEntropyLoss()  # validation: plain CE on hard labels
-        self.register_buffer("class_weights", None if class_weights is None else class_weights.float(), persistent=False)
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float(),
+                             persistent=False)
         self.teacher = teacher
         if self.teacher is not None:
             self.teacher.check_classes(self.class_names)
@@ -347,7 +350,8 @@ class FinetuneModule(pl.LightningModule):
         backbone, _ = create_backbone(name, len(names), "none", build_options=checkpoint_build_options(ckpt))
         if parts is None:  # written before modules were built from parts: the config says everything
             # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
-            config = RunConfig.model_validate({**saved, "weights": "none", "teacher": None}, context={"unused": "allow"})
+            config = RunConfig.model_validate({**saved, "weights": "none", "teacher": None},
+                                              context={"unused": "allow"})
             module = cls.from_config(config.model_copy(update={"freeze_until": config.freeze_until
                                                                if config.freeze_until != "auto" else None}),
                                      names, backbone=backbone, record=record)

@@ -73,8 +73,8 @@ def param_groups(backbone: Backbone, lr: float, weight_decay: float, lr_mults: S
         for suffix, wd in (("", weight_decay), ("/no_decay", 0.0)):
             names = [n for n in group.param_names if (n in skip_decay) == bool(suffix)]
             if names:
-                groups.append({"name": group.name + suffix, "layer_group": group.name, "params": [params[n] for n in names],
-                               "lr": lr * mult, "weight_decay": wd})
+                groups.append({"name": group.name + suffix, "layer_group": group.name,
+                               "params": [params[n] for n in names], "lr": lr * mult, "weight_decay": wd})
     return groups
 
 

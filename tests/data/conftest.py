@@ -15,7 +15,8 @@ def save_rgb(path: Path, size: tuple[int, int] = (16, 16), value: int | None = N
     """Writes a small RGB image (random pixels unless `value`) and returns its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(zlib.crc32(path.name.encode()))
-    arr = np.full((*size, 3), value, np.uint8) if value is not None else rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    arr = (np.full((*size, 3), value, np.uint8) if value is not None
+           else rng.integers(0, 256, (*size, 3), dtype=np.uint8))
     Image.fromarray(arr).save(path, format=fmt)
     return path
 
@@ -30,4 +31,5 @@ def truncated_jpeg(path: Path) -> Path:
 
 @pytest.fixture
 def dc() -> DataConfig:
-    return DataConfig(input_size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), interpolation="bilinear", crop_pct=0.75)
+    return DataConfig(input_size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), interpolation="bilinear",
+                      crop_pct=0.75)

@@ -68,7 +68,8 @@ def test_augment_preview_writes_an_unnormalised_grid(tmp_path):
     tiles = {tuple(grid[40, 48 + 96 * i]) for i in range(4)}
     assert tiles == {(200, 30, 30), (20, 40, 220)}  # the original colours: un-normalised, both classes shown
     strong = runner.invoke(app, ["augment-preview", "--data", str(data), "--augment", "strong",
-                                 "--output", str(tmp_path / "s.png"), "--backbone", "test_resnet", "--image-size", "32"])
+                                 "--output", str(tmp_path / "s.png"), "--backbone", "test_resnet",
+                                 "--image-size", "32"])
     assert strong.exit_code == 0 and (tmp_path / "s.png").is_file()
     bad = runner.invoke(app, ["augment-preview", "--data", str(data), "--augment", "wild"])
     assert bad.exit_code == 2 and "wild" in bad.output and "strong" in bad.output

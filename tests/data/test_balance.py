@@ -80,7 +80,8 @@ def _imbalanced(write_folder, root):
 
 def test_balanced_sampler_draws_classes_equally(write_folder, tmp_path):
     data = _imbalanced(write_folder, tmp_path / "d")
-    dm = ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=26, sampler="balanced", augment="none")
+    dm = ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=26,
+                               sampler="balanced", augment="none")
     labels = Counter()
     loader = dm.train_dataloader()
     for _ in range(20):
@@ -88,8 +89,9 @@ def test_balanced_sampler_draws_classes_equally(write_folder, tmp_path):
             labels.update(y.tolist())
     assert sum(labels.values()) == 20 * 26  # an epoch is still one pass's worth of images
     assert 0.4 < labels[1] / sum(labels.values()) < 0.6  # the 2-image class is drawn half the time
-    plain = Counter(y for _, ys in ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=26,
-                                                         augment="none").train_dataloader() for y in ys.tolist())
+    plain = Counter(y for _, ys in ImageFolderDataModule(data, DataConfig(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                                                         batch_size=26, augment="none").train_dataloader()
+                    for y in ys.tolist())
     assert plain[1] == 2
 
 

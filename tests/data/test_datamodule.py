@@ -37,7 +37,8 @@ def test_batches(data_dir, dc, workers):
 def test_test_split(tmp_path, data_dir, dc):
     with pytest.raises(DataError, match="no test split"):
         ImageFolderDataModule(data_dir, dc).test_dataloader()
-    root = make_image_folder(tmp_path / "t", classes=CLASSES, train_per_class=2, val_per_class=1, test_per_class=2, size=32)
+    root = make_image_folder(tmp_path / "t", classes=CLASSES, train_per_class=2, val_per_class=1, test_per_class=2,
+                             size=32)
     x, y = next(iter(ImageFolderDataModule(root, dc, batch_size=6).test_dataloader()))
     assert x.shape == (6, 3, 24, 24) and y.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -60,7 +61,8 @@ def test_workers_do_not_repeat_augmentations(tmp_path, dc):
 
 
 def test_val_split_is_passed_to_the_scan(tmp_path, dc):
-    root = make_image_folder(tmp_path / "flat", classes=CLASSES, train_per_class=8, val_per_class=2, size=16, split=False)
+    root = make_image_folder(tmp_path / "flat", classes=CLASSES, train_per_class=8, val_per_class=2, size=16,
+                             split=False)
     dm = ImageFolderDataModule(root, dc, val_split=0.5, seed=1)
     assert dm.index.layout == "flat" and dm.index.counts("val") == {c: 5 for c in CLASSES}
     assert np.isclose(len(dm.index.val) / 30, 0.5)

@@ -228,8 +228,10 @@ def test_each_folder_has_its_own_cache_file_holding_only_its_files(tmp_path, mon
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(cache))
-    a = make_image_folder(tmp_path / "a", "shapes", train_per_class=3, val_per_class=1, size=16, classes=("circle", "square"))
-    b = make_image_folder(tmp_path / "b", "shapes", train_per_class=2, val_per_class=1, size=16, classes=("circle", "square"))
+    a = make_image_folder(tmp_path / "a", "shapes", train_per_class=3, val_per_class=1, size=16,
+                          classes=("circle", "square"))
+    b = make_image_folder(tmp_path / "b", "shapes", train_per_class=2, val_per_class=1, size=16,
+                          classes=("circle", "square"))
     scan_image_folder(a), scan_image_folder(b)
     files = sorted((cache / "scan").glob("*.json"))
     assert len(files) == 2

@@ -80,7 +80,8 @@ def test_eval_is_shorter_side_resize_then_center_crop(dc):
     img = np.random.default_rng(1).integers(0, 256, (45, 90, 3), dtype=np.uint8)
     manual = center_crop(pil_resize_shorter(img, 32, dc.interpolation), 24)
     assert manual.shape == (24, 24, 3)
-    expected = (torch.from_numpy(manual).permute(2, 0, 1) / 255 - torch.tensor(dc.mean)[:, None, None]) / torch.tensor(dc.std)[:, None, None]
+    expected = ((torch.from_numpy(manual).permute(2, 0, 1) / 255 - torch.tensor(dc.mean)[:, None, None])
+                / torch.tensor(dc.std)[:, None, None])
     assert torch.allclose(build_eval_transform(dc)(img), expected, atol=1e-5)
 
 

@@ -80,7 +80,8 @@ def test_preprocessing_equals_training_eval_transform(tiny_data):
     from finetune.data.images import load_image
     from finetune.data.transforms import build_eval_transform
 
-    dc = DataConfig(input_size=24, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic", crop_pct=0.875)
+    dc = DataConfig(input_size=24, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic",
+                    crop_pct=0.875)
     images = [load_image(p) for p in sorted(tiny_data.rglob("*.png"))[:4]] + [_image(37, 53), _image(61, 29)]
     expected = np.stack([build_eval_transform(dc)(img).numpy() for img in images])
     got = batch_inputs(images, dc)

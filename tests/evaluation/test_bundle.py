@@ -95,7 +95,8 @@ def test_inference_import_stays_light(trained_run, tiny_data):
         f"p = inf.Predictor.load({str(trained_run / 'model')!r}, tta='flip')\n"
         f"r = p.predict_files([{str(tiny_data / 'val')!r}], top_k=2)\n"
         "assert len(r) == 12 and all(len(x.classes) == 2 for x in r)\n"
-        "heavy = [m for m in ('torch', 'pytorch_lightning', 'lightning', 'albumentations', 'cv2', 'timm', 'torchvision') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'lightning', 'albumentations', 'cv2', 'timm', "
+        "'torchvision') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -153,7 +154,8 @@ def _linear_probe(backbone, x, y):
         f = m.forward_head(m.forward_features(torch.from_numpy(x)), pre_logits=True).double()
         mu = f.mean(0)
         targets = torch.nn.functional.one_hot(torch.from_numpy(y), len(LEVELS)).double() * 2 - 1
-        w = torch.linalg.solve((f - mu).T @ (f - mu) + 1e-3 * torch.eye(f.shape[1], dtype=torch.float64), (f - mu).T @ targets)
+        w = torch.linalg.solve((f - mu).T @ (f - mu) + 1e-3 * torch.eye(f.shape[1], dtype=torch.float64),
+                               (f - mu).T @ targets)
         m.get_classifier().weight.copy_(w.T.float())
         m.get_classifier().bias.copy_(-(mu @ w).float())
 
@@ -195,7 +197,8 @@ def brightness_int8(brightness_model, tmp_path_factory):
     decoded = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bundle_module, "load_image", lambda p: decoded.append(p) or load_image(p))
-        out = export_trained(trained, tmp_path_factory.mktemp("bright-bundle") / "b", ExportOptions(quantize="int8"), index=index)
+        out = export_trained(trained, tmp_path_factory.mktemp("bright-bundle") / "b", ExportOptions(quantize="int8"),
+                             index=index)
     return json.loads((out / "config.json").read_text()), decoded
 
 

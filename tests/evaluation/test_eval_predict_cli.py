@@ -49,7 +49,8 @@ def test_predict_reports_bad_files_and_goes_on(trained_run, tiny_data, tmp_path)
     bad = {r["path"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
     assert set(bad) == {"empty.jpg", "notes.txt"} and "empty" in bad["empty.jpg"]
     good = [r for r in rows if not r["error"]]
-    assert len(good) == 4 and all(len(r["classes"]) == 2 and r["probabilities"][0] >= r["probabilities"][1] for r in good)
+    assert len(good) == 4 and all(len(r["classes"]) == 2 and r["probabilities"][0] >= r["probabilities"][1]
+                                  for r in good)
     assert "empty.jpg" in result.output
 
 
@@ -59,7 +60,8 @@ def test_predict_csv_by_extension_and_bad_extension(trained_run, tiny_data, tmp_
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 12 and rows[0]["class_3"] and float(rows[0]["probability_1"]) >= float(rows[0]["probability_3"])
-    result = runner.invoke(app, ["predict", str(tiny_data / "val"), "--model", str(trained_run), "--output", str(tmp_path / "p.xml")])
+    result = runner.invoke(app, ["predict", str(tiny_data / "val"), "--model", str(trained_run),
+                                 "--output", str(tmp_path / "p.xml")])
     assert result.exit_code == 2 and ".csv" in result.output and ".json" in result.output
 
 

@@ -47,7 +47,8 @@ def test_eval_default_output_is_a_new_folder_each_time(trained_run, tiny_data, t
 
 def test_eval_refuses_an_output_folder_with_results(trained_run, tiny_data, tmp_path):
     out = tmp_path / "ev"
-    assert runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--output", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data),
+                               "--output", str(out)]).exit_code == 0
     result = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--output", str(out)])
     assert result.exit_code == 2 and str(out) in " ".join(result.output.split()), result.output
 
@@ -84,7 +85,8 @@ def test_calibration_ece_after_is_measured_on_test_when_there_is_one(plain_bundl
     labels = np.array([CLASSES.index(p.parent.name) for p in test])
     logits = Predictor.load(plain_bundle).logits([load_image(p) for p in test], "none")
     assert cal["ece_before"] == pytest.approx(metrics.expected_calibration_error(softmax(logits), labels))
-    assert cal["ece_after"] == pytest.approx(metrics.expected_calibration_error(softmax(logits, cal["temperature"]), labels))
+    assert cal["ece_after"] == pytest.approx(
+        metrics.expected_calibration_error(softmax(logits, cal["temperature"]), labels))
     assert json.loads((plain_bundle / "config.json").read_text())["calibration"]["ece_measured_on"] == "test"
 
 

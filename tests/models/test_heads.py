@@ -75,5 +75,6 @@ def test_cli_passes_head_dropout_and_drop_path(tiny_data, tmp_path, run_args, mo
     assert runner.invoke(app, args).exit_code == 0
     assert seen["drop_rate"] == 0.25 and seen["drop_path_rate"] == 0.1
     result = runner.invoke(app, [*run_args(tiny_data, tmp_path / "bad", "--weights", "none", "--drop-path", "0.1")[:2],
-                                 "tv:resnet18", *run_args(tiny_data, tmp_path / "bad", "--weights", "none", "--drop-path", "0.1")[3:]])
+                                 "tv:resnet18",
+                                 *run_args(tiny_data, tmp_path / "bad", "--weights", "none", "--drop-path", "0.1")[3:]])
     assert result.exit_code == 2 and "no stochastic depth" in result.output

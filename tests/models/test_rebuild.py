@@ -74,7 +74,8 @@ def test_imagenet_transform_input_survives_reload_export_and_teacher(name, size,
     dc = torchvision_data_config(name[3:]).with_size(size)
     _local_imagenet_weights(name[3:], tmp_path / "weights", batch_inputs([load_image(p) for p, _ in index.train], dc))
     config = RunConfig(backbone=name, data=tiny_data, weights="imagenet", weights_dir=tmp_path / "weights",
-                       image_size=size, batch_size=8, workers=0, progress=False, precision="32", lr=1e-3, freeze_until=None)
+                       image_size=size, batch_size=8, workers=0, progress=False, precision="32", lr=1e-3,
+                       freeze_until=None)
     trained, ckpt = _train_one_step(config, tmp_path)
     assert trained.backbone.model.transform_input  # the path under test: ImageNet weights switch it on
     x = batch_inputs([load_image(p) for p, _ in index.val[:4]], dc)

@@ -82,7 +82,8 @@ class SimulatedCrash(BaseException):
 def _other_filesystem_tmp(near: Path) -> str | None:
     """A temp folder on another filesystem than `near`, where a rename into `near` has to copy."""
     for candidate in ("/dev/shm", "/run/user", "/var/tmp"):
-        if os.path.isdir(candidate) and os.access(candidate, os.W_OK) and os.stat(candidate).st_dev != os.stat(near).st_dev:
+        if (os.path.isdir(candidate) and os.access(candidate, os.W_OK)
+                and os.stat(candidate).st_dev != os.stat(near).st_dev):
             return candidate
     return None
 
@@ -122,7 +123,8 @@ def test_a_crash_while_writing_last_ckpt_leaves_the_previous_one(tiny_data, tmp_
     import tempfile
 
     out = tmp_path / "run"
-    assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1")).exit_code == 0
+    assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none",
+                                       "--limit-train-batches", "1")).exit_code == 0
     other = _other_filesystem_tmp(tmp_path)
     if other is not None:
         monkeypatch.setattr(tempfile, "tempdir", other)

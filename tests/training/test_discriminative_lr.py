@@ -30,13 +30,15 @@ def test_plan_shows_each_groups_lr(make_config):
 
 
 def test_default_backbone_mult_is_one_and_older_runs_keep_theirs(make_config, test_resnet_weights):
-    tuned = FinetuneModule.from_config(make_config(lr=0.01, weights=str(test_resnet_weights), freeze_until=None), CLASSES)
+    tuned = FinetuneModule.from_config(make_config(lr=0.01, weights=str(test_resnet_weights), freeze_until=None),
+                                       CLASSES)
     assert {r.group: r.lr for r in plan_rows(tuned)}["layer1"] == pytest.approx(0.01)  # one LR, as measured best
     # a checkpoint of an earlier version saved None for "default": 0.1 with pretrained weights, 1 without
     older = FinetuneModule.from_config(make_config(lr=0.01, weights=str(test_resnet_weights), backbone_lr_mult=None,
                                        freeze_until=None), CLASSES)
     assert {r.group: r.lr for r in plan_rows(older)}["layer1"] == pytest.approx(0.001)
-    scratch = FinetuneModule.from_config(make_config(lr=0.01, backbone_lr_mult=None), CLASSES)  # make_config: weights none
+    # make_config: weights none
+    scratch = FinetuneModule.from_config(make_config(lr=0.01, backbone_lr_mult=None), CLASSES)
     assert {r.group: r.lr for r in plan_rows(scratch)}["layer1"] == pytest.approx(0.01)
 
 

@@ -26,7 +26,8 @@ def test_freeze_until_layer3_keeps_earlier_layers_bit_identical(tiny_data, test_
     for key in frozen:  # parameters and BatchNorm buffers alike
         assert torch.equal(trained[key], loaded[key]), f"{key} changed although it is before layer3"
     for layer in ("layer3.", "layer4."):
-        changed = [k for k in trained if k.startswith(layer) and k.endswith("weight") and not torch.equal(trained[k], loaded[k])]
+        changed = [k for k in trained
+                   if k.startswith(layer) and k.endswith("weight") and not torch.equal(trained[k], loaded[k])]
         assert changed, f"{layer} did not train"
     assert trained["fc.weight"].shape[0] == 3  # head replaced for the 3 classes
 
@@ -42,13 +43,16 @@ def test_without_freezing_early_layers_train(tiny_data, test_resnet_weights, tmp
 
 
 def test_plan_table_shows_frozen_and_training_groups(tiny_data, tmp_path, run_args):
-    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--freeze-until", "layer3"))
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none",
+                                              "--freeze-until", "layer3"))
     assert result.exit_code == 0, result.output
-    lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│") and len(line.split()) > 3}
+    lines = {line.split()[1]: line for line in result.output.splitlines()
+             if line.startswith("│") and len(line.split()) > 3}
     assert "frozen" in lines["layer2"] and "trains" in lines["layer3"] and "trains" in lines["head"]
 
 
 def test_unknown_layer_lists_valid_names(tiny_data, tmp_path, run_args):
-    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--freeze-until", "layer9"))
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none",
+                                              "--freeze-until", "layer9"))
     assert result.exit_code == 2
     assert "layer9" in result.output and "layer3" in result.output and "conv1" in result.output

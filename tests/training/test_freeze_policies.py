@@ -85,9 +85,11 @@ def test_train_bn_run_updates_frozen_batchnorm(tiny_data, test_resnet_weights, t
 
 
 def test_contradicting_policies_are_refused(tiny_data, tmp_path, run_args):
-    for extra, words in ((("--freeze-policy", "full", "--freeze-until", "layer3"), ("--freeze-policy", "full", "layer3")),
+    for extra, words in ((("--freeze-policy", "full", "--freeze-until", "layer3"),
+                          ("--freeze-policy", "full", "layer3")),
                          (("--freeze-policy", "linear-probe", "--freeze-until", "layer3"), ("linear-probe", "bn-only")),
-                         (("--freeze-policy", "full", "--freeze-epochs", "1"), ("--freeze-epochs", "nothing to unfreeze")),
+                         (("--freeze-policy", "full", "--freeze-epochs", "1"),
+                          ("--freeze-epochs", "nothing to unfreeze")),
                          (("--freeze-policy", "all",), ("linear-probe", "bn-only", "full", "all"))):
         result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", *extra))
         assert result.exit_code == 2, result.output

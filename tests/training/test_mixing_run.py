@@ -68,7 +68,8 @@ def test_mixing_and_smoothing_reach_the_loss_and_stop_at_mix_off_epoch(tiny_data
         expected = m.lam * _smoothed(m.y) + (1 - m.lam) * _smoothed(m.y_partner)  # ... against mixed, smoothed targets
         assert torch.allclose(targets[step], expected, atol=1e-6), step
     for target in targets[4:]:  # epoch 1: unmixed, smoothed once
-        assert torch.allclose(target.max(dim=1).values, torch.tensor(ON)) and torch.allclose(target.min(), torch.tensor(OFF))
+        assert (torch.allclose(target.max(dim=1).values, torch.tensor(ON))
+                and torch.allclose(target.min(), torch.tensor(OFF)))
         assert torch.allclose(target.sum(dim=1), torch.ones(len(target)))
     config = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))
     assert config["label_smoothing"] == EPS and config["mix_off_epoch"] == 1

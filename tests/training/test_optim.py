@@ -41,5 +41,6 @@ def test_cpu_optimizers_are_fused_and_match_the_per_tensor_update(name):
 
 def test_rmsprop_takes_the_multi_tensor_step():
     backbone, _ = create_backbone("test_resnet", 3, weights="none")
-    opt = build_optimizer("rmsprop", param_groups(backbone, 0.01, 0.0, [1.0] * len(backbone.groups)), 0.01, momentum=0.9)
+    opt = build_optimizer("rmsprop", param_groups(backbone, 0.01, 0.0, [1.0] * len(backbone.groups)), 0.01,
+                          momentum=0.9)
     assert opt.defaults["foreach"] is True

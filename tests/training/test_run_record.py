@@ -133,7 +133,8 @@ def test_training_step_weights_each_class_term(make_config):
     loss = module.training_step((x, y), 0).detach()
     with torch.no_grad():
         logits = module(x)  # train mode again: the same batch statistics
-    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y, weight=weights, reduction="sum") / 6), rel=1e-4)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y, weight=weights, reduction="sum") / 6),
+                                        rel=1e-4)
 
 
 class _Seen(pl.Callback):

@@ -125,7 +125,8 @@ def test_restored_callback_puts_the_module_back_in_its_frozen_state():
 
 def test_resume_refuses_options_that_change_the_run(tiny_data, tmp_path, run_args):
     out = tmp_path / "run"
-    assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--limit-train-batches", "1")).exit_code == 0
+    assert runner.invoke(app, run_args(tiny_data, out, "--weights", "none",
+                                       "--limit-train-batches", "1")).exit_code == 0
     result = runner.invoke(app, ["run", "--resume", str(out), "--lr", "0.5"])
     assert result.exit_code == 2 and "--lr" in result.output and "--epochs" in result.output
     result = runner.invoke(app, ["run", "--resume", str(out), "--epochs", "2", "--no-progress"])
@@ -141,7 +142,8 @@ from finetune.run.fit import fit
 
 class Report(pl.Callback):
     def on_train_epoch_end(self, trainer, module):
-        stem = torch.cat([p.detach().flatten() for n, p in module.backbone.model.named_parameters() if n.startswith("conv1")])
+        stem = torch.cat([p.detach().flatten() for n, p in module.backbone.model.named_parameters()
+                          if n.startswith("conv1")])
         out = Path(sys.argv[2]) / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.pt"
         torch.save({"stem": stem, "mask": module.grad_mask_mode}, out)
 

@@ -32,7 +32,8 @@ def test_log_uniform_draws_spread_evenly_over_the_decades():
 
 
 def test_draws_depend_on_the_trial_number_not_the_process():
-    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1), "augment": Param("augment", "choice", choices=("none", "light"))}
+    space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1),
+             "augment": Param("augment", "choice", choices=("none", "light"))}
     first, again = _draws(space, 5), _draws(space, 5)
     assert first == again  # a study is reproducible
     assert len({v["lr"] for v in first}) == 5  # and each trial draws its own values
@@ -40,7 +41,8 @@ def test_draws_depend_on_the_trial_number_not_the_process():
 
 def test_narrowing_in_log_space_around_the_top_trials():
     space = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1), "mixup": Param("mixup", "uniform", 0.0, 0.4),
-             "epochs": Param("epochs", "int", 2, 20), "augment": Param("augment", "choice", choices=("none", "light", "strong"))}
+             "epochs": Param("epochs", "int", 2, 20),
+             "augment": Param("augment", "choice", choices=("none", "light", "strong"))}
     top = [{"lr": 1e-3, "mixup": 0.1, "epochs": 5, "augment": "light"},
            {"lr": 2e-3, "mixup": 0.2, "epochs": 6, "augment": "strong"}]
     out = narrow(space, top, margin=0.15)
@@ -90,8 +92,8 @@ def test_space_file_errors_name_the_problem(tmp_path, text, message):
 
 def test_space_file_kinds(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("lr: {log-uniform: [1.0e-4, 1.0e-2]}\nepochs: {int: [2, 4]}\nfreeze_until: {choice: [null, layer4]}\n"
-                    "mixup: {uniform: [0, 0.2]}\n")
+    path.write_text("lr: {log-uniform: [1.0e-4, 1.0e-2]}\nepochs: {int: [2, 4]}\n"
+                    "freeze_until: {choice: [null, layer4]}\nmixup: {uniform: [0, 0.2]}\n")
     space = load_space(path)
     assert [(p.kind, p.low, p.high, p.choices) for p in space.values()] == [
         ("log-uniform", 1e-4, 1e-2, ()), ("int", 2, 4, ()), ("choice", None, None, (None, "layer4")),
@@ -100,7 +102,8 @@ def test_space_file_kinds(tmp_path):
 
 
 def test_contains():
-    assert Param("lr", "log-uniform", 1e-4, 1e-2).contains(1e-3) and not Param("lr", "log-uniform", 1e-4, 1e-2).contains("auto")
+    assert (Param("lr", "log-uniform", 1e-4, 1e-2).contains(1e-3)
+            and not Param("lr", "log-uniform", 1e-4, 1e-2).contains("auto"))
     assert Param("augment", "choice", choices=("none", "light")).contains("none")
     assert not Param("mixup", "uniform", 0.1, 0.4).contains(0.0)
 

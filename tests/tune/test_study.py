@@ -53,7 +53,8 @@ def test_diverged_and_failed_trials_are_recorded_and_the_study_goes_on(base_conf
     for params in ({"lr": 1000.0, "freeze_until": None}, {"lr": 1e-3, "freeze_until": "layer9"},
                    {"lr": 1e-3, "freeze_until": None}):
         study.enqueue_trial(params)
-    space = {"lr": Param("lr", "choice", choices=(1000.0, 1e-3)), "freeze_until": Param("freeze_until", "choice", choices=(None, "layer9"))}
+    space = {"lr": Param("lr", "choice", choices=(1000.0, 1e-3)),
+             "freeze_until": Param("freeze_until", "choice", choices=(None, "layer9"))}
     result = finetune.tune(base_config(), space, trials=3, stages=1, output=out, pruner="none", console=_quiet())
     trials = _stage1(out).trials
     assert [t.user_attrs["outcome"] for t in trials] == ["diverged", "failed", "complete"]
@@ -111,7 +112,8 @@ def test_the_first_trial_runs_the_base_settings(two_stage_study):
     result, _ = two_stage_study
     first = _rows(result.study_dir)[0]
     defaults = RunConfig.model_fields
-    assert float(first["lr"]) == defaults["lr"].default and float(first["weight_decay"]) == defaults["weight_decay"].default
+    assert (float(first["lr"]) == defaults["lr"].default
+            and float(first["weight_decay"]) == defaults["weight_decay"].default)
     assert first["freeze_until"] == "auto" and first["augment"] == "auto" and float(first["mixup"]) == 0.0
 
 
@@ -119,7 +121,8 @@ def test_outputs_of_a_study(two_stage_study):
     result, text = two_stage_study
     columns = list(_rows(result.study_dir)[0])
     assert columns[:8] == ["stage", "trial", "state", "outcome", "val_acc1", "epochs", "epochs_run", "wall_s"]
-    assert {"lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup"} <= set(columns)
+    assert ({"lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup"}
+            <= set(columns))
     for name in ("history", "params", "importances"):
         assert result.plots[name].stat().st_size > 1000 and result.plots[name].suffix == ".png"
     assert "Best trials" in text and result.best_trial[0] == 2
@@ -135,7 +138,8 @@ def test_best_yaml_is_a_recipe_that_reproduces_the_best_trial(two_stage_study, t
     assert cli.exit_code == 0, cli.output
     again = yaml.safe_load((run_dir / "config.yaml").read_text())
     best = yaml.safe_load((result.best_config.output / "config.yaml").read_text())  # as the best trial resolved them
-    for key in ("lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup", "epochs"):
+    for key in ("lr", "backbone_lr_mult", "weight_decay", "freeze_until", "augment", "label_smoothing", "mixup",
+                "epochs"):
         assert again[key] == best[key], key
     # Same seed, same settings: the same run (losses and accuracies; timings differ).
     rows = _losses(run_dir / "metrics.csv")

@@ -28,7 +28,8 @@ def test_two_workers_share_one_journal_study(tiny_data, tmp_path):
                for _ in range(2)]
     logs = [w.communicate(timeout=300)[0] for w in workers]
     # The tails, so a failure shows each worker's own error rather than a message cut to its start.
-    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(f"worker {i}:\n{log[-4000:]}" for i, log in enumerate(logs))
+    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(f"worker {i}:\n{log[-4000:]}"
+                                                                  for i, log in enumerate(logs))
     study = optuna.load_study(study_name="s-stage1", storage=JournalStorage(JournalFileBackend(str(journal))))
     ran = [t for t in study.trials if counts(t)]
     assert len(ran) == 4 and all(t.state == TrialState.COMPLETE for t in ran)

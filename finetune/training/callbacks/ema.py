@@ -69,8 +69,9 @@ class EmaCallback(pl.Callback):
     """Keeps a `WeightEma` of `pl_module.backbone.model`, validates it, and saves the winner.
 
     Logs `val_ema/KEY` next to the module's `val/KEY`, and `val/KEY_selected` (the better of the
-    two) for the checkpoint callback to monitor, KEY being the --monitor figure (acc1 by default). When the EMA scored higher at the latest validation, saved
-    checkpoints hold its weights under `state_dict` (so exports and `--weights PATH` use them) and
+    two) for the checkpoint callback to monitor, KEY being the --monitor figure (acc1 by default).
+    When the EMA scored higher at the latest validation, saved checkpoints hold its weights under
+    `state_dict` (so exports and `--weights PATH` use them) and
     the raw weights under `ema["raw_state_dict"]`, restored on resume.
 
     Args:
@@ -130,7 +131,8 @@ class EmaCallback(pl.Callback):
             ema_top1 = self._top1.compute().float()
             self._top1.reset()
             pl_module.log(EMA_METRIC, ema_top1)
-            pl_module.log(SELECTED_METRIC, ema_top1 if self.ema_won else pl_module.val_acc1.compute().float().to(ema_top1))
+            pl_module.log(SELECTED_METRIC,
+                          ema_top1 if self.ema_won else pl_module.val_acc1.compute().float().to(ema_top1))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

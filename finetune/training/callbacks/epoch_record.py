@@ -99,7 +99,8 @@ class EpochRecord(pl.Callback):
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
-            writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in self.rows)
+            writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
+                             for row in self.rows)
         os.replace(tmp, self.path)
 
 

@@ -31,7 +31,8 @@ class LRRangeTest(pl.Callback):
             group["lr"] = lr * mults[group["layer_group"]]
         self.lrs.append(lr)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: FinetuneModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: FinetuneModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
         step = len(self.losses) + 1
         self._avg = SMOOTHING * self._avg + (1 - SMOOTHING) * loss
