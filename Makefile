@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quality benchmark with its optional fastai leg (the `bench` extra); --quick: 45 runs, about 45 minutes of one core.
+# The quality benchmark with its optional fastai leg (the `bench` extra); --quick: 30 runs (2 seeds), 2 at a time.
 bench: $(STAMP)
 	$(PY) -m pip install -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/quality.py --quick

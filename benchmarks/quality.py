@@ -9,7 +9,7 @@ animal silhouettes, faces vs non-faces. Regimes: input size (32 px or the backbo
 training images per class (few-shot or a few hundred), and where the weights come from (real
 ImageNet weights, or a source task trained by this toolkit).
 
-    .venv/bin/python benchmarks/quality.py --quick          # a subset: 45 runs, about 45 minutes of one core
+    .venv/bin/python benchmarks/quality.py --quick          # a subset: 30 runs, 2 at a time (2 seeds)
     .venv/bin/python benchmarks/quality.py                  # the full table -> benchmarks/results/quality.md
 """
 from __future__ import annotations
@@ -19,12 +19,15 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing
+import os
 import shlex
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +72,7 @@ REGIMES = {
     "32px-10shot-source": Regime("32px-10shot-source", 32, 10, "source"),
 }
 QUICK_REGIMES = ("32px-10shot-imagenet",)
+QUICK_SEEDS = 2  # with --jobs 2, the quick table fits in 15 minutes of a 2-core machine
 
 
 @dataclass
@@ -308,13 +312,58 @@ def setup_process(threads: int) -> None:
     warnings.filterwarnings("ignore")
 
 
+def prepare_cell(method: str, task: str, regime: Regime, seed: int, work: Path) -> None:
+    """Writes what cells share (the task's images, the source weights, fastai's weights file) before
+    cells run in parallel, so no two processes write the same file."""
+    data = work / "data" / f"{task}-{regime.train_per_class(task)}-{seed}"
+    if not data.is_dir():
+        make_real_task(task, data, regime.train_per_class(task), seed=seed)
+    weights = "imagenet" if regime.weights == "imagenet" else str(source_weights(work))
+    backbone = IMAGENET_BACKBONE if regime.weights == "imagenet" else SOURCE_BACKBONE
+    file = work / "fastai" / f"{backbone}-{regime.weights}.safetensors"
+    if method == "fastai" and not file.is_file():
+        _fastai_weights(backbone, weights, file)
+
+
+def _run_in_worker(args: tuple) -> tuple[tuple, tuple[float, float, float]]:
+    key, method, task, regime, seed, work = args
+    return key, run_cell(method, task, regime, seed, work)
+
+
+# Cells whose wall time was measured longest first (plain loops and fastai train 25 epochs at batch
+# 4-8): with --jobs the long ones start early, so the workers finish together.
+COST_ORDER = ("plain-lr0.001", "plain-lr0.01", "fastai", "recipe", "finetune")
+
+
+def _cost_rank(method: str) -> int:
+    return next((i for i, m in enumerate(COST_ORDER) if method.startswith(m)), len(COST_ORDER))
+
+
+def run_cells(todo: list[tuple], jobs: int, threads: int, on_result) -> None:
+    """Runs (key, method, task, regime, seed, work) cells, `jobs` processes at a time, calling
+    on_result(key, result) as each one ends."""
+    if jobs <= 1:
+        for item in todo:
+            on_result(*_run_in_worker(item))
+        return
+    for item in todo:
+        prepare_cell(*item[1:])
+    order = sorted(todo, key=lambda item: (_cost_rank(item[1]), item[2] != "silhouettes"))
+    context = multiprocessing.get_context("spawn")  # a fresh torch in each worker, no forked threads
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=setup_process, initargs=(threads,)) as pool:
+        for future in as_completed([pool.submit(_run_in_worker, item) for item in order]):
+            on_result(*future.result())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="one regime (32 px, 10 shots, ImageNet weights), core methods")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads (default: all cores)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 3; 2 with --quick)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cells run at once, one process each (default: 1; with --quick, the CPU cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each process (default: the cores shared among --jobs)")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--regimes", nargs="*", default=None, help=f"default: all of {', '.join(REGIMES)}")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method that fits the regime")
@@ -322,29 +371,33 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse the cells in WORK/results.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="markdown table (default: results/quality[-quick].md)")
     args = parser.parse_args()
-    setup_process(args.threads)
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else 3)
+    jobs = args.jobs or ((os.cpu_count() or 1) if args.quick else 1)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    setup_process(threads)
     regimes = [REGIMES[r] for r in (args.regimes or (QUICK_REGIMES if args.quick else REGIMES))]
     tasks = [t for t in args.tasks if available(t) or print(f"skipping {t}: {TASKS[t].package} is not installed")]
-    table: dict[tuple[str, str], dict[str, Cell]] = {}
     done = _load_results(args.work / "results.jsonl") if args.resume else {}
-    for regime in regimes:
-        for task in tasks:
-            cells = table.setdefault((task, regime.name), {})
-            for method in args.methods or methods_for(regime, args.quick):
-                cell = cells.setdefault(method, Cell())
-                for seed in range(args.seeds):
-                    key = (task, regime.name, method, seed)
-                    if key in done:
-                        val, test, secs = done[key]
-                    else:
-                        val, test, secs = run_cell(method, task, regime, seed, args.work)
-                        _save_result(args.work / "results.jsonl", key, (val, test, secs))
-                    cell.val.append(val), cell.test.append(test), cell.seconds.append(secs)
-                    print(f"{task:12s} {regime.name:22s} {method:28s} seed {seed}: val {val:.3f} test {test:.3f} "
-                          f"({secs:.0f} s)", flush=True)
+    cells = [(task, regime, method, seed) for regime in regimes for task in tasks
+             for method in args.methods or methods_for(regime, args.quick) for seed in range(seeds)]
+
+    def record(key: tuple, result: tuple[float, float, float]) -> None:
+        _save_result(args.work / "results.jsonl", key, result)
+        done[key] = result
+        val, test, secs = result
+        print(f"{key[0]:12s} {key[1]:22s} {key[2]:28s} seed {key[3]}: val {val:.3f} test {test:.3f} ({secs:.0f} s)",
+              flush=True)
+
+    todo = [((t, r.name, m, s), m, t, r, s, args.work) for t, r, m, s in cells if (t, r.name, m, s) not in done]
+    run_cells(todo, jobs, threads, record)
+    table: dict[tuple[str, str], dict[str, Cell]] = {}
+    for task, regime, method, seed in cells:
+        cell = table.setdefault((task, regime.name), {}).setdefault(method, Cell())
+        val, test, secs = done[(task, regime.name, method, seed)]
+        cell.val.append(val), cell.test.append(test), cell.seconds.append(secs)
     shown = [a for a in sys.argv[1:] if a != "--resume"]  # the command that measures it, as given
     command = " ".join(["benchmarks/quality.py", *(shlex.quote(a) for a in shown)])
-    text = render(table, args.seeds, command)
+    text = render(table, seeds, command)
     print(text)
     out = args.out or Path(__file__).parent / "results" / ("quality-quick.md" if args.quick else "quality.md")
     out.parent.mkdir(parents=True, exist_ok=True)
