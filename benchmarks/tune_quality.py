@@ -32,7 +32,7 @@ from finetune.data.transforms import build_eval_transform  # noqa: E402
 from finetune.search.study import tune  # noqa: E402
 from finetune.training.module import FinetuneModule  # noqa: E402
 
-REGIME = quality.REGIMES["32px-10shot-imagenet"]
+REGIME = quality.REGIMES["32px-10shot-imagenet"]  # --regime picks another of quality.py's
 
 
 def test_top1(checkpoint: Path, data: Path) -> float:
@@ -43,9 +43,17 @@ def test_top1(checkpoint: Path, data: Path) -> float:
     return quality._accuracy(module, x, y)
 
 
+def network(work: Path) -> tuple[str, str]:
+    """(backbone, weights) of the regime: lite0 with its ImageNet weights, or resnet18 from the source task."""
+    if REGIME.weights == "imagenet":
+        return quality.IMAGENET_BACKBONE, "imagenet"
+    return quality.SOURCE_BACKBONE, str(quality.source_weights(work))
+
+
 def tuned(data: Path, seed: int, out: Path, trials: int) -> tuple[float, float, str]:
     """A `trials`-trial study with the default space; (val, test, settings) of its best trial."""
-    config = RunConfig(backbone=quality.IMAGENET_BACKBONE, data=data, weights="imagenet", image_size=REGIME.size,
+    backbone, weights = network(out.parent.parent)
+    config = RunConfig(backbone=backbone, data=data, weights=weights, image_size=REGIME.size,
                        seed=seed, progress=False)
     with contextlib.redirect_stdout(io.StringIO()):
         result = tune(config, trials=trials, output=out)
@@ -63,8 +71,7 @@ def run_cell(method: str, task: str, seed: int, work: Path, trials: int) -> dict
         make_real_task(task, data, REGIME.train_per_class(task), seed=seed)
     start = time.perf_counter()
     if method == "run":
-        val, test = quality.finetune_run(data, quality.IMAGENET_BACKBONE, "imagenet", REGIME.size, seed,
-                                         work / "runs" / f"{task}-run-{seed}")
+        val, test = quality.finetune_run(data, *network(work), REGIME.size, seed, work / "runs" / f"{task}-run-{seed}")
         settings = "defaults"
     else:
         val, test, settings = tuned(data, seed, work / "studies" / f"{task}-{seed}", trials)
@@ -105,9 +112,13 @@ def main() -> None:
                         help="torch threads (default: all cores)")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--methods", nargs="*", default=["run", "tune"])
+    parser.add_argument("--regime", default=REGIME.name, choices=list(quality.REGIMES),
+                        help="a regime of quality.py (use its own --work: results are keyed by task, method, seed)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tune"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tune-quick.md")
     args = parser.parse_args()
+    global REGIME
+    REGIME = quality.REGIMES[args.regime]
     quality.setup_process(args.threads)
     results = args.work / "results.jsonl"  # every finished cell, so that a rerun skips it
     done = {tuple(r["key"]): r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
@@ -126,7 +137,8 @@ def main() -> None:
                 print(f"{task:12s} {method:5s} seed {seed}: val {r['val']:.3f} test {r['test']:.3f} "
                       f"({r['seconds']:.0f} s) {r['settings']}", flush=True)
     text = render(cells, args.trials, args.seeds, "OMP_NUM_THREADS=1 benchmarks/tune_quality.py --threads 1"
-                  + (f" --seeds {args.seeds}" if args.seeds != 1 else ""))
+                  + (f" --seeds {args.seeds}" if args.seeds != 1 else "")
+                  + (f" --regime {args.regime}" if args.regime != "32px-10shot-imagenet" else ""))
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Tuning benchmark: `finetune tune` against the default `finetune run`\n\n" + text)
