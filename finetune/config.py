@@ -49,7 +49,8 @@ def one_of(choices: Any, notes: Mapping[str, str] | None = None) -> str:
     return f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
-_REQUIRED = "Required here or in the recipe (not with --resume)."
+# Appended to a required field's help by the commands that also take it from a recipe or a run (run, tune).
+REQUIRED_ELSEWHERE = "Required here or in the recipe (not with --resume)."
 _COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all)."
 _AUTO_FREEZE = (
     "auto (default): from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
@@ -67,11 +68,10 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     backbone: str = Field(description=(
-        "timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18). "
-        + _REQUIRED))
+        "timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18)."))
     data: Path = Field(description=(
         "Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by "
-        "--val-split. " + _REQUIRED))
+        "--val-split."))
     weights: str = Field("imagenet", description=(
         "imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random "
         "init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit."))

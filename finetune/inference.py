@@ -144,7 +144,7 @@ class Predictor:
     def from_trained(cls, trained, tta: str | None = None) -> "Predictor":
         """Runs a loaded `finetune.training.checkpoint.TrainedModel` eagerly, on a GPU when present."""
         return cls(module_runner(trained.backbone, auto_device=True), trained.class_names, trained.data_config,
-                   tta=tta or getattr(trained.config, "tta", "none"))
+                   tta=tta or trained.setting("tta"))
 
     @property
     def num_classes(self) -> int:

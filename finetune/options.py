@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional, TypeVar, Union, get_args, get_origi
 
 import typer
 
-from finetune.config import Augment, RunConfig, Tta, one_of
+from finetune.config import REQUIRED_ELSEWHERE, Augment, RunConfig, Tta, one_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 PARSED_BY_TYPER = (str, int, float, bool, Path)
@@ -64,7 +64,8 @@ def config_option(name: str, field: str | None = None, *, required: bool = True)
         default = inspect.Parameter.empty
     else:
         kind, default = Optional[kind], None
-    return parameter(name, Annotated[kind, typer.Option(*decls, help=info.description)], default)
+    help_text = info.description if required or not info.is_required() else f"{info.description} {REQUIRED_ELSEWHERE}"
+    return parameter(name, Annotated[kind, typer.Option(*decls, help=help_text)], default)
 
 
 def config_options(names: Iterable[str], aliases: Mapping[str, str] | None = None,

@@ -11,6 +11,7 @@ import typer.main
 from finetune.cli import app
 from finetune.config import (
     ACCELERATORS,
+    REQUIRED_ELSEWHERE,
     Augment,
     Logger,
     Monitor,
@@ -43,7 +44,9 @@ def test_every_field_has_exactly_one_run_option_with_its_default_and_help():
     for name, field in RunConfig.model_fields.items():
         assert counts[name] == 1, f"RunConfig.{name} has {counts[name]} run options"
         option = next(p for p in params if p.name == name)
-        assert option.help == field.description, f"{_flag(name)}: the help is not RunConfig.{name}'s description"
+        # A required field may come from a recipe or a resumed run instead: run's help says so.
+        expected = f"{field.description} {REQUIRED_ELSEWHERE}" if field.is_required() else field.description
+        assert option.help == expected, f"{_flag(name)}: the help is not RunConfig.{name}'s description"
         assert option.default == (None if field.is_required() else field.default), _flag(name)
         assert option.opts == [_flag(name)], option.opts
         if field.annotation in (bool, bool | None):

@@ -272,14 +272,14 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
 
     `index`: a scan of that folder already made (skips scanning it again).
     """
-    options = options or ExportOptions(tta=getattr(trained.config, "tta", "none"))
+    options = options or ExportOptions(tta=trained.setting("tta"))
     # Lets `finetune eval` rebuild the same train/val split of a flat image folder.
-    options.extra.setdefault("split", {"val_split": trained.config.val_split, "seed": trained.config.seed})
+    options.extra.setdefault("split", {"val_split": trained.setting("val_split"), "seed": trained.setting("seed")})
     index = index if index is not None else scan_for(trained, data)
     val = index.val or index.test or []
     if not val:
         raise ExportError(f"{index.root} has no validation images for the parity check")
-    quantizing, seed = options.quantize is not None, trained.config.seed
+    quantizing, seed = options.quantize is not None, trained.setting("seed")
     return export_bundle(
         trained.backbone, trained.class_names, trained.data_config, output,
         parity_images=_decode_items(stratified_sample(val, PARITY_IMAGES, seed)), options=options,
@@ -307,7 +307,7 @@ def export(path: str | Path, output: str | Path | None = None, formats_: Sequenc
     """
     trained = load_trained(path)
     options = ExportOptions(formats=list(formats_), quantize=quantize,
-                            tta=tta or getattr(trained.config, "tta", "none"))
+                            tta=tta or trained.setting("tta"))
     out = Path(output) if output is not None else default_bundle_dir(trained)
     return export_trained(trained, out, options, data)
 

@@ -46,7 +46,7 @@ def _load_model(source: ModelSource, backend: str) -> tuple[Predictor, dict | No
     if source.bundle is not None:
         return Predictor.load(source.bundle, backend=backend), BundleConfig.load(source.bundle).split, source.bundle
     trained = load_trained(source.checkpoint)
-    split = {"val_split": trained.config.val_split, "seed": trained.config.seed}
+    split = {"val_split": trained.setting("val_split"), "seed": trained.setting("seed")}
     return Predictor.from_trained(trained), split, None
 
 

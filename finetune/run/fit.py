@@ -40,6 +40,7 @@ from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
+from finetune.training.teacher import Teacher
 
 DIVERGENCE_FACTOR = 3.0  # the course notes' rule: stop a run whose loss explodes past 3x its start
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
@@ -195,15 +196,16 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     mlflow_run = _recorded(run_dir, "mlflow_run_id") if ckpt_path else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
                             mlflow_run)
+    teacher = None
     if plan.lr_pending:
-        plan = _auto_lr(plan, trainer, run_dir, console)
-    module = plan.build_module()
+        plan, teacher = _auto_lr(plan, trainer, run_dir, console)
+    module = plan.build_module(teacher=teacher)  # the range test's teacher: loaded once
     if rank_zero_only.rank == 0:  # the Trainer has not set up its ranks yet; DDP children carry theirs in env
         _write_run_files(plan, run_dir, resuming=ckpt_path is not None, trackers=_tracker_ids(trainer))
         _announce(console, plan, report, module, trainer.world_size)
-        for key, why_auto in plan.sources.items():
-            if key not in ("freeze_until", "lr") and str(why_auto).startswith("auto:"):
-                console.print(f"{key.replace('_', '-')} {why_auto}")
+        for key in plan.decided:
+            if key != "freeze_until":  # said above, before the plan table
+                console.print(f"{key.replace('_', '-')} {plan.sources[key]}")
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {plan.config.epochs})")
     with _shared_run_dir(run_dir):
@@ -232,19 +234,20 @@ def _acc1_at(metrics_csv: Path, epoch: int) -> float:
     return float("nan")
 
 
-def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console) -> RunPlan:
-    """--lr auto: a range test on its own copy of the module and data pipeline; the plan with its suggestion."""
+def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console) -> tuple[RunPlan, Teacher | None]:
+    """--lr auto: a range test on its own module and data pipeline. Returns the plan with the suggestion,
+    and the test module's teacher, so that the run does not load (and draw random numbers for) it again."""
     if trainer.world_size > 1:
         raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
                             "same options and pass its suggestion as --lr for a multi-device run")
     c = plan.config
-    found = find_lr(plan.build_module(lr=c.lr_find_start_lr), plan.datamodule(), start_lr=c.lr_find_start_lr,
-                    end_lr=c.lr_find_end_lr, num_steps=c.lr_find_steps, accelerator=c.accelerator,
-                    precision=plan.precision, plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
+    finder = plan.build_module(lr=c.lr_find_start_lr)
+    found = find_lr(finder, plan.datamodule(), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
+                    num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
+                    plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
     console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
     pl.seed_everything(c.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
-    return plan.with_lr(found.suggestion, f"auto: LR range test {c.lr_find_start_lr:g}-{c.lr_find_end_lr:g} "
-                                          f"over {c.lr_find_steps} steps (plot: lr_find.png)")
+    return plan.with_lr(found.suggestion), finder.teacher
 
 
 def _recorded(run_dir: Path, key: str) -> str | None:
@@ -267,8 +270,8 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
     record = plan.record()
     resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {})}
     sources = record["sources"]
-    if plan.sources.get("lr", "").startswith("auto"):
-        resolved["lr_find"] = {"suggestion": plan.config.lr, "plot": "lr_find.png"}
+    if plan.lr_found is not None:
+        resolved["lr_find"] = {"suggestion": plan.lr_found, "plot": "lr_find.png"}
     if resuming:
         resolved, sources = _merge_record(run_dir / "config.yaml", resolved, sources)
     tmp = run_dir / ".config.yaml.tmp"

@@ -52,6 +52,8 @@ class RunPlan:
         world_size: Training processes the accelerator, devices and nodes make.
         class_weights: Per-class weights of the training loss (--class-weights), or None.
         lr_mults: Each layer group's LR as a multiple of the head's, input side first.
+        decided: The settings resolved from the data, in the order they were decided (for the console).
+        lr_found: The LR range test's suggestion with `--lr auto` (None otherwise).
     """
 
     config: RunConfig
@@ -68,16 +70,17 @@ class RunPlan:
     world_size: int
     class_weights: torch.Tensor | None
     lr_mults: tuple[float, ...] = field(default=())
+    decided: tuple[str, ...] = ()
+    lr_found: float | None = None
 
     @property
     def lr_pending(self) -> bool:
         """Whether the LR is still `auto`: the range test must run before the module is built."""
         return self.config.lr == "auto"
 
-    def with_lr(self, lr: float, why: str) -> RunPlan:
-        """The plan with the LR the range test measured."""
-        config = self.config.model_copy(update={"lr": lr})
-        return dataclasses.replace(self, config=config, sources={**self.sources, "lr": why})
+    def with_lr(self, lr: float) -> RunPlan:
+        """The plan with the LR the range test measured (`lr` keeps its source: the `auto` was given)."""
+        return dataclasses.replace(self, config=self.config.model_copy(update={"lr": lr}), lr_found=lr)
 
     def group_lrs(self) -> dict[str, float]:
         """Each layer group's peak LR (head LR x its multiplier, before --scale-lr)."""
@@ -138,6 +141,7 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
     auto = resolve_data_defaults(config, index, data_config, world)
     config, sources = auto.config, {**sources, **auto.sources}
+    decided = (("freeze_until",) if why is not None else ()) + tuple(auto.sources)
     precision, precision_why = resolve_precision(config.precision, config.accelerator)
     mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())
     return RunPlan(
@@ -145,5 +149,5 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         augment=auto.augment, profile=auto.profile, precision=precision, precision_why=precision_why,
         channels_last=resolve_channels_last(config.channels_last, precision), workers=config.resolved_workers(),
         world_size=world, class_weights=resolve_class_weights(config.class_weights, index.counts("train")),
-        lr_mults=tuple(mults),
+        lr_mults=tuple(mults), decided=decided,
     )

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic_core import PydanticUndefined
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
@@ -24,15 +25,23 @@ class TrainedModel:
         backbone: The network, in eval mode, fp32, on CPU.
         class_names: Class names in output index order.
         data_config: The eval preprocessing it was trained with (input size after --image-size).
-        config: The run settings saved in the checkpoint.
+        config: The run settings saved in the checkpoint (None for a module built from its parts).
         checkpoint: The checkpoint file it came from.
     """
 
     backbone: Backbone
     class_names: list[str]
     data_config: DataConfig
-    config: RunConfig
+    config: RunConfig | None
     checkpoint: Path
+
+    def setting(self, name: str) -> object:
+        """A run setting from the saved config; RunConfig's default for a module saved without one
+        (built from its parts): val_split, seed and tta have defaults, data is None."""
+        if self.config is not None:
+            return getattr(self.config, name)
+        default = RunConfig.model_fields[name].default
+        return None if default is PydanticUndefined else default
 
     @property
     def run_dir(self) -> Path | None:
@@ -105,7 +114,7 @@ def load_trained(path: str | Path) -> TrainedModel:
     backbone = module.backbone
     # The checkpoint stores the weights' own data config; the run may have trained at --image-size.
     dc = DataConfig.from_dict(saved["data_config"]) if "data_config" in saved else backbone.data_config
-    dc = dc.with_size(module.config.image_size)
+    dc = dc.with_size(module.image_size)
     backbone.data_config = dc
     return TrainedModel(backbone.float().cpu().eval(), module.class_names, dc, module.config, ckpt_path)
 
@@ -116,11 +125,15 @@ def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIn
     Raises:
         DataError: The folder is gone, or its classes differ from the model's.
     """
-    root = Path(data) if data is not None else trained.config.data
+    saved = trained.setting("data")
+    if data is None and saved is None:
+        raise DataError(f"{trained.checkpoint} records no data folder (its module was built without a run config); "
+                        f"pass --data DIR with the images of the classes {', '.join(trained.class_names)}")
+    root = Path(data) if data is not None else Path(saved)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data DIR with the images "
                         f"of the classes {', '.join(trained.class_names)}")
-    index = scan_image_folder(root, val_split=trained.config.val_split, seed=trained.config.seed)
+    index = scan_image_folder(root, val_split=trained.setting("val_split"), seed=trained.setting("seed"))
     check_classes(index.classes, trained.class_names, root)
     return index
 

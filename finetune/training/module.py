@@ -83,7 +83,6 @@ class FinetuneModule(pl.LightningModule):
         self.record = dict(record or {})
         self.save_hyperparameters({
             "class_names": self.class_names, "config": self.record.get("config"),
-            "plan": {k: v for k, v in self.record.items() if k != "config"},
             "parts": {"optimizer": asdict(optimizer), "schedule": asdict(schedule), "loss": asdict(loss),
                       "image_size": image_size, "channels_last": channels_last},
         })
@@ -327,7 +326,10 @@ class FinetuneModule(pl.LightningModule):
         return self.schedule_spec.factor(lr, total, per_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The plan's resolved values and sources go with the weights, not into the hyperparameters that
+        # Lightning also sends to TensorBoard/MLflow: per-class counts and weights would be thousands of params.
         checkpoint["finetune"] = {
+            "plan": {k: v for k, v in self.record.items() if k != "config"},
             "backbone": self.backbone.name,
             "class_names": self.class_names,
             "data_config": self.input_config.to_dict(),
@@ -345,7 +347,8 @@ class FinetuneModule(pl.LightningModule):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         hparams = ckpt["hyper_parameters"]
         names, parts, saved = hparams["class_names"], hparams.get("parts"), hparams.get("config")
-        record = {**(hparams.get("plan") or {}), **({"config": saved} if saved is not None else {})}
+        plan = ckpt.get("finetune", {}).get("plan") or {}
+        record = {**plan, **({"config": saved} if saved is not None else {})}
         name = ckpt.get("finetune", {}).get("backbone") or saved["backbone"]
         backbone, _ = create_backbone(name, len(names), "none", build_options=checkpoint_build_options(ckpt))
         if parts is None:  # written before modules were built from parts: the config says everything

@@ -38,6 +38,8 @@ def test_resolve_run_decides_every_data_dependent_setting(tiny_data, test_resnet
     for key in ("freeze_until", "batch_size", "epochs", "val_every", "augment"):
         assert plan.sources[key].startswith("auto:"), key
     assert plan.sources["lr"] == "command line"
+    # The console says them in the order they were decided: the batch before the epochs it sets.
+    assert plan.decided == ("freeze_until", "batch_size", "epochs", "val_every", "augment")
     assert plan.precision == "32" and plan.channels_last is False and plan.workers == 0
     assert plan.class_weights is not None and plan.class_weights.shape == (3,)
     assert len(plan.lr_mults) == len(plan.backbone.groups) and plan.lr_mults[-1] == 1.0
@@ -87,13 +89,37 @@ def test_a_module_built_from_parts_round_trips_through_its_checkpoint(tiny_data,
     x = torch.randn(2, 3, 32, 32)
     module.eval(), rebuilt.eval()
     torch.testing.assert_close(rebuilt(x), module(x), rtol=0, atol=1e-6)  # same weights, same function
+    # Prediction and export read the run settings they need from RunConfig's defaults (no config saved).
+    from finetune.inference import Predictor, predict_files
+    from finetune.training.checkpoint import load_trained
+
+    trained = load_trained(tmp_path / "parts.ckpt")
+    assert trained.config is None and trained.data_config.input_size == 32
+    assert (trained.setting("seed"), trained.setting("tta"), trained.setting("data")) == (42, "none", None)
+    image = next((tiny_data / "val" / "circle").iterdir())
+    [prediction] = predict_files(Predictor.from_path(tmp_path / "parts.ckpt"), [image], top_k=1)
+    assert prediction.error is None and prediction.classes[0] in ("circle", "square", "triangle")
 
 
 def test_config_yaml_and_the_checkpoint_record_the_same_plan(trained_run):
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
-    hparams = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
-    resolved = hparams["plan"]["resolved"]
+    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    hparams, plan = ckpt["hyper_parameters"], ckpt["finetune"]["plan"]
+    assert "plan" not in hparams  # not sent to the trackers with the hyperparameters
+    resolved = plan["resolved"]
     assert saved["resolved"]["lr_mults"] == resolved["lr_mults"] and len(resolved["lr_mults"]) > 1
     assert saved["resolved"]["freeze_until"] == resolved["freeze_until"] == hparams["config"]["freeze_until"]
-    assert hparams["plan"]["sources"]["epochs"] == saved["sources"]["epochs"] == "command line"
+    assert plan["sources"]["epochs"] == saved["sources"]["epochs"] == "command line"
     assert hparams["config"]["batch_size"] == saved["batch_size"] == 8
+
+
+def test_lr_auto_loads_the_teacher_once(make_config, trained_run, monkeypatch):
+    """The range test's teacher is the run's: a second load would draw random numbers after the reseed."""
+    import finetune.training.module as module_file
+    from finetune.run.fit import fit
+
+    calls = []
+    original = module_file.load_teacher
+    monkeypatch.setattr(module_file, "load_teacher", lambda *a, **kw: calls.append(a) or original(*a, **kw))
+    fit(make_config(epochs=1, lr="auto", lr_find_steps=5, teacher=str(trained_run), export=False))
+    assert len(calls) == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from rich.console import Console
 
 from finetune.models.backbone import create_backbone
@@ -148,8 +149,13 @@ class _Seen(pl.Callback):
 
 def test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader(make_config, tmp_path):
     seen = _Seen()
-    _quiet_fit(make_config(epochs=1, lr="auto", lr_find_steps=5, class_weights="auto", export=False), callbacks=[seen])
+    result, _ = _quiet_fit(make_config(epochs=1, lr="auto", lr_find_steps=5, class_weights="auto", export=False),
+                           callbacks=[seen])
     assert seen.weights is not None and torch.allclose(seen.weights, torch.ones(3))  # 8 images a class: all 1
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    # The range test's result is recorded; lr keeps its source (`finetune runs` lists it as given).
+    assert saved["lr"] == saved["resolved"]["lr_find"]["suggestion"]
+    assert not str(saved["sources"].get("lr", "")).startswith("auto")
     sampled = _Seen()
     _quiet_fit(make_config(epochs=1, sampler="balanced", export=False, output=tmp_path / "run2"), callbacks=[sampled])
     assert sampled.sampler == "WeightedRandomSampler"
