@@ -105,6 +105,7 @@ def render(cells: dict[tuple[str, str], list[dict]], trials: int, seeds: int, co
 
 
 def main() -> None:
+    global REGIME  # --regime: the cells read the module's REGIME
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--trials", type=int, default=12)
@@ -117,7 +118,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tune"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tune-quick.md")
     args = parser.parse_args()
-    global REGIME
     REGIME = quality.REGIMES[args.regime]
     quality.setup_process(args.threads)
     results = args.work / "results.jsonl"  # every finished cell, so that a rerun skips it
