@@ -19,12 +19,10 @@ from rich.markup import escape
 
 from finetune.config import RunConfig
 from finetune.data.balance import imbalance_ratio, imbalance_warning
-from finetune.data.scan import scan_image_folder
 from finetune.errors import FinetuneError
-from finetune.models.backbone import create_backbone
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
-from finetune.run.plan import RunPlan, resolve_run
+from finetune.run.plan import RunPlan, plan_run
 from finetune.run.quiet import quiet_lightning
 from finetune.run.resume import previous_metrics
 from finetune.run.run_dir import claim_run_dir
@@ -37,7 +35,7 @@ from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
 from finetune.training.checkpoint_io import AtomicCheckpointIO
-from finetune.training.module import FinetuneModule, backbone_options
+from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
 from finetune.training.teacher import Teacher
@@ -182,10 +180,8 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         if removed:
             console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}",
                           soft_wrap=True)
-    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights,
-                                       weights_dir=config.weights_dir, **backbone_options(config))
-    plan = resolve_run(config, index, backbone, sources)
+    plan, report = plan_run(config, sources)
+    index = plan.index
     if plan.config.freeze_until is not None and "freeze_until" in plan.sources and config.freeze_until == "auto":
         console.print(f"freeze-until {plan.sources['freeze_until']}")  # a choice the data made
     steps = -(-len(index.train) // plan.config.batch_size)

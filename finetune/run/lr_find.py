@@ -127,17 +127,11 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     Returns:
         The test's LRs, losses, suggestion and plot path.
     """
-    from finetune.data.scan import scan_image_folder
-    from finetune.models.backbone import create_backbone
-    from finetune.run.plan import resolve_run
-    from finetune.training.module import backbone_options
+    from finetune.run.plan import plan_run
     from finetune.training.plan_table import print_plan
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
-    backbone, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir,
-                                  **backbone_options(config))
-    plan = resolve_run(config, index, backbone)  # the layers, batch and augmentation `run` would use
+    plan, _ = plan_run(config)  # the layers, batch and augmentation `run` would use
     c = plan.config
     module = plan.build_module(lr=c.lr_find_start_lr)
     print_plan(module, console)

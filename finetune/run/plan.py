@@ -21,12 +21,12 @@ from finetune.data.data_config import DataConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.policy import AugmentPolicy
 from finetune.data.profile import DataProfile
-from finetune.data.scan import DatasetIndex
-from finetune.models.backbone import Backbone
+from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.models.backbone import Backbone, LoadReport, create_backbone
 from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.devices import planned_world_size
 from finetune.training.auto_freeze import resolve_freeze_until
-from finetune.training.module import FinetuneModule
+from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.optim import discriminative_mults
 from finetune.training.precision import resolve_channels_last, resolve_precision
 from finetune.training.teacher import Teacher
@@ -151,3 +151,12 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         world_size=world, class_weights=resolve_class_weights(config.class_weights, index.counts("train")),
         lr_mults=tuple(mults), decided=decided,
     )
+
+
+def plan_run(config: RunConfig, sources: dict[str, str] | None = None) -> tuple[RunPlan, LoadReport]:
+    """Scans `config.data`, builds the backbone with its weights and resolves the plan: what `run` and
+    `lr-find` both start from. Returns the plan and the weights' load report (for the console)."""
+    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
+    backbone, report = create_backbone(config.backbone, len(index.classes), config.weights,
+                                       weights_dir=config.weights_dir, **backbone_options(config))
+    return resolve_run(config, index, backbone, sources), report

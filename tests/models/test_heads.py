@@ -60,7 +60,7 @@ def test_drop_path_is_set_or_a_clear_error():
 
 
 def test_cli_passes_head_dropout_and_drop_path(tiny_data, tmp_path, run_args, monkeypatch):
-    import finetune.run.fit as fit_module
+    import finetune.run.plan as fit_module
 
     seen = {}
     original = fit_module.create_backbone
