@@ -28,6 +28,13 @@ def _bundle(root: Path) -> Path:
     return root
 
 
+def _module_state(seed: int):
+    """A random-init test_resnet for CLASSES and its weights as a FinetuneModule checkpoint names them."""
+    torch.manual_seed(seed)
+    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
+    return backbone, {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
+
+
 def _edit_weights(path: Path, edit) -> None:
     state = load_file(str(path))
     edit(state)
@@ -42,9 +49,7 @@ def test_bundle_teacher_missing_a_tensor_fails(tmp_path: Path) -> None:
 
 
 def test_checkpoint_teacher_with_foreign_tensors_fails(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
-    state = {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
+    backbone, state = _module_state(3)
     state["backbone.model.extra.weight"] = torch.zeros(2)
     hparams = {"config": {"backbone": "test_resnet", "data": ".", "image_size": 32}, "class_names": CLASSES}
     torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "teacher.ckpt")
@@ -93,9 +98,7 @@ def test_bundle_teacher_of_another_format_names_it(tmp_path: Path) -> None:
 
 def test_checkpoint_teacher_without_a_run_config(tmp_path: Path) -> None:
     """A module built from its parts saves no RunConfig: the checkpoint's own record names network and input."""
-    torch.manual_seed(5)
-    backbone, _ = create_backbone("test_resnet", len(CLASSES), "none")
-    state = {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
+    backbone, state = _module_state(5)
     record = {"backbone": "test_resnet", "class_names": CLASSES, "build_options": backbone.build_options,
               "data_config": {"input_size": 40, "mean": [0.5] * 3, "std": [0.25] * 3}}
     hparams = {"config": None, "class_names": CLASSES}
