@@ -9,7 +9,7 @@ so nothing downstream resolves a setting again or rebinds the config.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,7 +69,7 @@ class RunPlan:
     workers: int
     world_size: int
     class_weights: torch.Tensor | None
-    lr_mults: tuple[float, ...] = field(default=())
+    lr_mults: tuple[float, ...] = ()
     decided: tuple[str, ...] = ()
     lr_found: float | None = None
 
@@ -81,11 +81,6 @@ class RunPlan:
     def with_lr(self, lr: float) -> RunPlan:
         """The plan with the LR the range test measured (`lr` keeps its source: the `auto` was given)."""
         return dataclasses.replace(self, config=self.config.model_copy(update={"lr": lr}), lr_found=lr)
-
-    def group_lrs(self) -> dict[str, float]:
-        """Each layer group's peak LR (head LR x its multiplier, before --scale-lr)."""
-        lr = float(self.config.lr) if not self.lr_pending else float("nan")
-        return {g.name: lr * m for g, m in zip(self.backbone.groups, self.lr_mults, strict=True)}
 
     def build_module(self, teacher: Teacher | None = None, lr: float | None = None) -> FinetuneModule:
         """The LightningModule this plan describes (`lr` overrides the head LR: the range test's start)."""
