@@ -54,7 +54,7 @@ def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
                     raise
                 lines = [str(e)]
             for line in lines:
-                err_console.print(f"[red]Error:[/red] {escape(line)}")
+                err_console.print(f"[red]Error:[/red] {escape(line)}", soft_wrap=True)  # one line, paths unbroken
             raise typer.Exit(2)
 
         return wrapper  # type: ignore[return-value]
@@ -69,4 +69,4 @@ def shown_warnings() -> Iterator[None]:
         warnings.simplefilter("always", UserWarning)
         yield
     for warning in caught:
-        err_console.print(f"[yellow]Warning:[/yellow] {escape(str(warning.message))}")
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(str(warning.message))}", soft_wrap=True)
