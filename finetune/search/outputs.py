@@ -32,8 +32,11 @@ def trial_rows(stages: Sequence[tuple[int, optuna.Study]]) -> list[dict[str, Any
             if not counts(t):
                 continue
             value = t.value if t.state == TrialState.COMPLETE else t.user_attrs.get("best_reported")
+            # A worker records the outcome a moment before it tells the storage the trial ended: until
+            # then another worker reading the study must see it running, not complete with no value.
+            outcome = "running" if t.state == TrialState.RUNNING else t.user_attrs.get("outcome", "running")
             rows.append({"stage": stage, "trial": t.number, "state": t.state.name,
-                         "outcome": t.user_attrs.get("outcome", "running"), "val_acc1": value,
+                         "outcome": outcome, "val_acc1": value,
                          "epochs": t.user_attrs.get("epochs"), "epochs_run": t.user_attrs.get("epochs_run"),
                          "wall_s": t.user_attrs.get("wall_s"), **t.params, "reason": t.user_attrs.get("reason", "")})
     return rows

@@ -176,3 +176,19 @@ def test_timeout_stops_starting_trials_and_the_estimate_says_so(base_config, tmp
     text = console.file.getvalue()
     assert "--timeout 1e-06 s stops starting trials before that" in text
     assert result.best_yaml is None and _rows(tmp_path / "s") == [] and "No trial completed" in text
+
+
+def test_a_trial_another_worker_is_finishing_is_running_in_the_outputs(tmp_path):
+    """A worker writes the outcome a moment before it tells the storage the trial ended; a second
+    worker finishing the study in that moment must not plot it as complete with no value."""
+    from finetune.search import outputs
+
+    study = optuna.create_study(direction="maximize")
+    done = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+    done.set_user_attr("outcome", "complete")
+    study.tell(done, 0.5)
+    ending = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+    ending.set_user_attr("outcome", "complete")  # not yet told
+    rows = outputs.trial_rows([(1, study)])
+    assert [r["outcome"] for r in rows] == ["complete", "running"]
+    assert outputs.plot_history(rows, tmp_path / "history.png").exists()
