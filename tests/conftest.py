@@ -40,6 +40,38 @@ def test_resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def fitted_resnet_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_resnet (1000 classes) trained briefly on `tiny_data`: weights from the data's own domain,
+    whose last group fits it better than the first (as real pretrained weights do on a related task),
+    so `--freeze-until auto` keeps the size rule. Random weights may fit either way."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from finetune.data.images import load_image
+    from finetune.data.scan import scan_image_folder
+    from finetune.data.transforms import build_eval_transform
+    from finetune.models.backbone import create_backbone
+
+    torch.manual_seed(123)
+    model = timm.create_model("test_resnet", pretrained=False)
+    index = scan_image_folder(tiny_data)
+    transform = build_eval_transform(create_backbone("test_resnet", 3, "none")[0].data_config.with_size(32))
+    x = torch.stack([transform(load_image(p)) for p, _ in index.train])
+    y = torch.tensor([label for _, label in index.train])
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(10):  # full-batch steps: the train loss falls from ~7 to ~0.03
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("fitted") / "test_resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def _fast_run_args(data: Path, output: Path, *extra: str) -> list[str]:
     return ["run", "--backbone", "test_resnet", "--data", str(data), "--output", str(output),
             "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",

@@ -182,8 +182,8 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
                           soft_wrap=True)
     plan, report = plan_run(config, sources)
     index = plan.index
-    if plan.config.freeze_until is not None and "freeze_until" in plan.sources and config.freeze_until == "auto":
-        console.print(f"freeze-until {plan.sources['freeze_until']}")  # a choice the data made
+    if "freeze_until" in plan.decided and config.weights != "none":  # a choice the data made
+        console.print(f"freeze-until {plan.sources['freeze_until']}", soft_wrap=True)
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]

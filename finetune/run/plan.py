@@ -26,6 +26,7 @@ from finetune.models.backbone import Backbone, LoadReport, create_backbone
 from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.devices import planned_world_size
 from finetune.training.auto_freeze import resolve_freeze_until
+from finetune.training.feature_fit import measure_feature_fit
 from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.optim import discriminative_mults
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -128,11 +129,12 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         The frozen plan; `sources` gains "auto: why" for each value decided from the data.
     """
     sources = dict(sources or {})
-    layer, why = resolve_freeze_until(config, backbone, index.counts("train"))
+    data_config = backbone.data_config.with_size(config.image_size)
+    layer, why = resolve_freeze_until(config, backbone, index.counts("train"),
+                                      lambda: measure_feature_fit(backbone, index, data_config))
     if why is not None:
         config = config.model_copy(update={"freeze_until": layer})
         sources["freeze_until"] = why
-    data_config = backbone.data_config.with_size(config.image_size)
     world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
     auto = resolve_data_defaults(config, index, data_config, world)
     config, sources = auto.config, {**sources, **auto.sources}

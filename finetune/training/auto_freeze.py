@@ -8,13 +8,19 @@ Measured (benchmarks/results/freeze-default.md, tf_efficientnet_lite0 with real 
 32 px, 10 train images per class, test top-1 over 3 seeds): training the last group + head instead
 of every layer took faces 0.817 -> 0.961, textures 0.716 -> 0.902, silhouettes 0.448 -> 0.657; at
 400 per class, half of the groups scored level with all of them (0.969 vs 0.971).
+
+The size rule assumes the frozen features suit the data. Before freezing anything, the run checks
+that (finetune.training.feature_fit): when the last group's features fit the train images worse than
+the first group's, the pretraining is from another domain and every layer trains.
 """
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from finetune.config import RunConfig
 from finetune.models.backbone import Backbone
+from finetune.training.feature_fit import FeatureFit
 
 # (fewer than this many train images per class, backbone groups that train, plain-words label)
 THRESHOLDS = ((10, 0, "only the head"), (100, 1, "the last group and the head"),
@@ -60,10 +66,15 @@ def auto_without_data(config: RunConfig) -> str | None:
     return f"{' and '.join(shaping)} set the frozen part" if shaping else None
 
 
-def resolve_freeze_until(config: RunConfig, backbone: Backbone,
-                         train_counts: dict[str, int]) -> tuple[str | None, str | None]:
+def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: dict[str, int],
+                         feature_fit: Callable[[], FeatureFit | None] | None = None) -> tuple[str | None, str | None]:
     """--freeze-until as the run uses it: a layer name, or None (nothing frozen); `auto` follows
     the data (auto_freeze_until) unless auto_without_data says otherwise.
+
+    Args:
+        feature_fit: Measures the pretrained features on the train images; called only when the
+            size rule would freeze something. When the last group fits worse than the first,
+            nothing is frozen. None: the size rule alone.
 
     Returns:
         (the value, "auto: why" for config.yaml's sources; None when the value was given).
@@ -74,4 +85,12 @@ def resolve_freeze_until(config: RunConfig, backbone: Backbone,
     if fixed is not None:
         return None, f"auto: {fixed}"
     layer, why = auto_freeze_until(backbone, images_per_class(train_counts))
-    return layer, f"auto: {why}"
+    if layer == backbone.units[0].name or feature_fit is None:  # nothing frozen: no features to check
+        return layer, f"auto: {why}"
+    fit = feature_fit()
+    if fit is not None and fit.deep_features_fit_worse:
+        return None, (f"auto: the pretrained {fit.last} fits this data worse than its {fit.first} "
+                      f"({fit.describe()}): the weights come from another domain, so every layer trains "
+                      f"(the size rule would have frozen up to {layer})")
+    checked = f"; the features fit the data ({fit.describe()})" if fit is not None else ""
+    return layer, f"auto: {why}{checked}"

@@ -28,8 +28,8 @@ def _plan(tiny_data: Path, weights: Path, **kw):
     return resolve_run(config, index, backbone, {"lr": "command line"})
 
 
-def test_resolve_run_decides_every_data_dependent_setting(tiny_data, test_resnet_weights):
-    plan = _plan(tiny_data, test_resnet_weights, class_weights="auto")
+def test_resolve_run_decides_every_data_dependent_setting(tiny_data, fitted_resnet_weights):
+    plan = _plan(tiny_data, fitted_resnet_weights, class_weights="auto")
     c = plan.config
     # 8 train images per class: the head alone trains (the auto rule's first step).
     assert c.freeze_until == plan.backbone.groups[-1].unit_names[0]
@@ -47,7 +47,7 @@ def test_resolve_run_decides_every_data_dependent_setting(tiny_data, test_resnet
         plan.precision = "bf16-mixed"
 
 
-def test_lr_find_builds_what_run_would_train(tiny_data, test_resnet_weights, monkeypatch, tmp_path):
+def test_lr_find_builds_what_run_would_train(tiny_data, fitted_resnet_weights, monkeypatch, tmp_path):
     """lr-find tests the module `run` trains: its frozen part, class weights, batch and sampler."""
     import finetune.run.lr_find as lr_find_module
 
@@ -58,10 +58,10 @@ def test_lr_find_builds_what_run_would_train(tiny_data, test_resnet_weights, mon
         return lr_find_module.LRFindResult([1e-3], [1.0], 1e-3)
 
     monkeypatch.setattr(lr_find_module, "find_lr", capture)
-    config = RunConfig(backbone="test_resnet", data=tiny_data, weights=str(test_resnet_weights), image_size=32,
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights=str(fitted_resnet_weights), image_size=32,
                        workers=0, precision="32", lr="auto", class_weights="auto", output=tmp_path, progress=False)
     lr_find_module.run_lr_find(config)
-    plan = _plan(tiny_data, test_resnet_weights, class_weights="auto")
+    plan = _plan(tiny_data, fitted_resnet_weights, class_weights="auto")
     module, dm = seen["module"], seen["datamodule"]
     assert module.frozen_units == plan.backbone.resolve_layer(plan.config.freeze_until) > 0
     assert torch.equal(module.class_weights, plan.class_weights.float())

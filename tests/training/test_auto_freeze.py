@@ -17,11 +17,22 @@ def test_rule_unfreezes_more_with_more_data():
     assert images_per_class({"a": 3, "b": 8, "c": 900}) == 8  # the median, not the mean
 
 
-def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, test_resnet_weights):
-    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
+def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, fitted_resnet_weights):
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(fitted_resnet_weights)))
     assert result.exit_code == 0, result.output
     assert "freeze-until auto: 8 train images per class" in result.output and "--freeze-until fc" in result.output
+    assert "the features fit the data (nearest-class-mean top-1 on 24 train images: layer4" in result.output
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "fc"
+
+
+def test_weights_whose_last_group_fits_worse_train_every_layer(tiny_data, tmp_path, run_args, test_resnet_weights):
+    """The random-init stand-in: its layer4 fits the shapes worse than its stem (0.33 vs 0.42)."""
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
+    assert result.exit_code == 0, result.output
+    assert "the pretrained layer4 fits this data worse than its stem" in result.output
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert record["freeze_until"] is None
+    assert "every layer trains" in record["sources"]["freeze_until"]
 
 
 def _resolved(**kw) -> str | None:

@@ -1,0 +1,154 @@
+"""How well a pretrained network's features fit a task, measured before training: the domain check
+behind `--freeze-until auto`.
+
+Transfer learning rests on one premise: along a network pretrained on a related domain, the
+features grow more useful for the new classes with depth. When the data is far from that domain
+(silhouettes for a network trained on textures), the last groups encode what the old task needed
+and discard what separates the new classes: their output fits the task *worse* than the first
+group's generic edge and colour statistics. Freezing such groups keeps exactly the part that does
+not transfer.
+
+The measure is leave-one-out nearest-class-mean top-1 on average-pooled, L2-normalised features of
+a small sample of train images (a classifier with nothing to fit, so few images suffice and it
+costs one forward pass). The comparison is between two figures of the same network on the same
+images: no threshold to tune. Evidence (benchmarks/results/feature-probe.md): resnet18 trained on
+textures probes silhouettes at 0.32 in its stem and 0.20 in layer4; training every layer took test
+top-1 from 0.52 (last group + head) to 0.68. Wherever the last group fit better than the stem
+(lite0 ImageNet on all three tasks, the textures source on textures and faces), the data-size rule
+won.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from finetune.data.data_config import DataConfig
+from finetune.data.images import BadImageError, load_image
+from finetune.data.scan import DatasetIndex
+from finetune.data.transforms import build_eval_transform
+from finetune.models.backbone import Backbone
+
+PROBE_PER_CLASS = 20  # nearest-mean needs few images per class; 20 keep its standard error near 0.03
+PROBE_MAX = 256  # images in all: one forward pass of a resnet50 at 224 px takes a few seconds on 2 cores
+PROBE_SEED = 0  # the sample is the same whatever --seed, so runs that differ only in seed train alike
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class FeatureFit:
+    """Nearest-class-mean top-1 of the first and the last backbone group's output on `images` train images."""
+
+    first: str
+    first_fit: float
+    last: str
+    last_fit: float
+    images: int
+
+    @property
+    def deep_features_fit_worse(self) -> bool:
+        return self.last_fit < self.first_fit
+
+    def describe(self) -> str:
+        return (f"nearest-class-mean top-1 on {self.images} train images: {self.last} {self.last_fit:.2f}, "
+                f"{self.first} {self.first_fit:.2f}")
+
+
+def nearest_mean_loo(features: Tensor, labels: Tensor) -> float:
+    """Leave-one-out nearest-class-mean top-1 (cosine similarity) over the images whose class has
+    another image; each is compared with its own class's mean without itself.
+
+    Args:
+        features: (N, D).
+        labels: (N,) class indices.
+    """
+    f = F.normalize(features.double(), dim=1)
+    classes = int(labels.max()) + 1
+    sums = torch.zeros(classes, f.shape[1], dtype=f.dtype).index_add_(0, labels, f)
+    counts = torch.bincount(labels, minlength=classes)
+    sim = f @ F.normalize(sums, dim=1).T  # a class's mean direction is its sum's direction
+    own = F.normalize(sums[labels] - f, dim=1)  # own class without the image itself
+    sim[torch.arange(len(f)), labels] = (f * own).sum(1)
+    sim[:, counts == 0] = -torch.inf
+    scored = counts[labels] >= 2
+    if not scored.any():
+        return float("nan")
+    return float((sim.argmax(1) == labels)[scored].double().mean())
+
+
+def _pool(output: Tensor, channels_last_output: bool) -> Tensor:
+    """(N, D) from a group's output: spatial/token average for NCHW, NHWC and (N, tokens, D) tensors."""
+    if output.ndim == 4:
+        return output.mean((1, 2)) if channels_last_output else output.mean((2, 3))
+    if output.ndim == 3:
+        return output.mean(1)
+    return output.flatten(1)
+
+
+def _sample(index: DatasetIndex, seed: int) -> tuple[list, list[int]]:
+    rng = np.random.default_rng(seed)
+    per_class = max(2, min(PROBE_PER_CLASS, PROBE_MAX // max(1, len(index.classes))))
+    by_label: dict[int, list] = {}
+    for path, label in index.train:
+        by_label.setdefault(label, []).append(path)
+    paths, labels = [], []
+    for label, members in sorted(by_label.items()):
+        for i in rng.permutation(len(members))[:per_class]:
+            paths.append(members[i])
+            labels.append(label)
+    return paths, labels
+
+
+@torch.no_grad()
+def group_outputs(backbone: Backbone, images: Sequence[Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+    """Pooled outputs (N, D) of the named groups below the head for preprocessed images, in eval
+    mode (no BatchNorm statistics change); the network's train/eval mode is restored.
+
+    A group's output is taken as the input of the next group's first unit: what the network passes
+    on, after any parameter-free activation or pooling between units (timm's resnet applies its stem
+    ReLU and max-pool outside the stem's units), and for the last group what the head reads.
+    """
+    following = {g.name: backbone.groups[i + 1] for i, g in enumerate(backbone.groups[:-1])}
+    captured: dict[str, list[Tensor]] = {n: [] for n in names}
+    nhwc = getattr(backbone.model, "output_fmt", "NCHW") == "NHWC"  # timm's swin-style stages
+    hooks = [backbone.model.get_submodule(following[n].unit_names[0]).register_forward_pre_hook(
+        lambda m, args, n=n: captured[n].append(_pool(args[0].float(), nhwc))) for n in names]
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for start in range(0, len(images), BATCH):
+            backbone.model(torch.stack(list(images[start:start + BATCH])))
+    finally:
+        for h in hooks:
+            h.remove()
+        backbone.train(was_training)
+    return {n: torch.cat(v) for n, v in captured.items()}
+
+
+def measure_feature_fit(backbone: Backbone, index: DatasetIndex, data_config: DataConfig,
+                        seed: int = PROBE_SEED) -> FeatureFit | None:
+    """Probes the first and the last group below the head on a sample of train images, preprocessed
+    as for validation at the run's input size. None when there is nothing to compare (fewer than two
+    body groups, or fewer than two classes with two readable images)."""
+    body = backbone.groups[:-1]
+    if len(body) < 2:
+        return None
+    paths, labels = _sample(index, seed)
+    transform = build_eval_transform(data_config)
+    images, kept = [], []
+    for path, label in zip(paths, labels, strict=True):
+        try:
+            images.append(transform(load_image(path)))
+        except BadImageError:  # the scan already reported it
+            continue
+        kept.append(label)
+    y = torch.tensor(kept, dtype=torch.long)
+    if len(y) == 0 or int((torch.bincount(y) >= 2).sum()) < 2:
+        return None
+    first, last = body[0].name, body[-1].name
+    out = group_outputs(backbone, images, (first, last))
+    return FeatureFit(first, nearest_mean_loo(out[first], y), last, nearest_mean_loo(out[last], y), len(y))

@@ -1,0 +1,83 @@
+"""The domain check of --freeze-until auto: pretrained features that fit the data worse in the last
+group than in the first mean every layer trains."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.config import RunConfig
+from finetune.data.scan import scan_image_folder
+from finetune.models.backbone import create_backbone
+from finetune.training.auto_freeze import resolve_freeze_until
+from finetune.training.feature_fit import FeatureFit, measure_feature_fit, nearest_mean_loo
+
+
+def _loo_by_hand(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """The definition, one image at a time."""
+    f = F.normalize(features.double(), dim=1)
+    correct = scored = 0
+    for i in range(len(f)):
+        others = torch.arange(len(f)) != i
+        if (labels[others] == labels[i]).sum() == 0:
+            continue
+        means = torch.stack([f[others & (labels == c)].mean(0) if (others & (labels == c)).any()
+                             else torch.full_like(f[0], float("nan")) for c in range(int(labels.max()) + 1)])
+        sim = torch.nan_to_num(F.normalize(means, dim=1) @ f[i], nan=-torch.inf)
+        correct += int(sim.argmax() == labels[i])
+        scored += 1
+    return correct / scored
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_mean_leaves_each_image_out_of_its_own_class_mean(seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0] * 6 + [1] * 5 + [2] * 4 + [3])  # class 3 has one image: not scored
+    features = torch.randn(len(labels), 8, generator=g) + 0.8 * F.one_hot(labels, 8).float()
+    assert nearest_mean_loo(features, labels) == pytest.approx(_loo_by_hand(features, labels))
+
+
+def test_nearest_mean_separates_separable_features_and_not_noise():
+    labels = torch.arange(4).repeat_interleave(10)
+    assert nearest_mean_loo(F.one_hot(labels, 4).float() + 0.01 * torch.randn(40, 4), labels) == 1.0
+    # An image counted in its own class mean would win every time on pure noise: left out, it is near chance.
+    assert nearest_mean_loo(torch.randn(40, 64, generator=torch.Generator().manual_seed(0)), labels) < 0.5
+
+
+def _config(**kw) -> RunConfig:
+    return RunConfig(**{"backbone": "test_resnet", "data": ".", "weights": "imagenet", **kw})
+
+
+def test_auto_trains_everything_when_the_last_group_fits_worse_than_the_first():
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+    counts = {"a": 8, "b": 8, "c": 8}
+    worse = FeatureFit("stem", 0.6, "layer4", 0.3, 24)
+    better = FeatureFit("stem", 0.3, "layer4", 0.6, 24)
+    layer, why = resolve_freeze_until(_config(), backbone, counts, lambda: worse)
+    assert layer is None and "layer4 fits this data worse than its stem" in why and "layer4 0.30, stem 0.60" in why
+    layer, why = resolve_freeze_until(_config(), backbone, counts, lambda: better)
+    assert layer == "fc" and "layer4 0.60, stem 0.30" in why
+    layer, _ = resolve_freeze_until(_config(), backbone, counts, lambda: None)  # nothing to compare: the size rule
+    assert layer == "fc"
+
+
+def test_the_features_are_not_measured_where_nothing_would_be_frozen():
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+
+    def fail():
+        raise AssertionError("measured")
+
+    assert resolve_freeze_until(_config(), backbone, {"a": 5000, "b": 5000}, fail)[0] == "conv1"
+    assert resolve_freeze_until(_config(weights="none"), backbone, {"a": 8}, fail)[0] is None
+    assert resolve_freeze_until(_config(freeze_until="layer2"), backbone, {"a": 8}, fail)[0] == "layer2"
+
+
+def test_measured_on_the_train_images_without_changing_the_network(tiny_data):
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+    backbone.train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}  # BatchNorm running stats included
+    fit = measure_feature_fit(backbone, scan_image_folder(tiny_data), backbone.data_config.with_size(32))
+    assert (fit.first, fit.last, fit.images) == ("stem", "layer4", 24)
+    assert 0.0 <= fit.first_fit <= 1.0 and 0.0 <= fit.last_fit <= 1.0
+    assert backbone.training
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
