@@ -67,7 +67,8 @@ class Regime:
 
 REGIMES = {
     "32px-10shot-imagenet": Regime("32px-10shot-imagenet", 32, 10, "imagenet"),
-    "32px-many-imagenet": Regime("32px-many-imagenet", 32, None, "imagenet"),
+    # "A few hundred per class": 200 (faces has 50 at most), affordable on 2 cores for every method and 3 seeds.
+    "32px-200shot-imagenet": Regime("32px-200shot-imagenet", 32, 200, "imagenet"),
     "own-10shot-imagenet": Regime("own-10shot-imagenet", None, 10, "imagenet"),
     "32px-10shot-source": Regime("32px-10shot-source", 32, 10, "source"),
 }
