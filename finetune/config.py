@@ -54,8 +54,9 @@ REQUIRED_ELSEWHERE = "Required here or in the recipe (not with --resume)."
 _COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all)."
 _AUTO_FREEZE = (
     "auto (default): from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
-    "last half of the groups; else everything; every layer with --weights none, and the policy's part with "
-    "--freeze-policy/--freeze-epochs/--unfreeze-every.")
+    "last half of the groups; else everything; but everything when the pretrained last group fits the train "
+    "images worse than the first (weights from another domain); every layer with --weights none, and the "
+    "policy's part with --freeze-policy/--freeze-epochs/--unfreeze-every.")
 _AUTO_AUGMENT = (
     "from the data: translation only under 64 px, else a random crop keeping 50% of the area, 25% with 100+ images "
     "per class; flip unless mirroring changes the class; no colour jitter on grey images")

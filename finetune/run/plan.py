@@ -131,7 +131,8 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     sources = dict(sources or {})
     data_config = backbone.data_config.with_size(config.image_size)
     layer, why = resolve_freeze_until(config, backbone, index.counts("train"),
-                                      lambda: measure_feature_fit(backbone, index, data_config))
+                                      lambda: measure_feature_fit(backbone, index, data_config,
+                                                                          progress=config.progress))
     if why is not None:
         config = config.model_copy(update={"freeze_until": layer})
         sources["freeze_until"] = why
