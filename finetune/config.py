@@ -55,7 +55,7 @@ _COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a frac
 _AUTO_FREEZE = (
     "auto (default): from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
     "last half of the groups; else everything; but everything when the pretrained last group fits the train "
-    "images worse than the first (weights from another domain); every layer with --weights none, and the "
+    "images no better than the first (weights from another domain); every layer with --weights none, and the "
     "policy's part with --freeze-policy/--freeze-epochs/--unfreeze-every.")
 _AUTO_AUGMENT = (
     "from the data: translation only under 64 px, else a random crop keeping 50% of the area, 25% with 100+ images "

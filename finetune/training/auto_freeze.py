@@ -10,8 +10,8 @@ of every layer took faces 0.817 -> 0.961, textures 0.716 -> 0.902, silhouettes 0
 400 per class, half of the groups scored level with all of them (0.969 vs 0.971).
 
 The size rule assumes the frozen features suit the data. Before freezing anything, the run checks
-that (finetune.training.feature_fit): when the last group's features fit the train images worse than
-the first group's, the pretraining is from another domain and every layer trains.
+that (finetune.training.feature_fit): when the last group's features fit the train images no better
+than the first group's, the pretraining is from another domain and every layer trains.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: di
 
     Args:
         feature_fit: Measures the pretrained features on the train images; called only when the
-            size rule would freeze something. When the last group fits worse than the first,
+            size rule would freeze something. When the last group fits no better than the first,
             nothing is frozen. None: the size rule alone.
 
     Returns:
@@ -88,8 +88,8 @@ def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: di
     if layer == backbone.units[0].name or feature_fit is None:  # nothing frozen: no features to check
         return layer, f"auto: {why}"
     fit = feature_fit()
-    if fit is not None and fit.deep_features_fit_worse:
-        return None, (f"auto: the pretrained {fit.last} fits this data worse than its {fit.first} "
+    if fit is not None and fit.deep_features_no_better:
+        return None, (f"auto: the pretrained {fit.last} fits this data no better than its {fit.first} "
                       f"({fit.describe()}): the weights come from another domain, so every layer trains "
                       f"(the size rule would have frozen up to {layer})")
     checked = f"; the features fit the data ({fit.describe()})" if fit is not None else ""

@@ -48,13 +48,15 @@ def _config(**kw) -> RunConfig:
     return RunConfig(**{"backbone": "test_resnet", "data": ".", "weights": "imagenet", **kw})
 
 
-def test_auto_trains_everything_when_the_last_group_fits_worse_than_the_first():
+def test_auto_trains_everything_when_the_last_group_fits_no_better_than_the_first():
     backbone, _ = create_backbone("test_resnet", 3, "none")
     counts = {"a": 8, "b": 8, "c": 8}
     worse = FeatureFit("stem", 0.6, "layer4", 0.3, 24)
     better = FeatureFit("stem", 0.3, "layer4", 0.6, 24)
     layer, why = resolve_freeze_until(_config(), backbone, counts, lambda: worse)
-    assert layer is None and "layer4 fits this data worse than its stem" in why and "layer4 0.30, stem 0.60" in why
+    assert layer is None and "layer4 fits this data no better than its stem" in why and "layer4 0.30, stem 0.60" in why
+    tie = FeatureFit("stem", 0.39, "layer4", 0.39, 100)  # no evidence the deep features transfer: they train
+    assert resolve_freeze_until(_config(), backbone, counts, lambda: tie)[0] is None
     layer, why = resolve_freeze_until(_config(), backbone, counts, lambda: better)
     assert layer == "fc" and "layer4 0.60, stem 0.30" in why
     layer, _ = resolve_freeze_until(_config(), backbone, counts, lambda: None)  # nothing to compare: the size rule
