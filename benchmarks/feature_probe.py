@@ -23,7 +23,7 @@ from finetune.data.real import TASKS, make_real_task  # noqa: E402
 from finetune.data.scan import scan_image_folder  # noqa: E402
 from finetune.data.transforms import build_eval_transform  # noqa: E402
 from finetune.models.backbone import create_backbone  # noqa: E402
-from finetune.training.feature_fit import group_outputs, nearest_mean_loo  # noqa: E402
+from finetune.training.feature_fit import group_outputs, measure_feature_fit, nearest_mean_loo  # noqa: E402
 
 
 def probe(backbone: str, weights: str, data: Path, size: int = 32) -> list[tuple[str, float]]:
@@ -36,13 +36,38 @@ def probe(backbone: str, weights: str, data: Path, size: int = 32) -> list[tuple
     return [(name, nearest_mean_loo(pooled[name], y)) for name in names]
 
 
+def decisions(work: Path, source: str) -> None:
+    """What the domain check of `--freeze-until auto` decides in each benchmark regime and seed, with
+    the two figures it compares (the run's own sample of at most 160 train images)."""
+    print("| regime | task | seed | last group | first group | --freeze-until auto |\n|---|---|---|---|---|---|")
+    for regime in ("32px-10shot-imagenet", "32px-200shot-imagenet", "32px-10shot-source"):
+        r = quality.REGIMES[regime]
+        backbone, weights = ((quality.IMAGENET_BACKBONE, "imagenet") if r.weights == "imagenet"
+                             else (quality.SOURCE_BACKBONE, source))
+        for task in TASKS:
+            net, _ = create_backbone(backbone, 2, weights)  # the head is not probed: its size does not matter
+            for seed in range(3):
+                data = work / "data" / f"{task}-{r.train_per_class(task)}-{seed}"
+                if not data.is_dir():
+                    make_real_task(task, data, r.train_per_class(task), seed=seed)
+                fit = measure_feature_fit(net, scan_image_folder(data), net.data_config.with_size(r.size))
+                verdict = "every layer" if fit.deep_features_no_better else "the size rule"
+                print(f"| {regime} | {task} | {seed} | {fit.last} {fit.last_fit:.2f} | {fit.first} {fit.first_fit:.2f} "
+                      f"| {verdict} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-probe"))
     parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--decisions", action="store_true",
+                        help="print what --freeze-until auto's domain check decides per regime and seed")
     args = parser.parse_args()
     torch.manual_seed(0)
     source = str(quality.source_weights(args.work))
+    if args.decisions:
+        decisions(args.work, source)
+        return
     for task in TASKS:
         data = args.work / "data" / f"{task}-{args.shots}-0"
         if not data.is_dir():

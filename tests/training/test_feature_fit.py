@@ -1,5 +1,5 @@
-"""The domain check of --freeze-until auto: pretrained features that fit the data worse in the last
-group than in the first mean every layer trains."""
+"""The domain check of --freeze-until auto: pretrained features that fit the data no better in the
+last group than in the first mean every layer trains."""
 from __future__ import annotations
 
 import pytest
