@@ -32,7 +32,7 @@ def probe(backbone: str, weights: str, data: Path, size: int = 32) -> list[tuple
     net, _ = create_backbone(backbone, len(index.classes), weights)
     x, y = quality._load_split(data / "train", index.classes, build_eval_transform(net.data_config.with_size(size)))
     names = [g.name for g in net.groups[:-1]]
-    pooled = group_outputs(net, list(x), names)
+    pooled = group_outputs(net, x.split(16), names)
     return [(name, nearest_mean_loo(pooled[name], y)) for name in names]
 
 

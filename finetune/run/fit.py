@@ -22,7 +22,7 @@ from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.errors import FinetuneError
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
-from finetune.run.plan import RunPlan, plan_run
+from finetune.run.plan import RunPlan, plan_run, shared_env
 from finetune.run.quiet import quiet_lightning
 from finetune.run.resume import previous_metrics
 from finetune.run.run_dir import claim_run_dir
@@ -76,17 +76,19 @@ def resolve_run_dir(config: RunConfig) -> Path:
 
 
 @contextlib.contextmanager
-def _shared_run_dir(run_dir: Path) -> Iterator[None]:
-    """Exports the run dir to child processes for the duration of the run only."""
-    previous = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+def _shared_run_dir(run_dir: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Exports the run dir, and `env` (plan.shared_env), to child processes for the duration of the run only."""
+    exported = {RUN_DIR_ENV: str(run_dir), **(env or {})}
+    previous = {k: os.environ.get(k) for k in exported}
+    os.environ.update(exported)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_epoch: int,
@@ -182,7 +184,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
                           soft_wrap=True)
     plan, report = plan_run(config, sources)
     index = plan.index
-    if "freeze_until" in plan.decided and config.weights != "none":  # a choice the data made
+    if "freeze_until" in plan.decided and config.weights != "none" and rank_zero_only.rank == 0:  # data-made
         console.print(f"freeze-until {plan.sources['freeze_until']}", soft_wrap=True)
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
@@ -204,7 +206,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
                 console.print(f"{key.replace('_', '-')} {plan.sources[key]}")
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {plan.config.epochs})")
-    with _shared_run_dir(run_dir):
+    with _shared_run_dir(run_dir, shared_env(plan)):
         trainer.fit(module, plan.datamodule(), ckpt_path=ckpt_path)
     result = _finish(console, trainer, run_dir, plan.precision, plan.config)
     if trainer.is_global_zero:

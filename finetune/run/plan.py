@@ -9,6 +9,8 @@ so nothing downstream resolves a setting again or rebinds the config.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +117,29 @@ class RunPlan:
         return {"config": self.config.model_dump(mode="json"), "resolved": resolved, "sources": dict(self.sources)}
 
 
+# Rank 0's --freeze-until auto decision, handed to the processes DDP starts (see `shared_env`). Each
+# would otherwise check the features itself, and a tie broken the other way on another CPU would give
+# the ranks different frozen parts.
+AUTO_FREEZE_ENV = "FINETUNE_AUTO_FREEZE"
+
+
+def _freeze_until(config: RunConfig, backbone: Backbone, index: DatasetIndex,
+                  data_config: DataConfig) -> tuple[str | None, str | None]:
+    inherited = os.environ.get(AUTO_FREEZE_ENV)
+    if inherited and config.freeze_until == "auto":
+        decided = json.loads(inherited)
+        return decided["layer"], decided["why"]
+    return resolve_freeze_until(config, backbone, index.counts("train"),
+                                lambda: measure_feature_fit(backbone, index, data_config, progress=config.progress))
+
+
+def shared_env(plan: RunPlan) -> dict[str, str]:
+    """What the processes DDP starts must decide as this one did: the data-made --freeze-until."""
+    if "freeze_until" not in plan.decided:
+        return {}
+    return {AUTO_FREEZE_ENV: json.dumps({"layer": plan.config.freeze_until, "why": plan.sources["freeze_until"]})}
+
+
 def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
                 sources: dict[str, str] | None = None) -> RunPlan:
     """Resolves every derived setting of a run from its config, its scanned data and its backbone.
@@ -130,9 +155,7 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     """
     sources = dict(sources or {})
     data_config = backbone.data_config.with_size(config.image_size)
-    layer, why = resolve_freeze_until(config, backbone, index.counts("train"),
-                                      lambda: measure_feature_fit(backbone, index, data_config,
-                                                                          progress=config.progress))
+    layer, why = _freeze_until(config, backbone, index, data_config)
     if why is not None:
         config = config.model_copy(update={"freeze_until": layer})
         sources["freeze_until"] = why

@@ -87,7 +87,10 @@ def resolve_freeze_until(config: RunConfig, backbone: Backbone, train_counts: di
     layer, why = auto_freeze_until(backbone, images_per_class(train_counts))
     if layer == backbone.units[0].name or feature_fit is None:  # nothing frozen: no features to check
         return layer, f"auto: {why}"
-    fit = feature_fit()
+    try:
+        fit = feature_fit()
+    except Exception as e:  # noqa: BLE001 - an advisory check: a network it cannot read must not stop the run
+        return layer, f"auto: {why}; the features were not checked ({type(e).__name__}: {e})"
     if fit is not None and fit.deep_features_no_better:
         return None, (f"auto: the pretrained {fit.last} fits this data no better than its {fit.first} "
                       f"({fit.describe()}): the weights come from another domain, so every layer trains "

@@ -19,8 +19,9 @@ data-size rule won.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ PROBE_PER_CLASS = 16  # nearest-mean needs few images per class; both figures ar
 # Images in all, in one fp32 eval forward pass. Measured on one thread of a busy 2-core CPU at 224 px,
 # 100 images took 10 s (resnet18) and 30 s (resnet50): under 1% of the training run it decides.
 PROBE_MAX = 160
-PROBE_SEED = 0  # the sample is the same whatever --seed, so runs that differ only in seed train alike
+# The draw is the same whatever --seed (with a flat folder the val split, hence the train images,
+# still follows --seed).
+PROBE_SEED = 0
 BATCH = 16
 
 
@@ -93,14 +96,40 @@ def _pool(output: Tensor, channels_last_output: bool) -> Tensor:
     return output.flatten(1)
 
 
+def _channels_last_stages(backbone: Backbone) -> bool:
+    """Whether the stages pass (N, H, W, C) tensors: timm's swin-style models say so in `output_fmt`;
+    torchvision's Swin permutes after its patch embedding and says nothing."""
+    if getattr(backbone.model, "output_fmt", "NCHW") == "NHWC":
+        return True
+    return backbone.zoo == "torchvision" and type(backbone.model).__name__.startswith("SwinTransformer")
+
+
+def _first_tensor(args: Any) -> Tensor | None:
+    """The first tensor among a unit's call arguments (PiT passes (x, cls_tokens), CrossViT a list)."""
+    if isinstance(args, Tensor):
+        return args
+    if isinstance(args, (tuple, list)):
+        for a in args:
+            found = _first_tensor(a)
+            if found is not None:
+                return found
+    return None
+
+
 def _sample(index: DatasetIndex, seed: int) -> tuple[list, list[int]]:
+    """Up to PROBE_PER_CLASS train images of each class, PROBE_MAX in all: with more than PROBE_MAX / 2
+    classes, 2 images each of PROBE_MAX / 2 classes drawn at random (both figures read the same ones)."""
     rng = np.random.default_rng(seed)
-    per_class = max(2, min(PROBE_PER_CLASS, PROBE_MAX // max(1, len(index.classes))))
     by_label: dict[int, list] = {}
     for path, label in index.train:
         by_label.setdefault(label, []).append(path)
+    labels_present = sorted(by_label)
+    if 2 * len(labels_present) > PROBE_MAX:
+        labels_present = sorted(rng.choice(labels_present, PROBE_MAX // 2, replace=False).tolist())
+    per_class = max(2, min(PROBE_PER_CLASS, PROBE_MAX // max(1, len(labels_present))))
     paths, labels = [], []
-    for label, members in sorted(by_label.items()):
+    for label in labels_present:
+        members = by_label[label]
         for i in rng.permutation(len(members))[:per_class]:
             paths.append(members[i])
             labels.append(label)
@@ -108,57 +137,81 @@ def _sample(index: DatasetIndex, seed: int) -> tuple[list, list[int]]:
 
 
 @torch.no_grad()
-def group_outputs(backbone: Backbone, images: Sequence[Tensor], names: Sequence[str],
-                  progress: bool = False) -> dict[str, Tensor]:
-    """Pooled outputs (N, D) of the named groups below the head for preprocessed images, in eval
-    mode (no BatchNorm statistics change); the network's train/eval mode is restored.
+def group_outputs(backbone: Backbone, batches: Iterable[Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+    """Pooled outputs (N, D) of the named groups below the head for batches of preprocessed images,
+    in eval mode (no BatchNorm statistics change); each module's train/eval mode is restored.
 
     A group's output is taken as the input of the next group's first unit: what the network passes
     on, after any parameter-free activation or pooling between units (timm's resnet applies its stem
     ReLU and max-pool outside the stem's units), and for the last group what the head reads.
+
+    Raises:
+        RuntimeError: A unit was not called exactly once per batch with a tensor (its input cannot be
+            read as the group's output).
     """
     following = {g.name: backbone.groups[i + 1] for i, g in enumerate(backbone.groups[:-1])}
     captured: dict[str, list[Tensor]] = {n: [] for n in names}
-    nhwc = getattr(backbone.model, "output_fmt", "NCHW") == "NHWC"  # timm's swin-style stages
-    hooks = [backbone.model.get_submodule(following[n].unit_names[0]).register_forward_pre_hook(
-        lambda m, args, n=n: captured[n].append(_pool(args[0].float(), nhwc))) for n in names]
-    was_training = backbone.training
-    backbone.eval()
-    starts: Iterable[int] = range(0, len(images), BATCH)
-    if progress and len(images) > BATCH:
-        from rich.progress import track
+    nhwc = _channels_last_stages(backbone)
 
-        starts = track(starts, description="Checking the pretrained features", transient=True)
+    def hook(name: str):
+        def capture(module, args):
+            x = _first_tensor(args)
+            if x is None:
+                raise RuntimeError(f"{following[name].unit_names[0]} was called without a tensor")
+            captured[name].append(_pool(x.float(), nhwc))
+        return capture
+
+    hooks = [backbone.model.get_submodule(following[n].unit_names[0]).register_forward_pre_hook(hook(n))
+             for n in names]
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
     try:
-        for start in starts:
-            backbone.model(torch.stack(list(images[start:start + BATCH])))
+        for calls, batch in enumerate(batches, start=1):
+            backbone.model(batch)
+            for n in names:
+                if len(captured[n]) != calls:
+                    raise RuntimeError(f"{following[n].unit_names[0]} ran {len(captured[n]) - calls + 1} times "
+                                       f"in one forward pass; its input is not one group output")
     finally:
         for h in hooks:
             h.remove()
-        backbone.train(was_training)
-    return {n: torch.cat(v) for n, v in captured.items()}
+        for m, training in modes.items():
+            m.training = training
+    return {n: torch.cat(v) for n, v in captured.items() if v}
 
 
 def measure_feature_fit(backbone: Backbone, index: DatasetIndex, data_config: DataConfig,
                         seed: int = PROBE_SEED, progress: bool = False) -> FeatureFit | None:
     """Probes the first and the last group below the head on a sample of train images, preprocessed
-    as for validation at the run's input size. None when there is nothing to compare (fewer than two
-    body groups, or fewer than two classes with two readable images)."""
+    as for validation at the run's input size, a batch at a time. None when there is nothing to
+    compare (fewer than two body groups, or fewer than two classes with two readable images)."""
     body = backbone.groups[:-1]
     if len(body) < 2:
         return None
     paths, labels = _sample(index, seed)
     transform = build_eval_transform(data_config)
-    images, kept = [], []
-    for path, label in zip(paths, labels, strict=True):
-        try:
-            images.append(transform(load_image(path)))
-        except BadImageError:  # the scan already reported it
-            continue
-        kept.append(label)
+    kept: list[int] = []
+
+    def batches() -> Iterator[Tensor]:
+        starts: Iterable[int] = range(0, len(paths), BATCH)
+        if progress and len(paths) > BATCH:
+            from rich.progress import track
+
+            starts = track(starts, description="Checking the pretrained features", transient=True)
+        for start in starts:
+            images = []
+            for path, label in zip(paths[start:start + BATCH], labels[start:start + BATCH], strict=True):
+                try:
+                    images.append(transform(load_image(path)))
+                except BadImageError:  # the scan already reported it
+                    continue
+                kept.append(label)
+            if images:
+                yield torch.stack(images)
+
+    first, last = body[0].name, body[-1].name
+    out = group_outputs(backbone, batches(), (first, last))
     y = torch.tensor(kept, dtype=torch.long)
     if len(y) == 0 or int((torch.bincount(y) >= 2).sum()) < 2:
         return None
-    first, last = body[0].name, body[-1].name
-    out = group_outputs(backbone, images, (first, last), progress)
     return FeatureFit(first, nearest_mean_loo(out[first], y), last, nearest_mean_loo(out[last], y), len(y))

@@ -136,3 +136,20 @@ def test_a_checkpoint_without_parts_still_loads_from_its_config(trained_run, tmp
     x = torch.randn(2, 3, 32, 32)
     module.eval(), old.eval()
     torch.testing.assert_close(old(x), module(x), rtol=0, atol=1e-6)
+
+
+def test_processes_ddp_starts_take_rank_zeros_freeze_decision(tiny_data, fitted_resnet_weights, monkeypatch):
+    """A child rank never checks the features itself: a tie broken the other way on another CPU would
+    give it another frozen part than rank 0's."""
+    import finetune.run.plan as plan_module
+
+    parent = _plan(tiny_data, fitted_resnet_weights)
+    env = plan_module.shared_env(parent)
+    assert parent.config.freeze_until == "fc" and set(env) == {plan_module.AUTO_FREEZE_ENV}
+
+    monkeypatch.setenv(plan_module.AUTO_FREEZE_ENV, env[plan_module.AUTO_FREEZE_ENV].replace('"fc"', '"layer4"'))
+    monkeypatch.setattr(plan_module, "measure_feature_fit", lambda *a, **k: pytest.fail("a child rank measured"))
+    child = _plan(tiny_data, fitted_resnet_weights)
+    assert child.config.freeze_until == "layer4" and child.sources["freeze_until"] == parent.sources["freeze_until"]
+    given = _plan(tiny_data, fitted_resnet_weights, freeze_until="layer2")  # a given layer is never replaced
+    assert given.config.freeze_until == "layer2" and plan_module.shared_env(given) == {}

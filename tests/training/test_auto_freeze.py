@@ -8,6 +8,7 @@ from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import auto_freeze_until, images_per_class, resolve_freeze_until
+from finetune.training.feature_fit import FeatureFit
 
 
 def test_rule_unfreezes_more_with_more_data():
@@ -25,8 +26,12 @@ def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, 
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "fc"
 
 
-def test_weights_whose_last_group_fits_worse_train_every_layer(tiny_data, tmp_path, run_args, test_resnet_weights):
-    """The random-init stand-in: its layer4 fits the shapes worse than its stem (0.33 vs 0.42)."""
+def test_weights_whose_last_group_fits_no_better_train_every_layer(tiny_data, tmp_path, run_args,
+                                                                   test_resnet_weights, monkeypatch):
+    import finetune.run.plan as plan_module
+
+    worse = FeatureFit("stem", 0.42, "layer4", 0.33, 24)
+    monkeypatch.setattr(plan_module, "measure_feature_fit", lambda *a, **k: worse)
     result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
     assert result.exit_code == 0, result.output
     assert "the pretrained layer4 fits this data no better than its stem" in result.output

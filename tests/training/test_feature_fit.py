@@ -2,6 +2,8 @@
 last group than in the first mean every layer trains."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,14 @@ from finetune.config import RunConfig
 from finetune.data.scan import scan_image_folder
 from finetune.models.backbone import create_backbone
 from finetune.training.auto_freeze import resolve_freeze_until
-from finetune.training.feature_fit import FeatureFit, measure_feature_fit, nearest_mean_loo
+from finetune.training.feature_fit import (
+    PROBE_MAX,
+    FeatureFit,
+    _sample,
+    group_outputs,
+    measure_feature_fit,
+    nearest_mean_loo,
+)
 
 
 def _loo_by_hand(features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -83,3 +92,39 @@ def test_measured_on_the_train_images_without_changing_the_network(tiny_data):
     assert 0.0 <= fit.first_fit <= 1.0 and 0.0 <= fit.last_fit <= 1.0
     assert backbone.training
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_a_check_that_fails_leaves_the_size_rule_and_says_why():
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+
+    def broken():
+        raise RuntimeError("layer4 ran 2 times in one forward pass")
+
+    layer, why = resolve_freeze_until(_config(), backbone, {"a": 8, "b": 8}, broken)
+    assert layer == "fc" and "the features were not checked (RuntimeError: layer4 ran 2 times" in why
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_convnext", "test_efficientnet", "test_mambaout", "pit_ti_224"])
+def test_each_family_gives_one_pooled_row_per_image_for_the_first_and_last_group(name):
+    """Token, NCHW, NHWC stages and PiT's (x, cls_tokens) calls: one (N, D) matrix per group."""
+    backbone, _ = create_backbone(name, 3, "none")
+    size = backbone.data_config.input_size
+    first, last = backbone.groups[0].name, backbone.groups[-2].name
+    out = group_outputs(backbone, torch.randn(5, 3, size, size).split(2), (first, last))
+    assert out[first].shape[0] == 5 and out[last].shape[0] == 5
+    assert out[first].ndim == 2 and out[last].ndim == 2
+
+
+def test_torchvision_swin_is_pooled_over_space_not_over_channels():
+    backbone, _ = create_backbone("tv:swin_t", 3, "none")
+    out = group_outputs(backbone, [torch.randn(2, 3, 224, 224)], (backbone.groups[0].name,))
+    assert out[backbone.groups[0].name].shape == (2, 96)  # swin_t's embedding width, not the 56 rows
+
+
+def test_the_sample_stays_within_its_cap_with_many_classes():
+    classes = [f"c{i}" for i in range(1000)]
+    train = [(f"{c}/{j}.png", i) for i, c in enumerate(classes) for j in range(5)]
+    index = SimpleNamespace(classes=classes, train=train)
+    paths, labels = _sample(index, seed=0)
+    assert len(paths) <= PROBE_MAX and len(set(labels)) == PROBE_MAX // 2
+    assert all(labels.count(label) == 2 for label in set(labels))  # every drawn class can be left out once
