@@ -184,8 +184,6 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
                           soft_wrap=True)
     plan, report = plan_run(config, sources)
     index = plan.index
-    if "freeze_until" in plan.decided and config.weights != "none" and rank_zero_only.rank == 0:  # data-made
-        console.print(f"freeze-until {plan.sources['freeze_until']}", soft_wrap=True)
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
@@ -319,6 +317,8 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
     if module.teacher is not None:
         console.print(f"Teacher: {module.teacher.source} "
                       f"(kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
+    if "freeze_until" in plan.decided and config.weights != "none":  # the frozen part the data chose
+        console.print(f"freeze-until {plan.sources['freeze_until']}", soft_wrap=True)
     print_plan(module, console, world_size)
 
 

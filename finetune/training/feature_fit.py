@@ -197,7 +197,7 @@ def measure_feature_fit(backbone: Backbone, index: DatasetIndex, data_config: Da
         if progress and len(paths) > BATCH:
             from rich.progress import track
 
-            starts = track(starts, description="Checking the pretrained features", transient=True)
+            starts = track(starts, description="Checking the pretrained features")
         for start in starts:
             images = []
             for path, label in zip(paths[start:start + BATCH], labels[start:start + BATCH], strict=True):
