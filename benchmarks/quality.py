@@ -204,7 +204,7 @@ def finetune_run(data: Path, backbone: str, weights: str, size: int | None, seed
 def recipes_for(regime: Regime) -> list[str]:
     """Recipes whose "When:" line fits the regime (few-shot: tens of images per class or fewer)."""
     few = (regime.shots or 1000) <= 50
-    return ["linear-probe"] if few else ["two-phase", "finetune-large", "regularized"]
+    return ["linear-probe"] if few else ["finetune-large", "regularized"]
 
 
 # ----- the source task (weights trained by this toolkit) -------------------------------------------

@@ -70,7 +70,7 @@ def test_missing_backbone_is_required_here_or_in_the_recipe(tiny_data, tmp_path)
     assert result.exit_code == 2 and "--backbone is required" in result.output
 
 
-SHIPPED = ("distill", "finetune-large", "linear-probe", "regularized", "two-phase")
+SHIPPED = ("distill", "finetune-large", "linear-probe", "regularized")
 
 
 def test_the_shipped_recipes_are_all_there_with_descriptions():

@@ -1,4 +1,4 @@
-"""Gradual unfreezing: the two-phase recipe, --unfreeze-every, logging, resume, DDP."""
+"""Gradual unfreezing: --freeze-epochs (one frozen phase, then every group), --unfreeze-every, logging, resume, DDP."""
 from __future__ import annotations
 
 import csv
