@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data.images import BadImageError, load_pil
-from finetune.data.scan import DatasetIndex
+from finetune.data.scan import DatasetIndex, paths_by_label
 
 SAMPLE_PER_CLASS = 40
 SAMPLE_MAX = 2000  # with many classes fewer per class: the flip test's similarity matrix is SAMPLE_MAX^2
@@ -77,9 +77,7 @@ def profile_training_set(index: DatasetIndex, seed: int = PROFILE_SEED) -> DataP
 def _sample(index: DatasetIndex, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
     per_class = max(2, min(SAMPLE_PER_CLASS, SAMPLE_MAX // max(1, len(index.classes))))
-    by_label: dict[int, list] = {}
-    for path, label in index.train:
-        by_label.setdefault(label, []).append(path)
+    by_label = paths_by_label(index.train)
     images, labels = [], []
     for label, paths in sorted(by_label.items()):
         picked = rng.permutation(len(paths))[:per_class]

@@ -292,6 +292,14 @@ def _check_train_classes(train: list[Item], classes: list[str], class_root: Path
         )
 
 
+def paths_by_label(items: Iterable[Item]) -> dict[int, list[Path]]:
+    """Each label's paths, in the items' order: one pass over the items, O(N), not a scan per class."""
+    by_label: dict[int, list[Path]] = {}
+    for path, label in items:
+        by_label.setdefault(label, []).append(path)
+    return by_label
+
+
 def stratified_split(items: list[Item], classes: list[str], val_split: float,
                      seed: int) -> tuple[list[Item], list[Item]]:
     """Splits (path, label) pairs into train and val class by class.
@@ -303,9 +311,7 @@ def stratified_split(items: list[Item], classes: list[str], val_split: float,
     Returns:
         (train, val) lists, each in the input order.
     """
-    by_label: dict[int, list[Path]] = {}
-    for path, label in items:  # one pass over the items: O(N), not a scan per class
-        by_label.setdefault(label, []).append(path)
+    by_label = paths_by_label(items)
     in_val: set[Path] = set()
     for label, name in enumerate(classes):
         paths = sorted(by_label.get(label, []))

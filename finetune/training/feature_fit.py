@@ -30,7 +30,7 @@ from torch import Tensor
 
 from finetune.data.data_config import DataConfig
 from finetune.data.images import BadImageError, load_image
-from finetune.data.scan import DatasetIndex
+from finetune.data.scan import DatasetIndex, paths_by_label
 from finetune.data.transforms import build_eval_transform
 from finetune.models.backbone import Backbone
 
@@ -120,9 +120,7 @@ def _sample(index: DatasetIndex, seed: int) -> tuple[list, list[int]]:
     """Up to PROBE_PER_CLASS train images of each class, PROBE_MAX in all: with more than PROBE_MAX / 2
     classes, 2 images each of PROBE_MAX / 2 classes drawn at random (both figures read the same ones)."""
     rng = np.random.default_rng(seed)
-    by_label: dict[int, list] = {}
-    for path, label in index.train:
-        by_label.setdefault(label, []).append(path)
+    by_label = paths_by_label(index.train)
     labels_present = sorted(by_label)
     if 2 * len(labels_present) > PROBE_MAX:
         labels_present = sorted(rng.choice(labels_present, PROBE_MAX // 2, replace=False).tolist())
