@@ -27,6 +27,7 @@ FreezePolicy = Literal["linear-probe", "bn-only", "full"]
 Schedule = Literal["cosine", "step", "onecycle", "constant"]
 Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
 Sampler = Literal["shuffle", "balanced"]
+FeatureCache = Literal["auto", "off"]
 Logger = Literal["csv", "tensorboard", "mlflow"]
 Tta = Literal["none", "flip", "five-crop", "ten-crop", "scales"]
 # Lightning's accelerator names, plus its alias gpu and auto.
@@ -124,6 +125,19 @@ class RunConfig(BaseModel):
     precision: Precision = Field("auto", description=(
         f"{one_of(Precision)}. auto: bf16-mixed on a GPU or CPU with native bf16, else 32."))
     channels_last: bool | None = Field(None, description="NHWC memory format. Default: on with mixed precision.")
+    feature_cache: FeatureCache = Field("auto", description=(
+        "Frozen-feature cache: run the frozen part once per image and train the rest on its stored output. "
+        + one_of(FeatureCache, {"auto": "where it is exact (a frozen part, no random augmentation reaching it, no "
+                                "mixing, teacher, EMA or unfreezing, one process) or with --cache-views",
+                                "off": "never"})
+        + ". Stored under the cache folder, keyed on the frozen weights, the preprocessing and the image files."))
+    image_cache: FeatureCache = Field("auto", description=(
+        "Decode the train and val images once into memory, shared with the workers, instead of in every epoch: "
+        + one_of(FeatureCache, {"auto": "when they fit a quarter of the available memory", "off": "never"})
+        + ". Stored pre-resized where the transform starts with the eval resize, so the inputs are unchanged."))
+    cache_views: int = Field(0, ge=0, description=(
+        "With a random augmentation: cache K augmented views of each training image and train epoch e on view "
+        "e mod K (not exact: K fixed draws instead of a fresh one every epoch). 0: off."))
     accelerator: str = Field("auto", description=f"Lightning accelerator: {one_of(Accelerator, {'gpu': '= cuda'})}.")
     devices: str = Field("auto", description=(
         "Number of devices (cpu: processes), GPU ids such as 0,1, -1 (every GPU) or auto."))
@@ -448,6 +462,8 @@ def unused_settings(values: Mapping[str, Any]) -> dict[str, str]:
         unused["early_stop_min_delta"] = "has no effect without --early-stop"
     if "mlflow" not in (values.get("logger") or []) and not _is_default(values, "mlflow_uri"):
         unused["mlflow_uri"] = "has no effect without --logger mlflow"
+    if values.get("feature_cache") == "off" and not _is_default(values, "cache_views"):
+        unused["cache_views"] = "has no effect with --feature-cache off"
     schedule = values.get("schedule", RunConfig.model_fields["schedule"].default)
     if schedule != "step":
         unused.update({k: f"has no effect with --schedule {schedule}; it needs --schedule step"

@@ -1,7 +1,9 @@
 """LightningDataModule over an image folder: scan once, then train/val/test dataloaders."""
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from finetune.data.balance import balanced_sample_weights
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
+from finetune.data.memory import estimated_bytes, memory_budget, transform_presize
 from finetune.data.policy import AugmentPolicy
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.data.transforms import build_eval_transform, build_train_transform
@@ -57,6 +60,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         index: The scan result (classes, splits, bad files).
         classes: Sorted class names; label i is classes[i].
         num_classes: len(classes).
+        keep_images: Decode the train and val images once into shared memory when they fit the memory
+            budget (`finetune.data.memory`), instead of in every epoch; `memory_note` says what happened.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         index: DatasetIndex | None = None,
         augment: str | AugmentPolicy = "standard",
         sampler: str = "shuffle",
+        keep_images: bool = False,
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
@@ -86,6 +92,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_transform = train_transform or build_train_transform(data_config, seed=seed, preset=augment)
         self.eval_transform = eval_transform or build_eval_transform(data_config)
         self.datasets: dict[str, ImageListDataset] = {}
+        self.keep_images = keep_images
+        self.memory_note: str | None = None  # what keep_images did, for the console
 
     @property
     def classes(self) -> list[str]:
@@ -103,6 +111,23 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.datasets["val"] = ImageListDataset(self.index.val, self.eval_transform)
         if self.index.test is not None:
             self.datasets["test"] = ImageListDataset(self.index.test, self.eval_transform)
+        if self.keep_images:
+            self.memory_note = self._keep_in_memory(("train", "val"))
+
+    def _keep_in_memory(self, splits: tuple[str, ...]) -> str:
+        """Decodes the splits' images into shared memory when they fit the budget; says what it did."""
+        sets = [self.datasets[s] for s in splits]
+        need = sum(estimated_bytes([p for p, _ in d.items], transform_presize(d.transform)) for d in sets)
+        budget = memory_budget()
+        if need > budget:
+            return (f"off: the decoded images would take about {need / 2**20:.0f} MB, over the budget of "
+                    f"{budget / 2**20:.0f} MB (a quarter of the available memory); read from the files every epoch")
+        start = time.perf_counter()
+        kept = [d.keep_in_memory(os.cpu_count() or 1) for d in sets]
+        sides = sorted({f"{k.presize.side} px" if k.presize else "full size" for k in kept})
+        return (f"{sum(len(k) for k in kept)} {' + '.join(splits)} images decoded once into memory "
+                f"({sum(k.nbytes for k in kept) / 2**20:.1f} MB, shorter side {', '.join(sides)}; "
+                f"{time.perf_counter() - start:.1f} s)")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from finetune.data.images import BadImageError, load_image
+from finetune.data.memory import DecodedImages, transform_presize
 from finetune.errors import DataError
 
 
@@ -22,12 +23,19 @@ class ImageListDataset(Dataset):
             None returns the decoded array.
         failed: Paths that could not be decoded at load time (in this process: with dataloader
             workers, each worker has its own copy).
+        decoded: The images already decoded in memory (`keep_in_memory`), or None: read from the files.
     """
 
     def __init__(self, items: list[tuple[Path, int]], transform: Callable[[np.ndarray], torch.Tensor] | None = None):
         self.items = list(items)
         self.transform = transform
         self.failed: list[Path] = []
+        self.decoded: DecodedImages | None = None
+
+    def keep_in_memory(self, threads: int) -> DecodedImages:
+        """Decodes every image once (pre-resized by the transform's own first resize, when it has one)."""
+        self.decoded = DecodedImages.decode([p for p, _ in self.items], transform_presize(self.transform), threads)
+        return self.decoded
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,6 +51,9 @@ class ImageListDataset(Dataset):
         # sample: take the next index, deterministically so a resumed run sees the same data.
         for offset in range(len(self.items)):
             path, label = self.items[(index + offset) % len(self.items)]
+            image = self.decoded.get((index + offset) % len(self.items)) if self.decoded is not None else None
+            if image is not None:
+                return image, label
             try:
                 return load_image(path), label
             except BadImageError as e:

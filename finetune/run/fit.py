@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from finetune.config import RunConfig
 from finetune.data.balance import imbalance_ratio, imbalance_warning
+from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
@@ -204,14 +205,49 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
                 console.print(f"{key.replace('_', '-')} {plan.sources[key]}")
         if ckpt_path:
             console.print(f"Resuming from {ckpt_path} (epoch {resumed_epoch + 1} of {plan.config.epochs})")
+    datamodule = plan.datamodule(keep_images=not plan.feature_cache.use)
+    if plan.feature_cache.use:
+        datamodule = _feature_cache(plan, module, trainer, datamodule, console)
+    datamodule.setup()  # decodes the images into memory (--image-cache) before the bar starts
+    if datamodule.memory_note and rank_zero_only.rank == 0:
+        console.print(f"Image cache: {datamodule.memory_note}", soft_wrap=True)
     with _shared_run_dir(run_dir, shared_env(plan)):
-        trainer.fit(module, plan.datamodule(), ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+    module.feature_split = None  # the module runs on images again
     result = _finish(console, trainer, run_dir, plan.precision, plan.config)
     if trainer.is_global_zero:
         from finetune.run.report import finish_run  # curves, final evaluation, export bundle
 
         finish_run(plan.config, run_dir, index, console)
     return result
+
+
+def _feature_cache(plan: RunPlan, module: FinetuneModule, trainer: pl.Trainer, images: ImageFolderDataModule,
+                   console: Console) -> ImageFolderDataModule:
+    """Fills the frozen-feature cache and points the module at it; the image loaders when the network
+    cannot be cut exactly at its frozen boundary (said on the console)."""
+    import torch
+
+    from finetune.training.cached_features import prepare_feature_cache
+    from finetune.training.feature_split import NotSplittable
+
+    device, c = trainer.strategy.root_device, plan.config
+    module.backbone.to(device)  # as Lightning will place it: the traced graphs hold its tensors
+    if plan.channels_last:
+        module.backbone.to(memory_format=torch.channels_last)
+    module.train()
+    augment = plan.augment if isinstance(plan.augment, str) else plan.augment.to_dict()
+    try:
+        cached = prepare_feature_cache(
+            module.backbone, module.frozen_units, images, plan.feature_cache, device,
+            trainer.precision_plugin.forward_context, plan.channels_last, plan.precision,
+            {"data_config": plan.data_config.to_dict(), "augment": augment, "seed": c.seed}, progress=c.progress)
+    except NotSplittable as e:
+        console.print(f"Feature cache: off ({e})", soft_wrap=True)
+        return images
+    module.feature_split = cached.split
+    console.print(f"Feature cache: {cached.describe()}; {plan.feature_cache.why}", soft_wrap=True)
+    return cached.datamodule
 
 
 def _checkpoint_epoch(ckpt_path: Path) -> int:
@@ -238,7 +274,7 @@ def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console
                             "same options and pass its suggestion as --lr for a multi-device run")
     c = plan.config
     finder = plan.build_module(lr=c.lr_find_start_lr)
-    found = find_lr(finder, plan.datamodule(), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
+    found = find_lr(finder, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
                     num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
                     plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
     console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
@@ -314,6 +350,8 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
         console.print(f"[yellow]Warning: --weights-partial: {len(missing)} tensors of the model were not in "
                       f"{report.source} and keep their random init[/yellow]")
     console.print(f"Precision: {plan.precision} ({plan.precision_why})")
+    if module.frozen_units and not plan.feature_cache.use:  # said once it is filled, when it is used
+        console.print(f"Feature cache: off ({plan.feature_cache.why})", soft_wrap=True)
     if module.teacher is not None:
         console.print(f"Teacher: {module.teacher.source} "
                       f"(kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")

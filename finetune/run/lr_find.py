@@ -136,6 +136,6 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     module = plan.build_module(lr=c.lr_find_start_lr)
     print_plan(module, console)
     output = Path(c.output) if c.output is not None else Path(".")
-    return find_lr(module, plan.datamodule(), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
+    return find_lr(module, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
                    num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
                    plot=output / "lr_find.png", progress=c.progress)

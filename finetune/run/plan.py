@@ -28,7 +28,9 @@ from finetune.models.backbone import Backbone, LoadReport, create_backbone
 from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.devices import planned_world_size
 from finetune.training.auto_freeze import resolve_freeze_until
+from finetune.training.cached_features import CacheChoice, cache_choice
 from finetune.training.feature_fit import measure_feature_fit
+from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.optim import discriminative_mults
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -57,6 +59,7 @@ class RunPlan:
         lr_mults: Each layer group's LR as a multiple of the head's, input side first.
         decided: The settings resolved from the data, in the order they were decided (for the console).
         lr_found: The LR range test's suggestion with `--lr auto` (None otherwise).
+        feature_cache: Whether the frozen-feature cache applies to these settings, and why.
     """
 
     config: RunConfig
@@ -75,6 +78,7 @@ class RunPlan:
     lr_mults: tuple[float, ...] = ()
     decided: tuple[str, ...] = ()
     lr_found: float | None = None
+    feature_cache: CacheChoice = CacheChoice(False, "not planned")
 
     @property
     def lr_pending(self) -> bool:
@@ -91,12 +95,13 @@ class RunPlan:
         return FinetuneModule.from_config(config, self.index.classes, backbone=self.backbone, teacher=teacher,
                                           class_weights=self.class_weights, record=self.record())
 
-    def datamodule(self) -> ImageFolderDataModule:
-        """The train/val loaders this plan describes (a fresh one per call: the LR range test gets its own)."""
+    def datamodule(self, keep_images: bool = True) -> ImageFolderDataModule:
+        """The train/val loaders this plan describes (a fresh one per call: the LR range test gets its own).
+        `keep_images`: False where the images are read once anyway (the range test, filling the feature cache)."""
         c = self.config
         return ImageFolderDataModule(c.data, self.data_config, batch_size=c.batch_size, workers=self.workers,
                                      val_split=c.val_split, seed=c.seed, index=self.index, augment=self.augment,
-                                     sampler=c.sampler)
+                                     sampler=c.sampler, keep_images=keep_images and c.image_cache == "auto")
 
     def record(self) -> dict[str, Any]:
         """The plan as plain data: config.yaml's `resolved` section, kept in checkpoints with the config."""
@@ -109,6 +114,7 @@ class RunPlan:
             "imbalance_ratio": round(imbalance_ratio(counts), 3),
             "freeze_until": self.config.freeze_until,
             "lr_mults": {g.name: m for g, m in zip(self.backbone.groups, self.lr_mults, strict=True)},
+            "feature_cache": {"use": self.feature_cache.use, "why": self.feature_cache.why},
         }
         if self.class_weights is not None:
             resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, self.class_weights)}
@@ -164,13 +170,14 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     config, sources = auto.config, {**sources, **auto.sources}
     decided = (("freeze_until",) if why is not None else ()) + tuple(auto.sources)
     precision, precision_why = resolve_precision(config.precision, config.accelerator)
+    cache = cache_choice(config, build_schedule(config, backbone), auto.augment != "none", world)
     mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())
     return RunPlan(
         config=config, sources=sources, index=index, backbone=backbone, data_config=data_config,
         augment=auto.augment, profile=auto.profile, precision=precision, precision_why=precision_why,
         channels_last=resolve_channels_last(config.channels_last, precision), workers=config.resolved_workers(),
         world_size=world, class_weights=resolve_class_weights(config.class_weights, index.counts("train")),
-        lr_mults=tuple(mults), decided=decided,
+        lr_mults=tuple(mults), decided=decided, feature_cache=cache,
     )
 
 

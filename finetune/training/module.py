@@ -17,6 +17,7 @@ from finetune.data.data_config import DataConfig
 from finetune.data.mixing import BatchMixer, MixedBatch
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
+from finetune.training.feature_split import FeatureSplit
 from finetune.training.freeze import FreezeSchedule, build_schedule, frozen_param_names
 from finetune.training.losses import LossSpec, mixed_soft_targets, training_loss
 from finetune.training.monitor import BalancedAccuracy, class_recalls
@@ -102,6 +103,9 @@ class FinetuneModule(pl.LightningModule):
         self.freeze_schedule = freeze or FreezeSchedule(0)
         self.set_frozen_units(self.freeze_schedule.initial)
         self.use_channels_last = False
+        # With the frozen-feature cache, batches are the frozen part's stored output and only the rest runs
+        # (a plain attribute: its graphs share the backbone's modules and must not be registered twice).
+        self.feature_split: FeatureSplit | None = None
 
     @property
     def config(self) -> RunConfig | None:
@@ -209,9 +213,11 @@ class FinetuneModule(pl.LightningModule):
 
     # ----- steps ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, num_classes) logits."""
-        if self.use_channels_last:
+        """(B, 3, H, W) normalised images -> (B, num_classes) logits; with `feature_split`, stored features."""
+        if self.use_channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.feature_split is not None:
+            return self.feature_split.rest(x, self.training)
         return self.backbone(x)
 
     @property
@@ -280,6 +286,11 @@ class FinetuneModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        show_view = getattr(self.trainer.datamodule, "show_view", None)  # --cache-views: this epoch's view
+        if show_view is not None:
+            show_view(self.current_epoch)
 
     def setup(self, stage: str) -> None:
         # DDP registers only the parameters that require grad when it wraps the model, and

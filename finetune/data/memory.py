@@ -1,0 +1,127 @@
+"""Decoded images kept in memory for the whole run, shared with the DataLoader workers.
+
+Each image is decoded once, in parallel threads, instead of once per epoch in every worker. Where the
+split's transform starts with the eval resize (the shorter side to `resize_size`, as the eval, `none`,
+`light` and small-input pipelines do), the image is stored already resized by that same step, so the
+transform's own resize finds nothing to do and its output is unchanged; other pipelines (random
+resized crops) get the full decoded image. All pixels live in one flat uint8 tensor in shared memory:
+workers read it, whether forked or spawned, without a copy each.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from finetune.data.images import BadImageError, load_image
+from finetune.data.resize import pil_resize_shorter, shorter_side_size
+
+
+@dataclass(frozen=True)
+class Presize:
+    """The resize a transform starts with: the shorter side to `side` with `interpolation`."""
+
+    side: int
+    interpolation: str
+
+
+def transform_presize(transform: object) -> Presize | None:
+    """The shorter-side resize a transform begins with (an AlbumentationsTransform), else None."""
+    from finetune.data.transforms import PILResizeShorter  # transforms imports albumentations: only when asked
+
+    steps = getattr(getattr(transform, "pipeline", None), "transforms", None)
+    first = steps[0] if steps else None
+    if isinstance(first, PILResizeShorter) and first.p >= 1.0:
+        return Presize(first.size, first.interpolation)
+    return None
+
+
+MEMORY_FRACTION = 0.25  # of the memory available when a cache is filled: the rest is the run's
+SAMPLED_HEADERS = 256  # images whose size is read to estimate a split's
+
+
+def memory_budget() -> int:
+    """Bytes a run keeps in memory caches: a quarter of what the machine has available now."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        available = 4 << 30
+    return int(available * MEMORY_FRACTION)
+
+
+def estimated_bytes(paths: Sequence[Path], presize: Presize | None) -> int:
+    """Bytes the decoded images will take, from the headers of up to SAMPLED_HEADERS of them, evenly spread
+    (nothing is decoded; a 100k-image folder is not opened file by file)."""
+    if not paths:
+        return 0
+    step = max(1, len(paths) // SAMPLED_HEADERS)
+    sample = list(paths[::step])
+    total = 0
+    for path in sample:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except Exception:  # unreadable now: it will fall back to the file, which reports it
+            continue
+        if presize is not None:
+            height, width = shorter_side_size(height, width, presize.side)
+        total += height * width * 3
+    return total * len(paths) // len(sample)
+
+
+class DecodedImages:
+    """Decoded (H, W, 3) uint8 images in one shared flat tensor, indexed like the split's items.
+
+    Attributes:
+        pixels: Every image's bytes, one after another (in shared memory).
+        offsets: (N,) start of each image in `pixels`; shapes: (N, 3) its shape; (0, 0, 0) for an
+            image that failed to decode (the dataset reads that one from its file, which says why).
+        presize: The resize applied before storing, or None.
+    """
+
+    def __init__(self, pixels: torch.Tensor, offsets: np.ndarray, shapes: np.ndarray, presize: Presize | None):
+        self.pixels, self.offsets, self.shapes, self.presize = pixels, offsets, shapes, presize
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.numel())
+
+    def get(self, index: int) -> np.ndarray | None:
+        """Image `index` (a writable copy: transforms may work in place), or None if it is not stored."""
+        shape = tuple(int(s) for s in self.shapes[index])
+        if shape[0] == 0:
+            return None
+        start = int(self.offsets[index])
+        return self.pixels[start:start + shape[0] * shape[1] * shape[2]].numpy().reshape(shape).copy()
+
+    @classmethod
+    def decode(cls, paths: Sequence[Path], presize: Presize | None, threads: int) -> "DecodedImages":
+        """Decodes (and pre-resizes) every path in parallel threads; PIL releases the GIL as it works."""
+
+        def one(path: Path) -> np.ndarray | None:
+            try:
+                image = load_image(path)
+            except BadImageError:
+                return None
+            return image if presize is None else pil_resize_shorter(image, presize.side, presize.interpolation)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            images = list(pool.map(one, paths))
+        shapes = np.array([im.shape if im is not None else (0, 0, 0) for im in images], dtype=np.int64)
+        sizes = shapes.prod(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        pixels = torch.empty(int(sizes.sum()), dtype=torch.uint8)
+        flat = pixels.numpy()
+        for image, start, size in zip(images, offsets, sizes):
+            if image is not None:
+                flat[start:start + size] = image.reshape(-1)
+        return cls(pixels.share_memory_(), offsets, shapes, presize)
