@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from finetune.cache import cache_dir
 from finetune.data.datamodule import ImageFolderDataModule
@@ -146,12 +146,23 @@ class FeatureDataModule(ImageFolderDataModule):
     """
 
     def __init__(self, images: ImageFolderDataModule, features: dict[str, StoredSplit]):
-        # The image module's worker count, although rows need no decoding: persistent workers draw the
-        # shuffle generator differently from none, and the two runs must see the same batches.
-        super().__init__(images.index.root, images.data_config, batch_size=images.batch_size, workers=images.workers,
+        # Rows need no decoding: no worker processes (each batch would cross a pipe). The image loaders'
+        # persistent workers draw the shuffle generator differently, which `_loader` reproduces.
+        self.image_workers = images.workers
+        super().__init__(images.index.root, images.data_config, batch_size=images.batch_size, workers=0,
                          seed=images.seed, pin_memory=images.pin_memory, train_transform=images.train_transform,
                          eval_transform=images.eval_transform, index=images.index, sampler=images.sampler)
         self.features = features
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        loader = super()._loader(split, shuffle)
+        if self.image_workers == 0:
+            return loader
+        # A DataLoader with persistent workers draws its workers' base seed from the generator once, at
+        # its first epoch; one without workers draws it every epoch, which would shuffle later epochs
+        # differently from the same run on images. Keeping one iterator and resetting it draws it once.
+        loader.__class__ = _OneIteratorLoader
+        return loader
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -165,3 +176,18 @@ class FeatureDataModule(ImageFolderDataModule):
         train = self.datasets["train"]
         if train.views:
             train.view = epoch % train.views
+
+
+class _OneIteratorLoader(DataLoader):
+    """A DataLoader without workers that draws from its generator when one with persistent workers does:
+    it keeps its iterator across epochs, resets it, and takes the epoch's batches at once."""
+
+    def __iter__(self):
+        if self._iterator is None:
+            self._iterator = self._get_iterator()
+        else:
+            self._iterator._reset(self)
+        # Workers are sent their first batches as soon as their iterator is reset, which draws the epoch's
+        # shuffle then, not at the first batch: Lightning resets more than once before some epochs.
+        self._iterator._sampler_iter = iter(list(self._iterator._sampler_iter))
+        return self._iterator
