@@ -107,6 +107,10 @@ def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epoc
     return timer, result.best_val_acc1, weights, line
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18 at 128 px only")
@@ -143,7 +147,7 @@ def main() -> None:
     header = ("| backbone | size | scenario | plain s/epoch | finetune, cache off | finetune, cache on | speed-up | "
               "vs plain | start-up: off / fill / reused | val top-1 off / on | same weights |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|")
-    body = "\n".join(f"| {b} | {s} | {sc} | {p:.2f} | {o:.2f} | {c:.3f} | {r:.0f}x | {vp:.0f}x | "
+    body = "\n".join(f"| {b} | {s} | {sc} | {p:.2f} | {o:.2f} | {c:.3f} | {_times(r)} | {_times(vp)} | "
                      f"{u0:.1f} / {u1:.1f} / {u2:.1f} | {ao:.3f} / {ac:.3f} | {same} |"
                      for b, s, sc, p, o, c, r, vp, u0, u1, u2, ao, ac, same in rows)
     command = " ".join(["benchmarks/feature_cache.py", *sys.argv[1:]])
