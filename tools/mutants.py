@@ -303,7 +303,7 @@ MUTANTS: list[Mutant] = [
            ("tests/run/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "the module trains without the class weights the plan recorded (with --lr auto too)"),
     Mutant("sampler_not_passed", "finetune/run/plan.py",
-           "augment=self.augment,\n                                     sampler=c.sampler)", "augment=self.augment)",
+           "sampler=c.sampler, keep_images=", "keep_images=",
            ("tests/run/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "--sampler balanced is accepted but batches are plainly shuffled"),
     Mutant("balanced_acc_counts_absent_classes", "finetune/training/monitor.py",
