@@ -303,7 +303,7 @@ MUTANTS: list[Mutant] = [
            ("tests/run/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "the module trains without the class weights the plan recorded (with --lr auto too)"),
     Mutant("sampler_not_passed", "finetune/run/plan.py",
-           "sampler=c.sampler, keep_images=", "keep_images=",
+           "                                     sampler=c.sampler,\n", "",
            ("tests/run/test_run_record.py::test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader",),
            "--sampler balanced is accepted but batches are plainly shuffled"),
     Mutant("balanced_acc_counts_absent_classes", "finetune/training/monitor.py",
@@ -361,4 +361,8 @@ MUTANTS: list[Mutant] = [
            "if need > budget:", "if False:",
            ("tests/data/test_memory.py::test_images_over_the_budget_stay_on_disk",),
            "a dataset larger than the memory is decoded into memory anyway, and the machine swaps or dies"),
+    Mutant("feature_cache_keeps_a_random_prefix", "finetune/training/cached_features.py",
+           "    _check_fixed(split, backbone.model, images, device, context or nullcontext, channels_last)\n", "",
+           ("tests/training/test_cached_features.py::test_a_dropout_outside_the_frozen_layers_keeps_the_run_on_images",),
+           "a ViT linear probe with --head-dropout caches one dropout mask for every epoch, validation included"),
 ]

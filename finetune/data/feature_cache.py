@@ -62,35 +62,41 @@ class FeatureStore:
     def has(self, split: str) -> bool:
         return (self.dir / f"{split}.done").is_file()
 
-    def write(self, split: str, rows: Iterable[torch.Tensor], n: int, views: int | None,
-              labels: np.ndarray) -> None:
-        """Writes `n` rows (batches of them, in order; `views` passes of them with views) to disk.
+    def write(self, split: str, rows: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, views: int | None) -> None:
+        """Writes `n` rows (batches of (features, labels), in order; `views` passes of them with views).
 
-        Written under a temporary name and renamed: a run stopped midway leaves no half split behind.
+        The labels are the ones the batches carry (a file that stopped decoding is replaced by another
+        image, with that image's label). Everything is written under temporary names and renamed, the
+        marker last: a run stopped midway leaves no half split behind, and a reader never sees one.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{split}.{os.getpid()}.npy"
-        out, meta, pos = None, None, 0
+        tmp = {name: self.dir / f".{split}.{os.getpid()}.{name}" for name in ("npy", "labels.npy", "json")}
+        out, meta, pos, labels = None, None, 0, []
         try:
-            for batch in rows:
+            for batch, batch_labels in rows:
                 if out is None:
                     shape = ((views,) if views else ()) + (n, *batch.shape[1:])
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=_STORED[batch.dtype], shape=shape)
+                    out = np.lib.format.open_memmap(tmp["npy"], mode="w+", dtype=_STORED[batch.dtype], shape=shape)
                     meta = {"dtype": str(batch.dtype).removeprefix("torch."), "shape": list(shape), "views": views}
                 flat = out.reshape(-1, *out.shape[2:]) if views else out
                 flat[pos:pos + len(batch)] = _as_numpy(batch)
+                if pos < n:  # the first pass: the views repeat the same images in the same order
+                    labels.extend(int(y) for y in batch_labels)
                 pos += len(batch)
             expected = n * (views or 1)
             if out is None or pos != expected:
                 raise RuntimeError(f"feature cache: {pos} rows computed for {split}, expected {expected}")
             out.flush()
             del out
-            np.save(self.dir / f"{split}.labels.npy", labels)
-            (self.dir / f"{split}.json").write_text(json.dumps(meta))
-            os.replace(tmp, self.dir / f"{split}.npy")
+            with open(tmp["labels.npy"], "wb") as f:
+                np.save(f, np.array(labels, dtype=np.int64))
+            tmp["json"].write_text(json.dumps(meta))
+            for name, path in tmp.items():
+                os.replace(path, self.dir / f"{split}.{name}")
             (self.dir / f"{split}.done").touch()
         finally:
-            tmp.unlink(missing_ok=True)
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
 
     def read(self, split: str, budget: int | None = None) -> StoredSplit:
         """The split's features: in memory when they fit `budget` bytes (default: `memory_budget()`)."""

@@ -124,4 +124,8 @@ class DecodedImages:
         for image, start, size in zip(images, offsets, sizes):
             if image is not None:
                 flat[start:start + size] = image.reshape(-1)
-        return cls(pixels.share_memory_(), offsets, shapes, presize)
+        try:
+            pixels.share_memory_()
+        except RuntimeError:  # /dev/shm too small (64 MB in a default Docker container): forked workers
+            pass  # still share the pages copy-on-write; spawned ones get a copy each
+        return cls(pixels, offsets, shapes, presize)

@@ -241,7 +241,8 @@ def _feature_cache(plan: RunPlan, module: FinetuneModule, trainer: pl.Trainer, i
         cached = prepare_feature_cache(
             module.backbone, module.frozen_units, images, plan.feature_cache, device,
             trainer.precision_plugin.forward_context, plan.channels_last, plan.precision,
-            {"data_config": plan.data_config.to_dict(), "augment": augment, "seed": c.seed}, progress=c.progress)
+            {"data_config": plan.data_config.to_dict(), "augment": augment, "seed": c.seed, "device": device.type},
+            progress=c.progress)
     except NotSplittable as e:
         console.print(f"Feature cache: off ({e})", soft_wrap=True)
         return images

@@ -101,7 +101,9 @@ class RunPlan:
         c = self.config
         return ImageFolderDataModule(c.data, self.data_config, batch_size=c.batch_size, workers=self.workers,
                                      val_split=c.val_split, seed=c.seed, index=self.index, augment=self.augment,
-                                     sampler=c.sampler, keep_images=keep_images and c.image_cache == "auto")
+                                     sampler=c.sampler,
+                                     # Each DDP process would decode every image into its own copy.
+                                     keep_images=keep_images and c.image_cache == "auto" and self.world_size == 1)
 
     def record(self) -> dict[str, Any]:
         """The plan as plain data: config.yaml's `resolved` section, kept in checkpoints with the config."""

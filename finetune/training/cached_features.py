@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,7 +21,7 @@ from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule, worker_init_fn
 from finetune.data.feature_cache import FeatureDataModule, FeatureStore, StoredSplit
 from finetune.models.backbone import Backbone
-from finetune.training.feature_split import FeatureSplit, split_network
+from finetune.training.feature_split import FeatureSplit, NotSplittable, split_network
 from finetune.training.freeze import FreezeSchedule
 
 
@@ -53,6 +52,8 @@ def cache_choice(config: RunConfig, schedule: FreezeSchedule, random_augment: bo
         (config.teacher is not None, "the distillation teacher needs the images"),
         (config.ema, "--ema validates a copy of the whole network"),
         (world_size > 1, "it runs in one process only"),
+        (config.limit_train_batches != 1.0 or isinstance(config.limit_train_batches, int),
+         "--limit-train-batches stops the epoch early, where the shuffle of cached and image batches would part"),
         (random_augment and not config.cache_views, "a random augmentation reaches the frozen part (--augment none, "
                                                     "or --cache-views K, would cache it)"),
     ]
@@ -103,18 +104,42 @@ def cache_key(backbone: Backbone, split: FeatureSplit, later_units: set[str], pr
 
 @torch.no_grad()
 def _rows(split: FeatureSplit, loader: DataLoader, device: torch.device, context: Callable[[], AbstractContextManager],
-          channels_last: bool, passes: int, progress: str | None) -> Iterator[torch.Tensor]:
+          channels_last: bool, passes: int, progress: str | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     batches = (batch for _ in range(passes) for batch in loader)
     if progress:
         from rich.progress import track
 
         batches = track(batches, description=progress, total=passes * len(loader), transient=True)
-    for images, _ in batches:
+    for images, labels in batches:
         images = images.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with context():
-            yield split.prefix(images)
+            yield split.prefix(images), labels
+
+
+@torch.no_grad()
+def _check_fixed(split: FeatureSplit, model: torch.nn.Module, images: ImageFolderDataModule, device: torch.device,
+                 context: Callable[[], AbstractContextManager], channels_last: bool) -> None:
+    """Refuses a prefix whose output changes between two calls in the training state or in eval mode.
+
+    The traced code cannot show it: a dropout module outside every layer (a ViT's `head_drop` with
+    --head-dropout, `pos_drop`) is not frozen, so it stays in training mode, and traces to the same call
+    in both states. Run on one val batch, with the random streams restored afterwards.
+    """
+    x = next(iter(DataLoader(images.datasets["val"], batch_size=min(8, len(images.datasets["val"])))))[0].to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    flags = {m: m.training for m in model.modules()}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), context():
+        first, second = split.prefix(x), split.prefix(x)
+        model.eval()
+        evaluated = split.prefix(x)
+    for m, flag in flags.items():
+        m.training = flag
+    if not (torch.equal(first, second) and torch.equal(first, evaluated)):
+        raise NotSplittable("the frozen part's output changes in training (a dropout outside its layers, such as "
+                            "--head-dropout before a transformer's head)")
 
 
 @dataclass
@@ -153,6 +178,7 @@ def prepare_feature_cache(backbone: Backbone, frozen_units: int, images: ImageFo
     units = [u.name for u in backbone.units]
     split = split_network(backbone.model, units, frozen_units)
     images.setup()
+    _check_fixed(split, backbone.model, images, device, context or nullcontext, channels_last)
     # Training and validation only: the final evaluation runs the whole network on the test images.
     items = {"train": images.index.train, "val": images.index.val}
     key = cache_key(backbone, split, set(units[frozen_units:]), {**preprocessing, "views": choice.views},
@@ -167,9 +193,8 @@ def prepare_feature_cache(backbone: Backbone, frozen_units: int, images: ImageFo
         loader = DataLoader(dataset, batch_size=images.eval_batch_size, shuffle=False, num_workers=images.workers,
                             generator=torch.Generator().manual_seed(images.seed),
                             worker_init_fn=worker_init_fn if images.workers else None)
-        labels = np.array([label for _, label in items[name]], dtype=np.int64)
         rows = _rows(split, loader, device, context or nullcontext, channels_last, passes,
                      f"Caching {name} features" if progress else None)
-        store.write(name, rows, len(dataset), choice.views if name == "train" else None, labels)
+        store.write(name, rows, len(dataset), choice.views if name == "train" else None)
     stored: dict[str, StoredSplit] = {name: store.read(name) for name in items}
     return CachedFeatures(split, FeatureDataModule(images, stored), key, reused)

@@ -45,6 +45,13 @@ def test_cached_and_uncached_training_give_the_same_weights(make_config, tmp_pat
     assert trained and not torch.equal(plain[f"backbone.model.{trained[0]}"], initial[trained[0]])
 
 
+def test_a_dropout_outside_the_frozen_layers_keeps_the_run_on_images(make_config, tmp_path):
+    """A ViT's head dropout is a module outside every layer: it stays random in training, before the head."""
+    config = make_config(backbone="test_vit", augment="none", freeze_until="head", head_dropout=0.5, export=False)
+    _, said = _run(config)
+    assert "Feature cache: off (the frozen part's output changes in training" in said
+
+
 def test_a_second_run_reuses_the_features(make_config, tmp_path):
     common = dict(augment="none", freeze_until="layer4", export=False)
     _, first = _run(make_config(output=tmp_path / "a", **common))
@@ -71,6 +78,7 @@ def test_a_network_that_cannot_be_cut_trains_on_images_and_says_why(make_config,
     ({}, FreezeSchedule(5), False, 2, "one process"),
     ({}, FreezeSchedule(5), True, 1, "random augmentation"),
     ({"feature_cache": "off"}, FreezeSchedule(5), False, 1, "--feature-cache off"),
+    ({"limit_train_batches": 2}, FreezeSchedule(5), False, 1, "--limit-train-batches"),
 ])
 def test_the_cache_is_off_wherever_it_would_not_be_exact(make_config, settings, schedule, random_augment, world, why):
     choice = cache_choice(make_config(**settings), schedule, random_augment, world)
@@ -108,7 +116,7 @@ def test_the_key_follows_frozen_weights_preprocessing_and_image_files(tiny_data,
 def test_stored_features_read_back_in_memory_or_mapped_exactly(tmp_path):
     rows = torch.randn(10, 4, 3, 3).to(torch.bfloat16)
     store = FeatureStore("k", tmp_path)
-    store.write("train", rows.split(4), 10, None, np.arange(10))
+    store.write("train", zip(rows.split(4), torch.arange(10).split(4)), 10, None)
     assert store.has("train")
     in_memory, mapped = store.read("train"), store.read("train", budget=0)
     assert in_memory.in_memory and not mapped.in_memory and isinstance(mapped.array, np.memmap)
@@ -123,18 +131,18 @@ def test_stored_features_read_back_in_memory_or_mapped_exactly(tmp_path):
 
 def test_a_split_stopped_midway_is_not_kept(tmp_path):
     def broken():
-        yield torch.zeros(4, 2)
+        yield torch.zeros(4, 2), torch.zeros(4)
         raise KeyboardInterrupt
 
     store = FeatureStore("k", tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        store.write("train", broken(), 8, None, np.zeros(8, dtype=np.int64))
-    assert not store.has("train") and not list(store.dir.glob("*.npy"))
+        store.write("train", broken(), 8, None)
+    assert not store.has("train") and not list(store.dir.iterdir())
 
 
 def test_cache_views_store_k_augmented_views_and_serve_one_per_epoch(tiny_data, tmp_path):
     backbone, _ = create_backbone("test_resnet", 3, "none")
-    backbone.model.train()
+    backbone.model.eval()  # as the frozen layers run (the rest's mode does not matter here)
     images = ImageFolderDataModule(tiny_data, backbone.data_config.with_size(32), batch_size=8, augment="standard")
     cached = prepare_feature_cache(backbone, 5, images, CacheChoice(True, "views", 2), torch.device("cpu"), None,
                                    False, "32", {"size": 32}, root=tmp_path)
@@ -159,3 +167,23 @@ def test_an_image_file_rewritten_gives_a_new_key(tiny_data, tmp_path):
     image = sorted((data / "train" / "circle").iterdir())[0]
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
     assert _key(backbone, data) != key
+
+
+def test_an_image_that_stopped_decoding_is_stored_with_its_substitutes_label(tiny_data, tmp_path):
+    """The image loader replaces an undecodable file by the next image, with that image's label."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    backbone, _ = create_backbone("test_resnet", 3, "none")
+    backbone.model.eval()
+    images = ImageFolderDataModule(data, backbone.data_config.with_size(32), batch_size=8, augment="none")
+    items = images.index.train
+    last_circle = max(i for i, (_, label) in enumerate(items) if label == 0)
+    items[last_circle][0].write_bytes(b"broken since the scan")
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        cached = prepare_feature_cache(backbone, 5, images, CacheChoice(True, "exact"), torch.device("cpu"), None,
+                                       False, "32", {"size": 32}, root=tmp_path / "cache")
+    stored = cached.datamodule.features["train"]
+    assert int(stored.labels[last_circle]) == items[last_circle + 1][1] != 0
+    assert np.array_equal(stored.array[last_circle], stored.array[last_circle + 1])
