@@ -21,7 +21,7 @@ from finetune.config import RunConfig
 from finetune.data.datamodule import ImageFolderDataModule, worker_init_fn
 from finetune.data.feature_cache import FeatureDataModule, FeatureStore, StoredSplit
 from finetune.models.backbone import Backbone
-from finetune.training.feature_split import FeatureSplit, NotSplittable, split_network
+from finetune.training.feature_split import FeatureSplit, NotSplittable, inside, split_network
 from finetune.training.freeze import FreezeSchedule
 
 
@@ -95,8 +95,7 @@ def cache_key(backbone: Backbone, split: FeatureSplit, later_units: set[str], pr
                          "files": {s: _file_ids(v) for s, v in items.items()}}, sort_keys=True,
                         default=str).encode())
     for name, tensor in sorted(backbone.model.state_dict().items()):
-        parts = name.split(".")
-        if not any(".".join(parts[:i]) in later_units for i in range(1, len(parts) + 1)):
+        if not inside(name, later_units):
             h.update(name.encode())
             _tensor_digest(h, tensor)
     return h.hexdigest()[:32]

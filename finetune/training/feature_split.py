@@ -70,7 +70,8 @@ def _owner(node: fx.Node) -> str | None:
     return str(node.target) if node.op in ("call_module", "get_attr") else None
 
 
-def _inside(path: str, units: set[str]) -> bool:
+def inside(path: str, units: set[str]) -> bool:
+    """Whether a module or tensor path ("layer3.0.conv1.weight") lies in one of the named modules."""
     parts = path.split(".")
     return any(".".join(parts[:i]) in units for i in range(1, len(parts) + 1))
 
@@ -78,7 +79,7 @@ def _inside(path: str, units: set[str]) -> bool:
 def _cut(model: nn.Module, later_units: set[str], boundary: str) -> tuple[fx.GraphModule, fx.GraphModule]:
     graph = _trace(model)
     nodes = list(graph.nodes)
-    first = next((i for i, n in enumerate(nodes) if _owner(n) is not None and _inside(_owner(n), later_units)), None)
+    first = next((i for i, n in enumerate(nodes) if _owner(n) is not None and inside(_owner(n), later_units)), None)
     if first is None:
         raise NotSplittable(f"no operation of {boundary} or a later layer was found in the traced graph")
     before = set(nodes[:first])
