@@ -365,4 +365,8 @@ MUTANTS: list[Mutant] = [
            "    _check_fixed(split, backbone.model, images, device, context or nullcontext, channels_last)\n", "",
            ("tests/training/test_cached_features.py::test_a_dropout_outside_the_frozen_layers_keeps_the_run_on_images",),
            "a ViT linear probe with --head-dropout caches one dropout mask for every epoch, validation included"),
+    Mutant("cache_views_never_switch", "finetune/training/module.py",
+           "            show_view(self.current_epoch)", "            pass",
+           ("tests/training/test_cached_features.py::test_a_run_with_cache_views_trains_epoch_e_on_view_e_mod_k",),
+           "--cache-views K trains every epoch on the first view: K-1 views are computed for nothing"),
 ]

@@ -187,3 +187,20 @@ def test_an_image_that_stopped_decoding_is_stored_with_its_substitutes_label(tin
     stored = cached.datamodule.features["train"]
     assert int(stored.labels[last_circle]) == items[last_circle + 1][1] != 0
     assert np.array_equal(stored.array[last_circle], stored.array[last_circle + 1])
+
+
+def test_a_run_with_cache_views_trains_epoch_e_on_view_e_mod_k(make_config, tmp_path):
+    import pytorch_lightning as pl
+
+    class Views(pl.Callback):
+        seen: list[tuple[int, int]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.seen.append((trainer.current_epoch, trainer.datamodule.datasets["train"].view))
+
+    out, views = io.StringIO(), Views()
+    fit(make_config(augment="light", cache_views=2, freeze_until="layer4", epochs=3, export=False),
+        console=Console(file=out, width=200), callbacks=[views])
+    assert "--cache-views 2: 2 augmented views" in out.getvalue()
+    assert views.seen == [(0, 0), (1, 1), (2, 0)]
