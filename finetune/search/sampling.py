@@ -1,8 +1,25 @@
-"""Random sampling seeded per trial: the draws of trial N do not depend on which process runs it."""
+"""Random sampling seeded per trial: the draws of trial N do not depend on which process runs it.
+
+Stage 1 of a study mixes two kinds of random trial around the base settings (the defaults, or the
+user's recipe and flags), which are themselves a trial:
+
+- a *local* trial keeps the base and changes one or two settings, each drawn over its whole range;
+- a *global* trial (every `GLOBAL_EVERY`-th) draws every setting.
+
+Why not all global: the defaults already follow the data, and a trial that moves all seven
+settings at once mostly measures the worst of them. On the quality benchmark's quick regime
+(benchmarks/results/one-change.md), most one-setting changes of the default lost test top-1: the head
+alone at lr 1e-3 by 0.23-0.52, every layer training by 0.17-0.24, smoothing 0.1 by 0.06-0.09, mixup
+0.2 by 0.05-0.08; only a 3x learning rate came close or won. A draw that changes every setting thus
+seldom lands near the default, and 8 of them seldom rank anything above it. A local draw measures
+one or two settings' effect from a good point, which is what stage 2 narrows around; the global ones
+keep the search from being only local.
+"""
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +27,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
+
+GLOBAL_EVERY = 3  # trials 3, 6, 9, ... draw every setting; the others are local to the base
 
 
 class TrialSeededRandomSampler(BaseSampler):
@@ -22,10 +41,15 @@ class TrialSeededRandomSampler(BaseSampler):
 
     Args:
         seed: The study's seed.
+        base: The base settings (name -> value). Given, trials whose number is not a multiple of
+            `GLOBAL_EVERY` are local: they keep these values except for one or two settings.
+        names: The searched settings, in the space's order; the local trials choose among them.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, base: Mapping[str, Any] | None = None, names: Sequence[str] = ()) -> None:
         self.seed = seed
+        self.base = dict(base) if base is not None else None
+        self.names = tuple(names)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -34,9 +58,26 @@ class TrialSeededRandomSampler(BaseSampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return {}
 
+    def changed(self, number: int) -> tuple[str, ...] | None:
+        """The settings local trial `number` draws (the others keep the base); None for a global trial."""
+        if self.base is None or not self.names or number % GLOBAL_EVERY == 0:
+            return None
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, number, zlib.crc32(b"changed settings")])
+        k = min(len(self.names), 1 + int(rng.integers(2)))
+        return tuple(self.names[i] for i in sorted(rng.choice(len(self.names), size=k, replace=False)))
+
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, trial.number, zlib.crc32(param_name.encode())])
+        changed = self.changed(trial.number)
+        if changed is None or param_name not in self.base:
+            return draw(rng, param_distribution)
+        if param_name not in changed:
+            return self.base[param_name]
+        if isinstance(param_distribution, CategoricalDistribution) and len(param_distribution.choices) > 1:
+            # a change: another choice than the base's
+            others = [c for c in param_distribution.choices if c != self.base[param_name]]
+            return others[int(rng.integers(len(others)))]
         return draw(rng, param_distribution)
 
 

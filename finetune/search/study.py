@@ -27,7 +27,7 @@ from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.fit import fit
 from finetune.search import outputs
 from finetune.search.budget import estimate
-from finetune.search.sampling import TrialSeededRandomSampler
+from finetune.search.sampling import GLOBAL_EVERY, TrialSeededRandomSampler
 from finetune.search.space import Param, Space, default_space, load_space, narrow, parse_param, space_to_dict, suggest
 from finetune.search.storage import claim_trial, counts, open_storage
 from finetune.search.trial import join_trial_as_rank, run_trial, trial_config
@@ -133,16 +133,26 @@ def default_study_dir(backbone: str, root: Path = Path("studies")) -> Path:
     return root / f"{date.today():%Y-%m-%d}-{backbone.replace(':', '_').replace('/', '_')}"
 
 
-def _sampler(stage: Stage, study: optuna.Study, seed: int) -> BaseSampler:
+def _sampler(stage: Stage, study: optuna.Study, seed: int, base: dict[str, Any] | None,
+             names: list[str]) -> BaseSampler:
     """Random for the stage's first trials, then TPE; both seeded by the study's progress, so that
-    a study is reproducible and workers draw different values."""
+    a study is reproducible and workers draw different values. Stage 1's random trials are mostly
+    local to the base settings (finetune/search/sampling.py says why); stage 2's are drawn over its
+    narrowed space."""
     done = sum(counts(t) for t in study.get_trials(deepcopy=False))
     if done < stage.random_trials:
-        return TrialSeededRandomSampler(seed + 1000 * stage.number)
+        local = base if stage.number == 1 else None
+        return TrialSeededRandomSampler(seed + 1000 * stage.number, local, names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: a trial running on another worker counts as a poor one, not as unexplored
         return TPESampler(seed=seed + 1000 * stage.number + done, n_startup_trials=0, constant_liar=True)
+
+
+def base_values(space: Space, base: RunConfig) -> dict[str, Any] | None:
+    """The base settings as a point of `space`, or None when one of them lies outside it."""
+    values = {name: getattr(base, name) for name in space}
+    return values if all(p.contains(values[name]) for name, p in space.items()) else None
 
 
 def _open_study(storage: Any, name: str, pruner: BasePruner) -> optuna.Study:
@@ -169,18 +179,24 @@ def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, console: C
     they are among the best. Skipped when a base value lies outside the space."""
     if study.trials:
         return
-    values = {name: getattr(base, name) for name in space}
-    outside = [name for name, p in space.items() if not p.contains(values[name])]
-    if outside:
+    values = base_values(space, base)
+    if values is None:
+        outside = [name for name, p in space.items() if not p.contains(getattr(base, name))]
         console.print(f"The base settings are not a trial: {', '.join(outside)} outside the space")
         return
     study.enqueue_trial(values, user_attrs={"enqueued": "base settings"})  # run once, even if two workers enqueue it
 
 
-def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space) -> Space:
-    """Stage 1's space narrowed around its best trials, computed by the first worker to get here
-    and stored with stage 2, so that every worker samples the same ranges. Trials still running on
-    other workers are not waited for: a worker that never returns would hold the study up."""
+def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space, base: RunConfig, slots: int) -> Space:
+    """Stage 1's space narrowed around its best trials and the base settings, computed by the first
+    worker to get here and stored with stage 2, so that every worker samples the same ranges. Trials
+    still running on other workers are not waited for: a worker that never returns would hold the
+    study up.
+
+    Stage 2 opens with stage 1's best and the base settings, both at full length: a short trial's
+    rank is only an estimate, and with the base in the last stage the study's best is never a setting
+    that lost to the defaults (or the user's flags) on val at the same length. (With one slot, only
+    stage 1's best runs.)"""
     stored = study2.user_attrs.get("space")
     if stored is not None:
         return {k: parse_param(k, v, where="stored stage-2 space") for k, v in stored.items()}
@@ -188,11 +204,13 @@ def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space) -> S
                   key=lambda t: -t.value)
     if not done:
         return dict(space)  # nothing to narrow around: stage 2 searches the whole space, longer
-    top = done[:max(1, round(len(done) * TOP_SHARE))]
-    narrowed = narrow(space, [t.params for t in top])
+    top = [t.params for t in done[:max(1, round(len(done) * TOP_SHARE))]]
+    anchor = base_values(space, base)
+    narrowed = narrow(space, top + ([anchor] if anchor is not None else []))
     study2.set_user_attr("space", space_to_dict(narrowed))
-    # Stage 2 opens with stage 1's best at full length: a short trial's rank is only an estimate.
-    study2.enqueue_trial(top[0].params, user_attrs={"enqueued": "best of stage 1"})
+    study2.enqueue_trial(top[0], user_attrs={"enqueued": "best of stage 1"})
+    if anchor is not None and anchor != top[0] and slots > 1:
+        study2.enqueue_trial(anchor, user_attrs={"enqueued": "base settings"})
     return narrowed
 
 
@@ -228,8 +246,9 @@ class Progress:
 
 def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig, full: int, study_dir: Path,
                deadline: float | None, progress: Progress) -> None:
+    anchor = base_values(space, base)
     while deadline is None or time.monotonic() < deadline:
-        study.sampler = _sampler(stage, study, base.seed)
+        study.sampler = _sampler(stage, study, base.seed, anchor, list(space))
         trial = claim_trial(study, stage.trials)
         if trial is None:
             return
@@ -299,16 +318,35 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
     console.print(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); "
                   "rerun the same command to continue it")
     print_space(console, space, "Search space (stage 1)" if len(plan) > 1 else "Search space")
+    _print_mix(console, plan[0], base_values(space, base) is not None)
     _print_estimate(console, base, index, batch, plan, full, timeout)
     deadline = time.monotonic() + timeout if timeout else None
     progress = Progress(console, trials, studies)
     stage_spaces = {}
     for stage in plan:
-        stage_spaces[stage.number] = space if stage.number == 1 else _stage2_space(studies[2], studies[1], space)
+        stage_spaces[stage.number] = (space if stage.number == 1
+                                      else _stage2_space(studies[2], studies[1], space, base, stage.trials))
         if stage.number == 2:
-            print_space(console, stage_spaces[2], "Stage 2 space (narrowed around the best of stage 1)")
+            print_space(console, stage_spaces[2], "Stage 2 space (around the best of stage 1 and the base settings)")
         _run_stage(studies[stage.number], stage, stage_spaces[stage.number], base, full, study_dir, deadline, progress)
     return _finish(console, base, studies, stage_spaces, space, study_dir, index, full, final_run)
+
+
+def _print_mix(console: Console, stage: Stage, anchored: bool) -> None:
+    """Says which of stage 1's random trials stay near the base settings and which draw everything."""
+    numbers = range(1 if anchored else 0, stage.random_trials)
+    if not anchored or not numbers:
+        return
+    local = [n for n in numbers if n % GLOBAL_EVERY]
+    wide = [n for n in numbers if not n % GLOBAL_EVERY]
+    line = "Stage 1: trial 0 runs the base settings"
+    line += f"; trials {_listed(local)} change one or two of them" if local else ""
+    line += f"; trials {_listed(wide)} draw every setting" if wide else ""
+    console.print(line + " (each drawn value at random over its range)")
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers))
 
 
 def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batch: int, plan: list[Stage],
