@@ -340,13 +340,14 @@ def _print_mix(console: Console, stage: Stage, anchored: bool) -> None:
     local = [n for n in numbers if n % GLOBAL_EVERY]
     wide = [n for n in numbers if not n % GLOBAL_EVERY]
     line = "Stage 1: trial 0 runs the base settings"
-    line += f"; trials {_listed(local)} change one or two of them" if local else ""
-    line += f"; trials {_listed(wide)} draw every setting" if wide else ""
-    console.print(line + " (each drawn value at random over its range)")
+    line += f"; {_listed(local)} one or two of them" if local else ""
+    line += f"; {_listed(wide)} every setting" if wide else ""
+    console.print(line + " (each changed value drawn at random over its range)")
 
 
 def _listed(numbers: list[int]) -> str:
-    return ", ".join(map(str, numbers))
+    return ("trial " if len(numbers) == 1 else "trials ") + ", ".join(map(str, numbers)) + (
+        " draws" if len(numbers) == 1 else " draw")
 
 
 def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batch: int, plan: list[Stage],

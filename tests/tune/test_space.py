@@ -124,3 +124,46 @@ def test_no_edge_warning_at_a_limit_the_setting_cannot_pass():
     best = SimpleNamespace(params={"label_smoothing": 0.0, "lr": 9.9e-3})
     # 0 smoothing is RunConfig's own floor (ge=0): widening the range cannot help; the lr edge can.
     assert [w.split()[0] for w in edge_warnings(best, space, space)] == ["lr"]
+
+
+# ----- stage 1: local draws around the base settings ----------------------------------------------
+_SPACE7 = {"lr": Param("lr", "log-uniform", 1e-4, 3e-2),
+           "backbone_lr_mult": Param("backbone_lr_mult", "log-uniform", 0.01, 1),
+           "weight_decay": Param("weight_decay", "log-uniform", 1e-5, 0.1),
+           "freeze_until": Param("freeze_until", "choice", choices=("auto", None, "layer4")),
+           "augment": Param("augment", "choice", choices=("auto", "none", "light")),
+           "label_smoothing": Param("label_smoothing", "uniform", 0.0, 0.2),
+           "mixup": Param("mixup", "uniform", 0.0, 0.4)}
+_BASE7 = {"lr": 1e-3, "backbone_lr_mult": 1.0, "weight_decay": 0.01, "freeze_until": "auto", "augment": "auto",
+          "label_smoothing": 0.0, "mixup": 0.0}
+
+
+def test_local_trials_change_one_or_two_settings_of_the_base_and_every_third_draws_all():
+    study = optuna.create_study(sampler=TrialSeededRandomSampler(0, _BASE7, list(_SPACE7)))
+    changed = []
+    for _ in range(30):
+        trial = study.ask()
+        values = suggest(trial, _SPACE7)
+        study.tell(trial, 0.0)
+        changed.append({k for k, v in values.items() if v != _BASE7[k]})
+        assert all(_SPACE7[k].contains(v) for k, v in values.items())
+    local = [c for n, c in enumerate(changed) if n % 3]
+    assert all(1 <= len(c) <= 2 for c in local)  # a changed choice is never the base's own
+    assert {len(c) for c in local} == {1, 2} and set().union(*local) == set(_SPACE7)  # every setting gets its turn
+    assert all(len(changed[n]) >= 5 for n in range(0, 30, 3))  # global: continuous ones always move
+
+
+def test_local_draws_are_reproducible_and_fall_back_to_global_without_a_base():
+    def draws(sampler):
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for _ in range(6):
+            trial = study.ask()
+            out.append(suggest(trial, _SPACE7))
+            study.tell(trial, 0.0)
+        return out
+
+    assert draws(TrialSeededRandomSampler(3, _BASE7, list(_SPACE7))) == draws(
+        TrialSeededRandomSampler(3, _BASE7, list(_SPACE7)))
+    unanchored = draws(TrialSeededRandomSampler(3))
+    assert all(sum(v[k] != _BASE7[k] for k in _SPACE7) >= 5 for v in unanchored)

@@ -192,3 +192,49 @@ def test_a_trial_another_worker_is_finishing_is_running_in_the_outputs(tmp_path)
     rows = outputs.trial_rows([(1, study)])
     assert [r["outcome"] for r in rows] == ["complete", "running"]
     assert outputs.plot_history(rows, tmp_path / "history.png").exists()
+
+
+def _stage1_of(results):
+    """An in-memory stage-1 study holding completed trials: [(params, val top-1), ...]."""
+    study = optuna.create_study(direction="maximize")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "augment": optuna.distributions.CategoricalDistribution(("auto", "none", "light"))}
+    for params, value in results:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return study
+
+
+_SPACE2 = {"lr": Param("lr", "log-uniform", 1e-4, 1e-1),
+           "augment": Param("augment", "choice", choices=("auto", "none", "light"))}
+
+
+@pytest.mark.parametrize("slots, expected", [(4, ["best of stage 1", "base settings"]), (1, ["best of stage 1"])])
+def test_stage_2_reruns_the_base_at_full_length_when_it_was_not_stage_1_s_best(base_config, slots, expected):
+    """Base lr 1e-3/auto lost stage 1 to lr 1e-2/light: stage 2 runs both, and its range reaches both."""
+    from finetune.search.study import _stage2_space
+
+    base = base_config(lr=1e-3, augment="auto")
+    stage1 = _stage1_of([({"lr": 1e-3, "augment": "auto"}, 0.5), ({"lr": 1e-2, "augment": "light"}, 0.7),
+                         ({"lr": 1e-4, "augment": "none"}, 0.1), ({"lr": 3e-2, "augment": "none"}, 0.2)])
+    stage2 = optuna.create_study(direction="maximize")
+    narrowed = _stage2_space(stage2, stage1, _SPACE2, base, slots)
+    waiting = stage2.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["enqueued"] for t in waiting] == expected
+    fixed = [t.system_attrs["fixed_params"] for t in waiting]  # what each enqueued trial will run
+    assert fixed == [{"lr": 1e-2, "augment": "light"}, {"lr": 1e-3, "augment": "auto"}][:len(expected)]
+    assert narrowed["lr"].contains(1e-3) and narrowed["lr"].contains(1e-2) and narrowed["lr"].low > 1e-4
+    assert set(narrowed["augment"].choices) == {"auto", "light"}
+
+
+def test_stage_2_runs_the_base_once_when_it_won_stage_1(base_config):
+    from finetune.search.study import _stage2_space
+
+    stage1 = _stage1_of([({"lr": 1e-3, "augment": "auto"}, 0.9), ({"lr": 1e-2, "augment": "light"}, 0.7)])
+    stage2 = optuna.create_study(direction="maximize")
+    _stage2_space(stage2, stage1, _SPACE2, base_config(lr=1e-3, augment="auto"), 4)
+    assert [t.user_attrs["enqueued"] for t in stage2.get_trials(states=(TrialState.WAITING,))] == ["best of stage 1"]
+
+
+def test_the_study_says_which_stage_1_trials_stay_near_the_base(two_stage_study):
+    _, text = two_stage_study
+    assert "Stage 1: trial 0 runs the base settings; trial 1 draws one or two of them" in text
