@@ -3,9 +3,10 @@
 The quality benchmark's quick regime (benchmarks/quality.py: tf_efficientnet_lite0 with its real
 ImageNet weights, 32 px inputs, 10 train images per class) on its three real tasks. For each task and
 seed: the default `finetune run` (quality.py's `finetune_run`), and a two-stage study of 12 trials
-(8 short random trials, then 4 full-length TPE trials) whose best trial, selected on val, is scored on
-the test split that nothing selects on. The best trial is a full-length run with the run's seed, so it
-is what `finetune run --recipe best.yaml` (or `tune --final-run`) trains again.
+(8 short random trials: the defaults, 5 that change one or two of them, 2 over the whole space; then
+4 full-length trials: stage 1's best, the defaults, and TPE's proposals) whose best trial, selected on
+val, is scored on the test split that nothing selects on. The best trial is a full-length run with the
+run's seed, so it is what `finetune run --recipe best.yaml` (or `tune --final-run`) trains again.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_quality.py --threads 1   # -> results/tune-quick.md
 """

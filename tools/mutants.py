@@ -381,4 +381,8 @@ MUTANTS: list[Mutant] = [
            "narrow(space, top + ([anchor] if anchor is not None else []))", "narrow(space, top)",
            ("tests/tune/test_study.py::test_stage_2_reruns_the_base_at_full_length_when_it_was_not_stage_1_s_best",),
            "stage 2's range excludes the defaults, so TPE never searches between them and stage 1's best"),
+    Mutant("tune_tie_leaves_the_base", "finetune/search/study.py",
+           "key=lambda t: (t.value, t.user_attrs.get(\"enqueued\") == \"base settings\")", "key=lambda t: t.value",
+           ("tests/tune/test_study.py::test_a_tie_on_val_keeps_the_base_settings",),
+           "a study whose best only ties the defaults on val returns other settings, which then lose on test"),
 ]

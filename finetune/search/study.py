@@ -261,11 +261,12 @@ def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig,
 
 
 def _best(studies: dict[int, optuna.Study]) -> tuple[int, FrozenTrial] | None:
-    """The best completed trial of the last stage that completed any: later stages train longer."""
+    """The best completed trial of the last stage that completed any: later stages train longer.
+    On a tie the base settings win: a trial that only equals them on val is no reason to leave them."""
     for stage in sorted(studies, reverse=True):
         done = studies[stage].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
-            return stage, max(done, key=lambda t: t.value)
+            return stage, max(done, key=lambda t: (t.value, t.user_attrs.get("enqueued") == "base settings"))
     return None
 
 

@@ -238,3 +238,17 @@ def test_stage_2_runs_the_base_once_when_it_won_stage_1(base_config):
 def test_the_study_says_which_stage_1_trials_stay_near_the_base(two_stage_study):
     _, text = two_stage_study
     assert "Stage 1: trial 0 runs the base settings; trial 1 draws one or two of them" in text
+
+
+def test_a_tie_on_val_keeps_the_base_settings():
+    from finetune.search.study import _best
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    for lr, value, tag in ((1e-2, 0.9, "best of stage 1"), (1e-3, 0.9, "base settings"), (3e-3, 0.8, None)):
+        attrs = {"enqueued": tag} if tag else {}
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=value, user_attrs=attrs))
+    stage, trial = _best({1: optuna.create_study(direction="maximize"), 2: study})
+    assert stage == 2 and trial.params == {"lr": 1e-3}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 5e-3}, distributions=dist, value=0.95))
+    assert _best({2: study})[1].params == {"lr": 5e-3}  # a higher val top-1 still wins
