@@ -260,14 +260,31 @@ def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig,
         progress.trial_done(stage.number, trial.number, outcome)
 
 
-def _best(studies: dict[int, optuna.Study]) -> tuple[int, FrozenTrial] | None:
+def _best(studies: dict[int, optuna.Study], base: Mapping[str, Any] | None = None,
+          val_images: int = 0) -> tuple[int, FrozenTrial] | None:
     """The best completed trial of the last stage that completed any: later stages train longer.
-    On a tie the base settings win: a trial that only equals them on val is no reason to leave them."""
+
+    The base settings (the trial whose values are `base`) stay the choice unless a trial beats their
+    val top-1 by more than its standard error on `val_images` images, sqrt(p (1 - p) / n): the
+    one-standard-error rule of model selection (Breiman et al. 1984; Hastie et al., The Elements of
+    Statistical Learning, 7.10). The best of a dozen trials on a few hundred val images beats the
+    base by a point or two by chance alone, and such a pick loses on test as often as it wins.
+    """
     for stage in sorted(studies, reverse=True):
         done = studies[stage].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if done:
-            return stage, max(done, key=lambda t: (t.value, t.user_attrs.get("enqueued") == "base settings"))
+        if not done:
+            continue
+        best = max(done, key=lambda t: t.value)
+        kept = next((t for t in done if base is not None and t.params == dict(base)), None)
+        if kept is not None and best.value <= kept.value + standard_error(kept.value, val_images):
+            return stage, kept
+        return stage, best
     return None
+
+
+def standard_error(accuracy: float, images: int) -> float:
+    """The standard error of a top-1 measured on `images` images (0 images: 0, ties only)."""
+    return math.sqrt(accuracy * (1 - accuracy) / images) if images > 0 else 0.0
 
 
 def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = None, *, trials: int = 20,
@@ -372,7 +389,7 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
     if rows:
         result.plots["history"] = outputs.plot_history(rows, study_dir / "history.png")
         result.plots["params"] = outputs.plot_params(rows, space, study_dir / "params.png")
-    best = _best(studies)
+    best = _best(studies, base_values(space, base), len(index.val))
     if best is None:
         console.print(outputs.summary_table(rows, list(space)))
         console.print("[yellow]No trial completed: no best.yaml.[/yellow] See the reasons in trials.csv.")
@@ -392,6 +409,11 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
     console.print(f"Best: stage {stage} trial {trial.number}, val top-1 {trial.value:.4f}. "
                   f"Written: {result.best_yaml}, {result.trials_csv}, "
                   + ", ".join(str(p) for p in result.plots.values()))
+    top = max(studies[stage].get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    if top.value > trial.value:
+        console.print(f"Kept the base settings: trial {top.number}'s val top-1 {top.value:.4f} is within one "
+                      f"standard error ({standard_error(trial.value, len(index.val)):.4f}, {len(index.val)} val "
+                      "images) of theirs, which chance alone explains")
     if final_run:
         result.final_run, result.final_top1 = _final_run(console, result.best_config, trial, full, study_dir, index)
     return result

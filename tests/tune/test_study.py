@@ -240,15 +240,23 @@ def test_the_study_says_which_stage_1_trials_stay_near_the_base(two_stage_study)
     assert "Stage 1: trial 0 runs the base settings; trial 1 draws one or two of them" in text
 
 
-def test_a_tie_on_val_keeps_the_base_settings():
+def test_the_base_settings_stay_unless_beaten_by_more_than_one_standard_error():
+    """Base at 0.80 on 100 val images: standard error sqrt(0.8 * 0.2 / 100) = 0.04."""
     from finetune.search.study import _best
 
-    study = optuna.create_study(direction="maximize")
     dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
-    for lr, value, tag in ((1e-2, 0.9, "best of stage 1"), (1e-3, 0.9, "base settings"), (3e-3, 0.8, None)):
-        attrs = {"enqueued": tag} if tag else {}
-        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=value, user_attrs=attrs))
-    stage, trial = _best({1: optuna.create_study(direction="maximize"), 2: study})
-    assert stage == 2 and trial.params == {"lr": 1e-3}
-    study.add_trial(optuna.trial.create_trial(params={"lr": 5e-3}, distributions=dist, value=0.95))
-    assert _best({2: study})[1].params == {"lr": 5e-3}  # a higher val top-1 still wins
+
+    def study_of(*results):
+        study = optuna.create_study(direction="maximize")
+        for lr, value in results:
+            study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=value))
+        return study
+
+    base = {"lr": 1e-3}
+    close = study_of((1e-2, 0.83), (1e-3, 0.80), (3e-3, 0.70))
+    stage, trial = _best({1: optuna.create_study(direction="maximize"), 2: close}, base, 100)
+    assert stage == 2 and trial.params == base  # 0.83 is within 0.04 of 0.80
+    assert _best({2: study_of((1e-2, 0.85), (1e-3, 0.80))}, base, 100)[1].params == {"lr": 1e-2}  # beyond it
+    assert _best({2: study_of((1e-2, 0.83), (1e-3, 0.80))}, base, 10_000)[1].params == {"lr": 1e-2}  # se 0.004
+    assert _best({2: study_of((1e-2, 0.80), (1e-3, 0.80))}, base, 0)[1].params == base  # a tie, with no count
+    assert _best({2: close}, None, 100)[1].params == {"lr": 1e-2}  # no base in the space: the best on val
