@@ -385,4 +385,8 @@ MUTANTS: list[Mutant] = [
            "best.value <= kept.value + standard_error(kept.value, val_images)", "best.value <= kept.value",
            ("tests/tune/test_study.py::test_the_base_settings_stay_unless_beaten_by_more_than_one_standard_error",),
            "a study returns settings that beat the defaults on val by one image, and lose on test as often as not"),
+    Mutant("divergence_ignores_chance_level", "finetune/training/callbacks/divergence.py",
+           "if mean > self.chance_loss else None", "if True else None",
+           ("tests/training/test_divergence.py::test_a_start_near_zero_stops_only_past_a_uniform_guess",),
+           "a run that fits from its first epoch is stopped as diverged when its tiny loss wobbles"),
 ]

@@ -86,3 +86,30 @@ def test_a_resumed_guard_keeps_the_first_epoch_mean():
     resumed.load_state_dict(first.state_dict())
     assert resumed.first_epoch_mean == 0.5
     assert resumed._problem(1.6) is not None and resumed._problem(1.4) is None  # 3 x 0.5 = 1.5
+
+
+def _loss_scaled(first: float, later: float):
+    """A training_step whose loss is multiplied by `first` in epoch 0 and by `later` after it."""
+    original = FinetuneModule.training_step
+
+    def step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * (first if self.current_epoch == 0 else later)
+
+    return step
+
+
+@pytest.mark.parametrize(("later", "stops"), [(0.1, False), (1.5, True)])
+def test_a_start_near_zero_stops_only_past_a_uniform_guess(later, stops, tiny_data, tmp_path, monkeypatch):
+    """Epoch 0's loss at 1% of chance (a network that fits from the start), then 10x that (still far
+    below ln(C): not an explosion) or 150x (past a uniform guess: one)."""
+    from finetune.run.fit import fit
+
+    monkeypatch.setattr(FinetuneModule, "training_step", _loss_scaled(0.01, later))
+    cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
+                    epochs=2, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False)
+    if not stops:
+        fit(cfg)
+        return
+    with pytest.raises(DivergenceError, match=r"exceeds 3x the first epoch's mean .* and a uniform guess's ln\(C\)"):
+        fit(cfg)
