@@ -263,7 +263,7 @@ MUTANTS: list[Mutant] = [
            "a NaN training loss does not stop the run (NaN compares false with every threshold)"),
     # Caught by the state_dict round trip in test_divergence.py (test_a_resumed_guard_keeps_the_first_epoch_mean).
     Mutant("divergence_guard_forgets_first_epoch_on_resume", "finetune/training/callbacks/divergence.py",
-           "self.first_epoch_mean = state_dict[\"first_epoch_mean\"]", "pass",
+           "self.start_mean = state_dict[\"start_mean\"] if", "self.start_mean = None if",
            ("tests/training/test_divergence.py",),
            "after --resume the guard has no first-epoch mean, so only NaN/Inf can stop the run"),
     Mutant("divergence_factor_300", "finetune/run/fit.py",
@@ -389,4 +389,8 @@ MUTANTS: list[Mutant] = [
            "if mean > self.chance_loss else None", "if True else None",
            ("tests/training/test_divergence.py::test_a_start_near_zero_stops_only_past_a_uniform_guess",),
            "a run that fits from its first epoch is stopped as diverged when its tiny loss wobbles"),
+    Mutant("divergence_compares_one_epoch_means", "finetune/training/callbacks/divergence.py",
+           "self.window = WINDOW if window is None else window", "self.window = 1",
+           ("tests/training/test_divergence.py::test_one_wild_batch_in_a_short_epoch_does_not_stop_the_run",),
+           "a small dataset's run stops as diverged on one confidently wrong batch in a 3-step epoch"),
 ]

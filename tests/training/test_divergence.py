@@ -37,6 +37,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypa
     import finetune.run.fit as fit_module
 
     original = fit_module.guard_callbacks
+    monkeypatch.setattr("finetune.training.callbacks.divergence.WINDOW", 3)  # blocks of one epoch
     monkeypatch.setattr(fit_module, "guard_callbacks", lambda *a: [*original(*a), _HugeLrFromEpoch1()])
     out = tmp_path / "run"
     cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=out, image_size=32, epochs=3,
@@ -62,16 +63,18 @@ def _loss_times(factor: float, from_epoch: int = 1):
 
 @pytest.mark.parametrize(("factor", "stops"), [(4.0, True), (2.0, False)])
 def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, tiny_data, tmp_path, monkeypatch):
-    # The guard fit() installs, not a hand-built one: its threshold is 3x the first epoch's mean.
+    # The guard fit() installs, not a hand-built one: its threshold is 3x the first block's mean.
+    # Blocks of 3 steps: one epoch of tiny_data each.
     from finetune.run.fit import fit
 
+    monkeypatch.setattr("finetune.training.callbacks.divergence.WINDOW", 3)
     monkeypatch.setattr(FinetuneModule, "training_step", _loss_times(factor))
     cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
                     epochs=2, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False)
     if not stops:
         fit(cfg)  # 2x is a bad epoch, not a divergence
         return
-    with pytest.raises(DivergenceError, match=r"epoch 1.*mean training loss of this epoch.*exceeds 3x"):
+    with pytest.raises(DivergenceError, match=r"epoch 1.*mean training loss of the last 3 steps.*exceeds 3x"):
         fit(cfg)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
@@ -81,11 +84,14 @@ def test_a_resumed_guard_keeps_the_first_epoch_mean():
     from finetune.training.callbacks.divergence import DivergenceGuard
 
     first = DivergenceGuard(3.0)
-    first.first_epoch_mean = 0.5
+    first.start_mean = 0.5
     resumed = DivergenceGuard(3.0)
     resumed.load_state_dict(first.state_dict())
-    assert resumed.first_epoch_mean == 0.5
-    assert resumed._problem(1.6) is not None and resumed._problem(1.4) is None  # 3 x 0.5 = 1.5
+    assert resumed.start_mean == 0.5
+    assert resumed._problem(1.6, 25) is not None and resumed._problem(1.4, 25) is None  # 3 x 0.5 = 1.5
+    older = DivergenceGuard(3.0)
+    older.load_state_dict({"first_epoch_mean": 0.5})  # a checkpoint written before blocks had a name
+    assert older.start_mean == 0.5
 
 
 def _loss_scaled(first: float, later: float):
@@ -105,11 +111,30 @@ def test_a_start_near_zero_stops_only_past_a_uniform_guess(later, stops, tiny_da
     below ln(C): not an explosion) or 150x (past a uniform guess: one)."""
     from finetune.run.fit import fit
 
+    monkeypatch.setattr("finetune.training.callbacks.divergence.WINDOW", 3)
     monkeypatch.setattr(FinetuneModule, "training_step", _loss_scaled(0.01, later))
     cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
                     epochs=2, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False)
     if not stops:
         fit(cfg)
         return
-    with pytest.raises(DivergenceError, match=r"exceeds 3x the first epoch's mean .* and a uniform guess's ln\(C\)"):
+    with pytest.raises(DivergenceError, match=r"exceeds 3x the mean of the first 3\+ steps .* and a uniform guess"):
         fit(cfg)
+
+
+def test_one_wild_batch_in_a_short_epoch_does_not_stop_the_run(tiny_data, tmp_path, monkeypatch):
+    """tiny_data has 3 steps an epoch. Step 30's loss x20 lifts its epoch's mean to about 7x the start,
+    but the guard compares means over 25+ steps (here 27), where it is under 2x: the run goes on."""
+    from finetune.run.fit import fit
+
+    original = FinetuneModule.training_step
+
+    def step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * 20 if self.global_step == 30 else loss
+
+    monkeypatch.setattr(FinetuneModule, "training_step", step)
+    cfg = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", output=tmp_path / "run", image_size=32,
+                    epochs=18, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False,
+                    val_every=18)
+    assert fit(cfg).run_dir.is_dir()

@@ -43,9 +43,10 @@ def test_a_pruned_trial_is_stopped_after_its_first_validation(base_config, tmp_p
     assert result.best_yaml is None and _rows(result.study_dir)[0]["outcome"] == "pruned"
 
 
-def test_diverged_and_failed_trials_are_recorded_and_the_study_goes_on(base_config, tmp_path):
+def test_diverged_and_failed_trials_are_recorded_and_the_study_goes_on(base_config, tmp_path, monkeypatch):
     """lr 1000 explodes (diverged, PRUNED); a layer test_resnet lacks is a bad setting (FAIL with its
     reason); the third trial still runs and completes."""
+    monkeypatch.setattr("finetune.training.callbacks.divergence.WINDOW", 3)  # the guard judges 2-epoch trials
     out = tmp_path / "s"
     storage = f"sqlite:///{out / 'study.db'}"
     out.mkdir()

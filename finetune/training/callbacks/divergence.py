@@ -12,16 +12,21 @@ from torch import Tensor
 from finetune.errors import FinetuneError
 
 CHECK_EVERY = 25  # steps between checks: one small all-reduce and host sync each, not one per step
+# Fewest steps a compared mean covers. A small dataset's epoch is a few steps, and its mean one or two
+# batches: 20 train images at 224 px (3 steps an epoch) went 0.29 -> 0.0005 -> 3.35 in epochs 0-2 on
+# one confidently wrong batch, while val top-1 stayed 0.93-1.00 for all 60 epochs when left to run.
+WINDOW = 25
 
 
 class DivergenceError(FinetuneError):
-    """The training loss became NaN/Inf or grew far beyond its first-epoch level."""
+    """The training loss became NaN/Inf or grew far beyond its level at the start."""
 
 
 class DivergenceGuard(pl.Callback):
-    """Raises DivergenceError when the loss is NaN/Inf, or (from the second epoch on) when the
-    current epoch's running mean loss exceeds `factor` x the first epoch's mean and also the loss of
-    a uniform guess over the classes, ln(C).
+    """Raises DivergenceError when the loss is NaN/Inf, or when the running mean loss of the current
+    block exceeds `factor` x the first block's mean and also the loss of a uniform guess over the
+    classes, ln(C). A block is an epoch, or as many whole epochs as hold `window` steps when epochs
+    are shorter; a mean over fewer steps is not compared.
 
     The factor's rule (the course notes': a loss past 3x its start has exploded) presumes a start
     near chance, as a new head gives. A network that already fits the task from its first epoch
@@ -43,24 +48,28 @@ class DivergenceGuard(pl.Callback):
     a healthy run.
 
     Args:
-        factor: Allowed growth of the mean loss over the first epoch's mean.
+        factor: Allowed growth of the mean loss over the first block's mean.
         checkpoint_dir: Where the last good checkpoint lives (named in the message).
         check_every: Steps between checks within an epoch.
+        window: Fewest steps in a block (default `WINDOW`).
     """
 
-    def __init__(self, factor: float = 3.0, checkpoint_dir: Path | None = None, check_every: int = CHECK_EVERY):
+    def __init__(self, factor: float = 3.0, checkpoint_dir: Path | None = None, check_every: int = CHECK_EVERY,
+                 window: int | None = None):
         self.factor, self.checkpoint_dir, self.check_every = factor, checkpoint_dir, check_every
+        self.window = WINDOW if window is None else window
         self.chance_loss: float | None = None  # ln(C), from the module's head at fit start
-        self.first_epoch_mean: float | None = None
+        self.start_mean: float | None = None  # the first block's mean loss
         self._sum: Tensor | None = None
-        self._count, self._batch_idx, self._epoch_mean = 0, 0, None
+        self._count, self._batch_idx, self._block_mean = 0, 0, None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         classes = getattr(pl_module, "class_names", None)
         self.chance_loss = math.log(len(classes)) if classes else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sum, self._count, self._epoch_mean = None, 0, None
+        if self._count >= self.window or self._sum is None:  # else the block goes on into this epoch
+            self._sum, self._count, self._block_mean = None, 0, None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -75,27 +84,28 @@ class DivergenceGuard(pl.Callback):
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.first_epoch_mean is None and self._epoch_mean is not None:
-            self.first_epoch_mean = self._epoch_mean
+        if self.start_mean is None and self._block_mean is not None and self._count >= self.window:
+            self.start_mean = self._block_mean
 
     def _check(self, trainer: pl.Trainer) -> None:
         """Compares the mean loss of this epoch so far, over all processes, with the limits."""
         counted = torch.stack([self._sum, torch.tensor(float(self._count), device=self._sum.device)])
         total = trainer.strategy.reduce(counted, reduce_op="sum")
         mean = float(total[0] / total[1])
-        self._epoch_mean = mean
-        problem = self._problem(mean)
+        self._block_mean = mean
+        problem = self._problem(mean, self._count)
         # Every rank computed the same reduced mean; the vote still makes the stop collective.
         if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
             self._fail(trainer, problem or "the training loss diverged on another process")
 
-    def _problem(self, mean: float) -> str | None:
+    def _problem(self, mean: float, steps: int) -> str | None:
+        """Why `mean` (over the block's `steps` steps so far) stops the run, or None."""
         if not math.isfinite(mean):
             return f"the training loss is {mean}"
-        if self.first_epoch_mean is None or mean <= self.factor * self.first_epoch_mean:
+        if self.start_mean is None or steps < self.window or mean <= self.factor * self.start_mean:
             return None
-        what = (f"the mean training loss of this epoch, {mean:.4g}, exceeds {self.factor:g}x "
-                f"the first epoch's mean {self.first_epoch_mean:.4g}")
+        what = (f"the mean training loss of the last {steps} steps, {mean:.4g}, exceeds {self.factor:g}x "
+                f"the mean of the first {self.window}+ steps ({self.start_mean:.4g})")
         if self.chance_loss is None:
             return what
         return f"{what} and a uniform guess's ln(C) = {self.chance_loss:.4g}" if mean > self.chance_loss else None
@@ -115,7 +125,8 @@ class DivergenceGuard(pl.Callback):
         return "No checkpoint was written before the divergence."
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first_epoch_mean": self.first_epoch_mean}
+        return {"start_mean": self.start_mean}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.first_epoch_mean = state_dict["first_epoch_mean"]
+        # checkpoints of earlier versions hold the first epoch's mean under its old name
+        self.start_mean = state_dict["start_mean"] if "start_mean" in state_dict else state_dict["first_epoch_mean"]
