@@ -261,7 +261,7 @@ MUTANTS: list[Mutant] = [
            "if not math.isfinite(mean):", "if math.isinf(mean):",
            ("tests/training/test_divergence.py::test_huge_lr_from_the_start_is_reported",),
            "a NaN training loss does not stop the run (NaN compares false with every threshold)"),
-    # Caught by the state_dict round trip in test_divergence.py (test_a_resumed_guard_keeps_the_first_epoch_mean).
+    # Caught by the state_dict round trip in test_divergence.py (test_a_resumed_guard_keeps_the_start).
     Mutant("divergence_guard_forgets_first_epoch_on_resume", "finetune/training/callbacks/divergence.py",
            "self.start_mean = state_dict[\"start_mean\"] if", "self.start_mean = None if",
            ("tests/training/test_divergence.py",),
@@ -393,4 +393,16 @@ MUTANTS: list[Mutant] = [
            "self.window = WINDOW if window is None else window", "self.window = 1",
            ("tests/training/test_divergence.py::test_one_wild_batch_in_a_short_epoch_does_not_stop_the_run",),
            "a small dataset's run stops as diverged on one confidently wrong batch in a 3-step epoch"),
+    Mutant("tune_local_trial_changes_a_one_value_choice", "finetune/search/study.py",
+           "if p.numeric or len(p.choices) > 1]", "]",
+           ("tests/tune/test_space.py::test_a_local_trial_never_spends_itself_on_a_setting_with_one_value",),
+           "a stage-1 trial 'changes' a setting that has one value, and reruns the defaults for nothing"),
+    Mutant("divergence_reads_the_scaled_fp16_loss", "finetune/training/callbacks/divergence.py",
+           "            value = value / scale.to(value.device)", "            pass",
+           ("tests/training/test_divergence.py::test_the_guard_reads_the_loss_before_16_bit_loss_scaling",),
+           "with --precision 16-mixed the guard compares losses times 65536, and the ln(C) floor never holds"),
+    Mutant("divergence_resume_drops_the_open_block", "finetune/training/callbacks/divergence.py",
+           "self._sum, self._count = torch.tensor(state_dict[\"block_sum\"]), state_dict[\"block_count\"]", "pass",
+           ("tests/training/test_divergence.py::test_a_run_resumed_mid_block_keeps_the_open_block",),
+           "a run resumed inside its first block measures its start on later, lower losses: a stricter limit"),
 ]

@@ -134,7 +134,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
 
 
 def guard_callbacks(config: RunConfig, run_dir: Path) -> list[pl.Callback]:
-    """The divergence guard (always: a loss past 3x its first epoch's and ln(C) stops the run), and EMA with --ema."""
+    """The divergence guard (always: a loss past 3x its start and ln(C) stops the run), and EMA with --ema."""
     guards: list[pl.Callback] = [DivergenceGuard(DIVERGENCE_FACTOR, run_dir / "checkpoints")]
     if config.ema:
         guards.append(EmaCallback(config.ema_decay, config.ema_warmup, config.monitor))

@@ -149,6 +149,11 @@ def _sampler(stage: Stage, study: optuna.Study, seed: int, base: dict[str, Any] 
         return TPESampler(seed=seed + 1000 * stage.number + done, n_startup_trials=0, constant_liar=True)
 
 
+def changeable(space: Space) -> list[str]:
+    """The settings a local trial may change: those with another value to take (not a one-value choice)."""
+    return [name for name, p in space.items() if p.numeric or len(p.choices) > 1]
+
+
 def base_values(space: Space, base: RunConfig) -> dict[str, Any] | None:
     """The base settings as a point of `space`, or None when one of them lies outside it."""
     values = {name: getattr(base, name) for name in space}
@@ -195,8 +200,9 @@ def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space, base
 
     Stage 2 opens with stage 1's best and the base settings, both at full length: a short trial's
     rank is only an estimate, and with the base in the last stage the study's best is never a setting
-    that lost to the defaults (or the user's flags) on val at the same length. (With one slot, only
-    stage 1's best runs.)"""
+    that lost to the defaults (or the user's flags) on val at the same length. That holds when the
+    base trial completes there: with one slot only stage 1's best runs, and a pruned or timed-out
+    base leaves the plain best."""
     stored = study2.user_attrs.get("space")
     if stored is not None:
         return {k: parse_param(k, v, where="stored stage-2 space") for k, v in stored.items()}
@@ -207,10 +213,11 @@ def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space, base
     top = [t.params for t in done[:max(1, round(len(done) * TOP_SHARE))]]
     anchor = base_values(space, base)
     narrowed = narrow(space, top + ([anchor] if anchor is not None else []))
-    study2.set_user_attr("space", space_to_dict(narrowed))
+    # Enqueued before the space is stored: a worker that finds the space finds these trials too.
     study2.enqueue_trial(top[0], user_attrs={"enqueued": "best of stage 1"})
     if anchor is not None and anchor != top[0] and slots > 1:
         study2.enqueue_trial(anchor, user_attrs={"enqueued": "base settings"})
+    study2.set_user_attr("space", space_to_dict(narrowed))
     return narrowed
 
 
@@ -248,7 +255,7 @@ def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig,
                deadline: float | None, progress: Progress) -> None:
     anchor = base_values(space, base)
     while deadline is None or time.monotonic() < deadline:
-        study.sampler = _sampler(stage, study, base.seed, anchor, list(space))
+        study.sampler = _sampler(stage, study, base.seed, anchor, changeable(space))
         trial = claim_trial(study, stage.trials)
         if trial is None:
             return

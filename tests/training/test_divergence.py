@@ -62,7 +62,7 @@ def _loss_times(factor: float, from_epoch: int = 1):
 
 
 @pytest.mark.parametrize(("factor", "stops"), [(4.0, True), (2.0, False)])
-def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, tiny_data, tmp_path, monkeypatch):
+def test_a_finite_loss_at_4x_the_start_stops_the_run(factor, stops, tiny_data, tmp_path, monkeypatch):
     # The guard fit() installs, not a hand-built one: its threshold is 3x the first block's mean.
     # Blocks of 3 steps: one epoch of tiny_data each.
     from finetune.run.fit import fit
@@ -79,7 +79,7 @@ def test_a_finite_loss_at_4x_the_first_epoch_mean_stops_the_run(factor, stops, t
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
-def test_a_resumed_guard_keeps_the_first_epoch_mean():
+def test_a_resumed_guard_keeps_the_start():
     """--resume restores the guard from the checkpoint: without the first epoch's mean it could only catch NaN."""
     from finetune.training.callbacks.divergence import DivergenceGuard
 
@@ -138,3 +138,41 @@ def test_one_wild_batch_in_a_short_epoch_does_not_stop_the_run(tiny_data, tmp_pa
                     epochs=18, batch_size=8, workers=0, progress=False, optimizer="sgd", lr=1e-6, export=False,
                     val_every=18)
     assert fit(cfg).run_dir.is_dir()
+
+
+def _fake_trainer(scale=None, batches=100):
+    from types import SimpleNamespace
+
+    scaler = SimpleNamespace(_scale=torch.tensor(scale)) if scale is not None else None
+    strategy = SimpleNamespace(reduce=lambda t, reduce_op: t, reduce_boolean_decision=lambda d, all: d)
+    return SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), num_training_batches=batches,
+                           strategy=strategy, optimizers=[], current_epoch=0, global_step=0)
+
+
+def test_the_guard_reads_the_loss_before_16_bit_loss_scaling():
+    """16-mixed hands the hook the loss times the GradScaler's scale (65536 at first)."""
+    from finetune.training.callbacks.divergence import DivergenceGuard
+
+    guard = DivergenceGuard(3.0, window=2)
+    trainer = _fake_trainer(scale=65536.0)
+    for step in range(2):
+        guard.on_train_batch_start(trainer, None, None, step)
+        guard.on_before_backward(trainer, None, torch.tensor(0.5 * 65536.0))
+    assert float(guard._sum) == pytest.approx(1.0)  # two steps of 0.5, not of 32768
+
+
+def test_a_run_resumed_mid_block_keeps_the_open_block():
+    """Short epochs: the first block spans several. A resume inside it goes on with its sum and count."""
+    from finetune.training.callbacks.divergence import DivergenceGuard
+
+    guard = DivergenceGuard(3.0, window=25)
+    trainer = _fake_trainer(batches=3)
+    guard.on_train_epoch_start(trainer, None)
+    for step in range(3):
+        guard.on_train_batch_start(trainer, None, None, step)
+        guard.on_before_backward(trainer, None, torch.tensor(2.0))
+    guard.on_train_epoch_end(trainer, None)
+    resumed = DivergenceGuard(3.0, window=25)
+    resumed.load_state_dict(guard.state_dict())
+    resumed.on_train_epoch_start(trainer, None)  # 3 of 25 steps: the block goes on
+    assert resumed._count == 3 and float(resumed._sum) == pytest.approx(6.0) and resumed.start_mean is None

@@ -153,7 +153,7 @@ def test_local_trials_change_one_or_two_settings_of_the_base_and_every_third_dra
     assert all(len(changed[n]) >= 5 for n in range(0, 30, 3))  # global: continuous ones always move
 
 
-def test_local_draws_are_reproducible_and_fall_back_to_global_without_a_base():
+def test_local_draws_are_reproducible_and_only_local_trials_depend_on_the_base():
     def draws(sampler):
         study = optuna.create_study(sampler=sampler)
         out = []
@@ -165,5 +165,17 @@ def test_local_draws_are_reproducible_and_fall_back_to_global_without_a_base():
 
     assert draws(TrialSeededRandomSampler(3, _BASE7, list(_SPACE7))) == draws(
         TrialSeededRandomSampler(3, _BASE7, list(_SPACE7)))
-    unanchored = draws(TrialSeededRandomSampler(3))
-    assert all(sum(v[k] != _BASE7[k] for k in _SPACE7) >= 5 for v in unanchored)
+    # without a base every trial is global: the local trials' draws (1, 2, 4, 5) differ from the anchored ones
+    unanchored, anchored = draws(TrialSeededRandomSampler(3)), draws(TrialSeededRandomSampler(3, _BASE7, list(_SPACE7)))
+    assert [unanchored[n] == anchored[n] for n in range(6)] == [True, False, False, True, False, False]
+
+
+def test_a_local_trial_never_spends_itself_on_a_setting_with_one_value():
+    """A --space choice of one value cannot change: stage 1's local trials pick among the others."""
+    from finetune.search.study import changeable
+
+    space = {**_SPACE7, "augment": Param("augment", "choice", choices=("auto",))}
+    names = changeable(space)
+    assert "augment" not in names and set(names) == set(_SPACE7) - {"augment"}
+    sampler = TrialSeededRandomSampler(0, _BASE7, names)
+    assert all("augment" not in sampler.changed(n) for n in range(1, 60) if n % 3)

@@ -34,8 +34,8 @@ class DivergenceGuard(pl.Callback):
     and 3x of 0.05 is a bad batch, not an explosion: on a textures-to-textures transfer the default
     run rose from 0.05 to 0.6 at val top-1 0.96 and was stopped. A loss below ln(C) still predicts
     better than chance, so the guard waits for both. ln(C) is a uniform guess's cross-entropy for
-    any target (hard, smoothed or mixed); under distillation a uniform guess scores more, so there
-    the floor is lower than chance and the guard only earlier.
+    any target (hard, smoothed or mixed); under distillation the loss also holds the T^2-scaled
+    teacher term, so there ln(C) is only near chance level.
 
     The loss is summed on the device, and checked every `check_every` steps and on the last batch
     of each epoch: reading it every step would stall the GPU once per step. A check reduces the
@@ -77,7 +77,12 @@ class DivergenceGuard(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         value = loss.detach().float()
-        self._sum = value if self._sum is None else self._sum + value  # stays on the device: no sync
+        # 16-mixed: the GradScaler multiplied the loss by its scale before this hook. Its `_scale` is a
+        # device tensor; get_scale() would read it to the host every step.
+        scale = getattr(getattr(trainer.precision_plugin, "scaler", None), "_scale", None)
+        if isinstance(scale, Tensor):
+            value = value / scale.to(value.device)
+        self._sum = value if self._sum is None else self._sum.to(value.device) + value  # on the device: no sync
         self._count += 1
         last = self._batch_idx + 1 == trainer.num_training_batches
         if last or self._count % self.check_every == 0:
@@ -88,7 +93,7 @@ class DivergenceGuard(pl.Callback):
             self.start_mean = self._block_mean
 
     def _check(self, trainer: pl.Trainer) -> None:
-        """Compares the mean loss of this epoch so far, over all processes, with the limits."""
+        """Compares the mean loss of this block so far, over all processes, with the limits."""
         counted = torch.stack([self._sum, torch.tensor(float(self._count), device=self._sum.device)])
         total = trainer.strategy.reduce(counted, reduce_op="sum")
         mean = float(total[0] / total[1])
@@ -125,8 +130,14 @@ class DivergenceGuard(pl.Callback):
         return "No checkpoint was written before the divergence."
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start_mean": self.start_mean}
+        # The open block too: a run resumed mid-block (short epochs) goes on with it, so its first
+        # block, and the start measured on it, is the same as an uninterrupted run's.
+        block = float(self._sum) if self._sum is not None and self._count < self.window else None
+        count = self._count if block is not None else 0
+        return {"start_mean": self.start_mean, "block_sum": block, "block_count": count}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints of earlier versions hold the first epoch's mean under its old name
         self.start_mean = state_dict["start_mean"] if "start_mean" in state_dict else state_dict["first_epoch_mean"]
+        if state_dict.get("block_sum") is not None:
+            self._sum, self._count = torch.tensor(state_dict["block_sum"]), state_dict["block_count"]
