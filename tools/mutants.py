@@ -405,4 +405,8 @@ MUTANTS: list[Mutant] = [
            "self._sum, self._count = torch.tensor(state_dict[\"block_sum\"]), state_dict[\"block_count\"]", "pass",
            ("tests/training/test_divergence.py::test_a_run_resumed_mid_block_keeps_the_open_block",),
            "a run resumed inside its first block measures its start on later, lower losses: a stricter limit"),
+    Mutant("tune_standard_error_ignores_limit_val_batches", "finetune/search/study.py",
+           "    return min(val_images, kept * eval_batch)", "    return val_images",
+           ("tests/tune/test_study.py::test_the_standard_error_counts_the_val_images_a_trial_is_scored_on",),
+           "with --limit-val-batches the one-standard-error rule counts images no trial was scored on"),
 ]

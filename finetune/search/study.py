@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune.config import RunConfig
+from finetune.data.datamodule import EVAL_BATCH_FACTOR
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
@@ -290,6 +291,14 @@ def _best(studies: dict[int, optuna.Study], base: Mapping[str, Any] | None = Non
     return None
 
 
+def validated_images(val_images: int, limit: int | float, eval_batch: int) -> int:
+    """The val images a trial's top-1 is measured on: all of them, or those of the batches
+    --limit-val-batches keeps (an int: that many; a float: that share, counted as Lightning counts)."""
+    batches = math.ceil(val_images / eval_batch)
+    kept = min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
+    return min(val_images, kept * eval_batch)
+
+
 def standard_error(accuracy: float, images: int) -> float:
     """The standard error of a top-1 measured on `images` images (0 images: 0, ties only)."""
     return math.sqrt(accuracy * (1 - accuracy) / images) if images > 0 else 0.0
@@ -397,7 +406,8 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
     if rows:
         result.plots["history"] = outputs.plot_history(rows, study_dir / "history.png")
         result.plots["params"] = outputs.plot_params(rows, space, study_dir / "params.png")
-    best = _best(studies, base_values(space, base), len(index.val))
+    scored = validated_images(len(index.val), base.limit_val_batches, full_epochs(base, index)[1] * EVAL_BATCH_FACTOR)
+    best = _best(studies, base_values(space, base), scored)
     if best is None:
         console.print(outputs.summary_table(rows, list(space)))
         console.print("[yellow]No trial completed: no best.yaml.[/yellow] See the reasons in trials.csv.")
@@ -420,7 +430,7 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
     top = max(studies[stage].get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     if top.value > trial.value:
         console.print(f"Kept the base settings: trial {top.number}'s val top-1 {top.value:.4f} is within one "
-                      f"standard error ({standard_error(trial.value, len(index.val)):.4f}, {len(index.val)} val "
+                      f"standard error ({standard_error(trial.value, scored):.4f}, {scored} val "
                       "images) of theirs, which chance alone explains")
     if final_run:
         result.final_run, result.final_top1 = _final_run(console, result.best_config, trial, full, study_dir, index)

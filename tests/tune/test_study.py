@@ -261,3 +261,11 @@ def test_the_base_settings_stay_unless_beaten_by_more_than_one_standard_error():
     assert _best({2: study_of((1e-2, 0.83), (1e-3, 0.80))}, base, 10_000)[1].params == {"lr": 1e-2}  # se 0.004
     assert _best({2: study_of((1e-2, 0.80), (1e-3, 0.80))}, base, 0)[1].params == base  # a tie, with no count
     assert _best({2: close}, None, 100)[1].params == {"lr": 1e-2}  # no base in the space: the best on val
+
+
+@pytest.mark.parametrize("limit, images", [(1.0, 500), (2, 128), (0.5, 256), (100, 500)])
+def test_the_standard_error_counts_the_val_images_a_trial_is_scored_on(limit, images):
+    """500 val images in batches of 64 (8 batches); --limit-val-batches 2 scores 128 of them, 0.5 four batches."""
+    from finetune.search.study import validated_images
+
+    assert validated_images(500, limit, 64) == images
