@@ -364,7 +364,8 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
         if stage.number == 2:
             print_space(console, stage_spaces[2], "Stage 2 space (around the best of stage 1 and the base settings)")
         _run_stage(studies[stage.number], stage, stage_spaces[stage.number], base, full, study_dir, deadline, progress)
-    return _finish(console, base, studies, stage_spaces, space, study_dir, index, full, final_run)
+    scored = validated_images(len(index.val), base.limit_val_batches, batch * EVAL_BATCH_FACTOR)
+    return _finish(console, base, studies, stage_spaces, space, study_dir, index, full, scored, final_run)
 
 
 def _print_mix(console: Console, stage: Stage, anchored: bool) -> None:
@@ -399,14 +400,14 @@ def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batc
 
 
 def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study], stage_spaces: dict[int, Space],
-            space: Space, study_dir: Path, index: DatasetIndex, full: int, final_run: bool) -> TuneResult:
+            space: Space, study_dir: Path, index: DatasetIndex, full: int, scored: int,
+            final_run: bool) -> TuneResult:
     """trials.csv, plots, best.yaml, the summary and the optional final run."""
     rows = outputs.trial_rows(sorted(studies.items()))
     result = TuneResult(study_dir, None, None, None, None, outputs.write_trials_csv(rows, study_dir / "trials.csv"))
     if rows:
         result.plots["history"] = outputs.plot_history(rows, study_dir / "history.png")
         result.plots["params"] = outputs.plot_params(rows, space, study_dir / "params.png")
-    scored = validated_images(len(index.val), base.limit_val_batches, full_epochs(base, index)[1] * EVAL_BATCH_FACTOR)
     best = _best(studies, base_values(space, base), scored)
     if best is None:
         console.print(outputs.summary_table(rows, list(space)))

@@ -151,10 +151,13 @@ def _fake_trainer(scale=None, batches=100):
 
 def test_the_guard_reads_the_loss_before_16_bit_loss_scaling():
     """16-mixed hands the hook the loss times the GradScaler's scale (65536 at first)."""
+    from types import SimpleNamespace
+
     from finetune.training.callbacks.divergence import DivergenceGuard
 
     guard = DivergenceGuard(3.0, window=2)
     trainer = _fake_trainer(scale=65536.0)
+    guard.on_fit_start(trainer, SimpleNamespace(class_names=["a", "b"]))
     for step in range(2):
         guard.on_train_batch_start(trainer, None, None, step)
         guard.on_before_backward(trainer, None, torch.tensor(0.5 * 65536.0))

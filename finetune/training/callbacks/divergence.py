@@ -59,6 +59,7 @@ class DivergenceGuard(pl.Callback):
         self.factor, self.checkpoint_dir, self.check_every = factor, checkpoint_dir, check_every
         self.window = WINDOW if window is None else window
         self.chance_loss: float | None = None  # ln(C), from the module's head at fit start
+        self._scaler: Any = None  # 16-mixed's GradScaler, found at fit start
         self.start_mean: float | None = None  # the first block's mean loss
         self._sum: Tensor | None = None
         self._count, self._batch_idx, self._block_mean = 0, 0, None
@@ -66,6 +67,7 @@ class DivergenceGuard(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         classes = getattr(pl_module, "class_names", None)
         self.chance_loss = math.log(len(classes)) if classes else None
+        self._scaler = getattr(trainer.precision_plugin, "scaler", None)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._count >= self.window or self._sum is None:  # else the block goes on into this epoch
@@ -77,12 +79,12 @@ class DivergenceGuard(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         value = loss.detach().float()
-        # 16-mixed: the GradScaler multiplied the loss by its scale before this hook. Its `_scale` is a
-        # device tensor; get_scale() would read it to the host every step.
-        scale = getattr(getattr(trainer.precision_plugin, "scaler", None), "_scale", None)
-        if isinstance(scale, Tensor):
-            value = value / scale.to(value.device)
-        self._sum = value if self._sum is None else self._sum.to(value.device) + value  # on the device: no sync
+        scale = self._scaler._scale if self._scaler is not None else None  # None too for a disabled scaler
+        if scale is not None:
+            # 16-mixed: the GradScaler multiplied the loss by its scale before this hook. Its `_scale` is a
+            # device tensor (updated in place); get_scale() would read it to the host every step.
+            value = value / scale
+        self._sum = value if self._sum is None else self._sum + value  # stays on the device: no sync
         self._count += 1
         last = self._batch_idx + 1 == trainer.num_training_batches
         if last or self._count % self.check_every == 0:
@@ -140,4 +142,4 @@ class DivergenceGuard(pl.Callback):
         # checkpoints of earlier versions hold the first epoch's mean under its old name
         self.start_mean = state_dict["start_mean"] if "start_mean" in state_dict else state_dict["first_epoch_mean"]
         if state_dict.get("block_sum") is not None:
-            self._sum, self._count = torch.tensor(state_dict["block_sum"]), state_dict["block_count"]
+            self._sum, self._count = state_dict["block_sum"], state_dict["block_count"]  # a float until a step adds
