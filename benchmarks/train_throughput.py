@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py --quick     # resnet18 at 128 px, the three scenarios
     .venv/bin/python benchmarks/train_throughput.py             # resnet18/50 at 128 and 224 px
+    .venv/bin/python benchmarks/train_throughput.py --only overhead   # Lightning's per-step overhead alone
 
 Both legs read the same folder of JPEG photos (crops of scikit-image's bundled photos, decoded every
 epoch), with the same batch size and DataLoader workers, random-init weights (speed does not depend
@@ -10,9 +11,11 @@ on their values). Scenarios: full fine-tuning, `--freeze-until layer3`, and a li
 - plain: the textbook loop: fp32, SGD(momentum 0.9), torchvision's RandomResizedCrop + flip.
 - finetune: `fit` with its defaults (mixed precision and channels_last where the device has them,
   fused optimizer, its data pipeline); epochs after the first are counted (its metrics.csv img/s).
-- Lightning's per-step overhead: the time from a step's first hook to its last, inside `fit`,
-  against the same forward/backward/optimizer step in a raw loop with the same precision,
-  memory format, optimizer and batch (in-memory tensors: no data loading on either side).
+- Lightning's per-step overhead: the median time from a step's first hook to its last, inside a
+  `fit` with no DataLoader workers (loading then falls between steps, never inside one), against the
+  median of the same forward/backward/optimizer step in a raw loop with the same precision, memory
+  format, optimizer and batch on in-memory tensors, run right after each of fit's steps (a drift of
+  the machine's speed then reaches both); the table gives the median over the pairs and its quartiles.
 - Time to the first training step: from the call of `fit` to its first batch.
 - Raw-step ceiling: the toolkit's step against the plain loop's step, both on in-memory tensors: what
   the precision and memory format alone give on this device.
@@ -43,7 +46,7 @@ from quality import setup_process  # noqa: E402 - the benchmarks share one proce
 
 from finetune.config import RunConfig  # noqa: E402
 from finetune.run.fit import fit  # noqa: E402
-from finetune.training.precision import resolve_channels_last  # noqa: E402
+from finetune.training.precision import resolve_channels_last, resolve_precision  # noqa: E402
 
 SCENARIOS = {"full": None, "freeze-until layer3": "layer3", "linear probe": "fc"}
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -126,51 +129,106 @@ class StepTimer(pl.Callback):
 
 
 def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
-            first_trained: str | None, accelerator: str, out: Path) -> tuple[float, float, float, str]:
-    """(img/s of epochs after the first, median step seconds, seconds to the first step, precision)."""
+            first_trained: str | None, accelerator: str, out: Path,
+            **settings) -> tuple[float, list[float], float, str]:
+    """(img/s of epochs after the first, their steps' seconds, seconds to the first step, precision)."""
+    values = dict(augment="standard") | settings
     config = RunConfig(backbone=backbone, data=data, weights="none", image_size=size, batch_size=batch, workers=workers,
                        epochs=epochs, val_every=epochs, freeze_until=first_trained, output=out, overwrite=True,
-                       progress=False, export=False, accelerator=accelerator, augment="standard")
+                       progress=False, export=False, accelerator=accelerator, **values)
     timer = StepTimer()
     with contextlib.redirect_stdout(io.StringIO()):
         result = fit(config, callbacks=[timer])
     with open(out / "metrics.csv", newline="") as f:
         rates = [float(r["img/s"]) for r in csv.DictReader(f)][1:]
     steady = timer.steps[len(timer.steps) // epochs:]  # the first epoch's steps warm up
-    return statistics.median(rates), statistics.median(steady), timer.first_step, result.precision
+    return statistics.median(rates), steady, timer.first_step, result.precision
 
 
-def raw_step_seconds(backbone: str, size: int, batch: int, first_trained: str | None, device: str,
-                     precision: str, channels_last: bool, steps: int = 12, optimizer: str = "adamw") -> float:
-    """Median seconds of one forward/backward/optimizer step on in-memory tensors (no data loading).
+class RawStep:
+    """One forward/backward/optimizer step on in-memory tensors (no data loading), timed.
 
     With `fit`'s precision, memory format and fused AdamW it is `fit`'s step without Lightning
     around it; with "32", contiguous and SGD it is the plain loop's step: their ratio is the most
     the precision and memory format can give on this device."""
-    import timm
 
-    model = timm.create_model(backbone, num_classes=len(PHOTOS)).to(device)
-    _freeze(model, first_trained)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, fused=True) if optimizer == "adamw" else \
-        torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
-    y = torch.randint(0, len(PHOTOS), (batch,), device=device)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
-    times = []
-    for i in range(steps + 2):
+    def __init__(self, backbone: str, size: int, batch: int, first_trained: str | None, device: str,
+                 precision: str, channels_last: bool, optimizer: str = "adamw", frozen_in_eval: bool = False):
+        import timm
+
+        self.device = device
+        model = timm.create_model(backbone, num_classes=len(PHOTOS)).to(device)
+        _freeze(model, first_trained)
+        memory = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=memory).train()
+        if frozen_in_eval:  # as fit runs its frozen units: BatchNorm statistics stay put
+            for module in model.modules():
+                own = list(module.parameters(recurse=False))
+                if own and not any(p.requires_grad for p in own):
+                    module.eval()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-3, fused=True) if optimizer == "adamw" else \
+            torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        self.x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
+        self.y = torch.randint(0, len(PHOTOS), (batch,), device=device)
+        self.dtype = torch.bfloat16 if precision.startswith("bf16") else \
+            torch.float16 if precision.startswith("16") else None
+
+    def __call__(self) -> float:
         start = time.perf_counter()
-        opt.zero_grad()
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            loss = nn.functional.cross_entropy(model(x), y)
+        self.opt.zero_grad()
+        with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = nn.functional.cross_entropy(self.model(self.x), self.y)
         loss.backward()
-        opt.step()
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.opt.step()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def raw_step_seconds(backbone: str, size: int, batch: int, first_trained: str | None, device: str,
+                     precision: str, channels_last: bool, steps: int = 12, optimizer: str = "adamw") -> float:
+    """Median seconds of `steps` RawSteps, after 2 not counted."""
+    step = RawStep(backbone, size, batch, first_trained, device, precision, channels_last, optimizer)
+    return statistics.median([step() for _ in range(steps + 2)][2:])
+
+
+class PairedStepTimer(StepTimer):
+    """After each of fit's steps, times one raw step: each fit step has a raw step next to it in time,
+    so a drift of the machine's speed (it can move by 20% within a minute) reaches both."""
+
+    def __init__(self, make_raw_step):
+        super().__init__()
+        self.make_raw_step, self.raw_steps = make_raw_step, []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.raw_step = self.make_raw_step()
+        for _ in range(2):
+            self.raw_step()  # warm-up
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.raw_steps.append(self.raw_step())
+
+
+def step_overhead(data: Path, backbone: str, size: int, batch: int, epochs: int, first_trained: str | None,
+                  accelerator: str, device: str, out: Path) -> list[float]:
+    """Lightning's per-step overhead of each step after the first epoch: fit's hook-to-hook seconds
+    over the seconds of the raw step run right after it, minus 1.
+
+    fit runs with no workers (loading falls between its steps), without the feature cache (the raw
+    step runs the whole network) and with the augmentation off (cheap loading); the raw step has
+    fit's precision, memory format, fused AdamW and batch, on in-memory tensors."""
+    config = RunConfig(backbone=backbone, data=data, weights="none", image_size=size, batch_size=batch, workers=0,
+                       epochs=epochs, val_every=epochs, freeze_until=first_trained, output=out, overwrite=True,
+                       progress=False, export=False, accelerator=accelerator, augment="none", feature_cache="off")
+    precision = resolve_precision("auto", accelerator)[0]
+    timer = PairedStepTimer(lambda: RawStep(backbone, size, batch, first_trained, device, precision,
+                                            resolve_channels_last(None, precision), frozen_in_eval=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = fit(config, callbacks=[timer])
+    assert result.precision == precision, (result.precision, precision)
+    skip = len(timer.steps) // epochs  # the first epoch warms up
+    return [s / r - 1 for s, r in zip(timer.steps[skip:], timer.raw_steps[skip:])]
 
 
 def _sync(device: str) -> None:
@@ -188,55 +246,102 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, the rest are counted")
+    parser.add_argument("--overhead-epochs", type=int, default=5,
+                        help="epochs of the overhead's fit (no workers); the first is warm-up")
+    parser.add_argument("--only", choices=["throughput", "overhead"], default=None,
+                        help="measure one of the two (default: both)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
+    if args.overhead_epochs < 2:
+        parser.error(f"--overhead-epochs must be 2 or more (the first is warm-up), not {args.overhead_epochs}")
     setup_process(args.threads)
     backbones = args.backbones or (["resnet18"] if args.quick else ["resnet18", "resnet50"])
     sizes = args.sizes or ([128] if args.quick else [128, 224])
+    throughput, overhead = args.only != "overhead", args.only != "throughput"
+    accelerator = "gpu" if args.accelerator == "cuda" else "cpu"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = make_jpeg_folder(Path(tmp) / "data", args.images // len(PHOTOS))
         for backbone in backbones:
             for size in sizes:
                 for scenario in args.scenarios:
-                    first = SCENARIOS[scenario]
-                    plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first,
-                                       args.accelerator)
-                    rate, step, first_step, precision = toolkit(
-                        data, backbone, size, args.batch, args.workers, args.epochs, first,
-                        "gpu" if args.accelerator == "cuda" else "cpu", Path(tmp) / "run")
-                    channels_last = resolve_channels_last(None, precision)
-                    raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision,
-                                           channels_last)
-                    raw_fp32 = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, "32", False,
-                                                optimizer="sgd")
-                    rows.append((backbone, size, scenario, plain, rate, raw_fp32 / raw, step / raw - 1, first_step,
-                                 precision + (" + channels_last" if channels_last else "")))
-                    r = rows[-1]
-                    print(f"{backbone} {size}px {scenario}: plain {plain:.1f} img/s, finetune {rate:.1f} img/s "
-                          f"({rate / plain:.2f}x; raw-step ceiling {r[5]:.2f}x), Lightning step overhead {r[6]:+.1%}, "
-                          f"first step {first_step:.1f} s", flush=True)
-    device = torch.cuda.get_device_name() if args.accelerator == "cuda" else f"CPU, {args.threads} threads"
-    lines = [f"Device: {device}; {args.images} JPEG images, batch {args.batch}, {args.workers} workers, "
-             f"{args.epochs} epochs (the first not counted).", "",
-             f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`", "",
-             "| backbone | size | scenario | plain fp32 img/s | finetune img/s | ratio | raw-step ceiling "
-             "| Lightning step overhead | first step (s) | finetune precision |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for b, s, sc, plain, rate, ceiling, over, first, prec in rows:
-        lines.append(f"| {b} | {s} | {sc} | {plain:.1f} | {rate:.1f} | {rate / plain:.2f}x | {ceiling:.2f}x "
-                     f"| {over:+.1%} | {first:.1f} | {prec} |")
-    lines += ["", "raw-step ceiling: a forward/backward/optimizer step on in-memory tensors with finetune's precision, "
-              "memory format and fused AdamW, against the same step in fp32 with SGD: the ratio the data pipeline "
-              "and the framework can at most keep."]
-    text = "\n".join(lines) + "\n"
+                    first, row = SCENARIOS[scenario], {"backbone": backbone, "size": size, "scenario": scenario}
+                    if throughput:
+                        plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first,
+                                           args.accelerator)
+                        rate, _, first_step, precision = toolkit(data, backbone, size, args.batch, args.workers,
+                                                                 args.epochs, first, accelerator, Path(tmp) / "run")
+                        channels_last = resolve_channels_last(None, precision)
+                        raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision,
+                                               channels_last)
+                        raw_fp32 = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, "32", False,
+                                                    optimizer="sgd")
+                        row |= {"plain": plain, "rate": rate, "ceiling": raw_fp32 / raw, "first": first_step,
+                                "precision": precision + (" + channels_last" if channels_last else "")}
+                    if overhead:
+                        row["overhead"] = step_overhead(data, backbone, size, args.batch, args.overhead_epochs,
+                                                        first, accelerator, args.accelerator, Path(tmp) / "run")
+                    rows.append(row)
+                    print(_row_text(row), flush=True)
+    text = _table(rows, args, throughput, overhead)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Training throughput\n\n" + text)
+        args.out.write_text(("# Training throughput" if throughput else "# Lightning's per-step overhead")
+                            + "\n\n" + text)
+
+
+def _overhead_text(overheads: list[float]) -> str:
+    """"+1.2% (+0.4% to +2.0%)": the median of the paired steps' overheads and their quartiles."""
+    if len(overheads) < 2:
+        return f"{overheads[0]:+.1%} (one pair)"
+    low, mid, high = statistics.quantiles(overheads, n=4)
+    return f"{mid:+.1%} ({low:+.1%} to {high:+.1%})"
+
+
+def _row_text(row: dict) -> str:
+    parts = []
+    if "rate" in row:
+        parts.append(f"plain {row['plain']:.1f} img/s, finetune {row['rate']:.1f} img/s "
+                     f"({row['rate'] / row['plain']:.2f}x; raw-step ceiling {row['ceiling']:.2f}x), "
+                     f"first step {row['first']:.1f} s")
+    if "overhead" in row:
+        parts.append(f"Lightning step overhead {_overhead_text(row['overhead'])}")
+    return f"{row['backbone']} {row['size']}px {row['scenario']}: " + "; ".join(parts)
+
+
+def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhead: bool) -> str:
+    device = torch.cuda.get_device_name() if args.accelerator == "cuda" else f"CPU, {args.threads} threads"
+    head = [f"Device: {device}; {args.images} JPEG images, batch {args.batch}"]
+    if throughput:
+        head.append(f"{args.workers} workers, {args.epochs} epochs (the first not counted)")
+    if overhead:
+        head.append(f"overhead: a {args.overhead_epochs}-epoch fit with no workers, each step after the first epoch "
+                    "paired with a raw step run right after it")
+    columns = ["backbone", "size", "scenario"]
+    if throughput:
+        columns += ["plain fp32 img/s", "finetune img/s", "ratio", "raw-step ceiling", "first step (s)",
+                    "finetune precision"]
+    if overhead:
+        columns.append("Lightning step overhead: median (quartiles)")
+    lines = ["; ".join(head) + ".", "", f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`",
+             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row["backbone"], str(row["size"]), row["scenario"]]
+        if throughput:
+            cells += [f"{row['plain']:.1f}", f"{row['rate']:.1f}", f"{row['rate'] / row['plain']:.2f}x",
+                      f"{row['ceiling']:.2f}x", f"{row['first']:.1f}", row["precision"]]
+        if overhead:
+            cells.append(_overhead_text(row["overhead"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    if throughput:
+        lines += ["", "raw-step ceiling: a forward/backward/optimizer step on in-memory tensors with finetune's "
+                  "precision, memory format and fused AdamW, against the same step in fp32 with SGD: the ratio the "
+                  "data pipeline and the framework can at most keep."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
