@@ -20,7 +20,8 @@ on their values). Scenarios: full fine-tuning, `--freeze-until layer3`, and a li
 - Raw-step ceiling: the toolkit's step against the plain loop's step, both on in-memory tensors: what
   the precision and memory format alone give on this device.
 
-On a GPU it runs there too (--accelerator cuda). Prints a table of img/s and ratios.
+On a GPU it runs there too (--accelerator cuda), and then also runs timm `benchmark.py`'s train mode
+on the same model (`--timm-bench on` does that on a CPU). Prints a table of img/s and ratios.
 """
 from __future__ import annotations
 
@@ -192,6 +193,42 @@ def raw_step_seconds(backbone: str, size: int, batch: int, first_trained: str | 
     return statistics.median([step() for _ in range(steps + 2)][2:])
 
 
+def timm_train_rate(backbone: str, size: int, batch: int, first_trained: str | None, device: str, precision: str,
+                    channels_last: bool) -> float:
+    """img/s of timm's `benchmark.py --bench train` method for the same model: synthetic inputs, timm's
+    SGD at lr 1e-4 (create_optimizer_v2), cross-entropy under autocast, and the total time of the
+    timed steps (10 warm-up and 40 timed on a GPU, as benchmark.py; 3 and 12 on a CPU, where a step
+    takes seconds). Written here because benchmark.py ships in timm's repository, not its package."""
+    import timm
+    from timm.optim import create_optimizer_v2
+
+    model = timm.create_model(backbone, num_classes=len(PHOTOS)).to(device)
+    _freeze(model, first_trained)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory).train()
+    optimizer = create_optimizer_v2(model, opt="sgd", lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else \
+        torch.float16 if precision.startswith("16") else None
+    warm, timed = (10, 40) if device == "cuda" else (3, 12)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            target = torch.randint(0, len(PHOTOS), (batch,), device=device)
+            nn.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
+
+    for _ in range(warm):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(timed):
+        step()
+    _sync(device)
+    return timed * batch / (time.perf_counter() - start)
+
+
 class PairedStepTimer(StepTimer):
     """After each of fit's steps, times one raw step: each fit step has a raw step next to it in time,
     so a drift of the machine's speed (it can move by 20% within a minute) reaches both."""
@@ -253,6 +290,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
+    parser.add_argument("--timm-bench", choices=["auto", "on", "off"], default="auto",
+                        help="also run timm benchmark.py's train mode on the same model, with fit's precision and "
+                             "memory format (auto: on a GPU)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
     if args.overhead_epochs < 2:
@@ -261,6 +301,7 @@ def main() -> None:
     backbones = args.backbones or (["resnet18"] if args.quick else ["resnet18", "resnet50"])
     sizes = args.sizes or ([128] if args.quick else [128, 224])
     throughput, overhead = args.only != "overhead", args.only != "throughput"
+    timm_bench = throughput and (args.timm_bench == "on" or (args.timm_bench == "auto" and args.accelerator == "cuda"))
     accelerator = "gpu" if args.accelerator == "cuda" else "cpu"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,6 +322,9 @@ def main() -> None:
                                                     optimizer="sgd")
                         row |= {"plain": plain, "rate": rate, "ceiling": raw_fp32 / raw, "first": first_step,
                                 "precision": precision + (" + channels_last" if channels_last else "")}
+                        if timm_bench:
+                            row["timm"] = timm_train_rate(backbone, size, args.batch, first, args.accelerator,
+                                                          precision, channels_last)
                     if overhead:
                         row["overhead"] = step_overhead(data, backbone, size, args.batch, args.overhead_epochs,
                                                         first, accelerator, args.accelerator, Path(tmp) / "run")
@@ -308,6 +352,9 @@ def _row_text(row: dict) -> str:
         parts.append(f"plain {row['plain']:.1f} img/s, finetune {row['rate']:.1f} img/s "
                      f"({row['rate'] / row['plain']:.2f}x; raw-step ceiling {row['ceiling']:.2f}x), "
                      f"first step {row['first']:.1f} s")
+    if "timm" in row:
+        parts.append(f"timm benchmark.py train {row['timm']:.1f} img/s "
+                     f"(finetune at {row['rate'] / row['timm']:.0%} of it)")
     if "overhead" in row:
         parts.append(f"Lightning step overhead {_overhead_text(row['overhead'])}")
     return f"{row['backbone']} {row['size']}px {row['scenario']}: " + "; ".join(parts)
@@ -325,6 +372,9 @@ def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhea
     if throughput:
         columns += ["plain fp32 img/s", "finetune img/s", "ratio", "raw-step ceiling", "first step (s)",
                     "finetune precision"]
+    timm_bench = any("timm" in row for row in rows)
+    if timm_bench:
+        columns += ["timm benchmark.py train img/s", "finetune / timm"]
     if overhead:
         columns.append("Lightning step overhead: median (quartiles)")
     lines = ["; ".join(head) + ".", "", f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`",
@@ -334,6 +384,8 @@ def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhea
         if throughput:
             cells += [f"{row['plain']:.1f}", f"{row['rate']:.1f}", f"{row['rate'] / row['plain']:.2f}x",
                       f"{row['ceiling']:.2f}x", f"{row['first']:.1f}", row["precision"]]
+        if timm_bench:
+            cells += [f"{row['timm']:.1f}", f"{row['rate'] / row['timm']:.0%}"]
         if overhead:
             cells.append(_overhead_text(row["overhead"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -341,6 +393,10 @@ def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhea
         lines += ["", "raw-step ceiling: a forward/backward/optimizer step on in-memory tensors with finetune's "
                   "precision, memory format and fused AdamW, against the same step in fp32 with SGD: the ratio the "
                   "data pipeline and the framework can at most keep."]
+    if timm_bench:
+        lines += ["", "timm benchmark.py train: its train mode's method (synthetic inputs, SGD lr 1e-4, cross-entropy "
+                  "under autocast) on the same model, precision and memory format; finetune / timm is the share of "
+                  "that synthetic rate fit keeps with real images, its data pipeline, validation and checkpoints."]
     return "\n".join(lines) + "\n"
 
 
