@@ -4,18 +4,20 @@
     .venv/bin/python benchmarks/train_throughput.py             # resnet18/50 at 128 and 224 px
     .venv/bin/python benchmarks/train_throughput.py --only overhead   # Lightning's per-step overhead alone
 
-Both legs read the same folder of JPEG photos (crops of scikit-image's bundled photos, decoded every
-epoch), with the same batch size and DataLoader workers, random-init weights (speed does not depend
-on their values). Scenarios: full fine-tuning, `--freeze-until layer3`, and a linear probe.
+Both legs read the same folder of JPEG photos (crops of scikit-image's bundled photos; the plain loop
+decodes them every epoch, fit once into memory), with the same batch size and DataLoader workers,
+random-init weights (speed does not depend on their values). Scenarios: full fine-tuning,
+`--freeze-until layer3`, and a linear probe.
 
 - plain: the textbook loop: fp32, SGD(momentum 0.9), torchvision's RandomResizedCrop + flip.
 - finetune: `fit` with its defaults (mixed precision and channels_last where the device has them,
   fused optimizer, its data pipeline); epochs after the first are counted (its metrics.csv img/s).
-- Lightning's per-step overhead: the median time from a step's first hook to its last, inside a
-  `fit` with no DataLoader workers (loading then falls between steps, never inside one), against the
-  median of the same forward/backward/optimizer step in a raw loop with the same precision, memory
-  format, optimizer and batch on in-memory tensors, run right after each of fit's steps (a drift of
-  the machine's speed then reaches both); the table gives the median over the pairs and its quartiles.
+- Lightning's per-step overhead: each step of a `fit` with no DataLoader workers is timed from the
+  timing callback's on_train_batch_start to its on_train_batch_end (training_step, backward,
+  optimizer and scheduler step; not the batch's loading and transfer, nor the hooks Lightning runs
+  after the callbacks'), then one raw step with the same precision, memory format, optimizer and
+  batch on in-memory tensors runs right after it, so a drift of the machine's speed reaches both.
+  The table gives the median of the pairs' ratios (fit / raw - 1) and its quartiles.
 - Time to the first training step: from the call of `fit` to its first batch.
 - Raw-step ceiling: the toolkit's step against the plain loop's step, both on in-memory tensors: what
   the precision and memory format alone give on this device.
@@ -113,12 +115,13 @@ def plain_loop(data: Path, backbone: str, size: int, batch: int, workers: int, e
 
 
 class StepTimer(pl.Callback):
-    """Seconds from fit's start to the first batch, and each step's hook-to-hook seconds."""
+    """Seconds from fit's start to the first batch, and each step's (epoch, hook-to-hook seconds)."""
 
     def __init__(self):
         self.t0, self.first_step, self.steps, self._start = time.perf_counter(), None, [], 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        _sync(pl_module.device.type)  # the batch's non-blocking copy to the GPU is not the step's
         now = time.perf_counter()
         if self.first_step is None:
             self.first_step = now - self.t0
@@ -126,24 +129,21 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         _sync(pl_module.device.type)
-        self.steps.append(time.perf_counter() - self._start)
+        self.steps.append((trainer.current_epoch, time.perf_counter() - self._start))
 
 
 def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
-            first_trained: str | None, accelerator: str, out: Path,
-            **settings) -> tuple[float, list[float], float, str]:
-    """(img/s of epochs after the first, their steps' seconds, seconds to the first step, precision)."""
-    values = dict(augment="standard") | settings
+            first_trained: str | None, accelerator: str, out: Path) -> tuple[float, float, str]:
+    """(img/s of epochs after the first, seconds to the first step, precision)."""
     config = RunConfig(backbone=backbone, data=data, weights="none", image_size=size, batch_size=batch, workers=workers,
                        epochs=epochs, val_every=epochs, freeze_until=first_trained, output=out, overwrite=True,
-                       progress=False, export=False, accelerator=accelerator, **values)
+                       progress=False, export=False, accelerator=accelerator, augment="standard")
     timer = StepTimer()
     with contextlib.redirect_stdout(io.StringIO()):
         result = fit(config, callbacks=[timer])
     with open(out / "metrics.csv", newline="") as f:
         rates = [float(r["img/s"]) for r in csv.DictReader(f)][1:]
-    steady = timer.steps[len(timer.steps) // epochs:]  # the first epoch's steps warm up
-    return statistics.median(rates), steady, timer.first_step, result.precision
+    return statistics.median(rates), timer.first_step, result.precision
 
 
 class RawStep:
@@ -198,7 +198,18 @@ def timm_train_rate(backbone: str, size: int, batch: int, first_trained: str | N
     """img/s of timm's `benchmark.py --bench train` method for the same model: synthetic inputs, timm's
     SGD at lr 1e-4 (create_optimizer_v2), cross-entropy under autocast, and the total time of the
     timed steps (10 warm-up and 40 timed on a GPU, as benchmark.py; 3 and 12 on a CPU, where a step
-    takes seconds). Written here because benchmark.py ships in timm's repository, not its package."""
+    takes seconds). Written here because benchmark.py ships in timm's repository, not its package.
+    On a CPU it is the method only: benchmark.py's own autocast is CUDA's."""
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as benchmark.py sets it; put back below for the other legs
+    try:
+        return _timm_train_rate(backbone, size, batch, first_trained, device, precision, channels_last)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def _timm_train_rate(backbone: str, size: int, batch: int, first_trained: str | None, device: str,
+                     precision: str, channels_last: bool) -> float:
     import timm
     from timm.optim import create_optimizer_v2
 
@@ -264,8 +275,10 @@ def step_overhead(data: Path, backbone: str, size: int, batch: int, epochs: int,
     with contextlib.redirect_stdout(io.StringIO()):
         result = fit(config, callbacks=[timer])
     assert result.precision == precision, (result.precision, precision)
-    skip = len(timer.steps) // epochs  # the first epoch warms up
-    return [s / r - 1 for s, r in zip(timer.steps[skip:], timer.raw_steps[skip:])]
+    pairs = [s / r - 1 for (epoch, s), r in zip(timer.steps, timer.raw_steps) if epoch > 0]  # epoch 0 warms up
+    if not pairs:
+        raise SystemExit(f"{backbone} {size}px: fit stopped in its first epoch; no step to compare")
+    return pairs
 
 
 def _sync(device: str) -> None:
@@ -291,10 +304,12 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
     parser.add_argument("--timm-bench", choices=["auto", "on", "off"], default="auto",
-                        help="also run timm benchmark.py's train mode on the same model, with fit's precision and "
-                             "memory format (auto: on a GPU)")
+                        help="with the throughput measurement, also run timm benchmark.py's train mode on the same "
+                             "model, with fit's precision and memory format (auto: on a GPU)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error(f"--epochs must be 2 or more (the first is warm-up), not {args.epochs}")
     if args.overhead_epochs < 2:
         parser.error(f"--overhead-epochs must be 2 or more (the first is warm-up), not {args.overhead_epochs}")
     setup_process(args.threads)
@@ -313,7 +328,7 @@ def main() -> None:
                     if throughput:
                         plain = plain_loop(data, backbone, size, args.batch, args.workers, args.epochs, first,
                                            args.accelerator)
-                        rate, _, first_step, precision = toolkit(data, backbone, size, args.batch, args.workers,
+                        rate, first_step, precision = toolkit(data, backbone, size, args.batch, args.workers,
                                                                  args.epochs, first, accelerator, Path(tmp) / "run")
                         channels_last = resolve_channels_last(None, precision)
                         raw = raw_step_seconds(backbone, size, args.batch, first, args.accelerator, precision,
