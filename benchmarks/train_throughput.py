@@ -168,8 +168,13 @@ class RawStep:
                 if own and not any(p.requires_grad for p in own):
                     module.eval()
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-3, fused=True) if optimizer == "adamw" else \
-            torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        if optimizer == "timm-sgd":  # timm benchmark.py's train mode: create_optimizer_v2("sgd", lr=1e-4)
+            from timm.optim import create_optimizer_v2
+
+            self.opt = create_optimizer_v2(model, opt="sgd", lr=1e-4)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=1e-3, fused=True) if optimizer == "adamw" else \
+                torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         self.x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
         self.y = torch.randint(0, len(PHOTOS), (batch,), device=device)
         self.dtype = torch.bfloat16 if precision.startswith("bf16") else \
@@ -196,48 +201,20 @@ def raw_step_seconds(backbone: str, size: int, batch: int, first_trained: str | 
 def timm_train_rate(backbone: str, size: int, batch: int, first_trained: str | None, device: str, precision: str,
                     channels_last: bool) -> float:
     """img/s of timm's `benchmark.py --bench train` method for the same model: synthetic inputs, timm's
-    SGD at lr 1e-4 (create_optimizer_v2), cross-entropy under autocast, and the total time of the
+    SGD at lr 1e-4 (create_optimizer_v2), cross-entropy under autocast, and the summed time of the
     timed steps (10 warm-up and 40 timed on a GPU, as benchmark.py; 3 and 12 on a CPU, where a step
     takes seconds). Written here because benchmark.py ships in timm's repository, not its package.
     On a CPU it is the method only: benchmark.py's own autocast is CUDA's."""
+    step = RawStep(backbone, size, batch, first_trained, device, precision, channels_last, optimizer="timm-sgd")
+    warm, timed = (10, 40) if device == "cuda" else (3, 12)
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # as benchmark.py sets it; put back below for the other legs
     try:
-        return _timm_train_rate(backbone, size, batch, first_trained, device, precision, channels_last)
+        for _ in range(warm):
+            step()
+        return timed * batch / sum(step() for _ in range(timed))
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
-
-
-def _timm_train_rate(backbone: str, size: int, batch: int, first_trained: str | None, device: str,
-                     precision: str, channels_last: bool) -> float:
-    import timm
-    from timm.optim import create_optimizer_v2
-
-    model = timm.create_model(backbone, num_classes=len(PHOTOS)).to(device)
-    _freeze(model, first_trained)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory).train()
-    optimizer = create_optimizer_v2(model, opt="sgd", lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else \
-        torch.float16 if precision.startswith("16") else None
-    warm, timed = (10, 40) if device == "cuda" else (3, 12)
-
-    def step() -> None:
-        optimizer.zero_grad()
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            target = torch.randint(0, len(PHOTOS), (batch,), device=device)
-            nn.functional.cross_entropy(model(x), target).backward()
-        optimizer.step()
-
-    for _ in range(warm):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(timed):
-        step()
-    _sync(device)
-    return timed * batch / (time.perf_counter() - start)
 
 
 class PairedStepTimer(StepTimer):
