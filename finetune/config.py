@@ -60,7 +60,8 @@ _AUTO_FREEZE = (
     "policy's part with --freeze-policy/--freeze-epochs/--unfreeze-every.")
 _AUTO_AUGMENT = (
     "from the data: translation only under 64 px, else a random crop keeping 50% of the area, 25% with 100+ images "
-    "per class; flip unless mirroring changes the class; no colour jitter on grey images")
+    "per class; flip unless mirroring changes the class; no colour jitter on grey images, no brightness/contrast "
+    "jitter on images that do not vary in exposure")
 _RANGE_TEST = "of the LR range test (`finetune lr-find`, and `run --lr auto`)"
 
 

@@ -22,17 +22,21 @@ class AugmentPolicy:
         flip: Horizontal mirroring (off when it turns one class into another).
         colour: Saturation jitter as well as brightness and contrast (off for grey images).
         reasons: One phrase per choice, for the plan and config.yaml.
+        photometric: Brightness and contrast jitter (off where the training images do not vary in
+            exposure).
     """
 
     crop_scale: tuple[float, float] | None
     flip: bool
     colour: bool
     reasons: tuple[str, ...] = ()
+    photometric: bool = True
 
     def describe(self) -> str:
         crop = "translate by up to 1/8" if self.crop_scale is None else f"crop {self.crop_scale[0]:g}-1 of the area"
-        parts = [crop, "flip" if self.flip else "no flip",
-                 "colour jitter" if self.colour else "brightness/contrast only"]
+        jitter = ("colour jitter" if self.colour else "brightness/contrast only") if self.photometric else (
+            "saturation jitter only" if self.colour else "no photometric jitter")
+        parts = [crop, "flip" if self.flip else "no flip", jitter]
         return ", ".join(parts) + " (" + "; ".join(self.reasons) + ")"
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,7 +47,8 @@ class AugmentPolicy:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AugmentPolicy":
         scale = d.get("crop_scale")
-        return cls(tuple(scale) if scale else None, bool(d["flip"]), bool(d["colour"]), tuple(d.get("reasons", ())))
+        return cls(tuple(scale) if scale else None, bool(d["flip"]), bool(d["colour"]), tuple(d.get("reasons", ())),
+                   bool(d.get("photometric", True)))  # configs written before the exposure test always jittered
 
 
 def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
@@ -56,6 +61,8 @@ def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
       images to pay off), a quarter with more.
     - Mirroring unless the flip test finds that it moves images towards other classes.
     - Colour (saturation) jitter only for colour data: on grey images it adds colours no test image has.
+    - Brightness/contrast jitter only where the images vary in exposure (DataProfile.exposure_varies).
+      Silhouettes that all span black to white lost 0.020 top-1 to it (32 px, 200 per class, 3 seeds).
     """
     reasons = []
     if input_size < SMALL_INPUT:
@@ -70,4 +77,7 @@ def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
                    f"{profile.flip_nn_flipped:.2f} on mirror images)")
     if profile.grey:
         reasons.append("grey images: no colour jitter")
-    return AugmentPolicy(scale, flip, not profile.grey, tuple(reasons))
+    if not profile.exposure_varies:
+        reasons.append(f"every image spans the same tonal range (spread {profile.tonal_spread:.2f}): "
+                       "no brightness/contrast jitter")
+    return AugmentPolicy(scale, flip, not profile.grey, tuple(reasons), profile.exposure_varies)

@@ -20,6 +20,10 @@ SAMPLE_PER_CLASS = 40
 SAMPLE_MAX = 2000  # with many classes fewer per class: the flip test's similarity matrix is SAMPLE_MAX^2
 THUMB = 16  # side of the thumbnails compared by the flip test: layout survives, texture detail does not
 GREY_TOLERANCE = 3  # max |R-G|, |G-B| (0-255) of a pixel that still counts as grey (JPEG chroma noise)
+# Photos vary in exposure: the interquartile range of their tonal ranges is 40-60% of its median on
+# every real task measured (textures, faces). Silhouettes, scans and renders that all span black to
+# white read 0. Below a tenth there is no exposure variation for brightness/contrast jitter to imitate.
+EXPOSURE_SPREAD = 0.1
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class DataProfile:
         flip_nn_flipped: The same for their mirror images, against the unflipped ones.
         flip_changes_label: Whether mirroring moves images measurably towards other classes
             (text, digits, arrows: classes told apart by their orientation).
+        tonal_spread: How much the images' tonal ranges (1st to 99th percentile of luminance) differ:
+            their interquartile range over their median (nan without images).
+        exposure_varies: Whether tonal_spread reaches EXPOSURE_SPREAD: if not, every image spans the same
+            range, and brightness/contrast jitter would only make images no test image is like.
     """
 
     train_images: int
@@ -45,6 +53,8 @@ class DataProfile:
     flip_nn: float
     flip_nn_flipped: float
     flip_changes_label: bool
+    tonal_spread: float = math.nan
+    exposure_varies: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +81,8 @@ def profile_training_set(index: DatasetIndex, seed: int = PROFILE_SEED) -> DataP
         flip_nn=nn_acc,
         flip_nn_flipped=nn_flipped,
         flip_changes_label=flip_changes_label(nn_acc, nn_flipped, len(images), len(index.classes)),
+        tonal_spread=(spread := tonal_spread(images)),
+        exposure_varies=math.isnan(spread) or spread >= EXPOSURE_SPREAD,
     )
 
 
@@ -97,6 +109,26 @@ def _is_grey(img: np.ndarray) -> bool:
     rgb = img[..., :3].astype(np.int16)
     return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= GREY_TOLERANCE
                 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= GREY_TOLERANCE)
+
+
+def tonal_spread(images: list[np.ndarray]) -> float:
+    """Interquartile range of the images' tonal ranges over their median (nan for no images).
+
+    An image's tonal range is the 1st to 99th percentile of its luminance (the percentiles ignore a
+    few extreme pixels). Robust statistics, so that a handful of odd images (a tiny silhouette, an
+    overexposed photo) do not decide.
+    """
+    if not images:
+        return math.nan
+    ranges = []
+    for img in images:
+        lum = img.astype(np.float32)
+        if lum.ndim == 3:
+            lum = lum[..., :3].mean(axis=2)
+        low, high = np.percentile(lum, (1, 99))
+        ranges.append(high - low)
+    q1, median, q3 = np.percentile(ranges, (25, 50, 75))
+    return float((q3 - q1) / max(median, 1.0))
 
 
 def _unit_rows(images: list[np.ndarray]) -> np.ndarray:

@@ -163,10 +163,13 @@ def _policy_train(dc: DataConfig, policy: AugmentPolicy) -> list[A.BasicTransfor
         geometry = [RandomResizedCrop(size=(s, s), scale=policy.crop_scale, ratio=(3 / 4, 4 / 3),
                                       interpolation=dc.interpolation)]
     flip = [A.HorizontalFlip(p=0.5)] if policy.flip else []
-    # Mild photometric jitter (0.8-1.2); saturation only where there is colour to jitter.
+    # Mild photometric jitter (0.8-1.2): brightness and contrast where exposure varies, saturation where
+    # there is colour to jitter.
+    tone = (0.8, 1.2) if policy.photometric else (1.0, 1.0)
     saturation = (0.8, 1.2) if policy.colour else (1.0, 1.0)
-    jitter = A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=saturation, hue=(0.0, 0.0), p=1.0)
-    return [*geometry, *flip, jitter, *_normalize_to_tensor(dc)]
+    jitter = [A.ColorJitter(brightness=tone, contrast=tone, saturation=saturation, hue=(0.0, 0.0), p=1.0)
+              ] if policy.photometric or policy.colour else []
+    return [*geometry, *flip, *jitter, *_normalize_to_tensor(dc)]
 
 
 # name -> (train steps, eval steps); every preset shares the eval steps unless it says otherwise.

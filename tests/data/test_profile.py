@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from finetune.data.policy import SMALL_INPUT, auto_augment_policy
-from finetune.data.profile import DataProfile, flip_changes_label, flip_test, profile_training_set
+from finetune.data.policy import SMALL_INPUT, AugmentPolicy, auto_augment_policy
+from finetune.data.profile import (
+    EXPOSURE_SPREAD,
+    DataProfile,
+    flip_changes_label,
+    flip_test,
+    profile_training_set,
+    tonal_spread,
+)
+from finetune.data.real import make_real_task
 from finetune.data.scan import scan_image_folder
 
 
@@ -50,8 +58,41 @@ def test_flip_drop_must_exceed_noise(nn_acc, flipped, n, expected):
     assert flip_changes_label(nn_acc, flipped, n, 2) is expected
 
 
-def _profile(per_class=10.0, grey=False, flips=False) -> DataProfile:
-    return DataProfile(int(per_class * 5), per_class, 5, grey, 0.9, 0.3 if flips else 0.9, flips)
+def _profile(per_class=10.0, grey=False, flips=False, exposure=True) -> DataProfile:
+    return DataProfile(int(per_class * 5), per_class, 5, grey, 0.9, 0.3 if flips else 0.9, flips,
+                       0.5 if exposure else 0.0, exposure)
+
+
+@pytest.mark.parametrize("task, varies", [("textures", True), ("faces", True), ("silhouettes", False)])
+def test_exposure_test_tells_photos_from_black_and_white_silhouettes(tmp_path, task, varies):
+    profile = profile_training_set(scan_image_folder(make_real_task(task, tmp_path, 20)))
+    assert profile.exposure_varies is varies
+    # far from the threshold on both sides: photos 0.4+, silhouettes that all span black to white 0
+    assert profile.tonal_spread > 3 * EXPOSURE_SPREAD if varies else profile.tonal_spread < EXPOSURE_SPREAD / 3
+
+
+def test_tonal_spread_ignores_brightness_shifts_but_not_contrast_changes():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 100, (16, 16)).astype(np.uint8)
+    shifted = [base + 20 * i for i in range(8)]  # brighter, same range
+    stretched = [(base * (0.5 + 0.25 * i)).astype(np.uint8) for i in range(8)]  # ranges 50-200
+    assert tonal_spread(shifted) < EXPOSURE_SPREAD < tonal_spread(stretched)
+    assert np.isnan(tonal_spread([]))
+
+
+def test_images_of_one_tonal_range_get_no_brightness_contrast_jitter():
+    flat = auto_augment_policy(_profile(grey=True, exposure=False), 32)
+    assert not flat.photometric and not flat.colour
+    assert "no brightness/contrast jitter" in " ".join(flat.reasons)
+    assert "no photometric jitter" in flat.describe()
+    assert auto_augment_policy(_profile(exposure=True), 32).photometric
+
+
+def test_policies_saved_before_the_exposure_test_keep_their_jitter():
+    saved = {"crop_scale": None, "flip": True, "colour": False, "reasons": ["r"]}  # an older config.yaml
+    assert AugmentPolicy.from_dict(saved).photometric
+    policy = AugmentPolicy(None, True, False, ("r",), photometric=False)
+    assert AugmentPolicy.from_dict(policy.to_dict()) == policy
 
 
 def test_small_inputs_get_no_scale_changing_crop():
