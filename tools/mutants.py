@@ -421,4 +421,13 @@ MUTANTS: list[Mutant] = [
            "exposure_varies=math.isnan(spread) or spread >= EXPOSURE_SPREAD", "exposure_varies=True",
            ("tests/data/test_profile.py::test_exposure_test_tells_photos_from_black_and_white_silhouettes",),
            "the exposure test never finds a set without exposure variation, and silhouettes are jittered"),
+    Mutant("resume_rederives_the_augmentation", "finetune/run/auto_defaults.py",
+           'if config.augment == "auto" and started and "augment_policy" in started:',
+           'if False:',
+           ("tests/run/test_resume.py::test_a_resumed_run_keeps_the_augmentation_it_started_with",),
+           "a run resumed under newer --augment auto rules changes its augmentation half-way (or fails to resume)"),
+    Mutant("resume_of_an_older_run_drops_its_jitter", "finetune/run/auto_defaults.py",
+           "augment = dataclasses.replace(augment, photometric=True)", "pass",
+           ("tests/run/test_resume.py::test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter",),
+           "a silhouettes run started before the exposure test cannot be resumed: its pipeline lost a step"),
 ]

@@ -20,7 +20,7 @@ class AugmentPolicy:
         crop_scale: Area range of the random resized crop, or None for a translation-only crop
             (pad by 1/8 of the side, reflecting, and crop back: the small-image practice).
         flip: Horizontal mirroring (off when it turns one class into another).
-        colour: Saturation jitter as well as brightness and contrast (off for grey images).
+        colour: Saturation jitter (off for grey images).
         reasons: One phrase per choice, for the plan and config.yaml.
         photometric: Brightness and contrast jitter (off where the training images do not vary in
             exposure).

@@ -5,8 +5,10 @@ never a dataset's name. The evidence for each is in benchmarks/results/quality.m
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
@@ -72,7 +74,7 @@ class DataDefaults:
 
 
 def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: DataConfig,
-                          world_size: int = 1) -> DataDefaults:
+                          world_size: int = 1, started: dict[str, Any] | None = None) -> DataDefaults:
     """Fills the settings left at None/auto (batch size, epochs, validation cadence, augmentation)
     from the training set.
 
@@ -83,6 +85,8 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         world_size: Training processes. Each sees 1/world_size of the images an epoch with its own
             batch (--batch-size is per device), so the rules read that share: 4 GPUs on 200 images
             take the batch and epochs of 50 images, not a 2-step epoch at batch 16.
+        started: A resumed run's recorded `resolved` section. Its `--augment auto` policy is kept, so
+            that the run trains on to its end as it began, whatever the rules of this version.
     """
     n, updates, sources = len(index.train), {}, {}
     share = -(-n // max(1, world_size))
@@ -102,8 +106,13 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         sources["val_every"] = (f"auto: {epochs} epochs -> every {updates['val_every']} "
                                 f"(about {VALIDATIONS} validations, the last included)")
     profile, augment = None, config.augment
-    if config.augment == "auto":
+    if config.augment == "auto" and started and "augment_policy" in started:
+        augment = AugmentPolicy.from_dict(started["augment_policy"])
+        sources["augment"] = f"auto, kept from the run's start: {augment.describe()}"
+    elif config.augment == "auto":
         profile = profile_training_set(index)
         augment = auto_augment_policy(profile, data_config.input_size)
+        if started and "data_profile" in started:  # started by a version that recorded no policy and
+            augment = dataclasses.replace(augment, photometric=True)  # always jittered brightness/contrast
         sources["augment"] = f"auto: {augment.describe()}"
     return DataDefaults(config.model_copy(update=updates), augment, profile, sources)

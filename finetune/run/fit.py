@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import yaml
@@ -183,7 +184,8 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
         if removed:
             console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}",
                           soft_wrap=True)
-    plan, report = plan_run(config, sources)
+    started = _recorded_section(run_dir) if ckpt_path else None
+    plan, report = plan_run(config, sources, started)
     index = plan.index
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
@@ -283,10 +285,15 @@ def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console
     return plan.with_lr(found.suggestion), finder.teacher
 
 
+def _recorded_section(run_dir: Path) -> dict[str, Any]:
+    """config.yaml's `resolved` section (a resumed run's augmentation, tracker ids); {} without one."""
+    path = run_dir / "config.yaml"
+    return ((yaml.safe_load(path.read_text()) or {}).get("resolved") or {}) if path.is_file() else {}
+
+
 def _recorded(run_dir: Path, key: str) -> str | None:
     """A value config.yaml recorded under `resolved` (a resumed run's tracker ids)."""
-    path = run_dir / "config.yaml"
-    return ((yaml.safe_load(path.read_text()) or {}).get("resolved") or {}).get(key) if path.is_file() else None
+    return _recorded_section(run_dir).get(key)
 
 
 def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:

@@ -122,6 +122,8 @@ class RunPlan:
             resolved["class_weights"] = {c: round(float(w), 6) for c, w in zip(index.classes, self.class_weights)}
         if self.profile is not None:  # what --augment auto measured of the training set
             resolved["data_profile"] = self.profile.to_dict()
+        if isinstance(self.augment, AugmentPolicy):  # what it chose: a resumed run keeps it
+            resolved["augment_policy"] = self.augment.to_dict()
         return {"config": self.config.model_dump(mode="json"), "resolved": resolved, "sources": dict(self.sources)}
 
 
@@ -149,7 +151,7 @@ def shared_env(plan: RunPlan) -> dict[str, str]:
 
 
 def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
-                sources: dict[str, str] | None = None) -> RunPlan:
+                sources: dict[str, str] | None = None, started: dict[str, Any] | None = None) -> RunPlan:
     """Resolves every derived setting of a run from its config, its scanned data and its backbone.
 
     Args:
@@ -157,6 +159,7 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         index: The scanned image folder.
         backbone: The network built for `len(index.classes)` classes with the run's weights.
         sources: Where each given setting came from (default: every one "default").
+        started: A resumed run's recorded `resolved` section: the augmentation it chose is kept.
 
     Returns:
         The frozen plan; `sources` gains "auto: why" for each value decided from the data.
@@ -168,7 +171,7 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         config = config.model_copy(update={"freeze_until": layer})
         sources["freeze_until"] = why
     world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
-    auto = resolve_data_defaults(config, index, data_config, world)
+    auto = resolve_data_defaults(config, index, data_config, world, started)
     config, sources = auto.config, {**sources, **auto.sources}
     decided = (("freeze_until",) if why is not None else ()) + tuple(auto.sources)
     precision, precision_why = resolve_precision(config.precision, config.accelerator)
@@ -183,10 +186,12 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     )
 
 
-def plan_run(config: RunConfig, sources: dict[str, str] | None = None) -> tuple[RunPlan, LoadReport]:
+def plan_run(config: RunConfig, sources: dict[str, str] | None = None,
+             started: dict[str, Any] | None = None) -> tuple[RunPlan, LoadReport]:
     """Scans `config.data`, builds the backbone with its weights and resolves the plan: what `run` and
-    `lr-find` both start from. Returns the plan and the weights' load report (for the console)."""
+    `lr-find` both start from. Returns the plan and the weights' load report (for the console).
+    `started`: see `resolve_run`."""
     index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights,
                                        weights_dir=config.weights_dir, **backbone_options(config))
-    return resolve_run(config, index, backbone, sources), report
+    return resolve_run(config, index, backbone, sources, started), report

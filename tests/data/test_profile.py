@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 from finetune.data.policy import SMALL_INPUT, AugmentPolicy, auto_augment_policy
 from finetune.data.profile import (
     EXPOSURE_SPREAD,
+    TONE_MIN_IMAGES,
     DataProfile,
     flip_changes_label,
     flip_test,
@@ -71,13 +72,21 @@ def test_exposure_test_tells_photos_from_black_and_white_silhouettes(tmp_path, t
     assert profile.tonal_spread > 3 * EXPOSURE_SPREAD if varies else profile.tonal_spread < EXPOSURE_SPREAD / 3
 
 
-def test_tonal_spread_ignores_brightness_shifts_but_not_contrast_changes():
+def test_tonal_spread_sees_darker_brighter_and_flatter_exposures_but_not_content():
     rng = np.random.default_rng(0)
+    shapes = []  # black-and-white shapes of every size: the content differs, the exposure does not
+    for i in range(12):
+        img = np.zeros((16, 16), np.uint8)
+        img[2:4 + i, 3:5 + i] = 255
+        shapes.append(img)
     base = rng.integers(0, 100, (16, 16)).astype(np.uint8)
-    shifted = [base + 20 * i for i in range(8)]  # brighter, same range
+    shifted = [base + 20 * i for i in range(8)]  # brighter and brighter, the same tonal range
     stretched = [(base * (0.5 + 0.25 * i)).astype(np.uint8) for i in range(8)]  # ranges 50-200
-    assert tonal_spread(shifted) < EXPOSURE_SPREAD < tonal_spread(stretched)
-    assert np.isnan(tonal_spread([]))
+    assert tonal_spread(shapes) == 0.0
+    assert tonal_spread(shifted) > EXPOSURE_SPREAD and tonal_spread(stretched) > EXPOSURE_SPREAD
+    assert np.isnan(tonal_spread(shifted[:TONE_MIN_IMAGES - 1]))  # too few images to tell: jitter stays on
+    assert np.allclose(tonal_spread([np.repeat(g[..., None], 3, 2) for g in stretched]),
+                       tonal_spread(stretched), atol=0.02)  # an RGB copy of a grey set reads the same
 
 
 def test_images_of_one_tonal_range_get_no_brightness_contrast_jitter():
@@ -86,6 +95,8 @@ def test_images_of_one_tonal_range_get_no_brightness_contrast_jitter():
     assert "no brightness/contrast jitter" in " ".join(flat.reasons)
     assert "no photometric jitter" in flat.describe()
     assert auto_augment_policy(_profile(exposure=True), 32).photometric
+    colour = auto_augment_policy(_profile(grey=False, exposure=False), 32)  # saturation still varies
+    assert colour.colour and not colour.photometric and "saturation jitter only" in colour.describe()
 
 
 def test_policies_saved_before_the_exposure_test_keep_their_jitter():

@@ -151,3 +151,47 @@ def test_best_ckpt_leaves_out_the_training_state_and_last_ckpt_keeps_it(tiny_dat
     assert "ema" in best and best["callbacks"]  # the callbacks' own state and hooks still reach best.ckpt
     exported = runner.invoke(app, ["export", str(out)])
     assert exported.exit_code == 0, exported.output
+
+
+
+def _start_under_other_rules(data, out, run_args, monkeypatch, **changes) -> None:
+    """A 1-epoch run whose --augment auto policy differs by `changes` from what today's rules choose
+    (as if started by another version); the rules are back when the run is resumed."""
+    import dataclasses
+
+    import finetune.run.auto_defaults as auto_defaults
+
+    rules = auto_defaults.auto_augment_policy
+    with monkeypatch.context() as patch:
+        patch.setattr(auto_defaults, "auto_augment_policy", lambda *a: dataclasses.replace(rules(*a), **changes))
+        started = runner.invoke(app, run_args(data, out, "--weights", "none"))
+    assert started.exit_code == 0, started.output
+
+
+def _resume_to_epoch_2(out: Path) -> dict:
+    resumed = runner.invoke(app, ["run", "--resume", str(out), "--epochs", "2", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output  # a changed pipeline would not take the saved RNG states
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    return yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_a_resumed_run_keeps_the_augmentation_it_started_with(arrows_data, tmp_path, run_args, monkeypatch):
+    out = tmp_path / "run"
+    _start_under_other_rules(arrows_data, out, run_args, monkeypatch, flip=True)  # today: no flip for arrows
+    assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["augment_policy"]["flip"] is True
+    saved = _resume_to_epoch_2(out)
+    assert saved["resolved"]["augment_policy"]["flip"] is True  # what the resumed run trained with
+    assert saved["sources"]["augment"].startswith("auto, kept from the run's start")
+
+
+def test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter(arrows_data, tmp_path, run_args,
+                                                                          monkeypatch):
+    out = tmp_path / "run"
+    _start_under_other_rules(arrows_data, out, run_args, monkeypatch, photometric=True)  # today: off (one exposure)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["resolved"]["augment_policy"]  # what that version wrote: a data profile, no policy, no exposure test
+    for key in ("tonal_spread", "exposure_varies"):
+        del saved["resolved"]["data_profile"][key]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
+    assert policy["photometric"] is True and policy["flip"] is False  # re-measured, jittered as it began
