@@ -192,7 +192,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
     resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
-    mlflow_run = _recorded(run_dir, "mlflow_run_id") if ckpt_path else None
+    mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
                             mlflow_run)
     teacher = None
@@ -289,11 +289,6 @@ def _recorded_section(run_dir: Path) -> dict[str, Any]:
     """config.yaml's `resolved` section (a resumed run's augmentation, tracker ids); {} without one."""
     path = run_dir / "config.yaml"
     return ((yaml.safe_load(path.read_text()) or {}).get("resolved") or {}) if path.is_file() else {}
-
-
-def _recorded(run_dir: Path, key: str) -> str | None:
-    """A value config.yaml recorded under `resolved` (a resumed run's tracker ids)."""
-    return _recorded_section(run_dir).get(key)
 
 
 def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
