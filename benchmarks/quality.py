@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -123,7 +124,7 @@ def plain_loop(data: Path, backbone: str, weights: str, size: int | None, seed: 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.1)
     loss_fn, gen = nn.CrossEntropyLoss(), torch.Generator().manual_seed(seed)
-    best = (-1.0, 0.0)
+    best_val, best_state = -1.0, None
     for _ in range(PLAIN_EPOCHS):
         model.train()
         for idx in torch.randperm(len(xt), generator=gen).split(PLAIN_BATCH):
@@ -137,9 +138,10 @@ def plain_loop(data: Path, backbone: str, weights: str, size: int | None, seed: 
             opt.step()
         sched.step()
         val = _accuracy(model, xv, yv)
-        if val > best[0]:
-            best = (val, _accuracy(model, xs, ys))
-    return best
+        if val > best_val:  # the test split is scored once, on the best epoch's weights
+            best_val, best_state = val, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return best_val, _accuracy(model, xs, ys)
 
 
 # ----- fastai --------------------------------------------------------------------------------------
@@ -361,6 +363,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="one regime (32 px, 10 shots, ImageNet weights), core methods")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 3; 2 with --quick)")
+    parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
+                        help="these seeds only (instead of 0..SEEDS-1), to add seeds to a cell")
     parser.add_argument("--jobs", type=int, default=None,
                         help="cells run at once, one process each (default: 1; with --quick, the CPU cores)")
     parser.add_argument("--threads", type=int, default=None,
@@ -372,7 +376,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse the cells in WORK/results.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="markdown table (default: results/quality[-quick].md)")
     args = parser.parse_args()
-    seeds = args.seeds or (QUICK_SEEDS if args.quick else 3)
+    seed_ids = args.seed_ids or list(range(args.seeds or (QUICK_SEEDS if args.quick else 3)))
     jobs = args.jobs or ((os.cpu_count() or 1) if args.quick else 1)
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     setup_process(threads)
@@ -380,7 +384,7 @@ def main() -> None:
     tasks = [t for t in args.tasks if available(t) or print(f"skipping {t}: {TASKS[t].package} is not installed")]
     done = _load_results(args.work / "results.jsonl") if args.resume else {}
     cells = [(task, regime, method, seed) for regime in regimes for task in tasks
-             for method in args.methods or methods_for(regime, args.quick) for seed in range(seeds)]
+             for method in args.methods or methods_for(regime, args.quick) for seed in seed_ids]
 
     def record(key: tuple, result: tuple[float, float, float]) -> None:
         _save_result(args.work / "results.jsonl", key, result)
@@ -398,7 +402,7 @@ def main() -> None:
         cell.val.append(val), cell.test.append(test), cell.seconds.append(secs)
     shown = [a for a in sys.argv[1:] if a != "--resume"]  # the command that measures it, as given
     command = " ".join(["benchmarks/quality.py", *(shlex.quote(a) for a in shown)])
-    text = render(table, seeds, command)
+    text = render(table, len(seed_ids), command)
     print(text)
     out = args.out or Path(__file__).parent / "results" / ("quality-quick.md" if args.quick else "quality.md")
     out.parent.mkdir(parents=True, exist_ok=True)
