@@ -364,7 +364,7 @@ def main() -> None:
                         help="one regime (32 px, 10 shots, ImageNet weights), core methods")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 3; 2 with --quick)")
     parser.add_argument("--seed-ids", type=int, nargs="+", default=None,
-                        help="these seeds only (instead of 0..SEEDS-1), to add seeds to a cell")
+                        help="run and tabulate these seeds only, instead of 0..SEEDS-1")
     parser.add_argument("--jobs", type=int, default=None,
                         help="cells run at once, one process each (default: 1; with --quick, the CPU cores)")
     parser.add_argument("--threads", type=int, default=None,
@@ -376,7 +376,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse the cells in WORK/results.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="markdown table (default: results/quality[-quick].md)")
     args = parser.parse_args()
-    seed_ids = args.seed_ids or list(range(args.seeds or (QUICK_SEEDS if args.quick else 3)))
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else 3)
+    seed_ids = sorted(set(args.seed_ids)) if args.seed_ids else list(range(seeds))
     jobs = args.jobs or ((os.cpu_count() or 1) if args.quick else 1)
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     setup_process(threads)

@@ -110,9 +110,19 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         augment = AugmentPolicy.from_dict(started["augment_policy"])
         sources["augment"] = f"auto, kept from the run's start: {augment.describe()}"
     elif config.augment == "auto":
-        profile = profile_training_set(index)
+        # A run started by a version that recorded its data profile but no policy: the policy is
+        # rebuilt from what was measured then, not from the images now. A profile older than the
+        # exposure test has no exposure_varies, and DataProfile's default (True) gives the brightness/
+        # contrast jitter every run of that version trained with.
+        recorded = started.get("data_profile") if started else None
+        profile = _recorded_profile(recorded) if recorded else profile_training_set(index)
         augment = auto_augment_policy(profile, data_config.input_size)
-        if started and "data_profile" in started:  # started by a version that recorded no policy and
-            augment = dataclasses.replace(augment, photometric=True)  # always jittered brightness/contrast
-        sources["augment"] = f"auto: {augment.describe()}"
+        from_start = ", from the measurements at the run start" if recorded else ""
+        sources["augment"] = f"auto{from_start}: {augment.describe()}"
     return DataDefaults(config.model_copy(update=updates), augment, profile, sources)
+
+
+def _recorded_profile(recorded: dict[str, Any]) -> DataProfile:
+    """A DataProfile from a config.yaml's `data_profile` (fields it lacks take their defaults)."""
+    names = {f.name for f in dataclasses.fields(DataProfile)}
+    return DataProfile(**{k: v for k, v in recorded.items() if k in names})

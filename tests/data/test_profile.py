@@ -72,6 +72,22 @@ def test_exposure_test_tells_photos_from_black_and_white_silhouettes(tmp_path, t
     assert profile.tonal_spread > 3 * EXPOSURE_SPREAD if varies else profile.tonal_spread < EXPOSURE_SPREAD / 3
 
 
+def _white_on_black(kind: str, rng: np.random.Generator) -> Image.Image:
+    """A white square on black, anywhere: every image spans the same tonal range."""
+    img, r = Image.new("L", (32, 32), 0), int(rng.integers(4, 10))
+    ImageDraw.Draw(img).rectangle([16 - r, 16 - r, 16 + r, 16 + r], fill=255)
+    return img
+
+
+def test_too_few_images_to_tell_keep_the_brightness_jitter(tmp_path, write_folder):
+    few = TONE_MIN_IMAGES // 2 - 1  # a class: two classes hold fewer than TONE_MIN_IMAGES in all
+    folder = write_folder(tmp_path / "few", ["a", "b"], _white_on_black, train=few)
+    profile = profile_training_set(scan_image_folder(folder))
+    assert np.isnan(profile.tonal_spread) and profile.exposure_varies
+    enough = write_folder(tmp_path / "enough", ["a", "b"], _white_on_black, train=TONE_MIN_IMAGES)
+    assert not profile_training_set(scan_image_folder(enough)).exposure_varies  # the same images, more of them
+
+
 def test_tonal_spread_sees_darker_brighter_and_flatter_exposures_but_not_content():
     rng = np.random.default_rng(0)
     shapes = []  # black-and-white shapes of every size: the content differs, the exposure does not

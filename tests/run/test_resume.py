@@ -195,3 +195,23 @@ def test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter(arro
     (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
     assert policy["photometric"] is True and policy["flip"] is False  # re-measured, jittered as it began
+
+
+def test_a_run_that_recorded_its_exposure_test_but_no_policy_resumes_from_what_it_measured(
+        arrows_data, tmp_path, run_args, monkeypatch):
+    import finetune.run.auto_defaults as auto_defaults
+
+    out = tmp_path / "run"
+    started = runner.invoke(app, run_args(arrows_data, out, "--weights", "none"))
+    assert started.exit_code == 0, started.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["resolved"]["data_profile"]["exposure_varies"] is False  # one tonal range: no jitter
+    del saved["resolved"]["augment_policy"]  # what that version wrote: the exposure test, no policy
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+    def measure_again(index):
+        raise AssertionError("the images were measured again")
+
+    monkeypatch.setattr(auto_defaults, "profile_training_set", measure_again)
+    policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
+    assert policy["photometric"] is False and policy["flip"] is False  # as recorded, as it trained
