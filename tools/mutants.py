@@ -431,7 +431,7 @@ MUTANTS: list[Mutant] = [
            ("tests/run/test_resume.py::test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter",),
            "a silhouettes run started before the exposure test cannot be resumed: its pipeline lost a step"),
     Mutant("resume_of_an_older_run_measures_again", "finetune/run/auto_defaults.py",
-           "profile = _recorded_profile(recorded) if recorded else profile_training_set(index)",
+           "profile = DataProfile.from_dict(recorded) if recorded else profile_training_set(index)",
            "profile = profile_training_set(index)",
            ("tests/run/test_resume.py::test_a_run_that_recorded_its_exposure_test_but_no_policy_resumes_from_what_it_measured",
             "tests/run/test_resume.py::test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,11 @@ class DataProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataProfile":
+        """The inverse of to_dict; fields a config.yaml of an older version lacks take their defaults."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 PROFILE_SEED = 0  # the sample is drawn the same way for every run: a property of the data, not of --seed

@@ -5,7 +5,6 @@ never a dataset's name. The evidence for each is in benchmarks/results/quality.m
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -115,14 +114,8 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         # exposure test has no exposure_varies, and DataProfile's default (True) gives the brightness/
         # contrast jitter every run of that version trained with.
         recorded = started.get("data_profile") if started else None
-        profile = _recorded_profile(recorded) if recorded else profile_training_set(index)
+        profile = DataProfile.from_dict(recorded) if recorded else profile_training_set(index)
         augment = auto_augment_policy(profile, data_config.input_size)
         from_start = ", from the measurements at the run start" if recorded else ""
         sources["augment"] = f"auto{from_start}: {augment.describe()}"
     return DataDefaults(config.model_copy(update=updates), augment, profile, sources)
-
-
-def _recorded_profile(recorded: dict[str, Any]) -> DataProfile:
-    """A DataProfile from a config.yaml's `data_profile` (fields it lacks take their defaults)."""
-    names = {f.name for f in dataclasses.fields(DataProfile)}
-    return DataProfile(**{k: v for k, v in recorded.items() if k in names})

@@ -194,7 +194,7 @@ def test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter(arro
         del saved["resolved"]["data_profile"][key]
     (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
-    assert policy["photometric"] is True and policy["flip"] is False  # re-measured, jittered as it began
+    assert policy["photometric"] is True and policy["flip"] is False  # from the recorded profile, jittered as it began
 
 
 def test_a_run_that_recorded_its_exposure_test_but_no_policy_resumes_from_what_it_measured(
