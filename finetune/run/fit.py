@@ -37,6 +37,7 @@ from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
 from finetune.training.checkpoint_io import AtomicCheckpointIO
+from finetune.training.heap import keep_freed_memory
 from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
@@ -169,7 +170,7 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         >>> result.best_val_acc1
     """
     console = console or Console()
-    with quiet_lightning(config.verbose):
+    with quiet_lightning(config.verbose), keep_freed_memory():
         return _fit(config, console, callbacks, ckpt_path, sources)
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from finetune.config import RunConfig
 from finetune.run.devices import device_trainer
 from finetune.training.callbacks.lr_range_test import LRRangeTest
+from finetune.training.heap import keep_freed_memory
 from finetune.training.module import FinetuneModule
 
 
@@ -105,7 +106,8 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
         enable_progress_bar=progress, enable_model_summary=False, callbacks=[test],
     )
     try:
-        trainer.fit(module, datamodule)
+        with keep_freed_memory():
+            trainer.fit(module, datamodule)
     finally:
         with torch.no_grad():
             module.load_state_dict(saved)
