@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import csv
 import io
+import resource
 import statistics
 import sys
 import tempfile
@@ -114,22 +115,27 @@ def plain_loop(data: Path, backbone: str, size: int, batch: int, workers: int, e
     return statistics.median(rates)
 
 
+def _page_faults() -> int:
+    """Minor page faults of this process so far: memory the step touches that the kernel maps in anew."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class StepTimer(pl.Callback):
-    """Seconds from fit's start to the first batch, and each step's (epoch, hook-to-hook seconds)."""
+    """Seconds from fit's start to the first batch, and each step's (epoch, hook-to-hook seconds, page faults)."""
 
     def __init__(self):
-        self.t0, self.first_step, self.steps, self._start = time.perf_counter(), None, [], 0.0
+        self.t0, self.first_step, self.steps, self._start, self._faults = time.perf_counter(), None, [], 0.0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         _sync(pl_module.device.type)  # the batch's non-blocking copy to the GPU is not the step's
         now = time.perf_counter()
         if self.first_step is None:
             self.first_step = now - self.t0
-        self._start = now
+        self._start, self._faults = now, _page_faults()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         _sync(pl_module.device.type)
-        self.steps.append((trainer.current_epoch, time.perf_counter() - self._start))
+        self.steps.append((trainer.current_epoch, time.perf_counter() - self._start, _page_faults() - self._faults))
 
 
 def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
@@ -181,13 +187,14 @@ class RawStep:
             torch.float16 if precision.startswith("16") else None
 
     def __call__(self) -> float:
-        start = time.perf_counter()
+        start, faults = time.perf_counter(), _page_faults()
         self.opt.zero_grad()
         with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None):
             loss = nn.functional.cross_entropy(self.model(self.x), self.y)
         loss.backward()
         self.opt.step()
         _sync(self.device)
+        self.faults = _page_faults() - faults
         return time.perf_counter() - start
 
 
@@ -223,7 +230,7 @@ class PairedStepTimer(StepTimer):
 
     def __init__(self, make_raw_step):
         super().__init__()
-        self.make_raw_step, self.raw_steps = make_raw_step, []
+        self.make_raw_step, self.raw_steps, self.raw_faults = make_raw_step, [], []
 
     def on_fit_start(self, trainer, pl_module):
         self.raw_step = self.make_raw_step()
@@ -233,12 +240,14 @@ class PairedStepTimer(StepTimer):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.raw_steps.append(self.raw_step())
+        self.raw_faults.append(self.raw_step.faults)
 
 
 def step_overhead(data: Path, backbone: str, size: int, batch: int, epochs: int, first_trained: str | None,
-                  accelerator: str, device: str, out: Path) -> list[float]:
+                  accelerator: str, device: str, out: Path) -> tuple[list[float], float, float]:
     """Lightning's per-step overhead of each step after the first epoch: fit's hook-to-hook seconds
-    over the seconds of the raw step run right after it, minus 1.
+    over the seconds of the raw step run right after it, minus 1; and the median page faults of a fit
+    step and of a raw step.
 
     fit runs with no workers (loading falls between its steps), without the feature cache (the raw
     step runs the whole network) and with the augmentation off (cheap loading); the raw step has
@@ -252,10 +261,12 @@ def step_overhead(data: Path, backbone: str, size: int, batch: int, epochs: int,
     with contextlib.redirect_stdout(io.StringIO()):
         result = fit(config, callbacks=[timer])
     assert result.precision == precision, (result.precision, precision)
-    pairs = [s / r - 1 for (epoch, s), r in zip(timer.steps, timer.raw_steps) if epoch > 0]  # epoch 0 warms up
-    if not pairs:
+    counted = [(s, f, r, rf) for (epoch, s, f), r, rf in zip(timer.steps, timer.raw_steps, timer.raw_faults)
+               if epoch > 0]  # epoch 0 warms up
+    if not counted:
         raise SystemExit(f"{backbone} {size}px: fit stopped in its first epoch; no step to compare")
-    return pairs
+    return ([s / r - 1 for s, _, r, _ in counted], statistics.median(f for _, f, _, _ in counted),
+            statistics.median(rf for *_, rf in counted))
 
 
 def _sync(device: str) -> None:
@@ -318,8 +329,9 @@ def main() -> None:
                             row["timm"] = timm_train_rate(backbone, size, args.batch, first, args.accelerator,
                                                           precision, channels_last)
                     if overhead:
-                        row["overhead"] = step_overhead(data, backbone, size, args.batch, args.overhead_epochs,
-                                                        first, accelerator, args.accelerator, Path(tmp) / "run")
+                        row["overhead"], row["faults"], row["raw_faults"] = step_overhead(
+                            data, backbone, size, args.batch, args.overhead_epochs, first, accelerator,
+                            args.accelerator, Path(tmp) / "run")
                     rows.append(row)
                     print(_row_text(row), flush=True)
     text = _table(rows, args, throughput, overhead)
@@ -348,7 +360,8 @@ def _row_text(row: dict) -> str:
         parts.append(f"timm benchmark.py train {row['timm']:.1f} img/s "
                      f"(finetune at {row['rate'] / row['timm']:.0%} of it)")
     if "overhead" in row:
-        parts.append(f"Lightning step overhead {_overhead_text(row['overhead'])}")
+        parts.append(f"Lightning step overhead {_overhead_text(row['overhead'])}, page faults a step: "
+                     f"fit {row['faults']:.0f}, raw {row['raw_faults']:.0f}")
     return f"{row['backbone']} {row['size']}px {row['scenario']}: " + "; ".join(parts)
 
 
@@ -368,7 +381,7 @@ def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhea
     if timm_bench:
         columns += ["timm benchmark.py train img/s", "finetune / timm"]
     if overhead:
-        columns.append("Lightning step overhead: median (quartiles)")
+        columns += ["Lightning step overhead: median (quartiles)", "page faults a step: fit / raw (median)"]
     lines = ["; ".join(head) + ".", "", f"Command: `{' '.join(['benchmarks/train_throughput.py', *sys.argv[1:]])}`",
              "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -379,7 +392,7 @@ def _table(rows: list[dict], args: argparse.Namespace, throughput: bool, overhea
         if timm_bench:
             cells += [f"{row['timm']:.1f}", f"{row['rate'] / row['timm']:.0%}"]
         if overhead:
-            cells.append(_overhead_text(row["overhead"]))
+            cells += [_overhead_text(row["overhead"]), f"{row['faults']:.0f} / {row['raw_faults']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if throughput:
         lines += ["", "raw-step ceiling: a forward/backward/optimizer step on in-memory tensors with finetune's "
