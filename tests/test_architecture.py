@@ -11,7 +11,7 @@ PACKAGE = Path(finetune.__file__).parent
 # layer are independent of each other. docs/ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors"},
-    {"cache", "config", "figures", "console", "atomic"},
+    {"cache", "config", "figures", "console", "atomic", "heap"},
     {"data"},
     {"models"},
     {"training"},

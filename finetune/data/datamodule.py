@@ -21,6 +21,7 @@ from finetune.data.policy import AugmentPolicy
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.data.transforms import build_eval_transform, build_train_transform
 from finetune.errors import DataError
+from finetune.heap import release_in_child
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -37,8 +38,9 @@ def worker_init_fn(worker_id: int) -> None:
     OpenCV otherwise starts a thread per core in every worker (albumentations issue #1246), and
     torch does the same for intra-op work: N workers x N cores threads thrash the CPU. Forked
     workers also inherit identical numpy/random/albumentations RNG states, which would repeat the
-    same augmentations in every worker.
+    same augmentations in every worker, and the training process's heap settings (finetune.heap).
     """
+    release_in_child()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
     info = torch.utils.data.get_worker_info()

@@ -22,6 +22,7 @@ from finetune.config import RunConfig
 from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
+from finetune.heap import keep_freed_memory
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
 from finetune.run.plan import RunPlan, plan_run, shared_env
@@ -37,7 +38,6 @@ from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
 from finetune.training.checkpoint_io import AtomicCheckpointIO
-from finetune.training.heap import keep_freed_memory
 from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan

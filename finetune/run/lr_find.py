@@ -15,9 +15,9 @@ import torch
 from rich.console import Console
 
 from finetune.config import RunConfig
+from finetune.heap import keep_freed_memory
 from finetune.run.devices import device_trainer
 from finetune.training.callbacks.lr_range_test import LRRangeTest
-from finetune.training.heap import keep_freed_memory
 from finetune.training.module import FinetuneModule
 
 
