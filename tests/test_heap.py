@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from finetune.data.datamodule import worker_init_fn
-from finetune.heap import keep_freed_memory, keeping
+from finetune.heap import USER_SETTINGS, keep_freed_memory, keeping
 from finetune.run.fit import fit
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -65,6 +65,8 @@ def test_fit_trains_with_the_heap_kept_and_hands_it_back(make_config):
 
 
 def test_the_environment_s_own_heap_settings_are_left_alone(monkeypatch):
+    for name in USER_SETTINGS:  # whatever the machine running the tests sets
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     with keep_freed_memory() as applied:
         assert not applied and not keeping()
@@ -98,8 +100,6 @@ def _rss_mib() -> float:
 
 
 if __name__ == "__main__":  # the fresh process of test_freed_blocks_are_reused_inside_and_handed_back_after
-    from finetune.heap import keep_freed_memory
-
     large_outside, outside = faults_of_a_second_step(1, LARGE_MIB), faults_of_a_second_step()
     with keep_freed_memory():
         large_inside, inside = faults_of_a_second_step(1, LARGER_MIB), faults_of_a_second_step()
