@@ -15,9 +15,13 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
-_LEFTOVER = re.compile(r"\..+\.(tmp|old)-\d+-[0-9a-f]{8}")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+# Temporary names of version 0.1's writers (tempfile.mkstemp beside a checkpoint; fixed names beside
+# config.yaml and metrics.csv): a run it started and a kill interrupted may still hold them.
+_OLDER_LEFTOVER = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\.(config\.yaml|metrics\.csv)\.tmp")
 
 
 def is_leftover(name: str) -> bool:
@@ -25,7 +29,8 @@ def is_leftover(name: str) -> bool:
     return _LEFTOVER.fullmatch(name) is not None
 
 
-def _beside(final: Path, kind: str) -> Path:
+def temporary_path(final: Path, kind: str = "tmp") -> Path:
+    """A fresh hidden name beside `final` (same folder, so the final step is a rename): .NAME.KIND-PID-HEX."""
     return final.parent / f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
@@ -35,8 +40,8 @@ def staging_dir(final: Path) -> Path:
     Staging folders left beside `final` by a process that no longer runs (killed mid-write) are removed.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(final)
-    staged = _beside(final, "tmp")
+    remove_abandoned(final.parent, of=final.name)
+    staged = temporary_path(final)
     staged.mkdir()  # unlike tempfile.mkdtemp's 0700, the user's umask decides who may read the bundle
     return staged
 
@@ -58,16 +63,49 @@ def replacing_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def _remove_abandoned(final: Path) -> None:
-    for kind in ("tmp", "old"):
-        for leftover in final.parent.glob(f".{final.name}.{kind}-*-*"):
-            pid = leftover.name[len(f".{final.name}.{kind}-"):].split("-")[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+def remove_abandoned(folder: Path, of: str | None = None) -> list[str]:
+    """Removes the temporary files and folders in `folder` whose writing process no longer runs
+    (killed mid-write); those of live processes stay. `of`: only those made for that name.
+
+    For folders several processes write in at once (the caches). Returns the names removed.
+    """
+    removed = []
+    for entry in _entries(folder):
+        match = _LEFTOVER.fullmatch(entry.name)
+        if match is None or (of is not None and match["name"] != of) or _alive(int(match["pid"])):
+            continue
+        _remove(entry)
+        removed.append(entry.name)
+    return removed
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Removes every temporary file and folder a writer left in `folder`, whichever process made it,
+    those of older versions included.
+
+    Only for a folder this process has claimed (finetune.locks): no other process writes there.
+    Returns the names removed.
+    """
+    removed = []
+    for entry in _entries(folder):
+        if is_leftover(entry.name) or _OLDER_LEFTOVER.fullmatch(entry.name):
+            _remove(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -90,7 +128,7 @@ def replace_dir(staged: Path, final: Path) -> None:
         os.rename(staged, final)
         return
     if not _exchange(staged, final):
-        aside = _beside(final, "old")
+        aside = temporary_path(final, "old")
         os.rename(final, aside)
         os.rename(staged, final)
         staged = aside
@@ -108,17 +146,29 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`."""
-    tmp = _beside(path, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as a plain open() gives
+@contextmanager
+def open_replacing(path: Path, mode: str = "w", **kwargs: object) -> Iterator[IO]:
+    """Yields a file open for writing under a temporary name beside `path`; on success the data is
+    flushed to disk and renamed over `path`, on any error the temporary file is removed.
+
+    Example:
+        >>> with open_replacing(Path("runs/x/metrics.csv"), newline="") as f:  # doctest: +SKIP
+        ...     f.write("epoch\n0\n")
+    """
+    tmp = temporary_path(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with open(tmp, mode.replace("w", "x"), **kwargs) as f:  # "x": a new file, never someone else's
+            yield f
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`."""
+    with open_replacing(path) as f:
+        f.write(text)
     return path

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from finetune import atomic
+
 
 def subplots(*args, **kwargs):
     """Like `plt.subplots`, on a bare Figure: writing PNGs never switches the global backend.
@@ -18,5 +20,6 @@ def subplots(*args, **kwargs):
 def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.open_replacing(path, "wb") as f:  # a viewer or a second writer never sees half a PNG
+        fig.savefig(f, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path

@@ -102,3 +102,60 @@ def make_val_class_missing_from_train(root: Path) -> Path:
             _class_folder(root / split / name, seed, 3)
     _class_folder(root / "val" / "bird", 5, 2)
     return root
+
+
+# ----- faults: races and kills ----------------------------------------------------------------------------------
+class HeldClaim:
+    """Another process holding finetune.locks.claim on `lock_path` until `release()` (or kill -9 with `kill()`)."""
+
+    def __init__(self, lock_path: Path):
+        import subprocess
+        import sys
+
+        code = ("import sys, time; from pathlib import Path; from finetune.locks import claim\n"
+                "with claim(Path(sys.argv[1]), 'held'):\n"
+                "    print('held', flush=True); sys.stdin.read()\n")
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        self.process.communicate("", timeout=30)
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+        self.process.wait(timeout=30)
+
+    def __enter__(self) -> "HeldClaim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.release()
+
+
+# Temporary names a writer killed mid-write leaves in a run directory: this version's (.NAME.tmp-PID-HEX,
+# .NAME.old-PID-HEX, for a process that no longer runs) and version 0.1's (tempfile.mkstemp beside a
+# checkpoint; fixed names beside config.yaml and metrics.csv).
+KILLED_WRITER_LEFTOVERS = {
+    "checkpoints": (".last.ckpt.tmp-999999999-0badc0de", ".best.ckpt.tmp-999999999-00000001",
+                    ".last.ckpt.k3y_9abc.tmp"),
+    ".": (".config.yaml.tmp-999999999-deadbeef", ".config.yaml.tmp", ".metrics.csv.tmp",
+          ".metrics.csv.tmp-999999999-cafef00d", ".model.tmp-999999999-12345678"),
+}
+
+
+def plant_killed_writer_leftovers(run_dir: Path) -> list[Path]:
+    """Writes KILLED_WRITER_LEFTOVERS into `run_dir` (the staged bundle as a folder) and returns their paths."""
+    planted = []
+    for folder, names in KILLED_WRITER_LEFTOVERS.items():
+        for name in names:
+            path = (run_dir / folder / name).resolve()
+            if name.startswith(".model."):
+                path.mkdir(parents=True)
+                (path / "model.safetensors").write_bytes(b"\0" * 1024)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"\0" * 1024)
+            planted.append(path)
+    return planted

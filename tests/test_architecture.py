@@ -10,8 +10,8 @@ PACKAGE = Path(finetune.__file__).parent
 # Lowest first. A module may import its own unit and any unit of a lower layer; units that share a
 # layer are independent of each other. docs/ARCHITECTURE.md draws the same picture.
 LAYERS = [
-    {"errors"},
-    {"cache", "config", "figures", "console", "atomic", "heap"},
+    {"errors", "atomic"},
+    {"cache", "config", "figures", "console", "heap", "locks"},
     {"data"},
     {"models"},
     {"training"},

@@ -32,6 +32,7 @@ from finetune.data.images import load_image
 from finetune.data.scan import DatasetIndex
 from finetune.data.tta import batch_inputs, check_tta
 from finetune.inference import module_runner, onnx_runner, torchscript_runner
+from finetune.locks import claim
 from finetune.models.backbone import Backbone
 from finetune.models.source import BUNDLE_FORMAT, CONFIG_NAME, FORMAT_VERSION, BundleConfig, BundleError
 from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
@@ -99,22 +100,25 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
     if not parity_images:
         raise ExportError("the parity check needs validation images; none were given")
     final = Path(output)
-    _check_output(final)
-    # Written in full beside `final`, then swapped in: a crash or kill at any point leaves the
-    # previous bundle as it was, never a mix of old and new files.
-    with atomic.replacing_dir(final) as out:
-        model = _cpu_fp32_copy(backbone)
-        x = batch_inputs(list(parity_images), data_config)
-        config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
-        _write_weights(model, out / "model.safetensors")
-        config["parity"] = _export_graphs(model, x, out, options.formats, config)
-        if options.quantize:
-            config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
-                                       agreement_images or parity_images)
-        config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
-        (out / "README.md").write_text(bundle_readme(config))
-        BundleConfig.from_dict(config).save(out)  # validated: what is written loads
-        _carry_other_entries(final, out)
+    # The lock sits beside the bundle, which is swapped in whole: a second export to the same folder
+    # is refused while this one writes.
+    with claim(final.parent / f".{final.name}.lock", f"--output {final}"):
+        _check_output(final)
+        # Written in full beside `final`, then swapped in: a crash or kill at any point leaves the
+        # previous bundle as it was, never a mix of old and new files.
+        with atomic.replacing_dir(final) as out:
+            model = _cpu_fp32_copy(backbone)
+            x = batch_inputs(list(parity_images), data_config)
+            config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
+            _write_weights(model, out / "model.safetensors")
+            config["parity"] = _export_graphs(model, x, out, options.formats, config)
+            if options.quantize:
+                config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
+                                           agreement_images or parity_images)
+            config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
+            (out / "README.md").write_text(bundle_readme(config))
+            BundleConfig.from_dict(config).save(out)  # validated: what is written loads
+            _carry_other_entries(final, out)
     return final
 
 

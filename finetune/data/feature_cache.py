@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from finetune import atomic
 from finetune.cache import cache_dir
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.memory import memory_budget
@@ -70,7 +71,8 @@ class FeatureStore:
         marker last: a run stopped midway leaves no half split behind, and a reader never sees one.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = {name: self.dir / f".{split}.{os.getpid()}.{name}" for name in ("npy", "labels.npy", "json")}
+        atomic.remove_abandoned(self.dir)  # the files of a run killed while filling the cache
+        tmp = {name: atomic.temporary_path(self.dir / f"{split}.{name}") for name in ("npy", "labels.npy", "json")}
         out, meta, pos, labels = None, None, 0, []
         try:
             for batch, batch_labels in rows:

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from finetune import atomic
 from finetune.data.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, verify_image
 from finetune.errors import DataError
 
@@ -258,9 +259,8 @@ class VerifiedFiles:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-            os.replace(tmp, self.path)  # concurrent scans: the last writer wins, every copy is whole
+            atomic.remove_abandoned(self.path.parent, of=self.path.name)  # a scan killed while saving
+            atomic.write_text(self.path, json.dumps(self.entries, separators=(",", ":")))  # the last writer wins
         except OSError:
             pass
 

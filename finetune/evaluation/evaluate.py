@@ -16,6 +16,7 @@ from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.evaluation.plots import plot_confusion, plot_reliability
 from finetune.inference import Predictor
+from finetune.locks import claimed_folder, contents
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
 from finetune.training.checkpoint import check_classes, load_trained, split_items
 
@@ -185,9 +186,15 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
     if split not in SPLITS:
         raise FinetuneError(f"unknown --split {split!r}; valid: {', '.join(SPLITS)}")
     check_tta(tta)
-    model, data = Path(model), Path(data)
-    if output is not None:
+    if output is None:
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, None, backend)
+    with claimed_folder(Path(output), f"--output {output}"):  # no second eval writes into it meanwhile
         _check_empty(Path(output))
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, Path(output), backend)
+
+
+def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperature: bool, output: Path | None,
+              backend: str) -> EvalResult:
     source = resolve_model_source(model)
     predictor, split_settings, bundle = _load_model(source, backend)
     index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature)
@@ -211,7 +218,7 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
 
 
 def _check_empty(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if contents(output):
         raise FinetuneError(f"--output {output} already exists and is not an empty folder; evaluation "
                             f"results are never overwritten: pass a new folder, "
                             f"or leave --output out for a new eval-SPLIT-N")

@@ -11,9 +11,7 @@ local-file loader reads it like any other weights file.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from finetune import atomic
 from finetune.cache import CACHE_DIR_ENV, cache_dir
 from finetune.errors import WeightsError
 
@@ -197,19 +196,14 @@ def _check_fit(names: dict[str, str], source: dict[str, Tensor], target_shapes: 
 
 
 def _write_atomic(state_dict: dict[str, Tensor], target: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_abandoned(target.parent, of=target.name)  # a conversion killed midway
         # Written beside the target, then renamed: a concurrent or interrupted run never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp)
-        os.replace(tmp, target)
+        with atomic.open_replacing(target, "wb") as f:
+            f.write(save({k: v.contiguous() for k, v in state_dict.items()}))
     except OSError as e:
         raise WeightsError(f"cannot write converted weights to {target}: {e}. Point ${CACHE_DIR_ENV} "
                            f"at a writable folder") from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

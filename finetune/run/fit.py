@@ -4,10 +4,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.markup import escape
 
+from finetune import atomic
 from finetune.config import RunConfig
 from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.datamodule import ImageFolderDataModule
@@ -28,7 +27,7 @@ from finetune.run.lr_find import find_lr
 from finetune.run.plan import RunPlan, plan_run, shared_env
 from finetune.run.quiet import quiet_lightning
 from finetune.run.resume import previous_metrics
-from finetune.run.run_dir import claim_run_dir
+from finetune.run.run_dir import claimed_run_dir, default_run_dir
 from finetune.run.trackers import tracker_loggers
 from finetune.training.callbacks.divergence import DivergenceGuard
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
@@ -59,16 +58,6 @@ class RunResult:
     best_val_acc1: float
     best_epoch: int
     precision: str
-
-
-def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
-    """runs/<date>-<backbone>, with -2, -3... appended when it exists."""
-    stem = f"{datetime.now():%Y-%m-%d_%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}"
-    candidate, n = root / stem, 1
-    while candidate.exists():
-        n += 1
-        candidate = root / f"{stem}-{n}"
-    return candidate
 
 
 def resolve_run_dir(config: RunConfig) -> Path:
@@ -170,21 +159,29 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
         >>> result.best_val_acc1
     """
     console = console or Console()
-    with quiet_lightning(config.verbose), keep_freed_memory():
-        return _fit(config, console, callbacks, ckpt_path, sources)
-
-
-def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], ckpt_path: Path | None,
-         sources: dict[str, str] | None) -> RunResult:
-    pl.seed_everything(config.seed, workers=True, verbose=False)
     config = config.with_absolute_paths()  # config.yaml and the checkpoints must work from any folder
     run_dir = resolve_run_dir(config)
-    if ckpt_path is None and rank_zero_only.rank == 0 and os.environ.get(RUN_DIR_ENV) != str(run_dir):
-        # Not for --resume, nor for the processes DDP starts: they inherit the run dir in RUN_DIR_ENV.
-        removed = claim_run_dir(run_dir, config.overwrite)
+    with quiet_lightning(config.verbose), keep_freed_memory(), _held(run_dir, config, ckpt_path, console):
+        return _fit(config, run_dir, console, callbacks, ckpt_path, sources)
+
+
+@contextlib.contextmanager
+def _held(run_dir: Path, config: RunConfig, ckpt_path: Path | None, console: Console) -> Iterator[None]:
+    """Holds the run directory for the run (rank 0; the processes DDP starts inherit it in RUN_DIR_ENV)."""
+    if rank_zero_only.rank != 0 or os.environ.get(RUN_DIR_ENV) == str(run_dir):
+        yield
+        return
+    with claimed_run_dir(run_dir, config.overwrite, resuming=ckpt_path is not None,
+                         created=config.output is None) as removed:
         if removed:
             console.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {_shown(run_dir)}",
                           soft_wrap=True)
+        yield
+
+
+def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence[pl.Callback],
+         ckpt_path: Path | None, sources: dict[str, str] | None) -> RunResult:
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     started = _recorded_section(run_dir) if ckpt_path else None
     plan, report = plan_run(config, sources, started)
     index = plan.index
@@ -310,9 +307,7 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
         resolved["lr_find"] = {"suggestion": plan.lr_found, "plot": "lr_find.png"}
     if resuming:
         resolved, sources = _merge_record(run_dir / "config.yaml", resolved, sources)
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(plan.config.to_yaml(resolved, sources))
-    os.replace(tmp, run_dir / "config.yaml")  # never a half-written config.yaml for --resume to read
+    atomic.write_text(run_dir / "config.yaml", plan.config.to_yaml(resolved, sources))  # whole, for --resume
     if plan.index.bad_files:
         plan.index.write_bad_files(run_dir / "bad_files.txt")
 

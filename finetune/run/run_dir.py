@@ -1,10 +1,16 @@
-"""Claiming a run directory: never write over an earlier run unless asked to."""
+"""Claiming a run directory: one run at a time in a folder, and never over an earlier run unless asked to."""
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
+from finetune import atomic
 from finetune.errors import FinetuneError
+from finetune.locks import claimed_folder, contents
 
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
@@ -12,21 +18,54 @@ RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_
 RUN_FOLDER_PREFIXES = ("eval-",)  # eval-val/, eval-test/: results of the old model
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool) -> list[str]:
+def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
+    """Creates and returns runs/<date>-<backbone>, with -2, -3... appended when it exists.
+
+    Creating the folder is what reserves the name: two runs started in the same second get two folders.
+    """
+    stem = f"{datetime.now():%Y-%m-%d_%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}"
+    n = 1
+    while True:
+        candidate = root / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: Path, overwrite: bool = False, resuming: bool = False,
+                    created: bool = False) -> Iterator[list[str]]:
+    """Holds `run_dir` for one run: no other run, resume or tune trial can start in it meanwhile.
+
+    A new run needs an empty folder (with `overwrite`, an earlier run's files are removed first); a
+    resumed run needs its own. Temporary files that a killed run left (a half-written checkpoint)
+    are removed once the folder is held. A folder made for the run (`created`, or absent until now) is
+    removed again when the run fails before writing anything into it.
+
+    Yields:
+        Names removed from `run_dir` by `overwrite` (empty otherwise).
+
+    Raises:
+        FinetuneError: `run_dir` is a file, another process runs in it, or it is a non-empty folder and
+            neither `overwrite` nor `resuming` is set.
+    """
+    flag = "--resume" if resuming else "--output"
+    with claimed_folder(run_dir, f"{flag} {run_dir}", created):
+        removed = [] if resuming else _check_new(run_dir, overwrite)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            atomic.remove_leftovers(folder)
+        yield removed
+
+
+def _check_new(run_dir: Path, overwrite: bool) -> list[str]:
     """Checks that `run_dir` may receive a new run; with `overwrite`, clears an earlier run's files.
 
     Only the files a run writes are removed, so a mistyped --output (a data folder, a home
     directory) loses nothing else even with --overwrite.
-
-    Returns:
-        Names removed from `run_dir` (empty unless `overwrite`).
-
-    Raises:
-        FinetuneError: `run_dir` is a file, or a non-empty folder and `overwrite` is off.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FinetuneError(f"--output {run_dir} is a file; give a folder for the run")
-    present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    present = contents(run_dir)
     if not present:
         return []
     if not overwrite:

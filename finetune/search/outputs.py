@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from finetune import atomic
 from finetune.config import RunConfig
 from finetune.figures import save_figure, subplots
 from finetune.search.space import Param
@@ -44,7 +45,7 @@ def trial_rows(stages: Sequence[tuple[int, optuna.Study]]) -> list[dict[str, Any
 
 def write_trials_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     columns = list(dict.fromkeys(k for row in rows for k in row if k != "reason")) + ["reason"]
-    with open(path, "w", newline="") as f:
+    with atomic.open_replacing(path, newline="") as f:  # workers of one study may write it at once
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -130,8 +131,7 @@ def best_recipe(config: RunConfig) -> dict[str, Any]:
 def write_best_yaml(config: RunConfig, header: str, path: Path) -> Path:
     """best.yaml: a recipe for `finetune run --recipe best.yaml --data D` that reproduces `config`."""
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    path.write_text(comment + yaml.safe_dump(best_recipe(config), sort_keys=False))
-    return path
+    return atomic.write_text(path, comment + yaml.safe_dump(best_recipe(config), sort_keys=False))
 
 
 # ----- summary ---------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """Checkpoint files that are either the old version or the new one, never half of one."""
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from finetune import atomic
 
 # What a file that is never resumed from leaves out: best.ckpt serves eval, export and --teacher,
 # while --resume reads last.ckpt. AdamW's two moments are twice the weights: without them best.ckpt
@@ -40,15 +39,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if path.name in self.inference_only:
             checkpoint = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic.open_replacing(path, "wb") as f:
+            torch.save(checkpoint, f)

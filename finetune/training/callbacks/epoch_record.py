@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+
+from finetune import atomic
 
 # Column groups of metrics.csv, left to right (a stable sort keeps first-seen order within a group):
 # a name ending in "/" is a prefix, any other an exact column.
@@ -95,13 +96,11 @@ class EpochRecord(pl.Callback):
         for row in self.rows:
             columns.extend(k for k in row if k not in columns)
         columns.sort(key=_column_rank)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic.open_replacing(self.path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
                              for row in self.rows)
-        os.replace(tmp, self.path)
 
 
 def _epoch_name(key: str) -> str:
