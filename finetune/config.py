@@ -7,6 +7,7 @@ list is spelled once, as one of the Literal aliases below.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
 import warnings
@@ -37,6 +38,21 @@ DEVICES_HELP = "a device count (1, 2), GPU ids such as 0,1, -1 (every GPU) or au
 BATCHES_HELP = "a whole number of batches (1, 10) or a fraction of them such as 0.5 (1.0: all)"
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of `n`, ascending: pairs (d, n // d) up to sqrt(n), so a huge count costs no more than
+    a thousand steps."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
 def one_of(choices: Any, notes: Mapping[str, str] | None = None) -> str:
     """The choices of a Literal alias as help text, each with its note: "a, b (note) or c".
 
@@ -63,12 +79,22 @@ _AUTO_AUGMENT = (
     "per class; flip unless mirroring changes the class; no colour jitter on grey images, no brightness/contrast "
     "jitter on images that do not vary in exposure")
 _RANGE_TEST = "of the LR range test (`finetune lr-find`, and `run --lr auto`)"
+# Upper bounds of the counts. Each lies far above any real run (100,000 epochs of one batch at ten
+# steps a second take three hours) and low enough that a mistyped value (an extra digit, a pasted
+# number) fails at once with its range, instead of hanging or exhausting memory.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGE_SIZE = 16_384  # one 3 x 16384 x 16384 float input is 3.2 GB
+MAX_STEPS = 1_000_000
+MAX_VIEWS = 1_000
+MAX_NODES = 10_000
+MAX_SEED = 2**32 - 1  # numpy and Lightning seeds: outside 0..2^32-1 Lightning draws a random seed instead
 
 
 class RunConfig(BaseModel):
     """Settings of one fine-tuning run. Each field's description is its option's help on the command line."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     backbone: str = Field(description=(
         "timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18)."))
@@ -88,15 +114,15 @@ class RunConfig(BaseModel):
     freeze_until: str | None = Field("auto", description=(
         "Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, "
         "head; none: nothing frozen. " + _AUTO_FREEZE))
-    epochs: int | None = Field(None, ge=1, description=(
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Training epochs. Default: from the train-set size, about 400 optimizer steps within 10-60 epochs."))
-    val_every: int | None = Field(None, ge=1, description=(
+    val_every: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Validate every N epochs, the last included (best.ckpt is chosen among these). Default: about 20 "
         "validations a run (the largest divisor of --epochs up to epochs/20)."))
-    batch_size: int | None = Field(None, ge=1, description=(
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description=(
         "Images per batch per device. Default: from the train-set size, the largest of 8, 16, 32 that keeps 10+ "
         "steps an epoch."))
-    image_size: int | None = Field(None, ge=16, description=(
+    image_size: int | None = Field(None, ge=16, le=MAX_IMAGE_SIZE, description=(
         "Input side in pixels. Default: the backbone's own (its pretrained data config)."))
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description=(
         "The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR "
@@ -112,7 +138,8 @@ class RunConfig(BaseModel):
             "standard": "random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1",
             "strong": "standard + a TrivialAugment-like op + random erasing"})
         + ". Default: auto. See `finetune augment-preview`."))
-    seed: int = Field(42, description="Seed for the train/val split, the new head's init and augmentation.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=(
+        "Seed for the train/val split, the new head's init and augmentation."))
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes. Default: min(4, CPU cores).")
     val_split: float = Field(0.2, gt=0, lt=1, description=(
         "Validation fraction, stratified by class, for the DIR/<class>/ layout."))
@@ -136,14 +163,14 @@ class RunConfig(BaseModel):
         "Decode the train and val images once into memory, shared with the workers, instead of in every epoch: "
         + one_of(FeatureCache, {"auto": "when they fit a quarter of the available memory", "off": "never"})
         + ". Stored pre-resized where the transform starts with the eval resize, so the inputs are unchanged."))
-    cache_views: int = Field(0, ge=0, description=(
+    cache_views: int = Field(0, ge=0, le=MAX_VIEWS, description=(
         "With a random augmentation: cache K augmented views of each training image and train epoch e on view "
         "e mod K (not exact: K fixed draws instead of a fresh one every epoch). 0: off."))
     accelerator: str = Field("auto", description=f"Lightning accelerator: {one_of(Accelerator, {'gpu': '= cuda'})}.")
     devices: str = Field("auto", description=(
         "Number of devices (cpu: processes), GPU ids such as 0,1, -1 (every GPU) or auto."))
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp...")
-    num_nodes: int = Field(1, ge=1, description="Machines taking part in distributed training.")
+    num_nodes: int = Field(1, ge=1, le=MAX_NODES, description="Machines taking part in distributed training.")
     # As in Lightning: an int is a count of batches (1: one), a float a fraction of them (1.0: all).
     limit_train_batches: int | float = Field(1.0, description="Train batches per epoch: " + _COUNT_OR_FRACTION)
     limit_val_batches: int | float = Field(1.0, description="Validation batches per epoch: " + _COUNT_OR_FRACTION)
@@ -166,10 +193,10 @@ class RunConfig(BaseModel):
     train_bn: bool = Field(False, description=(
         "BatchNorm layers in the frozen part keep training (affine and running statistics). Default: off, frozen "
         "BatchNorm is bit-identical."))
-    freeze_epochs: int | None = Field(None, ge=1, description=(
+    freeze_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Train N epochs with the freeze policy (default policy: linear-probe), then unfreeze everything. "
         "Default: no unfreezing."))
-    unfreeze_every: int | None = Field(None, ge=1, description=(
+    unfreeze_every: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Unfreeze one more layer group from the top every K epochs (first at K, or at --freeze-epochs). "
         "Default: off."))
     lr_decay: float | None = Field(None, gt=0, le=1, description=(
@@ -181,8 +208,9 @@ class RunConfig(BaseModel):
         "LR of every backbone group as a multiple of the head's --lr (1: one LR for the whole network, as the "
         "plain loop; measured better than 0.1 on real images)."))
     schedule: Schedule = Field("cosine", description=f"LR schedule: {one_of(Schedule)}; one factor scales every group.")
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear LR warmup, in epochs (fractions allowed).")
-    step_size: int = Field(7, ge=1, description="step schedule: epochs between LR drops.")
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description=(
+        "Linear LR warmup, in epochs (fractions allowed)."))
+    step_size: int = Field(7, ge=1, le=MAX_EPOCHS, description="step schedule: epochs between LR drops.")
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: LR factor at each drop.")
     min_lr: float = Field(0.0, ge=0, description=(
         "Floor of the head's LR for cosine, step and onecycle (groups keep their ratios)."))
@@ -191,7 +219,7 @@ class RunConfig(BaseModel):
     nesterov: bool = Field(False, description="Nesterov momentum, with --optimizer sgd. Default: off.")
     lr_find_start_lr: float = Field(1e-7, gt=0, description=f"First head LR {_RANGE_TEST}.")
     lr_find_end_lr: float = Field(10.0, gt=0, description=f"Last head LR {_RANGE_TEST}.")
-    lr_find_steps: int = Field(100, ge=5, description=(
+    lr_find_steps: int = Field(100, ge=5, le=MAX_STEPS, description=(
         f"Steps {_RANGE_TEST}; it stops early when the loss diverges."))
 
     @field_validator("val_every")
@@ -199,9 +227,8 @@ class RunConfig(BaseModel):
     def _last_epoch_validated(cls, v: int | None, info: ValidationInfo) -> int | None:
         epochs = info.data.get("epochs")
         if v is not None and epochs is not None and epochs % v:
-            divisors = [n for n in range(1, epochs + 1) if epochs % n == 0]
             raise ValueError(f"--val-every {v} would leave the last of --epochs {epochs} unvalidated (Lightning "
-                             f"validates when the epoch count is a multiple); choose one of {divisors}")
+                             f"validates when the epoch count is a multiple); choose one of {divisors(epochs)}")
         return v
 
     @field_validator("lr", mode="before")
@@ -269,7 +296,7 @@ class RunConfig(BaseModel):
         "Probability that a training batch is mixed (with --mixup/--cutmix)."))
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description=(
         "With --mixup and --cutmix both on: probability that a mixed batch uses cutmix."))
-    mix_off_epoch: int = Field(0, ge=0, description=(
+    mix_off_epoch: int = Field(0, ge=0, le=MAX_EPOCHS, description=(
         "Epoch (0-based) from which training batches are no longer mixed, so the last epochs see clean images. "
         "0: mix in every epoch."))
     teacher: str | None = Field(None, description=(
@@ -296,7 +323,7 @@ class RunConfig(BaseModel):
     monitor: Monitor = Field("acc1", description=(
         "Validation figure that picks best.ckpt and drives --early-stop and --ema selection: "
         + one_of(Monitor, {"balanced-acc": "mean of the class recalls", "loss": "lower is better"}) + "."))
-    early_stop: int | None = Field(None, ge=1, description=(
+    early_stop: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Stop when --monitor has not improved for N epochs; the patience restarts at each unfreeze. The result is "
         "best.ckpt. Default: off, every epoch trains."))
     early_stop_min_delta: float = Field(0.0, ge=0, description=(
@@ -394,8 +421,9 @@ class RunConfig(BaseModel):
         return 1.0 if self.weights == "none" else 0.1
 
     def resolved_workers(self) -> int:
-        """DataLoader workers: the explicit value, else min(4, cores); more only contend on small machines."""
-        return self.workers if self.workers is not None else min(4, os.cpu_count() or 1)
+        """DataLoader workers: the explicit value, else min(4, cores); never more than the cores this process
+        may use: more only contend for them (and thousands never start)."""
+        return min(self.workers, usable_cpus()) if self.workers is not None else min(4, usable_cpus())
 
     def lightning_devices(self) -> int | str:
         return int(self.devices) if self.devices.isdigit() else self.devices

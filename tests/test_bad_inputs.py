@@ -129,8 +129,10 @@ def test_huge_image_decodes_in_bounded_time_and_memory(corpus):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     shape, dtype, low, high, peak_mb, seconds = done.stdout.rsplit(" ", 5)
-    assert (shape, dtype, low, high) == (f"({HUGE_SIDE}, {HUGE_SIDE}, 3)", "uint8", "90", "90")
-    assert int(peak_mb) < 5 * 300, "peak memory above 5x the 300 MB of decoded pixels"
+    # Over Pillow's MAX_IMAGE_PIXELS (89 megapixels): decoded reduced by 2, under it.
+    assert (shape, dtype, low, high) == (f"({HUGE_SIDE // 2}, {HUGE_SIDE // 2}, 3)", "uint8", "90", "90")
+    # Full-size RGB copies of the 100 MB grey decode took 989 MB; no full-size RGB copy is left to make.
+    assert int(peak_mb) < 1.5 * 300, "peak memory above 1.5x a full-size RGB copy (300 MB)"
     assert float(seconds) < 30
     assert "DecompressionBomb" not in done.stderr  # a 100-megapixel photo is no decompression bomb
 

@@ -2,9 +2,11 @@
 
 Each image is decoded once, in parallel threads, instead of once per epoch in every worker. Where the
 split's transform starts with the eval resize (the shorter side to `resize_size`, as the eval, `none`,
-`light` and small-input pipelines do), the image is stored already resized by that same step, so the
-transform's own resize finds nothing to do and its output is unchanged; other pipelines (random
-resized crops) get the full decoded image. All pixels live in one flat uint8 tensor in shared memory:
+`light` and small-input pipelines do), an image larger than that is stored already reduced by that same
+step, so the transform's own resize finds nothing to do and its output is unchanged; a smaller one is
+stored as decoded and enlarged by the transform at each use, so the cache never holds more pixels than
+the files (32 px images at --image-size 2048 would take 4096 times their size). Other pipelines
+(random resized crops) get the full decoded image. All pixels live in one flat uint8 tensor in shared memory:
 workers read it, whether forked or spawned, without a copy each.
 """
 from __future__ import annotations
@@ -46,13 +48,38 @@ MEMORY_FRACTION = 0.25  # of the memory available when a cache is filled: the re
 SAMPLED_HEADERS = 256  # images whose size is read to estimate a split's
 
 
-def memory_budget() -> int:
-    """Bytes a run keeps in memory caches: a quarter of what the machine has available now."""
+def available_memory() -> int:
+    """Bytes this process can still take: the kernel's estimate of what can be handed out without swapping
+    (MemAvailable: free memory plus the page cache it can drop), within the container's limit if any."""
+    available = _meminfo_available()
+    for limit, used in (("memory.max", "memory.current"),  # cgroup v2, then v1
+                        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            if cap.isdigit():
+                available = min(available, int(cap) - int(Path("/sys/fs/cgroup", used).read_text()))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(0, available)
+
+
+def _meminfo_available() -> int:
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
-        available = 4 << 30
-    return int(available * MEMORY_FRACTION)
+        return 4 << 30
+
+
+def memory_budget() -> int:
+    """Bytes a run keeps in memory caches: a quarter of what this process can still take (available_memory)."""
+    return int(available_memory() * MEMORY_FRACTION)
 
 
 def estimated_bytes(paths: Sequence[Path], presize: Presize | None) -> int:
@@ -69,7 +96,7 @@ def estimated_bytes(paths: Sequence[Path], presize: Presize | None) -> int:
                 width, height = im.size
         except Exception:  # unreadable now: it will fall back to the file, which reports it
             continue
-        if presize is not None:
+        if presize is not None and min(height, width) > presize.side:
             height, width = shorter_side_size(height, width, presize.side)
         total += height * width * 3
     return total * len(paths) // len(sample)
@@ -112,7 +139,9 @@ class DecodedImages:
                 image = load_image(path)
             except BadImageError:
                 return None
-            return image if presize is None else pil_resize_shorter(image, presize.side, presize.interpolation)
+            if presize is None or min(image.shape[:2]) <= presize.side:
+                return image  # never stored larger than the file holds: an upscale is done per use
+            return pil_resize_shorter(image, presize.side, presize.interpolation)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             images = list(pool.map(one, paths))

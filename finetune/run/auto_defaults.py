@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.config import RunConfig
+from finetune.config import RunConfig, divisors
 from finetune.data.data_config import DataConfig
 from finetune.data.policy import AugmentPolicy, auto_augment_policy
 from finetune.data.profile import DataProfile, profile_training_set
@@ -43,7 +43,7 @@ def auto_val_every(epochs: int) -> int:
     e.g. 10 -> 1, 31 -> 1 (prime), 40 -> 2, 60 -> 3.
     """
     limit = max(1, math.ceil(epochs / VALIDATIONS))
-    return max(n for n in range(1, limit + 1) if epochs % n == 0)
+    return max(n for n in divisors(epochs) if n <= limit)
 
 
 def auto_epochs(train_images: int, batch_size: int) -> int:

@@ -24,6 +24,7 @@ from finetune.errors import FinetuneError
 from finetune.heap import keep_freed_memory
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
+from finetune.run.memory_check import check_memory
 from finetune.run.plan import RunPlan, plan_run, shared_env
 from finetune.run.quiet import quiet_lightning
 from finetune.run.resume import previous_metrics
@@ -37,6 +38,7 @@ from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
 from finetune.training.checkpoint_io import AtomicCheckpointIO
+from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule
 from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
@@ -193,6 +195,8 @@ def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence
     mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
                             mlflow_run)
+    check_memory(plan.backbone, build_schedule(plan.config, plan.backbone), plan.data_config.input_size,
+                 plan.config.batch_size, plan.precision, trainer.strategy.root_device)
     teacher = None
     if plan.lr_pending:
         plan, teacher = _auto_lr(plan, trainer, run_dir, console)

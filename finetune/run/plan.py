@@ -174,6 +174,10 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     auto = resolve_data_defaults(config, index, data_config, world, started)
     config, sources = auto.config, {**sources, **auto.sources}
     decided = (("freeze_until",) if why is not None else ()) + tuple(auto.sources)
+    if config.workers is not None and config.resolved_workers() < config.workers:
+        sources["workers"] = (f"{config.workers} given -> {config.resolved_workers()}: the CPU cores this process "
+                              "may use (more workers only contend for them)")
+        decided += ("workers",)
     precision, precision_why = resolve_precision(config.precision, config.accelerator)
     cache = cache_choice(config, build_schedule(config, backbone), auto.augment != "none", world)
     mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())

@@ -89,3 +89,24 @@ def test_a_run_says_it_keeps_the_images_and_trains_the_same(make_config, tmp_pat
     assert "Image cache" not in said["off"]
     assert all(torch.equal(weights["auto"][k], weights["off"][k]) for k in weights["off"])
     assert np.isfinite(float(next(iter(weights["auto"].values())).float().sum()))
+
+
+def test_small_images_are_kept_at_their_own_size_not_enlarged(tmp_path):
+    """An input far above the files' size (32 px files, 512 px input): the cache holds the decoded pixels
+    and the transform enlarges them at each use, with the same inputs as from the files."""
+    from finetune.data.synthetic import make_image_folder
+
+    root = make_image_folder(tmp_path, "shapes", train_per_class=2, val_per_class=1, size=32, classes=("circle", "ring"))
+    items = [(p, i) for i, c in enumerate(("circle", "ring")) for p in sorted((root / "train" / c).iterdir())]
+    big = DataConfig(input_size=512, interpolation="bicubic", mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0)
+    from_files = ImageListDataset(items, build_transform(big, False))
+    from_memory = ImageListDataset(items, build_transform(big, False))
+    kept = from_memory.keep_in_memory(threads=2)
+    assert kept.presize is not None and kept.presize.side == 512
+    assert [tuple(s) for s in kept.shapes] == [(32, 32, 3)] * len(items)
+    assert kept.nbytes == len(items) * 32 * 32 * 3
+    for i in range(len(items)):
+        assert torch.equal(from_files[i][0], from_memory[i][0]), i
+    from finetune.data.memory import estimated_bytes, transform_presize
+
+    assert estimated_bytes([p for p, _ in items], transform_presize(from_files.transform)) == kept.nbytes
