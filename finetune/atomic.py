@@ -108,12 +108,16 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`."""
+def write_text(path: Path, text: str, encoding: str | None = None, errors: str | None = None,
+               newline: str | None = None) -> Path:
+    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`.
+
+    `encoding`, `errors` and `newline` are open()'s (default: the locale's encoding, strict, "\\n" as os.linesep).
+    """
     tmp = _beside(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as a plain open() gives
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding=encoding, errors=errors, newline=newline) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
