@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from finetune.errors import FinetuneError
+from finetune.pathtext import check_model_path
 
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
@@ -22,8 +23,10 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> list[str]:
         Names removed from `run_dir` (empty unless `overwrite`).
 
     Raises:
-        FinetuneError: `run_dir` is a file, or a non-empty folder and `overwrite` is off.
+        FinetuneError: `run_dir` is a file, a non-empty folder and `overwrite` is off, or a path that is
+            not UTF-8 (checkpoints and the bundle are written by libraries that need one).
     """
+    check_model_path(run_dir, "--output")
     if run_dir.exists() and not run_dir.is_dir():
         raise FinetuneError(f"--output {run_dir} is a file; give a folder for the run")
     present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
