@@ -167,8 +167,12 @@ def open_replacing(path: Path, mode: str = "w", **kwargs: object) -> Iterator[IO
         raise
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`."""
-    with open_replacing(path) as f:
+def write_text(path: Path, text: str, encoding: str | None = None, errors: str | None = None,
+               newline: str | None = None) -> Path:
+    """Writes `text` to a temporary file beside `path`, flushes it to disk, and renames it over `path`.
+
+    `encoding`, `errors` and `newline` are open()'s (default: the locale's encoding, strict, "\\n" as os.linesep).
+    """
+    with open_replacing(path, encoding=encoding, errors=errors, newline=newline) as f:
         f.write(text)
     return path

@@ -15,6 +15,7 @@ from finetune import views
 from finetune.config import RunConfig, resolve_config
 from finetune.console import console, err_console, shown_warnings, user_errors
 from finetune.errors import FinetuneError
+from finetune.pathtext import escaped
 from finetune.search.command import register_tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,7 +50,7 @@ def lr_find(output: Path = Path("."), **options: Any) -> None:
 
     settings = {o.LR_FIND_ALIASES.get(k, k): v for k, v in options.items()}
     result = run_lr_find(RunConfig(**settings, lr="auto", output=output), console)
-    console.print(f"Suggested --lr {result.suggestion:.2e}  (plot: {result.plot})")
+    console.print(f"Suggested --lr {result.suggestion:.2e}  (plot: {escaped(result.plot)})")
 
 
 @app.command()
@@ -90,7 +91,7 @@ def compare_cmd(run_dirs: o.RunDirs, output: o.CurvesPlot = Path("compare.png"))
         raise FinetuneError(f"compare needs two or more run directories, got {len(run_dirs)}")
     found, labels = [read_run(d) for d in run_dirs], [d.name or str(d) for d in run_dirs]
     views.print_comparison(console, found, labels, setting_differences(found))
-    console.print(f"Curves: {plot_comparison(found, labels, output)}")
+    console.print(f"Curves: {escaped(plot_comparison(found, labels, output))}")
 
 
 recipes_app = typer.Typer(help="List the shipped recipes, or show one.", invoke_without_command=True)
@@ -146,7 +147,7 @@ def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: 
 
     result = evaluate(model, data, split, tta, calibrate, output)
     views.print_eval_report(console, result.metrics)
-    console.print(f"Written: {result.output}/metrics.json, confusion_matrix.png, reliability.png")
+    console.print(f"Written: {escaped(result.output)}/metrics.json, confusion_matrix.png, reliability.png")
 
 
 @app.command()
@@ -162,7 +163,7 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
     views.print_predictions(console, err_console, results)
     if output is not None:
         write_predictions(results, output)
-        console.print(f"Written: {output}")
+        console.print(f"Written: {escaped(output)}")
     if results and all(r.error for r in results):
         raise typer.Exit(1)
 
@@ -177,7 +178,7 @@ def augment_preview(data: o.PreviewData, augment: o.PreviewAugment = "auto",
 
     RunConfig(backbone=backbone, data=data, augment=augment)  # checks the preset as `finetune run --augment` does
     path = write_preview(data, augment, output, backbone, image_size, count, seed)
-    console.print(f"Wrote {path} ({count} images, --augment {augment})")
+    console.print(f"Wrote {escaped(path)} ({count} images, --augment {augment})")
 
 
 register_tune(app, run)  # `tune` takes every option of `run` but those a study sets itself

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from finetune.errors import FinetuneError
+from finetune.pathtext import check_model_path, escaped, unescaped
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
@@ -36,6 +37,11 @@ Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
 ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 DEVICES_HELP = "a device count (1, 2), GPU ids such as 0,1, -1 (every GPU) or auto"
 BATCHES_HELP = "a whole number of batches (1, 10) or a fraction of them such as 0.5 (1.0: all)"
+# Settings that may name a file or folder, and the paths config.yaml's `resolved` section records. YAML text is
+# Unicode and has no escape for a byte, so config.yaml holds them `escaped` (finetune/pathtext.py): a name that
+# is not UTF-8 stays exact, and `RunConfig.from_yaml` reads it back. A plain name is written unchanged.
+PATH_SETTINGS = ("data", "weights_dir", "output", "teacher_weights", "weights", "teacher", "recipe", "class_weights")
+RECORDED_PATHS = ("run_dir",)
 
 
 def usable_cpus() -> int:
@@ -343,6 +349,16 @@ class RunConfig(BaseModel):
     verbose: bool = Field(False, description=(
         "Show Lightning's own messages and the libraries' warnings. Default: off, one line per epoch."))
 
+    @field_validator("weights_dir", "teacher_weights", "weights", "teacher")
+    @classmethod
+    def _model_path_utf8(cls, v: Any, info: ValidationInfo) -> Any:
+        """A run loads these with torch, onnxruntime and safetensors, by their absolute paths (the run
+        directory is checked where it is claimed: finetune/run/run_dir.py)."""
+        path = Path(v).expanduser() if v is not None else None
+        if path is not None and (isinstance(v, Path) or path.exists()):  # str settings may be names: imagenet
+            check_model_path(os.path.abspath(path), "--" + str(info.field_name).replace("_", "-"))
+        return v
+
     @field_validator("class_weights")
     @classmethod
     def _weights_setting(cls, v: str) -> str:
@@ -445,9 +461,9 @@ class RunConfig(BaseModel):
 
     def to_yaml(self, extra: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> str:
         """The run's config.yaml: every setting, then what was resolved at run time and where each came from."""
-        data = self.model_dump(mode="json")
+        data = _convert_paths(self.model_dump(mode="json"), PATH_SETTINGS, escaped)
         if extra:
-            data["resolved"] = extra
+            data["resolved"] = _convert_paths(extra, RECORDED_PATHS, escaped)
         if sources:
             data["sources"] = sources
         return yaml.safe_dump(data, sort_keys=False)
@@ -456,7 +472,13 @@ class RunConfig(BaseModel):
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         """Reads a run's config.yaml back (its resolved and sources sections are records, not settings)."""
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+        settings = {k: v for k, v in data.items() if k in cls.model_fields}
+        return cls.model_validate(_convert_paths(settings, PATH_SETTINGS, unescaped))
+
+
+def _convert_paths(values: Mapping[str, Any], keys: tuple[str, ...], convert: Callable[[str], str]) -> dict[str, Any]:
+    """`values` with `convert` applied to the strings under `keys` (escaped or unescaped paths)."""
+    return {k: convert(v) if k in keys and isinstance(v, str) else v for k, v in values.items()}
 
 
 def _is_default(values: Mapping[str, Any], key: str) -> bool:

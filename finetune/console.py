@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from finetune.errors import FinetuneError
+from finetune.pathtext import printable
 
 console = Console()
 err_console = Console(stderr=True)
@@ -53,8 +54,8 @@ def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
                 if not value_errors:
                     raise
                 lines = [str(e)]
-            for line in lines:
-                err_console.print(f"[red]Error:[/red] {escape(line)}", soft_wrap=True)  # one line, paths unbroken
+            for line in lines:  # printable: a path that is not UTF-8 in a message shows its bytes as \xNN
+                err_console.print(f"[red]Error:[/red] {escape(printable(line))}", soft_wrap=True)  # paths unbroken
             raise typer.Exit(2)
 
         return wrapper  # type: ignore[return-value]
@@ -69,4 +70,4 @@ def shown_warnings() -> Iterator[None]:
         warnings.simplefilter("always", UserWarning)
         yield
     for warning in caught:
-        err_console.print(f"[yellow]Warning:[/yellow] {escape(str(warning.message))}", soft_wrap=True)
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(printable(str(warning.message)))}", soft_wrap=True)

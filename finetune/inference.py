@@ -18,6 +18,7 @@ from finetune.data.scan import walk_files
 from finetune.data.tta import average_views, batch_inputs, check_tta, softmax, view_count
 from finetune.errors import FinetuneError
 from finetune.models.source import BundleConfig, resolve_model_source
+from finetune.pathtext import check_model_path
 
 BACKENDS = ("onnx", "torchscript", "eager")
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 -> (B, C) logits
@@ -114,6 +115,7 @@ class Predictor:
             int8: With backend "onnx", run the int8 model (model.int8.onnx) when the bundle has one.
             threads: onnxruntime intra-op threads (None: onnxruntime's default).
         """
+        check_model_path(bundle, "model bundle")  # before onnxruntime or safetensors meet its path
         bundle, config = Path(bundle), BundleConfig.load(bundle)
         runner = _bundle_runner(bundle, config, backend, int8, threads)
         return cls(runner, config.class_names, config.data_config, tta=tta or config.tta,

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from finetune.pathtext import escaped, printable
 
 if TYPE_CHECKING:
     from finetune.config import Recipe
@@ -34,23 +37,24 @@ def print_layers(console: Console, backbone: str, rows: Sequence[tuple[str, int]
 
 
 def _shown_path(path: Path, base: Path) -> str:
+    """`path` below `base`, else whole; escaped (finetune/pathtext.py): a name that is not UTF-8 stays exact."""
     try:
-        return str(path.relative_to(base)) or "."
+        return escaped(path.relative_to(base)) or "."
     except ValueError:
-        return str(path)
+        return escaped(path)
 
 
 def print_runs(console: Console, folder: Path, found: Sequence[RunSummary]) -> None:
     """One row per run: backbone, data, best val figure, epochs, wall time, settings given."""
-    table = _table(f"Runs in {folder} ({len(found)})", (
+    table = _table(f"Runs in {escape(escaped(folder))} ({len(found)})", (
         ("run", "left"), ("backbone", "left"), ("data", "left"), ("best val", "right"),
         ("epochs", "right"), ("wall", "right"), ("settings given", "left")))
     for r in found:
         best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2] + 1}" if r.best else "-"
         recipe = r.settings.get("recipe")
         given = (f"recipe={Path(recipe).stem} " if recipe else "") + " ".join(f"{k}={v}" for k, v in r.changed.items())
-        table.add_row(_shown_path(r.path, folder), str(r.settings.get("backbone")),
-                      Path(str(r.settings.get("data"))).name, best, f"{r.epochs}/{r.planned_epochs}",
+        table.add_row(escape(_shown_path(r.path, folder)), str(r.settings.get("backbone")),
+                      escape(printable(Path(str(r.settings.get("data"))).name)), best, f"{r.epochs}/{r.planned_epochs}",
                       f"{r.seconds:.0f}s", given)
     console.print(table)
 
@@ -58,7 +62,8 @@ def print_runs(console: Console, folder: Path, found: Sequence[RunSummary]) -> N
 def print_comparison(console: Console, found: Sequence[RunSummary], labels: Sequence[str],
                      differences: dict[str, list[Any]]) -> None:
     """The settings that differ between runs, side by side, with their results."""
-    table = _table("Settings that differ", (("setting", "left"), *((label, "left") for label in labels)))
+    columns = [(escape(escaped(label)), "left") for label in labels]  # labels: run directory names
+    table = _table("Settings that differ", (("setting", "left"), *columns))
     for key, values in differences.items():
         table.add_row(key, *(str(v) for v in values))
     table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2] + 1})" if r.best else "-" for r in found))
@@ -116,17 +121,18 @@ def print_predictions(console: Console, err_console: Console, results: Sequence[
     table = _table(None, (("image", "left"), ("prediction", "left"), ("probability", "left"), ("next", "left")))
     for r in results:
         if r.error:
-            err_console.print(f"[yellow]Skipped {r.path}: {r.error}[/yellow]")
+            err_console.print(f"[yellow]Skipped {escape(escaped(r.path))}: {escape(printable(r.error))}[/yellow]",
+                              soft_wrap=True)
             continue
         rest = ", ".join(f"{c} {p:.3f}" for c, p in zip(r.classes[1:], r.probabilities[1:]))
-        table.add_row(r.path, r.classes[0], f"{r.probabilities[0]:.3f}", rest)
+        table.add_row(escape(escaped(r.path)), r.classes[0], f"{r.probabilities[0]:.3f}", rest)
     console.print(table)
 
 
 def print_bundle(console: Console, bundle: Path, config: dict[str, Any]) -> None:
     """An exported bundle: its files, the parity of its graphs with the eager model, the int8 agreement."""
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in config["parity"]["max_abs_diff"].items())
-    console.print(f"Bundle: {bundle}  files: {', '.join(config['files'])}", soft_wrap=True)
+    console.print(f"Bundle: {escape(escaped(bundle))}  files: {', '.join(config['files'])}", soft_wrap=True)
     console.print(f"Parity (max |logit diff| vs eager, {config['parity']['images']} val images): {diffs}")
     if "int8" in config:
         console.print(f"int8 top-1 agreement with fp32: {config['int8']['top1_agreement']:.4f} on "

@@ -159,3 +159,43 @@ def plant_killed_writer_leftovers(run_dir: Path) -> list[Path]:
                 path.write_bytes(b"\0" * 1024)
             planted.append(path)
     return planted
+
+
+# ----- names that are not UTF-8 ------------------------------------------------------------------
+# 0xFF and 0xFE occur in no UTF-8 sequence: Python gets such a name as the surrogates "\udcff\udcfe".
+NOT_UTF8 = b"\xff\xfe"
+
+
+def not_utf8(stem: str, suffix: str = "") -> str:
+    """A file name holding the bytes NOT_UTF8 between `stem` and `suffix`, as Python gets it (os.fsdecode)."""
+    return os.fsdecode(stem.encode() + NOT_UTF8 + suffix.encode())
+
+
+def refuses_not_utf8(folder: Path) -> bool:
+    """True when the file system under `folder` refuses a name that is not UTF-8 (macOS, ZFS utf8only)."""
+    probe = folder / not_utf8("probe")
+    try:
+        probe.write_bytes(b"")
+    except (OSError, UnicodeEncodeError):
+        return True
+    probe.unlink()
+    return False
+
+
+def make_not_utf8_corpus(root: Path) -> Path:
+    """A split-layout folder named `root` + NOT_UTF8, with a readable and a truncated image named with NOT_UTF8
+    in train/cat and in test/dog (3 + 1 cats and 3 dogs in train).
+
+    Returns:
+        The data folder.
+    """
+    data = root.parent / not_utf8(root.name)
+    for split, count in (("train", 3), ("val", 2), ("test", 2)):
+        for seed, name in enumerate(("cat", "dog")):
+            _class_folder(data / split / name, seed + 10 * len(split), count)
+    for folder in (data / "train" / "cat", data / "test" / "dog"):
+        _random_rgb(folder / not_utf8("good", ".png"), 21)
+        _random_rgb(folder / not_utf8("bad", ".jpg"), 22, size=64)
+        truncated = (folder / not_utf8("bad", ".jpg")).read_bytes()
+        (folder / not_utf8("bad", ".jpg")).write_bytes(truncated[: len(truncated) // 2])
+    return data

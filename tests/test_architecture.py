@@ -11,6 +11,7 @@ PACKAGE = Path(finetune.__file__).parent
 # layer are independent of each other. docs/ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors", "atomic"},
+    {"pathtext"},
     {"cache", "config", "figures", "console", "heap", "locks"},
     {"data"},
     {"models"},

@@ -35,6 +35,7 @@ from finetune.inference import module_runner, onnx_runner, torchscript_runner
 from finetune.locks import claim
 from finetune.models.backbone import Backbone
 from finetune.models.source import BUNDLE_FORMAT, CONFIG_NAME, FORMAT_VERSION, BundleConfig, BundleError
+from finetune.pathtext import check_model_path, escaped
 from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
 
 FORMATS = ("onnx", "torchscript")
@@ -276,13 +277,14 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
 
     `index`: a scan of that folder already made (skips scanning it again).
     """
+    check_model_path(output, "bundle folder")  # before the data folder is scanned
     options = options or ExportOptions(tta=trained.setting("tta"))
     # Lets `finetune eval` rebuild the same train/val split of a flat image folder.
     options.extra.setdefault("split", {"val_split": trained.setting("val_split"), "seed": trained.setting("seed")})
     index = index if index is not None else scan_for(trained, data)
     val = index.val or index.test or []
     if not val:
-        raise ExportError(f"{index.root} has no validation images for the parity check")
+        raise ExportError(f"{escaped(index.root)} has no validation images for the parity check")
     quantizing, seed = options.quantize is not None, trained.setting("seed")
     return export_bundle(
         trained.backbone, trained.class_names, trained.data_config, output,

@@ -22,6 +22,7 @@ import numpy as np
 from finetune import atomic
 from finetune.data.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, verify_image
 from finetune.errors import DataError
+from finetune.pathtext import FS_ENCODING, FS_ERRORS, escaped, printable
 
 SPLITS = ("train", "val", "test")
 VAL_DIR_NAMES = ("val", "valid", "validation")
@@ -72,12 +73,15 @@ class DatasetIndex:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         items = getattr(self, split)
         if items is None:
-            raise ValueError(f"{self.root} has no {split!r} split; present: {', '.join(self.splits)}")
+            raise ValueError(f"{escaped(self.root)} has no {split!r} split; present: {', '.join(self.splits)}")
         per_label = np.bincount([label for _, label in items], minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, per_label)}
 
     def write_bad_files(self, path: str | Path) -> Path:
         """Writes "path<TAB>reason" lines; `path` is a file or a folder (gets bad_files.txt).
+
+        Each path is written as the file system's bytes (see `finetune.pathtext`), so that shell tools
+        reading the file find the files; the file appears whole or not at all.
 
         Returns:
             The file written.
@@ -85,8 +89,8 @@ class DatasetIndex:
         path = Path(path)
         if path.is_dir():
             path = path / "bad_files.txt"
-        path.write_text("".join(f"{p}\t{reason}\n" for p, reason in self.bad_files))
-        return path
+        text = "".join(f"{p}\t{reason}\n" for p, reason in self.bad_files)
+        return atomic.write_text(path, text, encoding=FS_ENCODING, errors=FS_ERRORS)
 
 
 def _visible(path: Path) -> bool:
@@ -116,9 +120,9 @@ def _check_val_split(val_split: float) -> None:
 
 def _check_root(root: Path) -> None:
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist; {LAYOUT_HELP}")
+        raise DataError(f"data folder {escaped(root)} does not exist; {LAYOUT_HELP}")
     if not root.is_dir():
-        raise DataError(f"data folder {root} is not a directory; {LAYOUT_HELP}")
+        raise DataError(f"data folder {escaped(root)} is not a directory; {LAYOUT_HELP}")
 
 
 def _split_dirs(root: Path) -> dict[str, Path] | None:
@@ -140,7 +144,8 @@ def _find_classes(class_root: Path, layout: str) -> list[str]:
         found = f"{len(classes)} class folder" + ("" if len(classes) == 1 else "s")
         names = f" ({classes[0]})" if classes else ""
         raise DataError(
-            f"{class_root} has {found}{names}, a classifier needs at least two ({layout} layout); {LAYOUT_HELP}"
+            f"{escaped(class_root)} has {found}{names}, a classifier needs at least two ({layout} layout); "
+            f"{LAYOUT_HELP}"
         )
     return classes
 
@@ -151,7 +156,7 @@ def _check_class_sets(split_dir: Path, classes: list[str]) -> list[str]:
     extra = sorted(set(names) - set(classes))
     if extra:
         raise DataError(
-            f"{split_dir} has class folder(s) not in train: {', '.join(extra)}; every class of "
+            f"{escaped(split_dir)} has class folder(s) not in train: {', '.join(extra)}; every class of "
             f"{split_dir.name} must also be a folder in train (train classes: {', '.join(classes)})"
         )
     return [c for c in classes if c not in names]
@@ -231,7 +236,7 @@ class VerifiedFiles:
         from finetune.cache import cache_dir
 
         root = os.path.commonpath([str(p.absolute()) for p in paths]) if paths else ""
-        path = cache_dir() / "scan" / f"{hashlib.sha1(root.encode()).hexdigest()[:16]}.json"
+        path = cache_dir() / "scan" / f"{hashlib.sha1(os.fsencode(root)).hexdigest()[:16]}.json"
         try:
             entries = json.loads(path.read_text())
             if not isinstance(entries, dict):
@@ -260,7 +265,8 @@ class VerifiedFiles:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic.remove_abandoned(self.path.parent, of=self.path.name)  # a scan killed while saving
-            atomic.write_text(self.path, json.dumps(self.entries, separators=(",", ":")))  # the last writer wins
+            # ensure_ascii: names that are not UTF-8 are kept as "\udcff" escapes, read back as the same str.
+            atomic.write_text(self.path, json.dumps(self.entries, separators=(",", ":"), ensure_ascii=True))
         except OSError:
             pass
 
@@ -275,10 +281,10 @@ def _skipped_in(folder: Path, bad: list[tuple[Path, str]], shown: int = 10) -> s
     """"FOLDER [skipped 2: a.jpg (empty file (0 bytes)); b.png (...)]", or "FOLDER [no files]"."""
     mine = [(p, r) for p, r in bad if folder in p.parents]
     if not mine:
-        return f"{folder} [no files]"
-    listed = "; ".join(f"{_relative(p, folder)} ({r})" for p, r in mine[:shown])
+        return f"{escaped(folder)} [no files]"
+    listed = "; ".join(f"{escaped(_relative(p, folder))} ({printable(r)})" for p, r in mine[:shown])
     more = f"; and {len(mine) - shown} more" if len(mine) > shown else ""
-    return f"{folder} [skipped {len(mine)}: {listed}{more}]"
+    return f"{escaped(folder)} [skipped {len(mine)}: {listed}{more}]"
 
 
 def _check_train_classes(train: list[Item], classes: list[str], class_root: Path, bad: list[tuple[Path, str]]) -> None:
@@ -326,9 +332,9 @@ def stratified_split(items: list[Item], classes: list[str], val_split: float,
 def _warn_bad_files(root: Path, bad: list[tuple[Path, str]], shown: int = 5) -> None:
     if not bad:
         return
-    first = "; ".join(f"{_relative(p, root)} ({reason})" for p, reason in bad[:shown])
+    first = "; ".join(f"{escaped(_relative(p, root))} ({printable(reason)})" for p, reason in bad[:shown])
     more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
-    warnings.warn(f"skipped {len(bad)} bad file(s) in {root}: {first}{more}", DataWarning, stacklevel=3)
+    warnings.warn(f"skipped {len(bad)} bad file(s) in {escaped(root)}: {first}{more}", DataWarning, stacklevel=3)
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -343,7 +349,8 @@ def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list) -> tupl
     for split in ("val", "test"):
         missing = _check_class_sets(dirs[split], classes) if split in dirs else []
         if missing:
-            warnings.warn(f"{dirs[split]} has no folder for class(es) {', '.join(missing)}", DataWarning, stacklevel=4)
+            warnings.warn(f"{escaped(dirs[split])} has no folder for class(es) {', '.join(missing)}", DataWarning,
+                          stacklevel=4)
     candidates = {s: _candidates(d, classes, bad) for s, d in dirs.items()}
     readable = _keep_readable([it for s in dirs for it in candidates[s]], progress, bad)
     ok = {p for p, _ in readable}
@@ -392,7 +399,8 @@ def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, p
         _warn_bad_files(root, bad)
     if "val" not in splits:
         if layout == "split":
-            warnings.warn(f"{root} has no val images: holding out {val_split:.0%} of train", DataWarning, stacklevel=2)
+            warnings.warn(f"{escaped(root)} has no val images: holding out {val_split:.0%} of train", DataWarning,
+                          stacklevel=2)
         splits["train"], splits["val"] = stratified_split(splits["train"], classes, val_split, seed)
     return DatasetIndex(root, layout, classes, splits["train"], splits["val"], splits.get("test"), bad)
 

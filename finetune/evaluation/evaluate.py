@@ -258,5 +258,6 @@ def _report(predictor: Predictor, probs: dict[str, np.ndarray], labels, bad, rep
     title = f"{report['split']} split, TTA {modes[-1]}"
     files = [plot_confusion(cm, names, out / "confusion_matrix.png", f"Confusion matrix, {title}"),
              plot_reliability(bins, report["ece"], out / "reliability.png", f"Reliability, {title}")]
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    # ensure_ascii: valid JSON whatever the file names; json.loads gives back the surrogates of their bytes.
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=True) + "\n")
     return EvalResult(report, out, [*files, out / "metrics.json"])

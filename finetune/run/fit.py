@@ -22,6 +22,7 @@ from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
 from finetune.heap import keep_freed_memory
+from finetune.pathtext import escaped, printable
 from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
 from finetune.run.memory_check import check_memory
@@ -324,10 +325,11 @@ def _merge_record(path: Path, resolved: dict, sources: dict[str, str] | None) ->
 
 
 def _shown(path: Path | str) -> str:
-    """A path as typed from here: relative below the working directory, else absolute."""
+    """A path as typed from here: relative below the working directory, else absolute; escaped
+    (finetune/pathtext.py), so that a name that is not UTF-8 prints, and exactly."""
     with contextlib.suppress(ValueError):
-        return str(Path(path).relative_to(Path.cwd()))
-    return str(path)
+        return escaped(Path(path).relative_to(Path.cwd()))
+    return escaped(path)
 
 
 @rank_zero_only
@@ -337,7 +339,7 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
     console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, "
                   f"{counts} images", soft_wrap=True)
     if index.bad_files:
-        first = "; ".join(f"{_shown(p)} ({reason})" for p, reason in index.bad_files[:3])
+        first = "; ".join(f"{_shown(p)} ({printable(reason)})" for p, reason in index.bad_files[:3])
         more = f"; and {len(index.bad_files) - 3} more" if len(index.bad_files) > 3 else ""
         console.print(f"[yellow]Skipped {len(index.bad_files)} unreadable files: {escape(first)}{more} "
                       f"(all in bad_files.txt)[/yellow]", soft_wrap=True)  # paths are never broken

@@ -11,6 +11,7 @@ from pathlib import Path
 from finetune import atomic
 from finetune.errors import FinetuneError
 from finetune.locks import claimed_folder, contents
+from finetune.pathtext import check_model_path
 
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
@@ -48,9 +49,10 @@ def claimed_run_dir(run_dir: Path, overwrite: bool = False, resuming: bool = Fal
         Names removed from `run_dir` by `overwrite` (empty otherwise).
 
     Raises:
-        FinetuneError: `run_dir` is a file, another process runs in it, or it is a non-empty folder and
-            neither `overwrite` nor `resuming` is set.
+        FinetuneError: `run_dir` is a file, a path that is not UTF-8, another process runs in it, or it is
+            a non-empty folder and neither `overwrite` nor `resuming` is set.
     """
+    check_model_path(run_dir, "--output")  # checkpoints and the bundle are written by libraries that need UTF-8
     flag = "--resume" if resuming else "--output"
     with claimed_folder(run_dir, f"{flag} {run_dir}", created):
         removed = [] if resuming else _check_new(run_dir, overwrite)

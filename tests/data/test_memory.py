@@ -96,7 +96,8 @@ def test_small_images_are_kept_at_their_own_size_not_enlarged(tmp_path):
     and the transform enlarges them at each use, with the same inputs as from the files."""
     from finetune.data.synthetic import make_image_folder
 
-    root = make_image_folder(tmp_path, "shapes", train_per_class=2, val_per_class=1, size=32, classes=("circle", "ring"))
+    root = make_image_folder(tmp_path, "shapes", train_per_class=2, val_per_class=1, size=32,
+                             classes=("circle", "ring"))
     items = [(p, i) for i, c in enumerate(("circle", "ring")) for p in sorted((root / "train" / c).iterdir())]
     big = DataConfig(input_size=512, interpolation="bicubic", mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0)
     from_files = ImageListDataset(items, build_transform(big, False))

@@ -29,7 +29,8 @@ def test_a_step_that_does_not_fit_is_refused_in_one_line_and_one_that_fits_train
     refused = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--image-size", "96"))
     assert refused.exit_code == 2, refused.output
     line = " ".join(refused.output.split())
-    assert line.startswith("Error: a training step needs about") and "lower --image-size (96) or --batch-size (8)" in line
+    assert line.startswith("Error: a training step needs about")
+    assert "lower --image-size (96) or --batch-size (8)" in line
     assert len(refused.output.strip().splitlines()) <= 3  # one line (rich may wrap it)
     assert not out.exists()  # nothing written
     monkeypatch.setattr(memory_check, "device_memory", lambda device: needed["bytes"])
