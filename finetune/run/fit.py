@@ -27,7 +27,7 @@ from finetune.run.devices import device_trainer
 from finetune.run.lr_find import find_lr
 from finetune.run.plan import RunPlan, plan_run, shared_env
 from finetune.run.quiet import quiet_lightning
-from finetune.run.resume import previous_metrics
+from finetune.run.resume import checkpoint_epoch, previous_metrics
 from finetune.run.run_dir import claim_run_dir
 from finetune.run.trackers import tracker_loggers
 from finetune.training.callbacks.divergence import DivergenceGuard
@@ -191,7 +191,7 @@ def _fit(config: RunConfig, console: Console, callbacks: Sequence[pl.Callback], 
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
-    resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
+    resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
