@@ -14,16 +14,19 @@ import yaml
 
 from finetune.errors import FinetuneError
 
-# The largest legitimate file is a config.json or config.yaml of a model with ImageNet-21k's 21,843
-# classes: about 100 bytes a class (a name, an indented per-class threshold, offset or weight) is 2.2 MB.
-# 8 MiB leaves room for longer names; a pure-Python YAML parse of it still ends within seconds.
+# The largest legitimate files belong to a model of ImageNet-21k's 21,843 classes: its config.json with a
+# per-class threshold and offset is 3.6 MiB (indented, 42-character names), its config.yaml (class list,
+# counts and weights) about 3 MB. 8 MiB leaves room for longer names; libyaml reads 8 MiB in under 10 s
+# (PyYAML's pure-Python parser, the fallback where libyaml is missing, in about 40 s).
 MAX_BYTES = 8 * 2**20
 # The toolkit writes at most 4 levels (config.json: parity -> max_abs_diff -> onnx). 32 leaves room for
 # hand-written recipes while staying far below the recursion limit of every reader and writer after this one.
 MAX_DEPTH = 32
-# YAML aliases let a few bytes stand for a tree of billions of values ("billion laughs"): walking the
-# tree stops at one value per two bytes of the largest file (`0,` is the smallest JSON value with its comma).
-MAX_VALUES = MAX_BYTES // 2
+# YAML aliases let a few bytes stand for a tree of billions of values ("billion laughs"), which every later
+# walk of the data would expand. The 21,843-class files above hold about 70,000 values (three per class);
+# 2**20 is 15 times that, and walking it takes about a second.
+MAX_VALUES = 2**20
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML was built with it
 
 
 def read_json(path: str | Path, what: str, error: type[FinetuneError] = FinetuneError) -> Any:
@@ -81,10 +84,10 @@ def parse_json(text: str, where: str, error: type[FinetuneError] = FinetuneError
 
 
 def parse_yaml(text: str, where: str, error: type[FinetuneError] = FinetuneError) -> Any:
-    """YAML text as plain data (yaml.safe_load), bounded as `parse_json`; `where` names it in errors."""
+    """YAML text as plain data (yaml.safe_load's constructor), bounded as `parse_json`; `where` names it in errors."""
     try:
         _check_yaml_events(text, where, error)
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader: plain data only
     except RecursionError:
         raise error(_too_deep(where)) from None
     except yaml.YAMLError as e:
@@ -116,12 +119,11 @@ def check_nesting(value: Any, where: str, error: type[FinetuneError] = FinetuneE
 def _check_yaml_events(text: str, where: str, error: type[FinetuneError]) -> None:
     """Refuses YAML nested deeper than MAX_DEPTH from its event stream, before anything is composed.
 
-    PyYAML's event parser is a state machine and stops at the first MAX_DEPTH + 1 openings; composing
-    recurses once per level, and its scanner slows down with every open flow level ("[[[[..." of a few
-    hundred kB takes seconds), so the depth is checked on the events first.
+    The event parser is a state machine (libyaml's, or PyYAML's own) and stops at the first
+    MAX_DEPTH + 1 openings; composing recurses once per level, so the depth is checked on the events first.
     """
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=SAFE_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:

@@ -191,3 +191,11 @@ def checkpoint_naming(checkpoint: Path, dest: Path, backbone: str) -> Path:
         ckpt["hyper_parameters"]["config"]["backbone"] = backbone
     torch.save(ckpt, dest)
     return dest
+
+
+def write_alias_bomb_yaml(path: Path, levels: int = 7, key: str = "epochs") -> Path:
+    """YAML whose `key` is `levels` nested lists of 9 aliases each: a few hundred bytes, 9**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    path.write_text("\n".join(lines) + f"\n{key}: *l{levels - 1}\n")
+    return path
