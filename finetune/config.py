@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from finetune.errors import FinetuneError
 from finetune.pathtext import check_model_path, escaped, unescaped
+from finetune.untrusted import parse_yaml, read_text, read_yaml
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Optimizer = Literal["adamw", "adam", "sgd", "rmsprop"]
@@ -470,8 +471,13 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        """Reads a run's config.yaml back (its resolved and sources sections are records, not settings)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Reads a run's config.yaml back (its resolved and sources sections are records, not settings).
+
+        Raises:
+            FinetuneError: Not bounded UTF-8 YAML of a mapping (`untrusted.read_yaml`).
+            ValidationError: A setting out of range.
+        """
+        data = read_run_yaml(path)
         settings = {k: v for k, v in data.items() if k in cls.model_fields}
         return cls.model_validate(_convert_paths(settings, PATH_SETTINGS, unescaped))
 
@@ -479,6 +485,23 @@ class RunConfig(BaseModel):
 def _convert_paths(values: Mapping[str, Any], keys: tuple[str, ...], convert: Callable[[str], str]) -> dict[str, Any]:
     """`values` with `convert` applied to the strings under `keys` (escaped or unescaped paths)."""
     return {k: convert(v) if k in keys and isinstance(v, str) else v for k, v in values.items()}
+
+
+def read_run_yaml(path: str | Path) -> dict[str, Any]:
+    """A run's config.yaml as a mapping whose `resolved` and `sources` sections, when present, are mappings.
+
+    Raises:
+        FinetuneError: Not bounded UTF-8 YAML (`untrusted.read_yaml`), or not of that shape.
+    """
+    data = read_yaml(path, "run config") or {}
+    if not isinstance(data, dict):
+        raise FinetuneError(f"run config {path} holds a {type(data).__name__}, not the mapping of settings "
+                            f"that `finetune run` writes")
+    for section in ("resolved", "sources"):
+        if not isinstance(data.get(section) or {}, dict):
+            raise FinetuneError(f"run config {path}: its {section} section is a {type(data[section]).__name__}, "
+                                f"not a mapping")
+    return data
 
 
 def _is_default(values: Mapping[str, Any], key: str) -> bool:
@@ -574,12 +597,12 @@ def load_recipe(name_or_path: str) -> Recipe:
     """Loads and validates a recipe by name (see `finetune recipes`) or path.
 
     Raises:
-        FinetuneError: Unknown recipe, unknown key (naming the nearest valid key), or a bad value
-            (naming the allowed range or choices).
+        FinetuneError: Unknown recipe, a file that is not bounded UTF-8 YAML (`finetune.untrusted`), an
+            unknown key (naming the nearest valid key), or a bad value (naming the allowed range or choices).
     """
     path = _recipe_path(name_or_path)
-    text = path.read_text()
-    values = yaml.safe_load(text) or {}
+    text = read_text(path, "recipe")
+    values = parse_yaml(text, f"recipe {path}") or {}
     if not isinstance(values, dict):
         raise FinetuneError(f"recipe {path}: expected a mapping of settings, got {type(values).__name__}")
     _check_keys(path, values)

@@ -1,8 +1,9 @@
 """Run an exported bundle without the training stack: `Predictor.load(BUNDLE)`.
 
-Imports only numpy, PIL and onnxruntime (torch only for backend="torchscript" or "eager"): no
-Lightning, no albumentations. Preprocessing is rebuilt from the bundle's config.json with the same
-PIL + numpy functions the training eval transform calls, so the network sees identical tensors.
+Imports only numpy, PIL, onnx (to check a graph's external data before onnxruntime opens it) and
+onnxruntime (torch only for backend="torchscript" or "eager"): no Lightning, no albumentations.
+Preprocessing is rebuilt from the bundle's config.json with the same PIL + numpy functions the
+training eval transform calls, so the network sees identical tensors.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from finetune.data.images import BadImageError, is_image_file, load_images
 from finetune.data.scan import walk_files
 from finetune.data.tta import average_views, batch_inputs, check_tta, softmax, view_count
 from finetune.errors import FinetuneError
-from finetune.models.source import BundleConfig, resolve_model_source
+from finetune.models.source import BundleConfig, BundleError, resolve_model_source
 from finetune.pathtext import check_model_path
 
 BACKENDS = ("onnx", "torchscript", "eager")
@@ -42,30 +43,103 @@ class Prediction:
 
 
 def onnx_runner(path: Path, threads: int | None = None) -> Runner:
-    """An onnxruntime CPU session over an ONNX file with one input and logits as first output."""
+    """An onnxruntime CPU session over an ONNX file with one input and logits as first output.
+
+    Raises:
+        BundleError: A tensor's external data lies outside the file's folder (checked before onnxruntime
+            opens anything), or onnxruntime refuses the file.
+    """
     import onnxruntime as ort
 
+    check_external_data(path)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (Fail, InvalidProtobuf...)
+        raise BundleError(f"onnxruntime cannot load {path} ({_first_line(e)}); re-export the bundle with "
+                          f"`finetune export`") from None
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
+def check_external_data(path: Path) -> None:
+    """Refuses an ONNX file whose tensors keep their data in a file outside its own folder.
+
+    onnxruntime reads external data relative to the model's folder; a location that is absolute, climbs
+    out with "..", or resolves outside through a link would read another file of this machine.
+
+    Raises:
+        BundleError: Naming the tensor and its location; or the file is not a readable ONNX model.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's own errors
+        raise BundleError(f"{path} is not a readable ONNX model ({_first_line(e)})") from None
+    folder = path.parent.resolve()
+    for tensor in _onnx_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise BundleError(f"{path}: tensor '{tensor.name}' keeps its data in {location!r}, outside the "
+                              f"bundle {path.parent}; a bundle's model may only read files inside its own folder")
+
+
+def _onnx_tensors(model) -> Iterable:  # noqa: ANN001 - onnx.ModelProto; onnx is imported where it is used
+    """Every TensorProto of an ONNX model: initializers, sparse ones and node attributes, subgraphs and
+    functions included (walked with a stack, not recursion)."""
+    graphs, nodes = [model.graph], [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            yield from (attribute.t, *attribute.tensors)
+            for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            graphs.extend((attribute.g, *attribute.graphs))
+
+
 def torchscript_runner(path: Path) -> Runner:
-    """A TorchScript module loaded on CPU (imports torch)."""
+    """A TorchScript module loaded on CPU (imports torch).
+
+    Raises:
+        BundleError: torch cannot load the file (truncated, not TorchScript).
+    """
     import torch
 
-    return module_runner(torch.jit.load(str(path), map_location="cpu").eval())
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and its own types for a bad archive
+        raise BundleError(f"{path} cannot be loaded as TorchScript ({_first_line(e)}); re-export the bundle "
+                          f"with `finetune export --format torchscript`") from None
+    return module_runner(module.eval())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def eager_runner(bundle: Path, config: BundleConfig) -> Runner:
-    """The network rebuilt from model.safetensors with timm/torchvision (imports torch)."""
-    from finetune.models.backbone import create_backbone
+    """The network rebuilt from model.safetensors with timm/torchvision (imports torch).
 
-    backbone, _ = create_backbone(config.backbone, config.num_classes, weights=str(bundle / "model.safetensors"),
-                                  build_options=config.build_options)
+    Raises:
+        UnknownBackboneError: config.json names a backbone that is not installed code (`rebuild_backbone`).
+    """
+    from finetune.models.backbone import rebuild_backbone
+
+    backbone, _ = rebuild_backbone(config.backbone, config.num_classes, bundle / "model.safetensors",
+                                   config.build_options, str(bundle / "config.json"))
     return module_runner(backbone.eval())
 
 

@@ -199,3 +199,100 @@ def make_not_utf8_corpus(root: Path) -> Path:
         truncated = (folder / not_utf8("bad", ".jpg")).read_bytes()
         (folder / not_utf8("bad", ".jpg")).write_bytes(truncated[: len(truncated) // 2])
     return data
+
+
+# ----- crafted model files: bundles, checkpoints, ONNX graphs, recipes and run configs ----------------
+HUB_BACKBONE = "hf-hub:attacker/evil-model"  # timm fetches this architecture's config from the hub
+PYTHON_TAG = "!!python/object/apply:os.system"  # a full yaml.load would run the shell command
+
+
+def edited_bundle(bundle: Path, dest: Path, **changes: object) -> Path:
+    """A copy of the export bundle `bundle` at `dest` whose config.json has the keys in `changes` replaced."""
+    import json
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    config = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**config, **changes}, indent=2))
+    return dest
+
+
+def write_nested_json(path: Path, depth: int = 100_000) -> Path:
+    """A JSON array nested `depth` deep: json.loads raises RecursionError far below 100000."""
+    path.write_text("[" * depth + "]" * depth)
+    return path
+
+
+def write_nested_yaml(path: Path, depth: int = 100_000) -> Path:
+    """A YAML mapping whose one value is a flow sequence nested `depth` deep."""
+    path.write_text("epochs: " + "[" * depth + "]" * depth + "\n")
+    return path
+
+
+def write_python_tag_yaml(path: Path, marker: Path, extra: str = "") -> Path:
+    """YAML whose `epochs` is a python/object/apply tag that would `touch marker` if it were ever constructed."""
+    path.write_text(f"{extra}epochs: {PYTHON_TAG} ['touch {marker}']\n")
+    return path
+
+
+def point_onnx_at(model: Path, dest: Path, location: str) -> Path:
+    """A copy of the ONNX file `model` whose largest initializer keeps its data in the external file `location`."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    tensor = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    dest.write_bytes(proto.SerializeToString())
+    return dest
+
+
+def truncated_copy(path: Path, dest: Path, keep: float = 0.5) -> Path:
+    """The first `keep` share of the bytes of `path`: a download or copy cut short."""
+    data = path.read_bytes()
+    dest.write_bytes(data[: int(len(data) * keep)])
+    return dest
+
+
+class _ShellCommand:
+    """Pickles as a call to os.system: what torch.load(weights_only=False) would run on loading."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def write_pickled_call_checkpoint(checkpoint: Path, dest: Path, marker: Path) -> Path:
+    """A copy of a checkpoint of this toolkit with an object that runs `touch marker` when unpickled."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["callbacks"] = {"hook": _ShellCommand(f"touch {marker}")}
+    torch.save(ckpt, dest)
+    return dest
+
+
+def checkpoint_naming(checkpoint: Path, dest: Path, backbone: str) -> Path:
+    """A copy of a checkpoint of this toolkit that names `backbone` wherever it records one."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt.setdefault("finetune", {})["backbone"] = backbone
+    if ckpt["hyper_parameters"].get("config"):
+        ckpt["hyper_parameters"]["config"]["backbone"] = backbone
+    torch.save(ckpt, dest)
+    return dest
+
+
+def write_alias_bomb_yaml(path: Path, levels: int = 7, key: str = "epochs") -> Path:
+    """YAML whose `key` is `levels` nested lists of 9 aliases each: a few hundred bytes, 9**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    path.write_text("\n".join(lines) + f"\n{key}: *l{levels - 1}\n")
+    return path

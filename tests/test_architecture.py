@@ -11,7 +11,7 @@ PACKAGE = Path(finetune.__file__).parent
 # layer are independent of each other. docs/ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors", "atomic"},
-    {"pathtext"},
+    {"pathtext", "untrusted"},
     {"cache", "config", "figures", "console", "heap", "locks"},
     {"data"},
     {"models"},

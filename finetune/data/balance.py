@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from finetune.errors import FinetuneError
+from finetune.untrusted import read_yaml
 
 IMBALANCE_WARN_RATIO = 10.0  # the ratio above which the class counts get a warning (--class-weights, --sampler)
 
@@ -71,8 +71,8 @@ def read_class_weights(path: Path, classes: Sequence[str]) -> torch.Tensor:
             weight that is not a number >= 0.
     """
     try:
-        values = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+        values = read_yaml(Path(path), "--class-weights")
+    except OSError as e:
         raise FinetuneError(f"--class-weights {path}: cannot read it ({e})") from None
     if not isinstance(values, dict):
         raise FinetuneError(f"--class-weights {path}: expected a mapping of class name to weight, "

@@ -20,7 +20,8 @@ from finetune.models.weights import (
     resolve_torchvision_imagenet,
 )
 
-__all__ = ["Backbone", "LayerGroup", "Unit", "checkpoint_build_options", "create_backbone", "list_layers"]
+__all__ = ["Backbone", "LayerGroup", "Unit", "checkpoint_build_options", "create_backbone", "list_layers",
+           "rebuild_backbone"]
 LAYER_ALIASES = ("stem", "head")
 
 
@@ -145,6 +146,35 @@ def create_backbone(
     if path is None:
         return backbone, LoadReport(source="random init")
     return backbone, _apply(backbone, load_state_dict_file(path), str(path), arch, partial=weights_partial)
+
+
+def rebuild_backbone(name: object, num_classes: int, weights: str | Path, build_options: object, where: str,
+                     *, weights_partial: bool = False) -> tuple[Backbone, LoadReport]:
+    """Builds the network a checkpoint or bundle describes, from installed code and the file's own weights.
+
+    Every name, option and count comes from a file that may have been crafted: the name must build
+    without a download (`zoo.resolve_saved_name`) and the options must be ones this toolkit records
+    (`zoo.check_build_options`), both checked before anything is built. A timm name with a pretrained
+    tag is built with pretrained=False: the weights are `weights`, never the hub's.
+
+    Args:
+        name: The recorded backbone name.
+        num_classes: Outputs of the head (the recorded class count).
+        weights: The file holding the weights (a .ckpt, .safetensors...), or "none" when the caller loads them.
+        build_options: The recorded build options (`Backbone.build_options`); None: the defaults for a file.
+        where: The file the record comes from, for messages.
+        weights_partial: Passed to `create_backbone`.
+
+    Raises:
+        UnknownBackboneError: A name that is not a local architecture (RemoteBackboneError for hub names).
+        FinetuneError: Build options this toolkit never records.
+        WeightsError: The weights file cannot be read.
+    """
+    zoo_name, arch = zoo.resolve_saved_name(name, where)
+    options = None if build_options is None else zoo.check_build_options(zoo_name, arch, build_options, where)
+    if str(weights) == "imagenet":  # a download: the weights of a saved model come from its file
+        raise ValueError("rebuild_backbone takes a weights file or 'none', not 'imagenet'")
+    return create_backbone(str(name), num_classes, str(weights), build_options=options, weights_partial=weights_partial)
 
 
 def _weights_path(weights: str) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 from finetune import atomic
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
+from finetune.untrusted import read_json
 
 BUNDLE_FORMAT = "finetune-bundle"
 FORMAT_VERSION = 1  # raised when a reader of older bundles would misread a new one
@@ -70,17 +71,13 @@ class BundleConfig:
         path = Path(bundle) / CONFIG_NAME
         if not path.is_file():
             raise BundleError(f"{bundle} is not an export bundle: {path} is missing")
-        try:
-            raw = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BundleError(f"{path} is not valid JSON ({e}); expected the {CONFIG_NAME} written by "
-                              f"`finetune export`") from None
-        return cls.from_dict(raw, where=str(path))
+        return cls.from_dict(read_json(path, "bundle config", BundleError), where=str(path))
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = CONFIG_NAME) -> BundleConfig:
         """Validates a parsed config.json; `where` names it in errors."""
         _check_header(raw, where)
+        _check_types(raw, where)
         known = {"format", "num_classes", *(f for f in cls.__dataclass_fields__ if f != "extra")}
         try:
             config = cls(backbone=str(raw["backbone"]), class_names=tuple(raw["class_names"]),
@@ -127,6 +124,23 @@ def _check_header(raw: Any, where: str) -> None:
     if missing:
         raise BundleError(f"{where} lacks {', '.join(missing)}; a {BUNDLE_FORMAT} config needs "
                           f"{', '.join(REQUIRED_KEYS)}")
+
+
+def _check_types(raw: dict[str, Any], where: str) -> None:
+    """Raises BundleError unless the values the network is rebuilt from have the types `finetune export` writes."""
+    names = raw["class_names"]
+    if not isinstance(raw["backbone"], str) or not raw["backbone"]:
+        raise BundleError(f"{where}: backbone {raw['backbone']!r} is not a backbone name (a timm name or tv:NAME)")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BundleError(f"{where}: class_names must be a list of strings, got {_preview(names)}")
+    options = raw.get("build_options")
+    if options is not None and not isinstance(options, dict):
+        raise BundleError(f"{where}: build_options must be an object or null, got {_preview(options)}")
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def is_bundle(folder: Path) -> bool:

@@ -59,6 +59,65 @@ def resolve_name(name: str) -> tuple[str, str]:
     raise UnknownBackboneError(_unknown_message(name, candidates))
 
 
+class RemoteBackboneError(UnknownBackboneError):
+    """A checkpoint or bundle names an architecture that only a download (or a folder elsewhere) would provide."""
+
+
+def resolve_saved_name(name: object, where: str) -> tuple[str, str]:
+    """The zoo and architecture of a backbone name read from a checkpoint or bundle.
+
+    The file holds the weights, so the architecture must come from installed code: a timm registry
+    name or a tv: torchvision name. timm's source prefixes (`hf-hub:`, `local-dir:`) would fetch the
+    architecture's config from the hub or read it from another folder, so they are refused before
+    anything is fetched or read. A pretrained tag ("resnet50.a1_in1k") is fine: the network is built
+    without pretrained weights (`create_backbone` with a weights file or "none").
+
+    Args:
+        name: The recorded name (any JSON or checkpoint value).
+        where: The file it comes from, for messages.
+
+    Raises:
+        RemoteBackboneError: A name with a source prefix other than tv:.
+        UnknownBackboneError: Not a string, or in neither zoo, or a pretrained tag timm does not know.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnknownBackboneError(f"{where} records backbone {name!r}, which is not a backbone name")
+    source, colon, _ = name.partition(":")
+    if colon and source != TV_PREFIX[:-1]:
+        raise RemoteBackboneError(
+            f"{where} names backbone '{name}': timm would load that architecture from its '{source}:' source "
+            f"(the hub or another folder); a checkpoint or bundle must name a timm model (timm.list_models()) "
+            f"or a tv: torchvision model, built here from installed code with the file's own weights")
+    try:
+        zoo_name, arch = resolve_name(name)
+    except UnknownBackboneError as e:
+        raise UnknownBackboneError(f"{where}: {e}") from None
+    if zoo_name == "timm":
+        try:
+            timm.models.get_pretrained_cfg(arch)  # a registry lookup; raises for a tag timm does not know
+        except RuntimeError as e:
+            raise UnknownBackboneError(f"{where}: backbone '{name}': {e}") from None
+    return zoo_name, arch
+
+
+def check_build_options(zoo_name: str, arch: str, options: object, where: str) -> dict[str, Any]:
+    """The build options a checkpoint or bundle records, checked against those this toolkit writes.
+
+    Only `default_build_options`' keys, with boolean values, are builder arguments a file may set: any
+    other key would reach the architecture's constructor unchecked.
+
+    Raises:
+        FinetuneError: Not a mapping, an unknown key, or a value that is not true/false.
+    """
+    allowed = sorted(default_build_options(zoo_name, arch, "none"))
+    if not isinstance(options, Mapping) or set(options) - set(allowed) or \
+            not all(isinstance(v, bool) for v in options.values()):
+        valid = ", ".join(f"{k} (true/false)" for k in allowed) or "none for this architecture"
+        shown = repr(options) if len(repr(options)) <= 80 else repr(options)[:77] + "..."
+        raise FinetuneError(f"{where} records build_options {shown} for {arch}; valid options: {valid}")
+    return dict(options)
+
+
 def _unknown_message(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     close += [c for c in candidates if c == TV_PREFIX + name and c not in close]

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.markup import escape
 
 from finetune import atomic
-from finetune.config import RunConfig
+from finetune.config import RunConfig, read_run_yaml
 from finetune.data.balance import imbalance_ratio, imbalance_warning
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
@@ -28,7 +27,7 @@ from finetune.run.lr_find import find_lr
 from finetune.run.memory_check import check_memory
 from finetune.run.plan import RunPlan, plan_run, shared_env
 from finetune.run.quiet import quiet_lightning
-from finetune.run.resume import previous_metrics
+from finetune.run.resume import checkpoint_epoch, previous_metrics
 from finetune.run.run_dir import claimed_run_dir, default_run_dir
 from finetune.run.trackers import tracker_loggers
 from finetune.training.callbacks.divergence import DivergenceGuard
@@ -191,7 +190,7 @@ def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
     policy = [GradualUnfreezing(say), RNGState(), *callbacks]
-    resumed_epoch = _checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
+    resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
@@ -291,7 +290,7 @@ def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console
 def _recorded_section(run_dir: Path) -> dict[str, Any]:
     """config.yaml's `resolved` section (a resumed run's augmentation, tracker ids); {} without one."""
     path = run_dir / "config.yaml"
-    return ((yaml.safe_load(path.read_text()) or {}).get("resolved") or {}) if path.is_file() else {}
+    return read_run_yaml(path).get("resolved") or {} if path.is_file() else {}
 
 
 def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
@@ -320,7 +319,7 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
 def _merge_record(path: Path, resolved: dict, sources: dict[str, str] | None) -> tuple[dict, dict[str, str]]:
     """A resumed run keeps what its first start recorded (where each value came from, the LR finder's
     result) and updates what is measured again or was given with --resume."""
-    old = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    old = read_run_yaml(path) if path.is_file() else {}
     return {**old.get("resolved", {}), **resolved}, {**old.get("sources", {}), **(sources or {})}
 
 

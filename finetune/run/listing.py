@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from finetune.config import read_run_yaml
 from finetune.errors import FinetuneError
 from finetune.training.monitor import best_row
 
@@ -56,13 +55,14 @@ def read_run(run_dir: str | Path) -> RunSummary:
     """Reads RUN_DIR/config.yaml and metrics.csv.
 
     Raises:
-        FinetuneError: RUN_DIR has no config.yaml (not a run directory).
+        FinetuneError: RUN_DIR has no config.yaml (not a run directory), or one that is not the mapping
+            `finetune run` writes (`read_run_yaml`).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FinetuneError(f"{run_dir} is not a run directory: it has no config.yaml (written by `finetune run`)")
-    record = yaml.safe_load(config_path.read_text()) or {}
+    record = read_run_yaml(config_path)
     sources = record.pop("sources", {}) or {}
     record.pop("resolved", None)
     rows = _metrics_rows(run_dir / "metrics.csv")

@@ -5,12 +5,15 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pytorch_lightning.loggers import CSVLogger
 
-from finetune.config import RunConfig
+from finetune.config import RunConfig, read_run_yaml
 from finetune.errors import FinetuneError
+from finetune.training.checkpoint import read_checkpoint
+from finetune.training.checkpoint_io import TRAINING_STATE
 
+# What Lightning restores a run from besides the weights (checkpoint_io.TRAINING_STATE are left out of best.ckpt).
+RESUME_STATE = ("epoch", "global_step", "loops", *TRAINING_STATE)
 # Options that may change when a run is resumed: how long and where it runs, never what it trains.
 RESUME_OVERRIDES = ("epochs", "workers", "progress", "accelerator", "devices", "strategy", "num_nodes",
                     "limit_train_batches", "limit_val_batches", "verbose")
@@ -20,7 +23,9 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
     """The config saved in RUN_DIR/config.yaml with the allowed overrides applied.
 
     Raises:
-        FinetuneError: No config.yaml or last.ckpt there, or an override outside RESUME_OVERRIDES.
+        FinetuneError: No config.yaml or last.ckpt there, a config.yaml that is not the mapping `finetune run`
+            writes (`RunConfig.from_yaml`), a last.ckpt that training cannot continue from (`checkpoint_epoch`),
+            or an override outside RESUME_OVERRIDES.
     """
     run_dir = Path(run_dir)
     for needed in (run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"):
@@ -33,6 +38,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
         allowed = ", ".join("--" + o.replace("_", "-") for o in RESUME_OVERRIDES)
         raise FinetuneError(f"--resume continues with the saved config.yaml; {flags} cannot change. "
                             f"Options that may be given with --resume: {allowed}")
+    checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt")  # refused here, before anything is built
     saved = RunConfig.from_yaml(run_dir / "config.yaml").model_dump()
     if "epochs" in (overrides or {}) and _auto_source(run_dir, "val_every"):
         saved["val_every"] = None  # re-resolved for the new length, so that its last epoch is validated
@@ -41,8 +47,26 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
 
 def _auto_source(run_dir: Path, key: str) -> bool:
     """Whether config.yaml says `key` was resolved from the data rather than given."""
-    sources = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("sources", {})
+    sources = read_run_yaml(run_dir / "config.yaml").get("sources") or {}
     return str(sources.get(key, "")).startswith("auto")
+
+
+def checkpoint_epoch(ckpt_path: Path) -> int:
+    """The epoch (0-based) a checkpoint to resume from was written in; memory-mapped, so no tensor is read.
+
+    Raises:
+        FinetuneError: The file does not load as a checkpoint of this toolkit (`read_checkpoint`: truncated,
+            pickled objects...), or it lacks the training state Lightning continues from (a best.ckpt).
+    """
+    ckpt = read_checkpoint(ckpt_path, mmap=True)
+    lacking = [k for k in RESUME_STATE if k not in ckpt]
+    if lacking:
+        raise FinetuneError(f"--resume: {ckpt_path} has no {', '.join(lacking)}, so training cannot continue "
+                            f"from it (best.ckpt keeps the weights only); resume from the last.ckpt that "
+                            f"`finetune run` wrote, or start a new run with --weights {ckpt_path}")
+    if type(ckpt["epoch"]) is not int or ckpt["epoch"] < 0:
+        raise FinetuneError(f"--resume: {ckpt_path} records epoch {ckpt['epoch']!r}, not a count of epochs")
+    return ckpt["epoch"]
 
 
 def previous_metrics(metrics_csv: Path, last_epoch: int) -> list[dict[str, str]]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import BaseTrial
 from pydantic import ValidationError
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from finetune.config import RunConfig
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
+from finetune.untrusted import read_yaml
 
 KINDS = ("log-uniform", "uniform", "int", "choice")
 # Settings a study sets itself (each trial's folder, no bars, no bundles) or that change no result.
@@ -188,7 +188,7 @@ def load_space(path: str | Path) -> Space:
     path = Path(path)
     if not path.is_file():
         raise FinetuneError(f"--space {path}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "--space") or {}
     if not isinstance(raw, dict) or not raw:
         raise FinetuneError(f"--space {path}: expected a mapping of settings to ranges, "
                             "e.g. lr: {log-uniform: [1e-4, 1e-2]}")

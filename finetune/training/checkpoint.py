@@ -66,15 +66,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
 CHECKPOINT_HELP = "expected a .ckpt written by `finetune run` (RUN_DIR/checkpoints/best.ckpt or last.ckpt)"
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -> dict:
     """Loads a checkpoint of this toolkit (tensors and plain data only) and checks what it holds.
 
+    Args:
+        path: The .ckpt file.
+        map_location: Where tensors go (torch.load's).
+        mmap: Map the tensors instead of reading them (cheap when only the record is needed).
+
     Raises:
-        FinetuneError: The file does not load (corrupt, truncated, not PyTorch), or it is another
-            program's checkpoint: no hyper_parameters with config and class_names, or no state_dict.
+        FinetuneError: The file does not load (corrupt, truncated, not PyTorch, or pickled objects that
+            torch.load(weights_only=True) refuses), or it is another program's checkpoint: no
+            hyper_parameters with config and class_names, no state_dict, or records of other types.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types (zip, pickle, EOF) for a bad file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FinetuneError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); {CHECKPOINT_HELP}") from None
@@ -82,6 +88,9 @@ def read_checkpoint(path: Path) -> dict:
     if missing:
         raise FinetuneError(f"{path} is not a checkpoint of this toolkit: it has no {', '.join(missing)}; "
                             f"{CHECKPOINT_HELP}")
+    wrong = _wrong_types(ckpt)
+    if wrong:
+        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: {wrong}; {CHECKPOINT_HELP}")
     return ckpt
 
 
@@ -94,6 +103,24 @@ def _missing_keys(ckpt: object) -> list[str]:
     if not isinstance(hparams, dict):
         return ["hyper_parameters", *missing]
     return [f"hyper_parameters.{k}" for k in ("config", "class_names") if k not in hparams] + missing
+
+
+def _wrong_types(ckpt: dict) -> str | None:
+    """What in the records the loaders read has another type than this toolkit writes, or None."""
+    hparams = ckpt["hyper_parameters"]
+    names = hparams["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "hyper_parameters.class_names is not a list of class names"
+    if not isinstance(ckpt["state_dict"], dict):
+        return "state_dict is not a mapping of names to tensors"
+    record = ckpt.get("finetune", {})  # absent from checkpoints of modules trained outside `finetune run`
+    mappings = [("hyper_parameters.config", hparams["config"] or {}), ("finetune", record)]
+    if isinstance(record, dict):
+        mappings += [(f"finetune.{k}", record.get(k) or {}) for k in ("plan", "data_config", "build_options")]
+    for key, value in mappings:
+        if not isinstance(value, dict):
+            return f"{key} is a {type(value).__name__}, not a mapping"
+    return None
 
 
 def load_trained(path: str | Path) -> TrainedModel:

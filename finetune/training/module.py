@@ -16,7 +16,8 @@ from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.mixing import BatchMixer, MixedBatch
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
+from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone, rebuild_backbone
+from finetune.training.checkpoint import read_checkpoint
 from finetune.training.feature_split import FeatureSplit
 from finetune.training.freeze import FreezeSchedule, build_schedule, frozen_param_names
 from finetune.training.losses import LossSpec, mixed_soft_targets, training_loss
@@ -361,14 +362,18 @@ class FinetuneModule(pl.LightningModule):
 
         The network is built with the options it was trained with (`Backbone.build_options`); the
         parts come from the checkpoint's `parts` (older checkpoints: from their saved config).
+
+        Raises:
+            FinetuneError: The file does not load as a checkpoint of this toolkit (`read_checkpoint`),
+                or it names a backbone that is not installed code (`rebuild_backbone`).
         """
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = read_checkpoint(Path(path), map_location=map_location)
         hparams = ckpt["hyper_parameters"]
         names, parts, saved = hparams["class_names"], hparams.get("parts"), hparams.get("config")
         plan = ckpt.get("finetune", {}).get("plan") or {}
         record = {**plan, **({"config": saved} if saved is not None else {})}
-        name = ckpt.get("finetune", {}).get("backbone") or saved["backbone"]
-        backbone, _ = create_backbone(name, len(names), "none", build_options=checkpoint_build_options(ckpt))
+        name = ckpt.get("finetune", {}).get("backbone") or (saved or {}).get("backbone")
+        backbone, _ = rebuild_backbone(name, len(names), "none", checkpoint_build_options(ckpt), str(path))
         if parts is None:  # written before modules were built from parts: the config says everything
             # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
             config = RunConfig.model_validate({**saved, "weights": "none", "teacher": None},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from torch import Tensor
 
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone
+from finetune.models.backbone import Backbone, LoadReport, checkpoint_build_options, create_backbone, rebuild_backbone
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
 from finetune.training.checkpoint import read_checkpoint
 
@@ -131,8 +130,9 @@ def _from_checkpoint(ckpt_path: Path) -> Teacher:
         raise TeacherError(f"--teacher {e}") from None
     names, record = ckpt["hyper_parameters"]["class_names"], ckpt.get("finetune", {})
     config = ckpt["hyper_parameters"]["config"] or {}  # None for a module built from its parts
-    backbone = _load_exact(f"--teacher {ckpt_path}", record.get("backbone") or config["backbone"], len(names),
-                           ckpt_path, build_options=checkpoint_build_options(ckpt))
+    backbone = _exact(f"--teacher {ckpt_path}", rebuild_backbone(
+        record.get("backbone") or config.get("backbone"), len(names), ckpt_path, checkpoint_build_options(ckpt),
+        f"--teacher {ckpt_path}", weights_partial=True))
     # The record holds the input the run trained at; checkpoints without it, the weights' own at --image-size.
     saved = record.get("data_config")
     data_config = DataConfig.from_dict(saved) if saved else backbone.data_config.with_size(config.get("image_size"))
@@ -144,8 +144,10 @@ def _from_bundle(bundle: Path) -> Teacher:
         config = BundleConfig.load(bundle)
     except FinetuneError as e:
         raise TeacherError(f"--teacher {bundle}: {e}") from None
-    backbone = _load_exact(f"--teacher {bundle}", config.backbone, config.num_classes,
-                           bundle / "model.safetensors", build_options=config.build_options)
+    where = f"--teacher {bundle / 'config.json'}"
+    backbone = _exact(f"--teacher {bundle}", rebuild_backbone(
+        config.backbone, config.num_classes, bundle / "model.safetensors", config.build_options, where,
+        weights_partial=True))
     return Teacher(backbone, config.data_config, config.class_names, str(bundle))
 
 
@@ -156,19 +158,20 @@ def _from_name(name: str, weights: str | Path | None, class_names: Sequence[str]
             f"--teacher {name} is not a run directory, checkpoint or bundle; as a backbone name it needs "
             f"--teacher-weights PATH (a state dict with a {len(class_names)}-class head)"
         )
-    backbone = _load_exact(f"--teacher-weights {weights}", name, len(class_names), weights)
+    built = create_backbone(name, len(class_names), str(weights), weights_partial=True)
+    backbone = _exact(f"--teacher-weights {weights}", built)
     size = student_config.input_size if student_config is not None else None
     return Teacher(backbone, backbone.data_config.with_size(size), class_names, f"{name} ({weights})")
 
 
-def _load_exact(what: str, name: str, num_classes: int, weights: str | Path, **options: Any) -> Backbone:
-    """Builds a teacher's network; every tensor must load: no missing, unexpected or dropped head.
+def _exact(what: str, built: tuple[Backbone, LoadReport]) -> Backbone:
+    """The teacher's network when every tensor loaded: no missing, unexpected or dropped head.
 
     A student can start from partly fitting weights, but a teacher is never trained: a tensor left at
     random init would teach noise, so teachers load strictly.
     """
-    backbone, report = create_backbone(name, num_classes, str(weights), weights_partial=True, **options)
+    backbone, report = built
     if report.missing or report.unexpected or report.dropped_head:
-        raise TeacherError(f"{what} does not fit {name} with {num_classes} classes exactly (teachers "
-                           f"load strictly): {report}")
+        raise TeacherError(f"{what} does not fit {backbone.name} with {backbone.num_classes} classes exactly "
+                           f"(teachers load strictly): {report}")
     return backbone
