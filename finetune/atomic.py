@@ -8,6 +8,7 @@ leaves either the previous version or the new one, never a mix; at worst a hidde
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import secrets
@@ -47,8 +48,10 @@ def staging_dir(final: Path) -> Path:
 
 
 @contextmanager
-def replacing_dir(final: Path) -> Iterator[Path]:
+def replacing_dir(final: Path, needed: int = 0) -> Iterator[Path]:
     """Yields an empty staging folder; on success it replaces `final`, on any error it is deleted.
+
+    `needed`: about how many bytes the folder will hold, for the message of a full disk.
 
     Example:
         >>> with replacing_dir(Path("runs/x/model")) as out:  # doctest: +SKIP
@@ -58,8 +61,11 @@ def replacing_dir(final: Path) -> Iterator[Path]:
     try:
         yield staged
         replace_dir(staged, final)
-    except BaseException:
+    except BaseException as e:
+        written = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file()) if staged.is_dir() else 0
         shutil.rmtree(staged, ignore_errors=True)
+        if no_space(e):
+            raise full_disk(final, written, needed) from e
         raise
 
 
@@ -147,9 +153,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextmanager
-def open_replacing(path: Path, mode: str = "w", **kwargs: object) -> Iterator[IO]:
+def open_replacing(path: Path, mode: str = "w", needed: int = 0, **kwargs: object) -> Iterator[IO]:
     """Yields a file open for writing under a temporary name beside `path`; on success the data is
     flushed to disk and renamed over `path`, on any error the temporary file is removed.
+
+    `needed`: about how many bytes the file will take, for the message of a full disk.
 
     Example:
         >>> with open_replacing(Path("runs/x/metrics.csv"), newline="") as f:  # doctest: +SKIP
@@ -162,9 +170,46 @@ def open_replacing(path: Path, mode: str = "w", **kwargs: object) -> Iterator[IO
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if no_space(e):
+            raise full_disk(path, written, needed) from e
         raise
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(error: BaseException) -> OSError | None:
+    """The "no space left" (or over quota) error in `error`'s chain of causes, as an OSError, if any.
+
+    Libraries that write through Python file objects (torch.save) raise their own error with the
+    OSError as its context; those that write natively (safetensors) only say it in their message.
+    """
+    seen, texts = set(), [os.strerror(code) for code in _NO_SPACE]
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error
+        if any(text in str(error) for text in texts):
+            return OSError(errno.ENOSPC, str(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def full_disk(path: Path, written: int = 0, needed: int = 0) -> OSError:
+    """An ENOSPC error whose message names the folder, the space the file needs (about `needed` bytes, or
+    more than the `written` it took before the disk was full) and the space free now."""
+    folder, mb = Path(path).parent, 2**20
+    try:
+        free = f"{shutil.disk_usage(folder).free / mb:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    need = (f"it needs about {needed / mb:.1f} MB, " if needed else
+            f"it needs more than {written / mb:.1f} MB, " if written else "")
+    return OSError(errno.ENOSPC, f"no space left in {folder} writing {Path(path).name} ({need}{free}): free some "
+                                 "space there or write elsewhere", str(path))
 
 
 def write_text(path: Path, text: str, encoding: str | None = None, errors: str | None = None,

@@ -1,10 +1,14 @@
 """The consoles the commands print to, and the one way a user error ends a command."""
 from __future__ import annotations
 
+import errno
 import functools
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -12,7 +16,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from finetune.errors import FinetuneError
+from finetune import atomic
+from finetune.errors import FinetuneError, Interrupted
 from finetune.pathtext import printable
 
 console = Console()
@@ -45,15 +50,26 @@ def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                with _sigterm_stops():
+                    return fn(*args, **kwargs)
             except ValidationError as e:  # a ValueError too: reported field by field
                 lines = setting_errors(e)
             except FinetuneError as e:
                 lines = [str(e)]
+            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: where it stopped, and 128 + the signal, as a shell
+                signum = e.signal_number if isinstance(e, Interrupted) else int(signal.SIGINT)
+                text = str(e) if isinstance(e, Interrupted) else "Stopped by Ctrl-C (SIGINT)"
+                err_console.print(f"[yellow]{escape(printable(text))}[/yellow]", soft_wrap=True)
+                raise typer.Exit(128 + signum) from None
             except ValueError as e:
                 if not value_errors:
                     raise
                 lines = [str(e)]
+            except Exception as e:  # noqa: BLE001 - only a file that cannot be written is the user's to fix
+                line = _unwritable(e)
+                if line is None:
+                    raise
+                lines = [line]
             for line in lines:  # printable: a path that is not UTF-8 in a message shows its bytes as \xNN
                 err_console.print(f"[red]Error:[/red] {escape(printable(line))}", soft_wrap=True)  # paths unbroken
             raise typer.Exit(2)
@@ -71,3 +87,35 @@ def shown_warnings() -> Iterator[None]:
         yield
     for warning in caught:
         err_console.print(f"[yellow]Warning:[/yellow] {escape(printable(str(warning.message)))}", soft_wrap=True)
+
+
+def _unwritable(error: BaseException) -> str | None:
+    """One line for an error that means a file cannot be written here (a full disk, a read-only folder),
+    naming the file; None for any other error."""
+    full = atomic.no_space(error)
+    if full is not None:
+        if str(full).startswith(f"[Errno {errno.ENOSPC}] no space left in "):  # atomic.full_disk's own words
+            return full.strerror
+        return atomic.full_disk(Path(full.filename or "."), 0).strerror if full.filename else str(full)
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
+        return f"cannot write {error.filename}: {error.strerror}"
+    return None
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """For a command's life, SIGTERM stops it as Ctrl-C does (finetune.errors.Interrupted), so that it
+    ends with its one line and its files whole instead of dying mid-write. Process-wide, so the
+    command line sets it, never the library."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted("Stopped by SIGTERM", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

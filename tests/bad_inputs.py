@@ -1,7 +1,10 @@
 """A folder of everything that goes wrong with real image folders, for the bad-input tests."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +299,58 @@ def write_alias_bomb_yaml(path: Path, levels: int = 7, key: str = "epochs") -> P
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
     path.write_text("\n".join(lines) + f"\n{key}: *l{levels - 1}\n")
     return path
+
+
+# ----- faults: a full disk and signals --------------------------------------------------------------------------
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str = "2m") -> Iterator[Path | None]:
+    """A tmpfs of `size` mounted at `where` for the block (None where this process may not mount one)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True).returncode == 0
+    try:
+        yield where if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def disk_full_after(limit: int):
+    """An `open` for finetune.atomic whose binary files raise ENOSPC once `limit` bytes are written, as a
+    full disk does (monkeypatch.setattr(finetune.atomic, "open", disk_full_after(n), raising=False))."""
+    import builtins
+    import errno
+
+    class Filling:
+        def __init__(self, f):
+            self._f, self._written = f, 0
+
+        def write(self, data):
+            if self._written + len(data) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._written += len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return Filling(f) if "b" in mode else f
+
+    return fake_open
+
+
+def wait_for(path: Path, process, timeout: float = 240) -> None:
+    """Waits until `path` exists (or the process ends, or `timeout` seconds pass)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)

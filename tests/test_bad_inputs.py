@@ -5,12 +5,17 @@ images are used, and what cannot go on is a one-line error naming the folder and
 """
 from __future__ import annotations
 
+import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from finetune.cli import app
@@ -22,9 +27,12 @@ from bad_inputs import (
     HIDDEN,
     HUGE_SIDE,
     ODD_GOOD,
+    disk_full_after,
     make_bad_corpus,
     make_only_bad_class,
     make_val_class_missing_from_train,
+    small_filesystem,
+    wait_for,
 )
 
 runner = CliRunner()
@@ -221,3 +229,92 @@ def test_predict_on_broken_links_given_by_name(corpus, trained):
     for link in links:
         assert _squash(f"Skipped {link}: {BAD[link.name]}") in flat
     assert _squash(f"Skipped {corpus / 'no such.png'}: no such file") in flat
+
+
+# ----- interrupts ---------------------------------------------------------------------------------------------------
+def _long_run(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "finetune", "run", "--data", str(data), "--output", str(out), "--backbone",
+            "test_resnet", "--weights", "none", "--image-size", "32", "--epochs", "60", "--batch-size", "4",
+            "--workers", "2", "--precision", "32", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to, sig", [("group", signal.SIGINT), ("main", signal.SIGINT), ("main", signal.SIGTERM),
+                                     ("group", signal.SIGTERM)],
+                         ids=["ctrl-c-in-a-terminal", "sigint-to-the-main-process", "sigterm", "sigterm-to-the-group"])
+def test_a_signal_stops_the_run_in_one_line_and_resume_goes_on(tiny_data, tmp_path, to, sig):
+    """A terminal's Ctrl-C reaches every process of its group (the DataLoader workers too); a service manager's
+    SIGTERM the main process. Either way: exit 128 + the signal, one line with the epoch and the --resume
+    command, no traceback, and a last.ckpt that --resume continues from."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(_long_run(tiny_data, out, "--no-progress"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for(out / "checkpoints" / "last.ckpt", process)
+    (os.killpg if to == "group" else os.kill)(process.pid, sig)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + sig, output
+    assert "Traceback" not in output and "Error" not in output, output
+    name = "Ctrl-C (SIGINT)" if sig == signal.SIGINT else "SIGTERM"
+    assert _squash(f"Stopped by {name} in epoch") in _squash(output), output
+    assert _squash(f"Continue with: finetune run --resume {out}") in _squash(output), output
+    kept = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    resumed = subprocess.run([sys.executable, "-m", "finetune", "run", "--resume", str(out), "--epochs", str(kept + 2),
+                              "--no-progress", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with open(out / "metrics.csv", newline="") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == list(range(kept + 2))  # every epoch once, none lost, none twice
+
+
+def test_the_python_api_raises_interrupted_and_ctrl_c_works_afterwards(tiny_data, tmp_path):
+    """In a notebook the interrupt button is a SIGINT: fit raises Interrupted (a KeyboardInterrupt naming the
+    epoch and the resume command), and Ctrl-C still raises KeyboardInterrupt afterwards."""
+    import pytorch_lightning as pl
+
+    from finetune.config import RunConfig
+    from finetune.errors import Interrupted
+    from finetune.run.fit import fit
+
+    class CtrlCInSecondEpoch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run"
+    config = RunConfig(backbone="test_resnet", weights="none", data=tiny_data, output=out, image_size=32, epochs=5,
+                       batch_size=8, workers=0, progress=False, export=False, precision="32")
+    with pytest.raises(Interrupted) as stopped:
+        fit(config, callbacks=[CtrlCInSecondEpoch()])
+    assert stopped.value.signal_number == signal.SIGINT
+    assert str(stopped.value) == (f"Stopped by Ctrl-C (SIGINT) in epoch 2 of 5; {out / 'checkpoints' / 'last.ckpt'} "
+                                  f"keeps epoch 1. Continue with: finetune run --resume {out}")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+# ----- a full disk -----------------------------------------------------------------------------------------------
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_earlier_files(tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    import finetune.atomic
+
+    out = tmp_path / "run"
+    # test_resnet's best.ckpt: ~0.3 MB
+    monkeypatch.setattr(finetune.atomic, "open", disk_full_after(50_000), raising=False)
+    result = runner.invoke(app, ["run", "--data", str(tiny_data), "--output", str(out), *TINY_RUN])
+    text = _assert_clean_exit(result, 2)
+    assert f"Error:nospaceleftin{out / 'checkpoints'}writingbest.ckpt(itneedsabout".replace(" ", "") in text
+    assert (out / "config.yaml").is_file()  # written before, kept
+    assert [p.name for p in out.rglob("*") if ".tmp" in p.name] == []
+
+
+def test_a_full_filesystem_is_one_line_for_run_and_export(tiny_data, trained, tmp_path):
+    with small_filesystem(tmp_path / "disk", "200k") as disk:
+        if disk is None:
+            pytest.skip("no permission to mount a tmpfs here; the fake full disk above covers the checkpoint")
+        run = runner.invoke(app, ["run", "--data", str(tiny_data), "--output", str(disk / "run"), *TINY_RUN])
+        exported = runner.invoke(app, ["export", str(trained[1]), "--output", str(disk / "bundle")])
+    for result, where in ((run, f"{disk / 'run' / 'checkpoints'}"), (exported, f"{disk}")):
+        text = _assert_clean_exit(result, 2)
+        assert f"Error:nospaceleftin{where}writing".replace(" ", "") in text and "MBfree" in text

@@ -107,7 +107,7 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
         _check_output(final)
         # Written in full beside `final`, then swapped in: a crash or kill at any point leaves the
         # previous bundle as it was, never a mix of old and new files.
-        with atomic.replacing_dir(final) as out:
+        with atomic.replacing_dir(final, needed=_bundle_bytes(backbone, options)) as out:
             model = _cpu_fp32_copy(backbone)
             x = batch_inputs(list(parity_images), data_config)
             config = _base_config(backbone, class_names, data_config, options, source_checkpoint)
@@ -121,6 +121,13 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
             BundleConfig.from_dict(config).save(out)  # validated: what is written loads
             _carry_other_entries(final, out)
     return final
+
+
+def _bundle_bytes(backbone: Backbone, options: ExportOptions) -> int:
+    """About the bytes a bundle takes: the fp32 weights in model.safetensors and in each graph format,
+    a quarter of them again for an int8 model."""
+    weights = sum(t.numel() * 4 for t in [*backbone.parameters(), *backbone.buffers()])
+    return int(weights * (1 + len(options.formats) + (0.25 if options.quantize else 0)))
 
 
 def _is_bundle_file(name: str) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,10 @@ def worker_init_fn(worker_id: int) -> None:
     torch does the same for intra-op work: N workers x N cores threads thrash the CPU. Forked
     workers also inherit identical numpy/random/albumentations RNG states, which would repeat the
     same augmentations in every worker, and the training process's heap settings (finetune.heap).
+    Ctrl-C reaches every process of the terminal's group: workers leave it to the training process,
+    which stops them, instead of each printing its own KeyboardInterrupt traceback.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     release_in_child()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)

@@ -23,6 +23,7 @@ from finetune.errors import FinetuneError
 from finetune.heap import keep_freed_memory
 from finetune.pathtext import escaped, printable
 from finetune.run.devices import device_trainer
+from finetune.run.interrupts import after_training, before_training, during_training, fit_or_stop, stopping
 from finetune.run.lr_find import find_lr
 from finetune.run.memory_check import check_memory
 from finetune.run.plan import RunPlan, plan_run, shared_env
@@ -183,6 +184,25 @@ def _held(run_dir: Path, config: RunConfig, ckpt_path: Path | None, console: Con
 
 def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence[pl.Callback],
          ckpt_path: Path | None, sources: dict[str, str] | None) -> RunResult:
+    with stopping(before_training(run_dir)):
+        plan, trainer, module, datamodule = _prepare(config, run_dir, console, callbacks, ckpt_path, sources)
+    with stopping(during_training(trainer, run_dir, plan.config.epochs, _checkpoint_epoch)):
+        with _shared_run_dir(run_dir, shared_env(plan)):
+            fit_or_stop(trainer, module, datamodule, ckpt_path=ckpt_path)
+    with stopping(after_training(run_dir)):
+        module.feature_split = None  # the module runs on images again
+        result = _finish(console, trainer, run_dir, plan.precision, plan.config)
+        if trainer.is_global_zero:
+            from finetune.run.report import finish_run  # curves, final evaluation, export bundle
+
+            finish_run(plan.config, run_dir, plan.index, console)
+    return result
+
+
+def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence[pl.Callback],
+             ckpt_path: Path | None, sources: dict[str, str] | None
+             ) -> tuple[RunPlan, pl.Trainer, FinetuneModule, ImageFolderDataModule]:
+    """Everything before training: the plan, the Trainer, the module and the data, the run files written."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
     started = _recorded_section(run_dir) if ckpt_path else None
     plan, report = plan_run(config, sources, started)
@@ -215,15 +235,7 @@ def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence
     datamodule.setup()  # decodes the images into memory (--image-cache) before the bar starts
     if datamodule.memory_note and rank_zero_only.rank == 0:
         console.print(f"Image cache: {datamodule.memory_note}", soft_wrap=True)
-    with _shared_run_dir(run_dir, shared_env(plan)):
-        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
-    module.feature_split = None  # the module runs on images again
-    result = _finish(console, trainer, run_dir, plan.precision, plan.config)
-    if trainer.is_global_zero:
-        from finetune.run.report import finish_run  # curves, final evaluation, export bundle
-
-        finish_run(plan.config, run_dir, index, console)
-    return result
+    return plan, trainer, module, datamodule
 
 
 def _feature_cache(plan: RunPlan, module: FinetuneModule, trainer: pl.Trainer, images: ImageFolderDataModule,

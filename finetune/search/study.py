@@ -26,6 +26,7 @@ from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
 from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.fit import fit
+from finetune.run.interrupts import stopping
 from finetune.search import outputs
 from finetune.search.budget import estimate
 from finetune.search.sampling import GLOBAL_EVERY, TrialSeededRandomSampler
@@ -264,7 +265,9 @@ def _run_stage(study: optuna.Study, stage: Stage, space: Space, base: RunConfig,
         params = suggest(trial, space)
         epochs = stage_epochs(params.get("epochs", full), stage.fraction, base.val_every)
         run_dir = study_dir / "trials" / f"stage{stage.number}-{trial.number:03d}"
-        outcome = run_trial(study, trial, base, params, epochs, run_dir)
+        with stopping(lambda _, number=trial.number: f"in trial {number} (stage {stage.number}), recorded as "
+                      f"interrupted: run the same command again to continue the study in {study_dir}"):
+            outcome = run_trial(study, trial, base, params, epochs, run_dir)
         progress.trial_done(stage.number, trial.number, outcome)
 
 

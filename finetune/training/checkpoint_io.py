@@ -39,5 +39,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if path.name in self.inference_only:
             checkpoint = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.open_replacing(path, "wb") as f:
+        with atomic.open_replacing(path, "wb", needed=_tensor_bytes(checkpoint)) as f:
             torch.save(checkpoint, f)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
