@@ -1,4 +1,5 @@
-"""The LR range test: raise the LR exponentially over a few steps, watch the loss, suggest an LR.
+"""The LR range test: raise the LR exponentially over a few steps, watch the loss, suggest an LR (or
+none, where the loss shows no clear descent).
 
 Written here rather than with Lightning's `Tuner.lr_find`, which sets every parameter group to
 one LR: with discriminative LRs the test must move all groups together and keep their ratios.
@@ -28,10 +29,10 @@ from finetune.training.module import FinetuneModule
 # a few batches and moves with each one. At least 3 batches, so that one batch is not the level.
 START_FRACTION = 10
 MIN_START = 3
-# A fall is clear when it exceeds 3 standard errors of the batch-to-batch noise: a flat curve of
-# independent losses passes by chance about 1 time in 300, a heavy-tailed one (Student t, 3 degrees of
-# freedom) about 1 in 150 (see benchmarks/results/lr-find-rule.md). A false pass suggests an LR from
-# noise; a refusal keeps the default LR.
+# A fall is clear when it exceeds 3 standard errors of the batch-to-batch noise. The lowest of many
+# smoothed points is a minimum, so flat curves of pure noise still pass now and then: 0.3-1.1% of them
+# for normal and heavy-tailed noise over 30-300 steps (benchmarks/results/lr-find-rule.md). A false
+# pass suggests an LR from noise; a refusal keeps the default LR, the cheaper mistake.
 CLEAR = 3.0
 # Within one standard error of the starting level the curve has not yet left it.
 LEVEL = 1.0

@@ -184,14 +184,14 @@ def test_a_flat_curve_is_refused():
 
 
 def test_flat_noise_is_almost_always_refused():
-    """Independent normal noise passes a 3-standard-error test by chance about 1 time in 300 (in fact
-    less: the error bound is conservative); 400 flat curves of 30 to 300 steps give no more than a few."""
+    """The lowest of many smoothed points of pure noise passes the 3-standard-error test now and then:
+    about 1% of flat curves of 30 to 300 steps or fewer (benchmarks/results/lr-find-rule.md)."""
     rng = np.random.default_rng(2)
     passed = 0
     for _ in range(400):
         n = int(rng.integers(30, 301))
         passed += suggest(lrs_for(n), list(3.0 + rng.uniform(0.01, 2) * rng.standard_normal(n))).lr is not None
-    assert passed <= 6, passed  # expected ~1; 6 or more has probability < 0.5% at 1 in 300
+    assert passed <= 8, passed  # at 1% (4 expected), 9 or more has probability 2%; at 0.6%, 0.1%
 
 
 def test_a_curve_that_only_rises_is_refused():
@@ -299,8 +299,8 @@ def test_lr_find_command_says_why_there_is_no_suggestion_and_which_lr_to_keep(ti
 
 def test_run_lr_auto_keeps_the_default_lr_where_the_test_makes_no_suggestion(tiny_data, tmp_path, run_args):
     out = tmp_path / "run"
-    flat = [f"--lr-find-{a[2:].replace('num-', '')}" if a.startswith("--") else a for a in FLAT]
-    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--lr", "auto", *flat,
+    result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--lr", "auto", "--lr-find-steps", "12",
+                                         "--lr-find-start-lr", "1e-9", "--lr-find-end-lr", "1e-8",  # as FLAT
                                          "--limit-train-batches", "1"))
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
