@@ -45,12 +45,17 @@ def run(ctx: typer.Context, resume: Optional[Path] = None, **settings: Any) -> N
 @user_errors
 @o.with_parameters([*o.config_options(o.LR_FIND_OPTIONS, o.LR_FIND_ALIASES), o.PLOT_FOLDER])
 def lr_find(output: Path = Path("."), **options: Any) -> None:
-    """LR range test: raise the LR exponentially, plot loss vs LR to OUTPUT/lr_find.png, print a suggested --lr."""
+    """LR range test: raise the LR exponentially, plot loss vs LR to OUTPUT/lr_find.png, print a suggested --lr
+    (or, where the loss shows no clear descent, why there is none and the LR to keep)."""
     from finetune.run.lr_find import run_lr_find
 
     settings = {o.LR_FIND_ALIASES.get(k, k): v for k, v in options.items()}
     result = run_lr_find(RunConfig(**settings, lr="auto", output=output), console)
-    console.print(f"Suggested --lr {result.suggestion:.2e}  (plot: {escaped(result.plot)})")
+    if result.suggestion is None:
+        console.print(f"No suggested --lr: {result.reason}. Keep --lr {result.lr:.2e} (the default)  "
+                      f"(plot: {escaped(result.plot)})", soft_wrap=True)
+    else:
+        console.print(f"Suggested --lr {result.suggestion:.2e}  (plot: {escaped(result.plot)})")
 
 
 @app.command()

@@ -284,8 +284,9 @@ def _acc1_at(metrics_csv: Path, epoch: int) -> float:
 
 
 def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console) -> tuple[RunPlan, Teacher | None]:
-    """--lr auto: a range test on its own module and data pipeline. Returns the plan with the suggestion,
-    and the test module's teacher, so that the run does not load (and draw random numbers for) it again."""
+    """--lr auto: a range test on its own module and data pipeline. Returns the plan with the suggestion (or
+    the default LR, where the test makes none), and the test module's teacher, so that the run does not
+    load (and draw random numbers for) it again."""
     if trainer.world_size > 1:
         raise FinetuneError("--lr auto runs the LR range test on one device; run `finetune lr-find` with the "
                             "same options and pass its suggestion as --lr for a multi-device run")
@@ -294,9 +295,14 @@ def _auto_lr(plan: RunPlan, trainer: pl.Trainer, run_dir: Path, console: Console
     found = find_lr(finder, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
                     num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
                     plot=run_dir / "lr_find.png" if rank_zero_only.rank == 0 else None)
-    console.print(f"LR finder: suggested lr {found.suggestion:.2e} (plot: {run_dir / 'lr_find.png'})")
+    plot = f"(plot: {run_dir / 'lr_find.png'})"
+    if found.suggestion is None:
+        console.print(f"LR finder: no suggestion, {found.reason}; keeping the default lr {found.lr:.2e} {plot}",
+                      soft_wrap=True)
+    else:
+        console.print(f"LR finder: suggested lr {found.suggestion:.2e} {plot}")
     pl.seed_everything(c.seed, workers=True, verbose=False)  # the run draws as if --lr had been given
-    return plan.with_lr(found.suggestion), finder.teacher
+    return plan.with_lr(found.lr, found.reason, suggested=found.suggestion is not None), finder.teacher
 
 
 def _recorded_section(run_dir: Path) -> dict[str, Any]:
@@ -319,8 +325,8 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
     record = plan.record()
     resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {})}
     sources = record["sources"]
-    if plan.lr_found is not None:
-        resolved["lr_find"] = {"suggestion": plan.lr_found, "plot": "lr_find.png"}
+    if plan.lr_find is not None:
+        resolved["lr_find"] = {**plan.lr_find, "plot": "lr_find.png"}
     if resuming:
         resolved, sources = _merge_record(run_dir / "config.yaml", resolved, sources)
     atomic.write_text(run_dir / "config.yaml", plan.config.to_yaml(resolved, sources))  # whole, for --resume

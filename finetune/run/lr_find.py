@@ -1,12 +1,16 @@
-"""The LR range test: raise the LR exponentially over a few steps, watch the loss, suggest an LR.
+"""The LR range test: raise the LR exponentially over a few steps, watch the loss, suggest an LR (or
+none, where the loss shows no clear descent).
 
 Written here rather than with Lightning's `Tuner.lr_find`, which sets every parameter group to
 one LR: with discriminative LRs the test must move all groups together and keep their ratios.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,37 @@ from rich.console import Console
 from finetune.config import RunConfig
 from finetune.heap import keep_freed_memory
 from finetune.run.devices import device_trainer
-from finetune.training.callbacks.lr_range_test import LRRangeTest
+from finetune.run.interrupts import fit_or_stop
+from finetune.training.callbacks.lr_range_test import LRRangeTest, smooth, smoothed_variance
 from finetune.training.module import FinetuneModule
+
+# The first tenth of the test (fastai skips num_it // 10, Lightning 10 of its 100 steps): its mean is
+# the curve's starting level, and no LR is suggested from it, where the smoothed loss is an average of
+# a few batches and moves with each one. At least 3 batches, so that one batch is not the level.
+START_FRACTION = 10
+MIN_START = 3
+# A fall is clear when it exceeds 3 standard errors of the batch-to-batch noise. The lowest of many
+# smoothed points is a minimum, so flat curves of pure noise still pass now and then: 0.3-1.1% of them
+# for normal and heavy-tailed noise over 30-300 steps (benchmarks/results/lr-find-rule.md). A false
+# pass suggests an LR from noise; a refusal keeps the default LR, the cheaper mistake.
+CLEAR = 3.0
+# Within one standard error of the starting level the curve has not yet left it.
+LEVEL = 1.0
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What the range test's curve says: an LR, or none, and why, in one line.
+
+    Attributes:
+        lr: The suggested head LR, or None where the curve shows no clear descent.
+        reason: One line: the fall that was measured, or why there is no suggestion.
+        index: The step of the suggestion (None without one).
+    """
+
+    lr: float | None
+    reason: str
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -28,46 +61,119 @@ class LRFindResult:
     Attributes:
         lrs: Head LR at each step taken.
         losses: Smoothed training loss at each step.
-        suggestion: The head LR at the steepest descent of the smoothed loss.
+        suggestion: The head LR at the steepest descent of the smoothed loss, or None where the curve
+            shows no clear descent.
         plot: Where the loss-vs-LR plot was written, if anywhere.
+        reason: One line: the descent the suggestion comes from, or why there is none.
+        raw_losses: Training loss at each step, before smoothing.
     """
 
     lrs: list[float]
     losses: list[float]
-    suggestion: float
+    suggestion: float | None
     plot: Path | None = None
+    reason: str = ""
+    raw_losses: list[float] = field(default_factory=list)
+
+    @property
+    def lr(self) -> float:
+        """The head LR to train with: the suggestion, or RunConfig's default LR where there is none."""
+        return self.suggestion if self.suggestion is not None else RunConfig.model_fields["lr"].default
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The LR where the smoothed loss falls fastest per log-LR on its way down to its lowest point.
+def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The LR where the smoothed loss falls fastest on its way down, or none without a clear fall.
 
-    The first 10% of steps are skipped (the average is still settling), and so is everything after
-    the lowest loss: there training is unstable, and a fall from a spike is not a good LR.
+    The losses are smoothed (`smooth`). The first tenth of the steps sets the starting level, the
+    smoothed value there; the batch-to-batch noise is the spread of successive raw losses up to the
+    lowest smoothed point. With no fall below the starting level of more than CLEAR standard errors
+    there is no suggestion. Else the descent is the unbroken fall of the smoothed curve that first takes
+    it that far below, from its last point still within LEVEL standard errors of the start, to the
+    lowest point; the suggestion is its steepest point per log-LR. Past the lowest point training is
+    unstable, and a fall from a spike there is no good LR. Scaling or shifting the losses does not
+    change the suggestion.
+
+    Args:
+        lrs: Head LR of each step, increasing.
+        losses: Raw training loss of each step (non-finite from the first such on: the test stopped).
+
+    Returns:
+        The suggestion, or none with the reason.
     """
-    lrs_a, losses_a = np.asarray(lrs), np.asarray(losses)
-    finite = np.isfinite(losses_a)
-    lrs_a, losses_a = lrs_a[finite], losses_a[finite]
-    if len(lrs_a) < 3:
-        raise ValueError(f"the range test has {len(lrs_a)} finite losses; "
-                         "raise --lr-find-steps or lower --lr-find-end-lr")
-    skip = min(len(lrs_a) - 3, max(0, len(lrs_a) // 10))
-    end = max(skip + 3, int(np.argmin(losses_a)) + 1)  # np.gradient needs a few points
-    slopes = np.gradient(losses_a[skip:end], np.log(lrs_a[skip:end]))
-    return float(lrs_a[skip + int(np.argmin(slopes))])
+    n = _finite_steps(losses)
+    lrs_a, raw = np.asarray(lrs[:n], dtype=float), np.asarray(losses[:n], dtype=float)
+    start = max(MIN_START, n // START_FRACTION)
+    if n < 2 * start:
+        return Suggestion(None, f"the range test has {n} finite losses, too few to judge (at least "
+                                f"{2 * MIN_START}): give it more steps, or a lower start LR if the loss blew up")
+    smoothed = np.asarray(smooth(raw))
+    low = start + int(np.argmin(smoothed[start:]))
+    level = smoothed[start - 1]
+    # Successive differences: the trend cancels. The smoothing's rounding error is the finest noise there is.
+    noise = max(float(np.std(np.diff(raw[: low + 1]))) / math.sqrt(2),
+                n * np.finfo(float).eps * float(np.abs(raw[: low + 1]).max()))
+
+    def error(i: int) -> float:
+        """Standard error of the fall from the starting level to step i (a bound: the two share losses)."""
+        return noise * math.sqrt(smoothed_variance(start) + smoothed_variance(i + 1))
+
+    fall = level - smoothed[low]
+    if low == start:
+        return Suggestion(None, f"the smoothed loss is lowest right after the first tenth of the test (lr "
+                                f"{lrs_a[low]:.2e}): the test starts past any descent; give it a lower start LR")
+    if not fall > CLEAR * error(low):
+        return Suggestion(None, f"no clear descent: the smoothed loss falls at most {max(fall, 0):.3g} below its "
+                                f"starting level {level:.3g}, under {CLEAR:g} standard errors of its batch-to-batch "
+                                f"noise ({CLEAR:g} x {error(low):.2g})")
+    begin = _descent_start(smoothed, start, low, lambda i: level - smoothed[i] > CLEAR * error(i),
+                           lambda i: level - smoothed[i] <= LEVEL * error(i))
+    slopes = np.gradient(smoothed, np.log(lrs_a))  # per log-LR: the test's LRs are evenly spaced in it
+    at = begin + int(np.argmin(slopes[begin:low]))
+    return Suggestion(float(lrs_a[at]), f"steepest fall of the smoothed loss on its descent from {level:.3g} to "
+                                        f"{smoothed[low]:.3g} ({fall / error(low):.1f} standard errors of its noise; "
+                                        f"lowest at lr {lrs_a[low]:.2e})", at)
+
+
+def _finite_steps(losses: Sequence[float]) -> int:
+    """How many losses come before the first non-finite one."""
+    finite = np.isfinite(np.asarray(losses, dtype=float))
+    return len(finite) if finite.all() else int(np.argmin(finite))
+
+
+def _descent_start(smoothed: np.ndarray, start: int, low: int, clear: Callable[[int], bool],
+                   level: Callable[[int], bool]) -> int:
+    """First step of the descent: back from the first clearly lower step along falling values, but
+    not before the last step still at the starting level."""
+    first = next(i for i in range(start, low + 1) if clear(i))
+    begin = first
+    while begin > start and smoothed[begin - 1] > smoothed[begin]:
+        begin -= 1
+    at_level = [i for i in range(start, first) if level(i)]
+    return min(max([begin, *at_level[-1:]]), low - 1)  # one step before the lowest, at least
 
 
 def plot_lr_find(result: LRFindResult, path: Path) -> Path:
-    """Writes loss vs head LR (log x-axis) with the suggestion marked."""
+    """Writes loss vs head LR (log x-axis): raw and smoothed, the suggestion marked or the reason for none."""
     from finetune.figures import subplots
 
     fig, ax = subplots(figsize=(6, 4))
-    ax.plot(result.lrs[: len(result.losses)], result.losses)
-    at = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / result.suggestion)))
-    ax.plot([result.suggestion], [result.losses[min(at, len(result.losses) - 1)]], "o", color="red",
-            label=f"suggestion {result.suggestion:.2e}")
+    lrs = result.lrs[: len(result.losses)]
+    if result.raw_losses:
+        ax.plot(lrs, result.raw_losses[: len(lrs)], color="0.8", linewidth=0.8, label="training loss")
+    ax.plot(lrs, result.losses, label="smoothed")
+    finite = [v for v in result.losses if math.isfinite(v)]
+    if finite:  # the raw losses' spikes past the divergence would flatten the smoothed curve
+        low, high = min(finite + [v for v in result.raw_losses if math.isfinite(v)]), max(finite)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low) or None)
+    if result.suggestion is not None:
+        at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / result.suggestion)))
+        ax.plot([result.suggestion], [result.losses[at]], "o", color="red",
+                label=f"suggestion {result.suggestion:.2e}")
+    else:
+        ax.set_title(textwrap.fill(f"no suggestion: {result.reason}", 70), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("head learning rate")
-    ax.set_ylabel("training loss (smoothed)")
+    ax.set_ylabel("training loss")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +201,8 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
         progress: Show a progress bar.
 
     Returns:
-        The LRs, smoothed losses and the suggested head LR.
+        The LRs, the smoothed and raw losses, and the suggested head LR (None, with the reason, where the
+        loss shows no clear descent).
     """
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     frozen_units, was_training = module.frozen_units, module.training
@@ -107,15 +214,17 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
     )
     try:
         with keep_freed_memory():
-            trainer.fit(module, datamodule)
+            fit_or_stop(trainer, module, datamodule)  # Ctrl-C: Interrupted, not Lightning's sys.exit(1)
     finally:
         with torch.no_grad():
             module.load_state_dict(saved)
         module.set_frozen_units(frozen_units)
         module.train(was_training)
         module.trainer = None  # detached from the test's Trainer; the real run attaches its own
-    result = LRFindResult(test.lrs[: len(test.losses)], test.losses, suggest(test.lrs[: len(test.losses)], test.losses))
-    return LRFindResult(result.lrs, result.losses, result.suggestion, plot_lr_find(result, plot) if plot else None)
+    lrs = test.lrs[: len(test.losses)]
+    found = suggest(lrs, test.raw_losses)
+    result = LRFindResult(lrs, test.losses, found.lr, None, found.reason, test.raw_losses)
+    return dataclasses.replace(result, plot=plot_lr_find(result, plot)) if plot else result
 
 
 def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResult:
@@ -127,7 +236,7 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
         console: Where the plan goes.
 
     Returns:
-        The test's LRs, losses, suggestion and plot path.
+        The test's LRs, losses, suggestion (or the reason for none) and plot path.
     """
     from finetune.run.plan import plan_run
     from finetune.training.plan_table import print_plan

@@ -58,7 +58,9 @@ class RunPlan:
         class_weights: Per-class weights of the training loss (--class-weights), or None.
         lr_mults: Each layer group's LR as a multiple of the head's, input side first.
         decided: The settings resolved from the data, in the order they were decided (for the console).
-        lr_found: The LR range test's suggestion with `--lr auto` (None otherwise).
+        lr_found: The LR range test's suggestion with `--lr auto` (None otherwise, or where it made none).
+        lr_find: What the range test of `--lr auto` gave, for config.yaml: its suggestion (None where it
+            made none), the reason in one line, and the LR the run uses.
         feature_cache: Whether the frozen-feature cache applies to these settings, and why.
     """
 
@@ -78,6 +80,7 @@ class RunPlan:
     lr_mults: tuple[float, ...] = ()
     decided: tuple[str, ...] = ()
     lr_found: float | None = None
+    lr_find: dict[str, Any] | None = None
     feature_cache: CacheChoice = CacheChoice(False, "not planned")
 
     @property
@@ -85,9 +88,15 @@ class RunPlan:
         """Whether the LR is still `auto`: the range test must run before the module is built."""
         return self.config.lr == "auto"
 
-    def with_lr(self, lr: float) -> RunPlan:
-        """The plan with the LR the range test measured (`lr` keeps its source: the `auto` was given)."""
-        return dataclasses.replace(self, config=self.config.model_copy(update={"lr": lr}), lr_found=lr)
+    def with_lr(self, lr: float, reason: str = "", suggested: bool = True) -> RunPlan:
+        """The plan with the LR the range test settled: its suggestion, or (`suggested` False) the LR kept
+        where it made none; `reason` says why, in one line. `sources["lr"]` and `lr_find` record it."""
+        found = {"suggestion": lr if suggested else None, "reason": reason, "lr": lr}
+        source = ("auto: the LR range test's suggestion" if suggested
+                  else f"auto: the default, kept: the LR range test made no suggestion ({reason})")
+        return dataclasses.replace(self, config=self.config.model_copy(update={"lr": lr}),
+                                   lr_found=lr if suggested else None, lr_find=found,
+                                   sources={**self.sources, "lr": source})
 
     def build_module(self, teacher: Teacher | None = None, lr: float | None = None) -> FinetuneModule:
         """The LightningModule this plan describes (`lr` overrides the head LR: the range test's start)."""
