@@ -5,7 +5,8 @@ epoch (or checkpoint) on val, and is scored on a test split that nothing selects
 the mean top-1 over seeds with its spread (half the max-min range), and the wall seconds of one run.
 
 Tasks (real images that install offline, see finetune/data/real.py): photographic textures,
-animal silhouettes, faces vs non-faces. Regimes: input size (32 px or the backbone's own),
+animal silhouettes, faces vs non-faces. Regimes: input size (32 px or the backbone's own, each given
+to every method explicitly: `finetune run`'s own default follows the images, see input_size.py),
 training images per class (few-shot or a few hundred), and where the weights come from (real
 ImageNet weights, or a source task trained by this toolkit).
 
@@ -55,7 +56,8 @@ PLAIN_BATCH = 4  # the tutorial's batch size
 
 @dataclass(frozen=True)
 class Regime:
-    """One training condition: input side (None: the backbone's own), images per class, weights."""
+    """One training condition: input side (None: the backbone's own, passed as a number), images per class,
+    weights."""
 
     name: str
     size: int | None
@@ -64,6 +66,11 @@ class Regime:
 
     def train_per_class(self, task: str) -> int:
         return min(self.shots or TASKS[task].max_train, TASKS[task].max_train)
+
+    def input_size(self, backbone: str) -> int:
+        """The side every method trains at: `size`, or the backbone's own, given to `finetune run` as a
+        number (left out, its default would follow the images)."""
+        return self.size or create_backbone(backbone, 2, "none")[0].data_config.input_size
 
 
 REGIMES = {
@@ -178,9 +185,9 @@ def _fastai_weights(backbone: str, weights: str, out: Path) -> Path:
 
 
 # ----- finetune ------------------------------------------------------------------------------------
-def finetune_run(data: Path, backbone: str, weights: str, size: int | None, seed: int, out: Path,
+def finetune_run(data: Path, backbone: str, weights: str, size: int, seed: int, out: Path,
                  overrides: dict | None = None) -> tuple[float, float]:
-    """`finetune run` with only --backbone --data --weights (--image-size for the regime) plus
+    """`finetune run` with only --backbone --data --weights --image-size (the regime's) plus
     `overrides` (a recipe's values); the best checkpoint, selected on val, scored on test."""
     config = RunConfig(backbone=backbone, data=data, weights=weights, image_size=size, seed=seed, output=out,
                        progress=False, export=False, overwrite=True, **(overrides or {}))
@@ -232,18 +239,18 @@ def run_cell(method: str, task: str, regime: Regime, seed: int, work: Path) -> t
     backbone, weights = (IMAGENET_BACKBONE, "imagenet") if regime.weights == "imagenet" else \
         (SOURCE_BACKBONE, str(source_weights(work)))
     out = work / "runs" / f"{task}-{regime.name}-{method.replace(' ', '_')}-{seed}"
+    size = regime.input_size(backbone)
     start = time.perf_counter()
     if method.startswith("plain-lr"):
-        val, test = plain_loop(data, backbone, weights, regime.size, seed, float(method[len("plain-lr"):]))
+        val, test = plain_loop(data, backbone, weights, size, seed, float(method[len("plain-lr"):]))
     elif method == "fastai":
         file = _fastai_weights(backbone, weights, work / "fastai" / f"{backbone}-{regime.weights}.safetensors")
-        size = regime.size or create_backbone(backbone, 2, "none")[0].data_config.input_size
         val, test = fastai_fine_tune(data, backbone, file, size, seed)
     elif method.split(" ")[0] == "finetune":
-        val, test = finetune_run(data, backbone, weights, regime.size, seed, out, _overrides(method))
+        val, test = finetune_run(data, backbone, weights, size, seed, out, _overrides(method))
     elif method.startswith("recipe "):
         values = {k: v for k, v in load_recipe(method.split(" ", 1)[1]).values.items()}
-        val, test = finetune_run(data, backbone, weights, regime.size, seed, out, values)
+        val, test = finetune_run(data, backbone, weights, size, seed, out, values)
     else:
         raise ValueError(f"unknown method {method!r}")
     return val, test, time.perf_counter() - start

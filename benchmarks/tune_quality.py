@@ -54,7 +54,7 @@ def network(work: Path) -> tuple[str, str]:
 def tuned(data: Path, seed: int, out: Path, trials: int) -> tuple[float, float, str]:
     """A `trials`-trial study with the default space; (val, test, settings) of its best trial."""
     backbone, weights = network(out.parent.parent)
-    config = RunConfig(backbone=backbone, data=data, weights=weights, image_size=REGIME.size,
+    config = RunConfig(backbone=backbone, data=data, weights=weights, image_size=REGIME.input_size(backbone),
                        seed=seed, progress=False)
     with contextlib.redirect_stdout(io.StringIO()):
         result = tune(config, trials=trials, output=out)
@@ -72,7 +72,9 @@ def run_cell(method: str, task: str, seed: int, work: Path, trials: int) -> dict
         make_real_task(task, data, REGIME.train_per_class(task), seed=seed)
     start = time.perf_counter()
     if method == "run":
-        val, test = quality.finetune_run(data, *network(work), REGIME.size, seed, work / "runs" / f"{task}-run-{seed}")
+        backbone, weights = network(work)
+        val, test = quality.finetune_run(data, backbone, weights, REGIME.input_size(backbone), seed,
+                                         work / "runs" / f"{task}-run-{seed}")
         settings = "defaults"
     else:
         val, test, settings = tuned(data, seed, work / "studies" / f"{task}-{seed}", trials)

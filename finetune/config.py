@@ -130,7 +130,9 @@ class RunConfig(BaseModel):
         "Images per batch per device. Default: from the train-set size, the largest of 8, 16, 32 that keeps 10+ "
         "steps an epoch."))
     image_size: int | None = Field(None, ge=16, le=MAX_IMAGE_SIZE, description=(
-        "Input side in pixels. Default: the backbone's own (its pretrained data config)."))
+        "Input side in pixels. Default: the backbone's own (its pretrained data config), however small the images: "
+        "pretrained weights fine-tune best at the scale they learned; the plan names the faster size that follows "
+        "the images (twice their median side, a multiple of the network's stride)."))
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1e-3, description=(
         "The head's peak learning rate (backbone groups: see --backbone-lr-mult, --lr-decay), or auto: run the LR "
         "range test first and use its suggestion."))

@@ -92,6 +92,27 @@ class Backbone(nn.Module):
         """The unit holding the classifier."""
         return self.units[-1]
 
+    def input_limits(self) -> zoo.InputLimits:
+        """Which input sides the network's weights take (see `zoo.input_limits`)."""
+        return zoo.input_limits(self.model, self.zoo, zoo.resolve_name(self.name)[1])
+
+    def accepts_input(self, side: int) -> bool:
+        """Whether a (1, 3, side, side) batch passes through the network: a probe for architectures whose
+        metadata names no smallest side (timm's Inception v3 runs out of pixels below 75). The forward
+        runs in eval mode without gradients on the parameters' device; every module's mode is restored."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        device = next(self.model.parameters()).device
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(torch.zeros(1, 3, side, side, device=device))
+            return True
+        except (RuntimeError, ValueError, AssertionError, IndexError):  # torch's and timm's size errors
+            return False
+        finally:
+            for module, training in modes:
+                module.training = training
+
 
 def create_backbone(
     name: str,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,42 @@ def torchvision_data_config(arch: str) -> DataConfig:
 def timm_data_config(model: nn.Module) -> DataConfig:
     """Preprocessing from the model's pretrained_cfg (mean, std, size, crop, interpolation)."""
     return DataConfig.from_timm(timm.data.resolve_model_data_config(model))
+
+
+# The total downsampling of a network whose zoo does not state it: every torchvision classification CNN
+# (ResNet, VGG, DenseNet, MobileNet, EfficientNet, RegNet, ConvNeXt) reduces its input 32x, SqueezeNet 16x.
+DEFAULT_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Which input sides a network's weights take, read from its zoo's metadata.
+
+    Attributes:
+        fixed: Only the pretrained side works (vision transformers with a position table for one grid).
+        min_side: The smallest side the weights' metadata allows (1 where it names none).
+        stride: The network's total downsampling: inputs that are multiples of it tile its last feature map.
+    """
+
+    fixed: bool
+    min_side: int
+    stride: int
+
+
+def input_limits(model: nn.Module, zoo_name: str, arch: str) -> InputLimits:
+    """timm: `pretrained_cfg` (fixed_input_size, min_input_size) and `feature_info` (the last reduction);
+    torchvision: the default weights' `meta["min_size"]`, fixed where it is the pretrained crop itself."""
+    if zoo_name == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        info = getattr(model, "feature_info", None)  # a list of {"module", "num_chs", "reduction"} per stage
+        last = info[-1] if isinstance(info, list) and info and isinstance(info[-1], dict) else {}
+        return InputLimits(bool(cfg.get("fixed_input_size", False)), int((cfg.get("min_input_size") or (1,))[-1]),
+                           int(last.get("reduction") or DEFAULT_STRIDE))
+    weights = default_weights(arch)
+    if weights is None:
+        return InputLimits(False, 1, DEFAULT_STRIDE)
+    low = int(weights.meta.get("min_size", (1, 1))[0])
+    return InputLimits(low >= int(weights.transforms().crop_size[0]), low, DEFAULT_STRIDE)
 
 
 def _contains_classifier(module: nn.Module, num_classes: int) -> bool:

@@ -1,19 +1,24 @@
-"""Defaults that follow from the data: batch size, epochs, validation cadence and augmentation.
+"""Defaults that follow from the data: input size, batch size, epochs, validation cadence and augmentation.
 
 Each rule reads measured properties of the training set (finetune.data.profile) and the input size,
-never a dataset's name. The evidence for each is in benchmarks/results/quality.md.
+never a dataset's name. The evidence for each is in benchmarks/results/quality.md, and for the input
+size in benchmarks/results/input-size.md.
 """
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from finetune.config import RunConfig, divisors
 from finetune.data.data_config import DataConfig
 from finetune.data.policy import AugmentPolicy, auto_augment_policy
-from finetune.data.profile import DataProfile, profile_training_set
+from finetune.data.profile import DataProfile, image_sides, profile_training_set
 from finetune.data.scan import DatasetIndex
+from finetune.models.backbone import Backbone
+from finetune.models.zoo import InputLimits
 
 MIN_STEPS_PER_EPOCH = 10  # below this a "epoch" of a tiny set is one or two noisy steps
 BATCH_RANGE = (8, 32)  # 8: BatchNorm statistics stay usable; 32: the usual fine-tuning batch
@@ -24,6 +29,71 @@ VALIDATIONS = 20
 BATCH_RULE = (f"the largest power of two in {BATCH_RANGE[0]}-{BATCH_RANGE[1]} "
               f"giving {MIN_STEPS_PER_EPOCH}+ steps an epoch")
 EPOCHS_RULE = f"about {TARGET_STEPS} optimizer steps, {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]} epochs"
+
+
+# With --image-size left out a run trains at the backbone's own size, however small its images: ImageNet
+# weights fine-tuned at their own 224 px beat 2x the images' side on all four benchmark tasks (25-73 px
+# images, by 0.025-0.169 test top-1) and the images' own side by more (benchmarks/results/input-size.md).
+# The features were learned at that scale; upsampling brings small images to it. The images' size only
+# names, in the plan, the faster size a user may trade accuracy for: UPSAMPLE x their median side.
+UPSAMPLE = 2
+
+
+def faster_image_size(median_side: float, own: int, limits: InputLimits,
+                      accepts: Callable[[int], bool] = lambda side: True) -> int:
+    """The input side that follows images whose median shorter side is `median_side` px.
+
+    UPSAMPLE times the images' side, rounded up to a multiple of the network's stride (a last feature map
+    of whole cells), at least one stride and the weights' smallest side, at most the backbone's own
+    size; the backbone's own size where its weights take no other. Then up by one stride at a time
+    until the network `accepts` it (or the own size is reached).
+
+    e.g. 28 px silhouettes -> 64; 80 px photo crops -> 160; 500 px photos -> 224 (own 224, stride 32).
+    """
+    if limits.fixed:
+        return own
+    stride = limits.stride
+    floor = stride * math.ceil(max(stride, limits.min_side) / stride)
+    side = min(own, max(floor, stride * math.ceil(UPSAMPLE * median_side / stride)))
+    while side < own and not accepts(side):
+        side = min(own, side + stride)
+    return side
+
+
+def resolve_image_size(image_size: int | None, index: DatasetIndex, backbone: Backbone,
+                       started: dict[str, Any] | None = None) -> tuple[int, str | None]:
+    """The input side of a run: (`image_size`, None) when given, else (the backbone's own, "auto: why").
+
+    The reason gives the train images' median side (read from the headers of the data profile's sample)
+    and, where one exists, the faster size that follows them (`faster_image_size`).
+
+    Args:
+        image_size: --image-size, or None.
+        index: The scanned image folder (a sample of its train split is measured).
+        backbone: The network (its own size, stride and the sides its weights take).
+        started: A resumed run's recorded `resolved` section. The run keeps the size it started at; a
+            config.yaml that records no size (written by a version that left it to the backbone) has it
+            in `resolved.data_config`.
+    """
+    if image_size is not None:
+        return image_size, None
+    own, name = backbone.data_config.input_size, backbone.name
+    if started is not None:
+        kept = int((started.get("data_config") or {}).get("input_size") or own)
+        return kept, f"auto, kept from the run's start: {kept} px"
+    limits = backbone.input_limits()
+    if limits.fixed:
+        return own, f"auto: {own} px, the only size {name}'s weights take"
+    sides = image_sides(index)
+    if not sides:
+        return own, f"auto: {own} px, {name}'s own (no readable train image to measure)"
+    median = statistics.median(sides)
+    images = f"the train images' median side is {median:g} px ({len(sides)} sampled)"
+    faster = faster_image_size(median, own, limits, backbone.accepts_input)
+    if faster >= own:
+        return own, f"auto: {own} px, {name}'s own ({images})"
+    return own, (f"auto: {own} px, {name}'s own; {images}: --image-size {faster} trains faster, but ImageNet "
+                 f"weights fine-tuned less accurately below their own size on every task measured")
 
 
 def auto_batch_size(train_images: int) -> int:

@@ -19,7 +19,10 @@ from finetune.evaluation.evaluate import evaluate
 from finetune.run.fit import RunResult, fit
 
 DEMO_BACKBONE = "tf_efficientnet_lite0"  # its ImageNet weights install offline from the package registry
-DEMO_SIZE = 64  # the patches' own side: 2 CPU cores train it in about a minute
+# The patches' own side, given, so that 2 CPU cores train it in about a minute. Left out, --image-size is the
+# backbone's 224: on these patches (10 per class) 0.04 more test top-1 at 3x the time an epoch
+# (benchmarks/results/input-size.md).
+DEMO_SIZE = 64
 
 
 def run_demo(output: Path, backbone: str = DEMO_BACKBONE, task: str = "textures", shots: int = 10,

@@ -1,7 +1,7 @@
 """The one moment a run's settings are resolved: `resolve_run(config, index, backbone) -> RunPlan`.
 
 Everything `auto` or left unset is decided here, from the data, the backbone and the machine: the
-frozen part, the batch size, epochs and validation cadence, the augmentation, precision,
+input size, the frozen part, the batch size, epochs and validation cadence, the augmentation, precision,
 channels_last, workers, the preprocessing and each layer group's LR. `finetune run`, `finetune
 lr-find` and `finetune tune` all build through it, config.yaml records it, and checkpoints keep it,
 so nothing downstream resolves a setting again or rebinds the config.
@@ -25,7 +25,7 @@ from finetune.data.policy import AugmentPolicy
 from finetune.data.profile import DataProfile
 from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.models.backbone import Backbone, LoadReport, create_backbone
-from finetune.run.auto_defaults import resolve_data_defaults
+from finetune.run.auto_defaults import resolve_data_defaults, resolve_image_size
 from finetune.run.devices import planned_world_size
 from finetune.training.auto_freeze import resolve_freeze_until
 from finetune.training.cached_features import CacheChoice, cache_choice
@@ -42,13 +42,13 @@ class RunPlan:
     """Every value a run derives from its settings, decided once.
 
     Attributes:
-        config: The settings with everything resolved: `freeze_until` a layer or None, `batch_size`,
-            `epochs` and `val_every` numbers. `lr` stays "auto" until `with_lr` gives the LR
-            range test's result.
+        config: The settings with everything resolved: `image_size`, `batch_size`, `epochs` and
+            `val_every` numbers, `freeze_until` a layer or None. `lr` stays "auto" until `with_lr` gives
+            the LR range test's result.
         sources: Where each setting came from: "default", "recipe NAME", "command line" or "auto: why".
         index: The scanned image folder.
         backbone: The network with its new head and its weights loaded.
-        data_config: The preprocessing the run trains and evaluates with (at --image-size).
+        data_config: The preprocessing the run trains and evaluates with (at the resolved image size).
         augment: The preset name given, or the AugmentPolicy `--augment auto` chose.
         profile: What `--augment auto` measured of the training set (None otherwise).
         precision: Lightning precision, and `precision_why` the reason.
@@ -168,12 +168,17 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
         index: The scanned image folder.
         backbone: The network built for `len(index.classes)` classes with the run's weights.
         sources: Where each given setting came from (default: every one "default").
-        started: A resumed run's recorded `resolved` section: the augmentation it chose is kept.
+        started: A resumed run's recorded `resolved` section: the input size and augmentation it chose
+            are kept.
 
     Returns:
         The frozen plan; `sources` gains "auto: why" for each value decided from the data.
     """
     sources = dict(sources or {})
+    size, size_why = resolve_image_size(config.image_size, index, backbone, started)
+    if size_why is not None:  # first: the frozen part's feature check and the augmentation read the size
+        config = config.model_copy(update={"image_size": size})
+        sources["image_size"] = size_why
     data_config = backbone.data_config.with_size(config.image_size)
     layer, why = _freeze_until(config, backbone, index, data_config)
     if why is not None:
@@ -182,7 +187,8 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
     world = planned_world_size(config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes)
     auto = resolve_data_defaults(config, index, data_config, world, started)
     config, sources = auto.config, {**sources, **auto.sources}
-    decided = (("freeze_until",) if why is not None else ()) + tuple(auto.sources)
+    made = (("image_size", size_why), ("freeze_until", why))
+    decided = tuple(key for key, reason in made if reason is not None) + tuple(auto.sources)
     if config.workers is not None and config.resolved_workers() < config.workers:
         sources["workers"] = (f"{config.workers} given -> {config.resolved_workers()}: the CPU cores this process "
                               "may use (more workers only contend for them)")

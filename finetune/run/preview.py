@@ -11,18 +11,22 @@ from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
 from finetune.data.policy import auto_augment_policy
 from finetune.data.profile import profile_training_set
-from finetune.data.scan import scan_image_folder
+from finetune.data.scan import DatasetIndex, scan_image_folder
 from finetune.data.transforms import PRESETS, build_transform
+from finetune.run.auto_defaults import resolve_image_size
 
 LABEL_HEIGHT = 12  # pixels of caption under each tile (PIL's default bitmap font is ~11 px)
 
 
-def backbone_data_config(name: str, image_size: int | None = None) -> DataConfig:
-    """The preprocessing of a backbone's pretrained weights, read without allocating its weights."""
+def backbone_data_config(name: str, image_size: int | None = None, index: DatasetIndex | None = None) -> DataConfig:
+    """The preprocessing of a backbone's pretrained weights, read without allocating its weights, at
+    `image_size`; None: the size `finetune run` would choose for `index` (without one, the backbone's own)."""
     from finetune.models.backbone import create_backbone
 
     with torch.device("meta"):  # shapes only: no weights are allocated or loaded
         backbone, _ = create_backbone(name, 2, weights="none")
+    if image_size is None and index is not None:
+        image_size, _ = resolve_image_size(None, index, backbone)
     return backbone.data_config.with_size(image_size)
 
 
@@ -47,7 +51,7 @@ def _round_robin(items: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
 
 
 def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, columns: int = 4,
-                 seed: int = 0) -> Image.Image:
+                 seed: int = 0, index: DatasetIndex | None = None) -> Image.Image:
     """Augments the first training images (one per class in turn) and tiles them with class captions.
 
     Args:
@@ -57,10 +61,11 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
         count: Tiles in the grid.
         columns: Tiles per row.
         seed: Seed of the augmentations.
+        index: The scan of `data`, if made already.
     """
     if augment not in PRESETS and augment != "auto":
         raise ValueError(f"unknown augmentation preset {augment!r}; valid: auto, {', '.join(PRESETS)}")
-    index = scan_image_folder(data, progress=False)
+    index = index or scan_image_folder(data, progress=False)
     # auto: the policy `finetune run` would choose for this folder at this input size
     preset = auto_augment_policy(profile_training_set(index), dc.input_size) if augment == "auto" else augment
     dataset = ImageListDataset(_round_robin(index.train), build_transform(dc, train=True, preset=preset, seed=seed))
@@ -78,8 +83,11 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
 
 def write_preview(data: Path, augment: str, output: Path, backbone: str = "resnet18",
                   image_size: int | None = None, count: int = 16, seed: int = 0) -> Path:
-    """Writes the preview grid of `augment` on `data` to the PNG `output` and returns its path."""
-    grid = preview_grid(data, augment, backbone_data_config(backbone, image_size), count=count, seed=seed)
+    """Writes the preview grid of `augment` on `data` to the PNG `output` and returns its path; at
+    `image_size`, or (None) at the size `finetune run` would choose for these images and backbone."""
+    index = scan_image_folder(data, progress=False)
+    grid = preview_grid(data, augment, backbone_data_config(backbone, image_size, index), count=count, seed=seed,
+                        index=index)
     output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(output, format="PNG")
     return output

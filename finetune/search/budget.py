@@ -10,6 +10,7 @@ import torch
 from finetune.config import RunConfig
 from finetune.data.scan import DatasetIndex
 from finetune.models.backbone import create_backbone
+from finetune.run.auto_defaults import resolve_image_size
 
 OVERHEAD_S = 5.0  # building the model, the data pipeline and the end-of-run evaluation, per trial
 VAL_COST = 1 / 3  # a forward pass costs about a third of forward + backward
@@ -35,14 +36,15 @@ def _batches(images: int, batch: int, limit: int | float) -> int:
     return min(steps, limit) if isinstance(limit, int) else max(1, math.ceil(steps * limit))
 
 
-def time_one_batch(config: RunConfig, classes: int, batch: int) -> float:
-    """Seconds of one forward + backward pass of the backbone on a batch (after a warm-up pass)."""
-    net, _ = create_backbone(config.backbone, classes, config.weights, weights_dir=config.weights_dir)
-    size = config.image_size or net.data_config.input_size
+def time_one_batch(config: RunConfig, index: DatasetIndex, batch: int) -> float:
+    """Seconds of one forward + backward pass of the backbone on a batch (after a warm-up pass), at the
+    input size the trials train at."""
+    net, _ = create_backbone(config.backbone, len(index.classes), config.weights, weights_dir=config.weights_dir)
+    size, _ = resolve_image_size(config.image_size, index, net)
     device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     net = net.to(device).train()
     x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, classes, (batch,), device=device)
+    y = torch.randint(0, len(index.classes), (batch,), device=device)
     seconds = 0.0
     for _ in range(2):  # the first pass allocates and picks kernels: timed is the second
         start = time.perf_counter()
@@ -62,7 +64,7 @@ def estimate(config: RunConfig, index: DatasetIndex, batch: int, stage_epochs: l
         batch: The batch size the trials train with.
         stage_epochs: (trials, epochs per trial) of each stage.
     """
-    step = time_one_batch(config, len(index.classes), batch)
+    step = time_one_batch(config, index, batch)
     train = _batches(len(index.train), batch, config.limit_train_batches)
     val = _batches(len(index.val), batch, config.limit_val_batches)
     epoch = step * (train + VAL_COST * val)

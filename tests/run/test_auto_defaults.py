@@ -1,10 +1,11 @@
-"""Batch size and epochs chosen from the training-set size when the user gives neither."""
+"""Input size, batch size and epochs chosen from the training set when the user gives none of them."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
+from finetune.models.backbone import create_backbone
 from finetune.run.auto_defaults import (
     BATCH_RANGE,
     EPOCH_RANGE,
@@ -127,3 +128,150 @@ def test_the_data_profile_does_not_depend_on_the_run_seed(tmp_path):
     profiles = [resolve_data_defaults(RunConfig(backbone="test_resnet", data=data, seed=s), index, dc).profile
                 for s in (1, 2)]
     assert profiles[0] == profiles[1]
+
+
+# ----- the input size --------------------------------------------------------------------------------
+CNN = dict(fixed=False, min_side=1, stride=32)  # a timm/torchvision CNN: any side, total stride 32
+
+
+@pytest.mark.parametrize("median, own, size", [
+    (28, 224, 64),    # 2 x 28 = 56, rounded up to 2 strides
+    (80, 224, 160),   # 2 x 80 = 160: already 5 strides
+    (100, 224, 224),  # 200 -> 224 (7 strides), at the own size
+    (500, 224, 224),  # large photos: the backbone's own size, never more
+    (8, 224, 32),     # 16 px of input would be half a stride: one stride is the floor
+    (32, 160, 64),
+])
+def test_the_size_that_follows_the_images_stays_within_the_backbones(median, own, size):
+    """Hand-worked: twice the median side, rounded up to a multiple of 32, within [32, own]."""
+    from finetune.models.zoo import InputLimits
+    from finetune.run.auto_defaults import faster_image_size
+
+    assert faster_image_size(median, own, InputLimits(**CNN)) == size
+
+
+def test_the_size_that_follows_the_images_is_one_the_weights_and_the_network_take():
+    from finetune.models.zoo import InputLimits
+    from finetune.run.auto_defaults import faster_image_size
+
+    assert faster_image_size(28, 224, InputLimits(True, 224, 16)) == 224  # a ViT's position table: its size only
+    assert faster_image_size(28, 299, InputLimits(False, 75, 32)) == 96  # torchvision Inception: 75 px at least
+    assert faster_image_size(28, 224, InputLimits(**CNN), accepts=lambda side: side >= 100) == 128  # probed up
+    assert faster_image_size(28, 224, InputLimits(**CNN), accepts=lambda side: False) == 224  # own size stays
+
+
+def test_the_probe_finds_the_smallest_side_timms_inception_takes():
+    """timm's Inception v3 declares no smallest side; torchvision's copy of the same network declares
+    75 px (its weights' meta["min_size"]): the size must land on the first multiple of 32 above it."""
+    import torch
+    from torchvision.models import Inception_V3_Weights
+
+    from finetune.run.auto_defaults import faster_image_size
+
+    with torch.device("meta"):  # shapes only
+        net, _ = create_backbone("inception_v3", 2, "none")
+    limits = net.input_limits()
+    assert limits.min_side == 1 and not limits.fixed
+    smallest = Inception_V3_Weights.DEFAULT.meta["min_size"][0]
+    assert faster_image_size(16, net.data_config.input_size, limits, net.accepts_input) == 32 * -(-smallest // 32)
+
+
+def test_the_size_that_follows_the_images_never_exceeds_the_backbones_and_grows_with_them():
+    """Properties over a grid of image sides, own sizes and strides (hypothesis is not a dependency):
+    within [stride, own], a multiple of the stride unless it is the own size, monotone in the images,
+    and never more than one stride past UPSAMPLE times the images (or the one-stride floor)."""
+    from finetune.models.zoo import InputLimits
+    from finetune.run.auto_defaults import UPSAMPLE, faster_image_size
+
+    medians = [1, 7.5, 16, 24, 31, 32, 33, 47.5, 64, 80, 95, 111, 112, 113, 150, 223, 224, 300, 1000, 4000]
+    for own in (160, 224, 240, 256, 299, 384, 518):
+        for stride in (14, 16, 32, 64):
+            limits = InputLimits(False, 1, stride)
+            sizes = [faster_image_size(m, own, limits) for m in medians]
+            assert sizes == sorted(sizes), (own, stride)
+            for median, size in zip(medians, sizes):
+                assert min(stride, own) <= size <= own, (median, own, stride)
+                assert size == own or size % stride == 0, (median, own, stride)
+                assert size >= min(own, UPSAMPLE * median), (median, own, stride)
+                assert size < max(UPSAMPLE * median + stride, 2 * stride), (median, own, stride)
+
+
+def _folder(root, side: int, classes=("a", "b"), train: int = 6, val: int = 2):
+    """Class folders of random RGB images, `side` px square."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("side, reason", [
+    (32, "auto: 160 px, test_resnet's own; the train images' median side is 32 px (12 sampled): "
+         "--image-size 64 trains faster"),
+    (400, "auto: 160 px, test_resnet's own (the train images' median side is 400 px (12 sampled))"),
+])
+def test_a_run_records_prints_and_keeps_the_size_it_chose(tmp_path, side, reason):
+    """Small images and large ones train at the backbone's own size (test_resnet: 160 px); config.yaml
+    holds the number and its reason (for small images, the faster size that follows them), the console
+    prints it, and the checkpoint and the bundle keep it."""
+    import io
+    import json
+
+    import yaml
+    from rich.console import Console
+
+    from finetune.config import RunConfig
+    from finetune.run.fit import fit
+    from finetune.training.module import FinetuneModule
+
+    data = _folder(tmp_path / "data", side)
+    config = RunConfig(backbone="test_resnet", data=data, weights="none", epochs=1, workers=0, limit_train_batches=1,
+                       progress=False, export=side == 32, output=tmp_path / "run")
+    out = io.StringIO()
+    result = fit(config, Console(file=out, width=400))
+    saved = yaml.safe_load(result.config_path.read_text())
+    assert saved["image_size"] == 160 and saved["resolved"]["data_config"]["input_size"] == 160
+    assert saved["sources"]["image_size"].startswith(reason)
+    assert f"image-size {saved['sources']['image_size']}" in out.getvalue()
+    assert FinetuneModule.from_checkpoint(result.best_checkpoint).input_config.input_size == 160
+    if config.export:
+        bundle = json.loads((result.run_dir / "model" / "config.json").read_text())
+        assert bundle["data_config"]["input_size"] == 160
+
+
+def test_a_backbone_that_takes_one_size_is_given_it(tmp_path):
+    from finetune.config import RunConfig
+    from finetune.data.scan import scan_image_folder
+    from finetune.run.plan import resolve_run
+
+    data = _folder(tmp_path / "data", 32)
+    backbone, _ = create_backbone("test_vit", 2, "none")
+    plan = resolve_run(RunConfig(backbone="test_vit", data=data, weights="none", workers=0),
+                       scan_image_folder(data), backbone)
+    assert plan.config.image_size == plan.data_config.input_size == 160
+    assert plan.sources["image_size"] == "auto: 160 px, the only size test_vit's weights take"
+    assert plan.decided[0] == "image_size"  # decided first: the feature check and the augmentation read it
+
+
+def test_a_given_size_wins_everywhere(tmp_path):
+    from finetune.config import RunConfig
+    from finetune.data.scan import scan_image_folder
+    from finetune.run.plan import resolve_run
+    from finetune.run.preview import backbone_data_config
+
+    data = _folder(tmp_path / "data", 32)
+    index = scan_image_folder(data)
+    backbone, _ = create_backbone("test_resnet", 2, "none")
+    plan = resolve_run(RunConfig(backbone="test_resnet", data=data, weights="none", workers=0, image_size=48),
+                       index, backbone, {"image_size": "command line"})
+    assert plan.config.image_size == plan.data_config.input_size == 48
+    assert plan.sources["image_size"] == "command line" and "image_size" not in plan.decided
+    assert not isinstance(plan.augment, str) and plan.augment.crop_scale is None  # the policy read 48 (< 64)
+    assert backbone_data_config("test_resnet", 48, index).input_size == 48
+    assert backbone_data_config("test_resnet", None, index).input_size == 160  # what `run` would choose

@@ -153,3 +153,40 @@ def test_processes_ddp_starts_take_rank_zeros_freeze_decision(tiny_data, fitted_
     assert child.config.freeze_until == "layer4" and child.sources["freeze_until"] == parent.sources["freeze_until"]
     given = _plan(tiny_data, fitted_resnet_weights, freeze_until="layer2")  # a given layer is never replaced
     assert given.config.freeze_until == "layer2" and plan_module.shared_env(given) == {}
+
+
+def test_lr_find_and_the_tune_estimate_use_the_size_run_chooses(tiny_data, monkeypatch, tmp_path):
+    """No --image-size: the range test and the study's time estimate run at the size `run` would train at
+    (here another rule's 64 px, to tell it from test_resnet's own 160)."""
+    import finetune.run.lr_find as lr_find_module
+    import finetune.search.budget as budget
+
+    seen = {}
+
+    def capture(module, datamodule, **kw):
+        seen.update(module=module, datamodule=datamodule)
+        return lr_find_module.LRFindResult([1e-3], [1.0], 1e-3)
+
+    import finetune.run.plan as plan_module
+
+    def rule(size, index, backbone, started=None):
+        return (size, None) if size else (64, "auto: 64 px, another rule")
+
+    monkeypatch.setattr(lr_find_module, "find_lr", capture)
+    monkeypatch.setattr(plan_module, "resolve_image_size", rule)
+    monkeypatch.setattr(budget, "resolve_image_size", rule)
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", workers=0, precision="32",
+                       output=tmp_path, progress=False, accelerator="cpu")
+    lr_find_module.run_lr_find(config)
+    assert seen["module"].input_config.input_size == seen["datamodule"].data_config.input_size == 64
+
+    sides = []
+
+    def built(*args, **kw):
+        net, report = create_backbone(*args, **kw)
+        net.register_forward_pre_hook(lambda module, inputs: sides.append(inputs[0].shape[-1]))
+        return net, report
+
+    monkeypatch.setattr(budget, "create_backbone", built)
+    budget.time_one_batch(config, scan_image_folder(tiny_data), 4)
+    assert sides and set(sides) == {64}

@@ -215,3 +215,64 @@ def test_a_run_that_recorded_its_exposure_test_but_no_policy_resumes_from_what_i
     monkeypatch.setattr(auto_defaults, "profile_training_set", measure_again)
     policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
     assert policy["photometric"] is False and policy["flip"] is False  # as recorded, as it trained
+
+
+class _BatchSide(pl.Callback):
+    """The side of the first batch the run trains on."""
+
+    side = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.side = self.side or batch[0].shape[-1]
+
+
+def _resume_fit(out: Path) -> tuple[int, dict]:
+    """--resume OUT --epochs 2 through the library (the CLI's path), with the first batch's side seen."""
+    from rich.console import Console
+
+    from finetune.run.fit import fit
+    from finetune.run.resume import resume_config
+
+    seen = _BatchSide()
+    fit(resume_config(out, {"epochs": 2}), Console(file=io.StringIO()), ckpt_path=out / "checkpoints" / "last.ckpt",
+        callbacks=[seen], sources={"epochs": "command line (--resume)"})
+    return seen.side, yaml.safe_load((out / "config.yaml").read_text())
+
+
+def _start_without_size(data: Path, out: Path, *extra: str) -> None:
+    args = ["run", "--backbone", "test_resnet", "--data", str(data), "--output", str(out), "--epochs", "1",
+            "--batch-size", "8", "--workers", "0", "--no-progress", "--no-export", "--weights", "none", *extra]
+    started = runner.invoke(app, args)
+    assert started.exit_code == 0, started.output
+
+
+def test_a_resumed_run_keeps_the_input_size_it_chose(tiny_data, tmp_path, monkeypatch):
+    """A run whose size was chosen by other rules (as if by another version: 64 px) trains on at it when
+    resumed, though today's rule gives test_resnet's own 160."""
+    import finetune.run.plan as plan_module
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(plan_module, "resolve_image_size", lambda size, *a: (64, "auto: 64 px, another rule"))
+        _start_without_size(tiny_data, out)
+    assert yaml.safe_load((out / "config.yaml").read_text())["image_size"] == 64
+    side, saved = _resume_fit(out)
+    assert side == 64 and saved["image_size"] == 64
+    assert saved["sources"]["image_size"] == "auto: 64 px, another rule"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["parts"][
+        "image_size"] == 64
+
+
+def test_a_run_that_recorded_no_size_resumes_at_the_size_it_trained_at(tiny_data, tmp_path):
+    """config.yaml of a version that left the size to the backbone: `image_size: null`, the size in
+    resolved.data_config. The run goes on at that size, not at the one the backbone has now (timm's
+    default weights for a name can change size between versions): here 64 px, not test_resnet's 160."""
+    out = tmp_path / "run"
+    _start_without_size(tiny_data, out, "--image-size", "64")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["image_size"], saved["sources"]["image_size"] = None, "default"  # what that version wrote
+    assert saved["resolved"]["data_config"]["input_size"] == 64
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    side, saved = _resume_fit(out)
+    assert side == 64 and saved["image_size"] == 64
+    assert saved["sources"]["image_size"] == "auto, kept from the run's start: 64 px"
