@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from finetune import options as o
 from finetune import views
@@ -159,17 +160,27 @@ def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: 
 @user_errors(value_errors=True)
 def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.PredictTta = None,
             output: o.PredictionsFile = None) -> None:
-    """Classify images with one model or an ensemble; unreadable files are reported and skipped."""
+    """Classify images with one model or an ensemble; unreadable files are reported and skipped.
+
+    Exits 1 when nothing could be predicted, or when a file named on the command line does not exist
+    (the others are still predicted and written).
+    """
     from finetune.inference import Ensemble, Predictor, predict_files
     from finetune.prediction_output import write_predictions
 
     members = [Predictor.from_path(m) for m in model]
     results = predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
+    if not results:
+        raise FinetuneError(f"no image files in {', '.join(escaped(p) for p in images)}: nothing to predict")
     views.print_predictions(console, err_console, results)
     if output is not None:
         write_predictions(results, output)
         console.print(f"Written: {escaped(output)}")
-    if results and all(r.error for r in results):
+    missing = [p for p in images if not Path(p).exists()]
+    if missing:
+        err_console.print(f"[red]Error:[/red] {escape(', '.join(escaped(p) for p in missing))}: no such file",
+                          soft_wrap=True)
+    if missing or all(r.error for r in results):
         raise typer.Exit(1)
 
 

@@ -98,7 +98,7 @@ def _unwritable(error: BaseException) -> str | None:
             return full.strerror
         return atomic.full_disk(Path(full.filename or "."), 0).strerror if full.filename else str(full)
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
-        return f"cannot write {error.filename}: {error.strerror}"
+        return f"cannot write {error.filename}: {error.strerror} (write elsewhere with --output)"
     return None
 
 

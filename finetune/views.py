@@ -126,7 +126,8 @@ def print_predictions(console: Console, err_console: Console, results: Sequence[
             continue
         rest = ", ".join(f"{c} {p:.3f}" for c, p in zip(r.classes[1:], r.probabilities[1:]))
         table.add_row(escape(escaped(r.path)), r.classes[0], f"{r.probabilities[0]:.3f}", rest)
-    console.print(table)
+    if table.row_count:
+        console.print(table)
 
 
 def print_bundle(console: Console, bundle: Path, config: dict[str, Any]) -> None:

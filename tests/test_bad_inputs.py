@@ -6,6 +6,8 @@ images are used, and what cannot go on is a one-line error naming the folder and
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +35,7 @@ from bad_inputs import (
     make_val_class_missing_from_train,
     small_filesystem,
     wait_for,
+    write_bad_files,
 )
 
 runner = CliRunner()
@@ -318,3 +321,85 @@ def test_a_full_filesystem_is_one_line_for_run_and_export(tiny_data, trained, tm
     for result, where in ((run, f"{disk / 'run' / 'checkpoints'}"), (exported, f"{disk}")):
         text = _assert_clean_exit(result, 2)
         assert f"Error:nospaceleftin{where}writing".replace(" ", "") in text and "MBfree" in text
+
+
+# ----- errors that stay one line ------------------------------------------------------------------------------
+def test_a_run_refused_for_an_all_bad_class_still_names_the_other_bad_files(tmp_path):
+    root = make_only_bad_class(tmp_path / "flat")
+    write_bad_files(root / "ok")  # bad files in a class that does have readable images
+    result = runner.invoke(app, ["run", "--data", str(root), "--output", str(tmp_path / "out"), *TINY_RUN])
+    flat = _assert_clean_exit(result, 2)
+    assert _squash(f"no readable image in class folder(s) {root / 'broken'} [skipped {len(BAD)}:") in flat
+    assert _squash(f"{len(BAD)} other files were skipped as unreadable: {root / 'ok'}") in flat
+
+
+def test_two_thousand_empty_class_folders_make_a_short_error_with_the_count(tmp_path):
+    for i in range(2000):
+        (tmp_path / "data" / f"class{i:04d}").mkdir(parents=True)
+    result = runner.invoke(app, ["run", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                                 *TINY_RUN])
+    flat = _assert_clean_exit(result, 2)
+    assert len(result.output) < 1000, len(result.output)
+    assert _squash("and 1995 more (2000 of 2000 classes)") in flat
+
+
+def test_eval_of_val_needs_only_val_images(trained, tmp_path):
+    """A training class whose images all fail to decode is no reason to refuse scoring val (nor to decode
+    the training images at all)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(make_bad_corpus(tmp_path / "corpus"), data, symlinks=True)
+    for image in (data / "train" / "dog").iterdir():
+        image.write_bytes(b"not an image")
+    result = runner.invoke(app, ["eval", "--model", str(trained[1] / "model"), "--data", str(data),
+                                 "--output", str(tmp_path / "eval")])
+    _assert_clean_exit(result, 0)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert all("/train/" not in row["path"] for row in report["unreadable"])
+
+
+def test_eval_into_a_read_only_run_directory_is_one_line(trained, corpus, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name.startswith("eval-"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    result = runner.invoke(app, ["eval", "--model", str(trained[1]), "--data", str(corpus)])
+    flat = _assert_clean_exit(result, 2)
+    assert _squash(f"Error: cannot write {trained[1]}/eval-val") in flat and "Read-onlyfilesystem" in flat
+
+
+@pytest.mark.parametrize("given", ["an empty folder", "a missing file", "a missing file beside a good one"])
+def test_predict_exits_non_zero_when_nothing_or_not_everything_named_could_be_read(trained, corpus, tmp_path,
+                                                                                 given):
+    (tmp_path / "empty").mkdir()
+    good = next((corpus / "val" / "cat").iterdir())
+    paths = {"an empty folder": [tmp_path / "empty"], "a missing file": [tmp_path / "gone.jpg"],
+             "a missing file beside a good one": [tmp_path / "gone.jpg", good]}[given]
+    result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(trained[1] / "model"),
+                                 "--output", str(tmp_path / "p.csv")])
+    flat = _assert_clean_exit(result, 2 if given == "an empty folder" else 1)
+    if given == "an empty folder":
+        assert _squash(f"no image files in {tmp_path / 'empty'}: nothing to predict") in flat
+    else:
+        assert _squash(f"Error: {tmp_path / 'gone.jpg'}: no such file") in flat
+    if given == "a missing file beside a good one":
+        with open(tmp_path / "p.csv", newline="") as f:
+            rows = {row["path"]: row for row in csv.DictReader(f)}
+        assert rows[str(good)]["class_1"] in ("cat", "dog")  # still predicted and written
+
+
+def test_a_val_split_that_leaves_one_training_image_per_class_warns(tmp_path):
+    from finetune.data.synthetic import make_image_folder
+
+    root = make_image_folder(tmp_path, "shapes", train_per_class=6, val_per_class=0, size=16, split=False,
+                             classes=("circle", "ring"))
+    with pytest.warns(DataWarning, match=r"--val-split 0.9 leaves one training image in 2 of 2 classes"):
+        scan_image_folder(root, val_split=0.9, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        scan_image_folder(root, val_split=0.2, progress=False)

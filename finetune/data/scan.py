@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -291,11 +291,28 @@ def _check_train_classes(train: list[Item], classes: list[str], class_root: Path
     per_label = np.bincount([label for _, label in train], minlength=len(classes))
     empty = [classes[i] for i in np.flatnonzero(per_label == 0)]
     if empty:
-        folders = ", ".join(_skipped_in(class_root / c, bad) for c in empty)
+        shown = EMPTY_CLASSES_SHOWN
+        folders = ", ".join(_skipped_in(class_root / c, bad) for c in empty[:shown])
+        more = f" and {len(empty) - shown} more ({len(empty)} of {len(classes)} classes)" if len(empty) > shown else ""
+        elsewhere = _skipped_elsewhere(bad, [class_root / c for c in empty])
         raise DataError(
-            f"no readable image in class folder(s) {folders}; every class needs at least one "
-            f"image with extension {', '.join(IMAGE_EXTENSIONS)}"
+            f"no readable image in class folder(s) {folders}{more}; every class needs at least one "
+            f"image with extension {', '.join(IMAGE_EXTENSIONS)}{elsewhere}"
         )
+
+
+EMPTY_CLASSES_SHOWN = 5  # an error names a few folders and counts the rest: 2,000 empty ones made an 87 KB line
+
+
+def _skipped_elsewhere(bad: list[tuple[Path, str]], folders: list[Path], shown: int = 3) -> str:
+    """"; 4 other files were skipped: a.jpg (empty file (0 bytes)), ...": the unreadable files outside
+    `folders`, which an error about those folders would otherwise leave unsaid."""
+    others = [(p, r) for p, r in bad if not any(f in p.parents for f in folders)]
+    if not others:
+        return ""
+    listed = ", ".join(f"{escaped(p)} ({printable(r)})" for p, r in others[:shown])
+    more = f" and {len(others) - shown} more" if len(others) > shown else ""
+    return f"; {len(others)} other files were skipped as unreadable: {listed}{more}"
 
 
 def paths_by_label(items: Iterable[Item]) -> dict[int, list[Path]]:
@@ -324,9 +341,22 @@ def stratified_split(items: list[Item], classes: list[str], val_split: float,
         if len(paths) < 2:
             continue
         n_val = min(max(round(len(paths) * val_split), 1), len(paths) - 1)
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        rng = np.random.default_rng([seed, zlib.crc32(os.fsencode(name))])  # a name's bytes, UTF-8 or not
         in_val.update(paths[i] for i in rng.permutation(len(paths))[:n_val])
     return [it for it in items if it[0] not in in_val], [it for it in items if it[0] in in_val]
+
+
+def _warn_thin_train(train: list[Item], val: list[Item], classes: list[str], val_split: float,
+                     shown: int = 5) -> None:
+    """Warns when --val-split leaves a class one training image although it had three or more."""
+    kept = np.bincount([label for _, label in train], minlength=len(classes))
+    held = np.bincount([label for _, label in val], minlength=len(classes))
+    thin = [classes[i] for i in np.flatnonzero((kept == 1) & (kept + held >= 3))]
+    if thin:
+        names = ", ".join(thin[:shown]) + (f" and {len(thin) - shown} more" if len(thin) > shown else "")
+        warnings.warn(f"--val-split {val_split:g} leaves one training image in {len(thin)} of {len(classes)} classes "
+                      f"({names}): each class gives round(images x val-split) of its images to val; lower "
+                      "--val-split, e.g. 0.2", DataWarning, stacklevel=3)
 
 
 def _warn_bad_files(root: Path, bad: list[tuple[Path, str]], shown: int = 5) -> None:
@@ -344,27 +374,33 @@ def _relative(path: Path, root: Path) -> Path:
         return path
 
 
-def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list) -> tuple[list[str], dict[str, list[Item]]]:
+def _scan_split_layout(dirs: dict[str, Path], progress: bool, bad: list,
+                       only: Collection[str] | None = None) -> tuple[list[str], dict[str, list[Item]]]:
     classes = _find_classes(dirs["train"], "split")
     for split in ("val", "test"):
         missing = _check_class_sets(dirs[split], classes) if split in dirs else []
         if missing:
             warnings.warn(f"{escaped(dirs[split])} has no folder for class(es) {', '.join(missing)}", DataWarning,
                           stacklevel=4)
-    candidates = {s: _candidates(d, classes, bad) for s, d in dirs.items()}
-    readable = _keep_readable([it for s in dirs for it in candidates[s]], progress, bad)
+    checked = [s for s in dirs if only is None or s in only]
+    candidates = {s: _candidates(d, classes, bad if s in checked else []) for s, d in dirs.items()}
+    readable = _keep_readable([it for s in checked for it in candidates[s]], progress, bad)
     ok = {p for p, _ in readable}
-    splits = {s: [it for it in candidates[s] if it[0] in ok] for s in dirs}
+    splits = {s: [it for it in candidates[s] if it[0] in ok] if s in checked else candidates[s] for s in dirs}
     # An empty val/ or test/ (class folders without images) counts as absent, not as a 0-image split.
     splits = {s: items for s, items in splits.items() if items or s == "train"}
-    _check_train_classes(splits["train"], classes, dirs["train"], bad)
+    if "train" in checked:
+        _check_train_classes(splits["train"], classes, dirs["train"], bad)
     return classes, splits
 
 
-def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool,
-                 bad: list) -> tuple[str, list[str], dict[str, list[Item]]]:
-    """Returns (layout, classes, {split: readable items}) for the split or the flat layout."""
-    if dirs is not None:
+def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool, bad: list,
+                 only: Collection[str] | None = None) -> tuple[str, list[str], dict[str, list[Item]]]:
+    """Returns (layout, classes, {split: readable items}) for the split or the flat layout (see
+    scan_image_folder for `only`)."""
+    if dirs is not None and (only is None or all(s in dirs for s in only)):
+        return ("split", *_scan_split_layout(dirs, progress, bad, only))
+    if dirs is not None:  # a split that must be carved out of train/: train is needed after all
         return ("split", *_scan_split_layout(dirs, progress, bad))
     classes = _find_classes(root, "flat")
     train = _keep_readable(_candidates(root, classes, bad), progress, bad)
@@ -372,7 +408,8 @@ def _scan_layout(root: Path, dirs: dict[str, Path] | None, progress: bool,
     return "flat", classes, {"train": train}
 
 
-def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, progress: bool = True) -> DatasetIndex:
+def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, progress: bool = True,
+                      only: Collection[str] | None = None) -> DatasetIndex:
     """Scans an image folder into classes and train/val[/test] lists, decoding every image once.
 
     Hidden files and folders (".*") and `__MACOSX` are ignored. Non-image files and images that
@@ -383,6 +420,8 @@ def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, p
         val_split: Fraction of each class held out for validation when there is no val folder.
         seed: Seed of the stratified train/val split; the same seed gives the same split.
         progress: Show a progress bar while checking more than PROGRESS_MIN_IMAGES images.
+        only: The splits a command reads (`eval --split val`: val). Where each has its own folder, only
+            their images are checked and listed as bad; the others are listed unchecked. Default: all.
 
     Raises:
         DataError: Missing folder, fewer than two classes, a class without a readable training
@@ -394,7 +433,7 @@ def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, p
     bad: list[tuple[Path, str]] = []
     dirs = _split_dirs(root)
     try:  # the bad-file summary also explains a "no readable image" error, so it comes either way
-        layout, classes, splits = _scan_layout(root, dirs, progress, bad)
+        layout, classes, splits = _scan_layout(root, dirs, progress, bad, only)
     finally:
         _warn_bad_files(root, bad)
     if "val" not in splits:
@@ -402,5 +441,6 @@ def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, p
             warnings.warn(f"{escaped(root)} has no val images: holding out {val_split:.0%} of train", DataWarning,
                           stacklevel=2)
         splits["train"], splits["val"] = stratified_split(splits["train"], classes, val_split, seed)
+        _warn_thin_train(splits["train"], splits["val"], classes, val_split)
     return DatasetIndex(root, layout, classes, splits["train"], splits["val"], splits.get("test"), bad)
 

@@ -51,15 +51,18 @@ def _load_model(source: ModelSource, backend: str) -> tuple[Predictor, dict | No
     return Predictor.from_trained(trained), split, None
 
 
-def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool) -> DatasetIndex:
+def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool, split: str) -> DatasetIndex:
     """Scans `data` with the run's split settings; without them, only folders that have their own val/.
+    Only the splits evaluated (and val for a calibration) are checked image by image, where they
+    have their own folders: an unreadable training image is no reason to refuse scoring val.
 
     Raises:
         FinetuneError: The val images would have to be held out of train (a flat folder, or no val/),
             and the model does not record the val_split and seed its run held them out with.
     """
     settings = split_settings or {"val_split": 0.2, "seed": 0}  # placeholders: checked below before any use
-    index = scan_image_folder(data, val_split=float(settings["val_split"]), seed=int(settings["seed"]))
+    index = scan_image_folder(data, val_split=float(settings["val_split"]), seed=int(settings["seed"]),
+                              only={split, "val"} if needs_val else {split})
     if split_settings is None and needs_val and _val_held_out(index):
         raise FinetuneError(
             f"{model} does not record the train/val split of its run (val_split, seed), and {data} has no "
@@ -197,7 +200,7 @@ def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperatu
               backend: str) -> EvalResult:
     source = resolve_model_source(model)
     predictor, split_settings, bundle = _load_model(source, backend)
-    index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature)
+    index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature, split=split)
     check_classes(index.classes, predictor.class_names, data)
     split_items(index, split)  # a missing split fails before anything is written
     report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta}
