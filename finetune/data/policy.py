@@ -61,7 +61,7 @@ def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
       class (fastai's fine-tuning practice keeps 0.75; ImageNet-from-scratch's 0.08 needs millions of
       images to pay off), a quarter with more.
     - Mirroring unless the flip test finds that mirror images take the place of other classes
-      (DataProfile.flip_changes_label).
+      (DataProfile.flip_changes_label; benchmarks/results/flip-rule.md).
     - Colour (saturation) jitter only for colour data: on grey images it adds colours no test image has.
     - Brightness/contrast jitter only where the images vary in exposure (DataProfile.exposure_varies).
       Silhouettes that all span black to white lost 0.020 top-1 to it (32 px, 200 per class, 3 seeds).

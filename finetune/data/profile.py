@@ -177,11 +177,12 @@ def flip_test(images: list[np.ndarray], labels: np.ndarray) -> FlipEvidence:
     Flip augmentation adds each training image's mirror image under the image's own label. Where
     mirroring turns one class into another ('b' and 'd', left and right arrows), those mirror images
     lie among the other class's images with the wrong label. The test adds them to the references
-    of a leave-one-out nearest-neighbour classifier and measures how many originals they take from
-    their own class: top-1 among the other originals (`nn`) against top-1 among the other originals
-    and their mirror images (`nn_with_mirrors`). An image's own mirror image is left out too. A
-    mirror image at least as near as the nearest original takes the original's place: a tie is an
-    image shown with two labels.
+    of a leave-one-out nearest-neighbour classifier: top-1 among the other originals (`nn`) against
+    top-1 among the other originals and their mirror images (`nn_with_mirrors`). Mirror images of
+    another class that become nearest neighbours lower it; where mirroring keeps the class, the
+    mirror images that win are of the image's own class and it holds or rises. An image's own
+    mirror image is left out too. A mirror image at least as near as the nearest original takes
+    its place: a tie is an image shown with two labels.
 
     Both figures classify the same originals, whose nearest neighbour may be a near-duplicate
     (an overlapping crop of the same photo). Comparing the mirror images' own top-1 against the
