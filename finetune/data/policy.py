@@ -4,6 +4,7 @@ The evidence for each rule is in benchmarks/results/quality.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,7 +60,8 @@ def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
     - Larger inputs: a random resized crop keeping at least half the area with under 100 images per
       class (fastai's fine-tuning practice keeps 0.75; ImageNet-from-scratch's 0.08 needs millions of
       images to pay off), a quarter with more.
-    - Mirroring unless the flip test finds that it moves images towards other classes.
+    - Mirroring unless the flip test finds that mirror images take the place of other classes
+      (DataProfile.flip_changes_label; benchmarks/results/flip-rule.md).
     - Colour (saturation) jitter only for colour data: on grey images it adds colours no test image has.
     - Brightness/contrast jitter only where the images vary in exposure (DataProfile.exposure_varies).
       Silhouettes that all span black to white lost 0.020 top-1 to it (32 px, 200 per class, 3 seeds).
@@ -72,12 +74,25 @@ def auto_augment_policy(profile: DataProfile, input_size: int) -> AugmentPolicy:
         scale = (0.5, 1.0) if profile.per_class < 100 else (0.25, 1.0)
         reasons.append(f"{profile.per_class:g} images per class -> crop down to {scale[0]:g} of the area")
     flip = not profile.flip_changes_label
-    reasons.append("mirror images keep their class" if flip else
-                   f"mirroring changes the class (nearest-neighbour top-1 {profile.flip_nn:.2f} -> "
-                   f"{profile.flip_nn_flipped:.2f} on mirror images)")
+    reasons.append(_flip_reason(profile))
     if profile.grey:
         reasons.append("grey images: no colour jitter")
     if not profile.exposure_varies:
         reasons.append(f"every image spans the same tonal range (spread {profile.tonal_spread:.2f}): "
                        "no brightness/contrast jitter")
     return AugmentPolicy(scale, flip, not profile.grey, tuple(reasons), profile.exposure_varies)
+
+
+def _flip_reason(profile: DataProfile) -> str:
+    """The flip decision with the figures it came from: nearest-neighbour top-1 of the sampled
+    originals, without and with the labelled mirror images among the references (see flip_test)."""
+    keep = not profile.flip_changes_label
+    if math.isnan(profile.flip_nn_with_mirrors):  # a profile recorded before this test, or too few images
+        if keep:
+            return "mirror images keep their class"
+        return (f"mirroring changes the class (nearest-neighbour top-1 {profile.flip_nn:.2f} -> "
+                f"{profile.flip_nn_flipped:.2f} on mirror images)")
+    verdict = ("mirror images keep their class", "within") if keep else ("mirroring changes the class", "beyond")
+    return (f"{verdict[0]} (nearest-neighbour top-1 {profile.flip_nn:.2f} -> {profile.flip_nn_with_mirrors:.2f} "
+            f"with labelled mirror images among the references: a fall {verdict[1]} the margin "
+            f"{profile.flip_margin:.2f})")

@@ -9,7 +9,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -18,7 +18,7 @@ from finetune.data.images import BadImageError, load_pil
 from finetune.data.scan import DatasetIndex, paths_by_label
 
 SAMPLE_PER_CLASS = 40
-SAMPLE_MAX = 2000  # with many classes fewer per class: the flip test's similarity matrix is SAMPLE_MAX^2
+SAMPLE_MAX = 2000  # with many classes fewer per class: the flip test's two similarity matrices are SAMPLE_MAX^2
 THUMB = 16  # side of the thumbnails compared by the flip test: layout survives, texture detail does not
 GREY_TOLERANCE = 3  # max |R-G|, |G-B| (0-255) of a pixel that still counts as grey (JPEG chroma noise)
 # Photos vary in exposure: the spread of their black points, white points and tonal ranges (see
@@ -40,14 +40,19 @@ class DataProfile:
         grey: Whether (nearly) every sampled image is grey: colour augmentation would only add colours
             that no test image has.
         flip_nn: Leave-one-out nearest-neighbour top-1 of the sampled thumbnails.
-        flip_nn_flipped: The same for their mirror images, against the unflipped ones.
-        flip_changes_label: Whether mirroring moves images measurably towards other classes
-            (text, digits, arrows: classes told apart by their orientation).
+        flip_nn_flipped: The same for their mirror images, against the unflipped ones (lower than
+            flip_nn on any set of near-duplicates, such as crops of a few photos: see flip_test).
+        flip_changes_label: Whether mirror images take the place of other classes (see flip_test:
+            'b' and 'd', left and right arrows).
         tonal_spread: How much the images differ in exposure (see `tonal_spread`; nan for a sample too
             small to tell).
         exposure_varies: Whether tonal_spread reaches EXPOSURE_SPREAD: if not, every image has the same
             black and white points, and brightness/contrast jitter would only make images no test image
             is like.
+        flip_nn_with_mirrors: flip_nn with the other images' mirror images among the references, each
+            under its own image's label (nan in a profile recorded before this figure).
+        flip_margin: How far flip_nn_with_mirrors may fall below flip_nn before mirroring counts as
+            changing the class: two standard errors of the paired fall (nan as above).
     """
 
     train_images: int
@@ -59,6 +64,8 @@ class DataProfile:
     flip_changes_label: bool
     tonal_spread: float = math.nan
     exposure_varies: bool = True
+    flip_nn_with_mirrors: float = math.nan
+    flip_margin: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,17 +88,19 @@ def profile_training_set(index: DatasetIndex, seed: int = PROFILE_SEED) -> DataP
     """
     counts = index.counts("train")
     images, labels = _sample(index, seed)
-    nn_acc, nn_flipped = flip_test(images, labels)
+    flip = flip_test(images, labels)
     return DataProfile(
         train_images=len(index.train),
         per_class=float(statistics.median(counts.values())),
         classes=len(index.classes),
         grey=bool(images) and all(_is_grey(im) for im in images),
-        flip_nn=nn_acc,
-        flip_nn_flipped=nn_flipped,
-        flip_changes_label=flip_changes_label(nn_acc, nn_flipped, len(images), len(index.classes)),
+        flip_nn=flip.nn,
+        flip_nn_flipped=flip.nn_flipped,
+        flip_changes_label=flip_changes_label(flip, len(index.classes)),
         tonal_spread=(spread := tonal_spread(images)),
         exposure_varies=math.isnan(spread) or spread >= EXPOSURE_SPREAD,
+        flip_nn_with_mirrors=flip.nn_with_mirrors,
+        flip_margin=flip.margin,
     )
 
 
@@ -170,44 +179,80 @@ def _unit_rows(images: list[np.ndarray]) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
 
 
-def flip_test(images: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
-    """Nearest-neighbour top-1 of each thumbnail (leave-one-out) and of its mirror image.
+class FlipEvidence(NamedTuple):
+    """What the flip test measured on `images` thumbnails (see flip_test); nan where it could not."""
 
-    A mirror image is matched against the unflipped images other than its own original. Where
-    a class and its mirror image are the same class (objects, scenes, textures, faces), both figures
-    agree; where mirroring turns one class into another ('b' and 'd', left and right arrows),
-    the mirror images find the wrong class.
+    nn: float  # leave-one-out nearest-neighbour top-1 of the originals
+    nn_flipped: float  # top-1 of the mirror images against the originals
+    nn_with_mirrors: float  # top-1 of the originals with the labelled mirror images among the references
+    margin: float  # two standard errors of the paired fall nn - nn_with_mirrors
+    images: int
+
+
+def flip_test(images: list[np.ndarray], labels: np.ndarray) -> FlipEvidence:
+    """Whether mirror images take the place of other classes, on nearest neighbours of thumbnails.
+
+    Flip augmentation adds each training image's mirror image under the image's own label. Where
+    mirroring turns one class into another ('b' and 'd', left and right arrows), those mirror images
+    lie among the other class's images with the wrong label. The test adds them to the references
+    of a leave-one-out nearest-neighbour classifier: top-1 among the other originals (`nn`) against
+    top-1 among the other originals and their mirror images (`nn_with_mirrors`). Mirror images of
+    another class that become nearest neighbours lower it; where mirroring keeps the class, the
+    mirror images that win are of the image's own class and it holds or rises. An image's own
+    mirror image is left out too. A mirror image at least as near as the nearest original takes
+    its place: a tie is an image shown with two labels.
+
+    Both figures classify the same originals, whose nearest neighbour may be a near-duplicate
+    (an overlapping crop of the same photo). Comparing the mirror images' own top-1 against the
+    originals' (`nn_flipped` against `nn`) does not: a mirror image has no near-duplicate to find,
+    so that top-1 falls on any set of crops of a few photos, whether or not mirroring changes the
+    class (benchmarks/results/flip-rule.md). Mirroring keeps dot products (x.Fy = Fx.y), so the
+    same test reads: is a mirror image nearer the mirror images of its own class or another class?
 
     Returns:
-        (top-1 of the originals, top-1 of the mirror images) over the classes with 2+ images;
-        (nan, nan) when fewer than 2 classes have 2 images.
+        The figures over the classes with 2+ images; nan when fewer than 2 classes have 2 images.
     """
     counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
     keep = [i for i, label in enumerate(labels) if counts[label] >= 2]  # a lone image has no neighbour of its class
     if len(set(labels[keep].tolist())) < 2:
-        return math.nan, math.nan
+        return FlipEvidence(math.nan, math.nan, math.nan, math.nan, 0)
     images, labels = [images[i] for i in keep], labels[keep]
     x = _unit_rows(images)
     xf = _unit_rows([im[:, ::-1] for im in images])
-    return _loo_nn_accuracy(x, x, labels), _loo_nn_accuracy(xf, x, labels)
+    direct, cross = x @ x.T, xf @ x.T  # cross[i, j] = Fx_i.x_j = x_i.Fx_j: symmetric
+    np.fill_diagonal(direct, -np.inf)  # an image is never its own neighbour, nor its own mirror's
+    np.fill_diagonal(cross, -np.inf)
+    rows = np.arange(len(labels))
+    nearest, nearest_mirror = direct.argmax(axis=1), cross.argmax(axis=1)
+    plain = labels[nearest] == labels
+    mirror_wins = cross[rows, nearest_mirror] >= direct[rows, nearest]
+    with_mirrors = np.where(mirror_wins, labels[nearest_mirror], labels[nearest]) == labels
+    flipped = (labels[nearest_mirror] == labels).mean()
+    return FlipEvidence(float(plain.mean()), float(flipped), float(with_mirrors.mean()),
+                        _paired_margin(plain, with_mirrors), len(labels))
 
 
-def _loo_nn_accuracy(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> float:
-    sim = queries @ refs.T
-    np.fill_diagonal(sim, -np.inf)  # an image is never its own neighbour, nor its own mirror's
-    return float((labels[sim.argmax(axis=1)] == labels).mean())
+def _paired_margin(before: np.ndarray, after: np.ndarray) -> float:
+    """Two standard errors of the mean of the per-image differences `before - after` (0/1 outcomes).
 
-
-def flip_changes_label(nn_acc: float, nn_flipped: float, n: int, classes: int) -> bool:
-    """Whether the mirror images' top-1 fell by more than sampling noise.
-
-    The drop must exceed two standard errors of a proportion over the `n` sampled images, and
-    the originals must be recognisable above chance at all (otherwise the thumbnails say nothing
-    about orientation and mirroring stays on, as for natural photos).
+    The variance is floored at 1/n: a sample whose images all agree still cannot rule out one
+    image in n going the other way.
     """
-    if math.isnan(nn_acc) or n == 0:
+    d = before.astype(np.float64) - after
+    n = len(d)
+    return 2 * math.sqrt(max(float(d.var()), 1.0 / n) / n)
+
+
+def flip_changes_label(evidence: FlipEvidence, classes: int) -> bool:
+    """Whether the labelled mirror images took the nearest neighbour from more originals than noise explains.
+
+    The fall from `nn` to `nn_with_mirrors` must exceed the paired margin, and the originals must be
+    recognisable above chance at all (otherwise the thumbnails say nothing about orientation and
+    mirroring stays on, as for natural photos).
+    """
+    n = evidence.images
+    if math.isnan(evidence.nn) or n == 0:
         return False
     chance = 1.0 / max(classes, 1)
-    se = math.sqrt(max(nn_acc * (1 - nn_acc), 1.0 / n) / n)
-    recognisable = nn_acc > chance + 2 * math.sqrt(chance * (1 - chance) / n)
-    return recognisable and nn_acc - nn_flipped > 2 * se
+    recognisable = evidence.nn > chance + 2 * math.sqrt(chance * (1 - chance) / n)
+    return recognisable and evidence.nn - evidence.nn_with_mirrors > evidence.margin

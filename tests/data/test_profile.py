@@ -1,6 +1,8 @@
 """The training-set profile (flip test, grey test) and the `--augment auto` policy chosen from it."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -10,6 +12,7 @@ from finetune.data.profile import (
     EXPOSURE_SPREAD,
     TONE_MIN_IMAGES,
     DataProfile,
+    FlipEvidence,
     flip_changes_label,
     flip_test,
     profile_training_set,
@@ -46,17 +49,151 @@ def test_mirror_symmetric_classes_keep_the_flip(tmp_path, write_folder):
 
 def test_flip_test_needs_two_images_per_class():
     img = np.zeros((16, 16), np.uint8)
-    assert all(np.isnan(v) for v in flip_test([img, img], np.array([0, 1])))
-    assert not flip_changes_label(float("nan"), float("nan"), 2, 2)
+    evidence = flip_test([img, img], np.array([0, 1]))
+    assert all(np.isnan(v) for v in evidence[:4]) and evidence.images == 0
+    assert not flip_changes_label(evidence, 2)
 
 
-@pytest.mark.parametrize("nn_acc, flipped, n, expected", [
-    (0.95, 0.40, 200, True),   # digits-like: a large drop
-    (0.95, 0.92, 200, False),  # within noise
-    (0.50, 0.10, 10, False),   # 10 images at 2 classes: 0.5 is chance, nothing to learn from
+@pytest.mark.parametrize("nn, with_mirrors, margin, n, expected", [
+    (0.95, 0.40, 0.08, 200, True),   # letters-like: the mirror images take half the originals
+    (0.95, 0.92, 0.05, 200, False),  # within the margin
+    (0.50, 0.10, 0.30, 10, False),   # 10 images of 2 classes: 0.5 is chance, nothing to learn from
+    (0.80, 0.85, 0.05, 200, False),  # mirror images that help
 ])
-def test_flip_drop_must_exceed_noise(nn_acc, flipped, n, expected):
-    assert flip_changes_label(nn_acc, flipped, n, 2) is expected
+def test_flip_fall_must_exceed_the_margin(nn, with_mirrors, margin, n, expected):
+    assert flip_changes_label(FlipEvidence(nn, 0.0, with_mirrors, margin, n), 2) is expected
+
+
+def _letter(ch: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A letter in PIL's bundled font, of random size and position: 'b' mirrored is 'd', 'p' is 'q'."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(int(rng.integers(18, 28)))
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    left, top, right, bottom = d.textbbox((0, 0), ch, font=font)
+    dx, dy = rng.integers(-3, 4, size=2)
+    d.text(((size - right + left) / 2 - left + dx, (size - bottom + top) / 2 - top + dy), ch, fill=255, font=font)
+    return img
+
+
+def test_letters_that_mirror_into_each_other_turn_flipping_off(tmp_path, write_folder):
+    profile = profile_training_set(scan_image_folder(write_folder(tmp_path, list("bdpq"), _letter)))
+    assert profile.flip_changes_label
+    policy = auto_augment_policy(profile, 32)
+    assert not policy.flip
+    # the evidence reaches the plan: the two top-1 figures and the margin the fall exceeded
+    assert (f"top-1 {profile.flip_nn:.2f} -> {profile.flip_nn_with_mirrors:.2f} with labelled mirror images"
+            in policy.describe())
+    assert f"beyond the margin {profile.flip_margin:.2f}" in policy.describe()
+
+
+_PHOTOS = {"chelsea": "skimage", "coffee": "skimage", "astronaut": "skimage", "rocket": "skimage",
+           "china.jpg": "sklearn"}
+
+
+def _photo(name: str) -> np.ndarray:
+    if _PHOTOS[name] == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(name)
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def _object_crop(name: str, rng: np.random.Generator) -> Image.Image:
+    """A 64-96 px crop around the middle of a photo (a cat, a coffee cup, an astronaut...): the crops of
+    one class overlap, so each image's nearest neighbour is a near-duplicate that its mirror image lacks."""
+    photo = _photo(name)
+    h, w = photo.shape[:2]
+    side = int(rng.integers(64, 97))
+    cy, cx = h / 2 + rng.uniform(-0.1, 0.1) * h, w / 2 + rng.uniform(-0.1, 0.1) * w
+    y, x = int(np.clip(cy - side / 2, 0, h - side)), int(np.clip(cx - side / 2, 0, w - side))
+    return Image.fromarray(photo[y:y + side, x:x + side])
+
+
+def test_crops_of_a_few_photos_keep_the_flip(tmp_path, write_folder):
+    """Mirrored photos of a cat are photos of a cat: flipping stays on, although the mirror images'
+    own nearest-neighbour top-1 falls (they have no overlapping crop to find)."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    folder = write_folder(tmp_path, list(_PHOTOS), _object_crop, train=30, val=1)
+    profile = profile_training_set(scan_image_folder(folder))
+    assert profile.flip_nn > 0.9 and profile.flip_nn - profile.flip_nn_flipped > 0.1  # the near-duplicate fall
+    assert not profile.flip_changes_label
+    assert auto_augment_policy(profile, 64).flip
+    assert "mirror images keep their class (nearest-neighbour top-1" in auto_augment_policy(profile, 64).describe()
+
+
+def _smooth(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour pattern (4x4 blown up to 16x16): a shift by a pixel keeps it alike."""
+    coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((16, 16), Image.Resampling.BILINEAR), np.float32)
+
+
+def _member(template: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One class member: its class's pattern under a pattern of its own, shifted by up to a pixel;
+    nearest neighbours find the class of most members, not of all."""
+    img = np.roll(0.45 * template + 0.55 * _smooth(rng), rng.integers(-1, 2, size=2), axis=(0, 1))
+    return img.astype(np.uint8)
+
+
+def _random_set(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """3-6 classes of noisy copies of random (asymmetric) templates, 6-20 images each."""
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(3, 7))
+    templates = [_smooth(rng) for _ in range(classes)]
+    labels = np.repeat(np.arange(classes), rng.integers(6, 21, size=classes))
+    return [_member(templates[k], rng) for k in labels], labels
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_set_whose_images_equal_their_mirror_images_never_turns_flipping_off(seed):
+    images, labels = _random_set(seed)
+    symmetric = [np.concatenate([im[:, :8], im[:, :8][:, ::-1]], axis=1) for im in images]
+    assert all(np.array_equal(im, im[:, ::-1]) for im in symmetric)
+    evidence = flip_test(symmetric, labels)
+    assert evidence.nn_with_mirrors == evidence.nn and evidence.nn_flipped == evidence.nn
+    assert not flip_changes_label(evidence, int(labels.max()) + 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_set_that_holds_every_mirror_image_in_its_class_never_turns_flipping_off(seed):
+    images, labels = _random_set(seed)
+    closed = images + [im[:, ::-1] for im in images]  # flip augmentation already done: every class is mirror-closed
+    evidence = flip_test(closed, np.concatenate([labels, labels]))
+    assert evidence.nn_with_mirrors >= evidence.nn
+    assert not flip_changes_label(evidence, int(labels.max()) + 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_class_made_of_another_class_mirror_images_turns_flipping_off(seed):
+    images, labels = _random_set(seed)
+    twin = int(labels.max()) + 1  # a new class: the mirror images of class 0
+    mirrored = [im[:, ::-1] for im, label in zip(images, labels) if label == 0]
+    evidence = flip_test(images + mirrored, np.concatenate([labels, np.full(len(mirrored), twin)]))
+    assert evidence.nn > 0.7  # unflipped, the classes are told apart (chance: 1/7 to 1/4)
+    assert flip_changes_label(evidence, twin + 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_renaming_the_classes_never_changes_the_evidence(seed):
+    images, labels = _random_set(seed)
+    images += [im[:, ::-1] for im, label in zip(images, labels) if label == 0]  # a class of mirror images: 'off'
+    labels = np.concatenate([labels, np.full(len(images) - len(labels), labels.max() + 1)])
+    permutation = np.random.default_rng(seed).permutation(int(labels.max()) + 1)
+    assert flip_test(images, permutation[labels]) == flip_test(images, labels)
+
+
+def test_paired_margin_is_two_standard_errors_of_the_per_image_fall():
+    from finetune.data.profile import _paired_margin
+
+    # 10 images, 5 lost to mirror images: differences five 0s and five 1s, variance 0.25, SE sqrt(0.25 / 10)
+    before, after = np.ones(10, bool), np.array([1] * 5 + [0] * 5, bool)
+    assert _paired_margin(before, after) == pytest.approx(2 * 0.158114, abs=1e-6)
+    # all images agree: the variance floor 1/n gives two images in n
+    assert _paired_margin(before, before) == pytest.approx(2 / 10)
 
 
 def _profile(per_class=10.0, grey=False, flips=False, exposure=True) -> DataProfile:
@@ -130,6 +267,29 @@ def test_small_inputs_get_no_scale_changing_crop():
 def test_more_images_per_class_allow_smaller_crops():
     few, many = auto_augment_policy(_profile(10), 224), auto_augment_policy(_profile(500), 224)
     assert many.crop_scale[0] < few.crop_scale[0]
+
+
+def test_the_plan_gives_the_figures_of_the_flip_decision():
+    base = _profile()
+    kept = dataclasses.replace(base, flip_nn=0.95, flip_nn_with_mirrors=0.94, flip_margin=0.03)
+    assert ("mirror images keep their class (nearest-neighbour top-1 0.95 -> 0.94 with labelled mirror images "
+            "among the references: a fall within the margin 0.03)") in auto_augment_policy(kept, 32).reasons
+    off = dataclasses.replace(kept, flip_nn_with_mirrors=0.43, flip_margin=0.08, flip_changes_label=True)
+    assert "top-1 0.95 -> 0.43 with labelled mirror images among the references: a fall beyond the margin 0.08" in (
+        auto_augment_policy(off, 32).describe())
+
+
+@pytest.mark.parametrize("changes", [False, True])
+def test_a_profile_recorded_before_the_mirror_reference_figures_keeps_its_decision(changes):
+    recorded = _profile(flips=changes).to_dict()
+    for key in ("flip_nn_with_mirrors", "flip_margin"):  # what an older config.yaml holds
+        del recorded[key]
+    profile = DataProfile.from_dict(recorded)
+    assert np.isnan(profile.flip_nn_with_mirrors) and profile.flip_changes_label is changes
+    policy = auto_augment_policy(profile, 32)
+    assert policy.flip is not changes
+    assert ("mirroring changes the class (nearest-neighbour top-1 0.90 -> 0.30 on mirror images)" if changes
+            else "mirror images keep their class") in policy.reasons
 
 
 def test_policy_follows_the_flip_and_grey_tests():

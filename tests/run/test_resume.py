@@ -190,7 +190,7 @@ def test_a_run_started_before_the_exposure_test_keeps_its_brightness_jitter(arro
     _start_under_other_rules(arrows_data, out, run_args, monkeypatch, photometric=True)  # today: off (one exposure)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     del saved["resolved"]["augment_policy"]  # what that version wrote: a data profile, no policy, no exposure test
-    for key in ("tonal_spread", "exposure_varies"):
+    for key in ("tonal_spread", "exposure_varies", "flip_nn_with_mirrors", "flip_margin"):
         del saved["resolved"]["data_profile"][key]
     (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     policy = _resume_to_epoch_2(out)["resolved"]["augment_policy"]
