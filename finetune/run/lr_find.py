@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from finetune.config import RunConfig
 from finetune.heap import keep_freed_memory
@@ -246,6 +247,8 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     c = plan.config
     module = plan.build_module(lr=c.lr_find_start_lr)
     print_plan(module, console)
+    for caution in plan.cautions if console is not None else ():
+        console.print(f"[yellow]Warning: {escape(caution)}[/yellow]", soft_wrap=True)
     output = Path(c.output) if c.output is not None else Path(".")
     return find_lr(module, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
                    num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,

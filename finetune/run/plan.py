@@ -30,7 +30,7 @@ from finetune.run.devices import planned_world_size
 from finetune.training.auto_freeze import resolve_freeze_until
 from finetune.training.cached_features import CacheChoice, cache_choice
 from finetune.training.feature_fit import measure_feature_fit
-from finetune.training.freeze import build_schedule
+from finetune.training.freeze import FreezeSchedule, build_schedule
 from finetune.training.module import FinetuneModule, backbone_options
 from finetune.training.optim import discriminative_mults
 from finetune.training.precision import resolve_channels_last, resolve_precision
@@ -82,6 +82,7 @@ class RunPlan:
     lr_found: float | None = None
     lr_find: dict[str, Any] | None = None
     feature_cache: CacheChoice = CacheChoice(False, "not planned")
+    cautions: tuple[str, ...] = ()
 
     @property
     def lr_pending(self) -> bool:
@@ -194,15 +195,27 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
                               "may use (more workers only contend for them)")
         decided += ("workers",)
     precision, precision_why = resolve_precision(config.precision, config.accelerator)
-    cache = cache_choice(config, build_schedule(config, backbone), auto.augment != "none", world)
+    schedule = build_schedule(config, backbone)
+    cache = cache_choice(config, schedule, auto.augment != "none", world)
     mults = discriminative_mults(len(backbone.groups), config.lr_decay, config.resolved_backbone_lr_mult())
     return RunPlan(
         config=config, sources=sources, index=index, backbone=backbone, data_config=data_config,
         augment=auto.augment, profile=auto.profile, precision=precision, precision_why=precision_why,
         channels_last=resolve_channels_last(config.channels_last, precision), workers=config.resolved_workers(),
         world_size=world, class_weights=resolve_class_weights(config.class_weights, index.counts("train")),
-        lr_mults=tuple(mults), decided=decided, feature_cache=cache,
+        lr_mults=tuple(mults), decided=decided, feature_cache=cache, cautions=_cautions(config, backbone, schedule),
     )
+
+
+def _cautions(config: RunConfig, backbone: Backbone, schedule: FreezeSchedule) -> tuple[str, ...]:
+    """What the user asked for that is legal but most likely a mistake, for the plan to say in yellow."""
+    if config.weights != "none" or schedule.initial == 0:
+        return ()
+    asked = (f"--freeze-policy {config.freeze_policy}" if config.freeze_policy and not config.freeze_until
+             else f"--freeze-until {config.freeze_until}")
+    first = backbone.units[min(schedule.initial, len(backbone.units) - 1)].name
+    return (f"--weights none with {asked}: the layers before {first} start random and stay frozen, so they never "
+            "learn; --freeze-until stem trains every layer",)
 
 
 def plan_run(config: RunConfig, sources: dict[str, str] | None = None,
