@@ -31,6 +31,7 @@ from finetune.run.quiet import quiet_lightning
 from finetune.run.resume import checkpoint_epoch, previous_metrics
 from finetune.run.run_dir import claimed_run_dir, default_run_dir
 from finetune.run.trackers import tracker_loggers
+from finetune.training.callbacks.chance import ChanceWatch
 from finetune.training.callbacks.divergence import DivergenceGuard
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
 from finetune.training.callbacks.ema import EmaCallback
@@ -209,7 +210,8 @@ def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequ
     index = plan.index
     steps = -(-len(index.train) // plan.config.batch_size)
     say = None if config.progress else console.print  # with a bar, messages go through the bar's print
-    policy = [GradualUnfreezing(say), RNGState(), *callbacks]
+    watch = ChanceWatch(list(index.counts("val").values()), plan.config.epochs, console.print)
+    policy = [GradualUnfreezing(say), RNGState(), watch, *callbacks]
     resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = started.get("mlflow_run_id") if started else None
@@ -402,6 +404,10 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
         chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config.monitor, config.ema)}"
         console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
+        watch = next((c for c in trainer.callbacks if isinstance(c, ChanceWatch)), None)
+        if watch is not None and watch.stuck_through is not None:
+            later = "" if watch.at_chance(best) else f"; it left chance later, up to {best:.4f}"
+            console.print(f"[yellow]Warning: {watch.summary()}{later}[/yellow]", soft_wrap=True)
         console.print(f"Run directory: {run_dir}  "
                       "(config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
     return result

@@ -163,9 +163,13 @@ class EpochLine:
         total = trainer.max_epochs or row["epoch"] + 1
         left = total - row["epoch"] - 1
         eta = sum(self._seconds) / len(self._seconds) * left if left > 0 else None
-        line = epoch_line(row, row["epoch"], total, eta)
-        bar = trainer.progress_bar_callback
-        if bar is not None and bar.is_enabled and hasattr(bar, "print"):
-            bar.print(line)
-        else:
-            self.say(line, soft_wrap=True)
+        beside_bar(trainer, self.say, epoch_line(row, row["epoch"], total, eta))
+
+
+def beside_bar(trainer: pl.Trainer, say: Callable[..., None], line: str) -> None:
+    """Prints `line` above the progress bar when one is shown (so the bar is not torn), else with `say`."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and bar.is_enabled and hasattr(bar, "print"):
+        bar.print(line)
+    else:
+        say(line, soft_wrap=True)
