@@ -44,7 +44,7 @@ class RunSummary:
     def changed(self) -> dict[str, Any]:
         """Settings given on the command line or by a recipe (not defaults, not derived from the data)."""
         return {k: self.settings.get(k) for k, src in self.sources.items()
-                if k not in SHOWN_APART + CONSOLE_ONLY and (src == "command line" or src.startswith("recipe"))}
+                if k not in SHOWN_APART + CONSOLE_ONLY and src.startswith(("command line", "recipe"))}
 
     @property
     def planned_epochs(self) -> Any:

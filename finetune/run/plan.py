@@ -93,8 +93,9 @@ class RunPlan:
         """The plan with the LR the range test settled: its suggestion, or (`suggested` False) the LR kept
         where it made none; `reason` says why, in one line. `sources["lr"]` and `lr_find` record it."""
         found = {"suggestion": lr if suggested else None, "reason": reason, "lr": lr}
-        source = ("auto: the LR range test's suggestion" if suggested
-                  else f"auto: the default, kept: the LR range test made no suggestion ({reason})")
+        given = self.sources.get("lr", "command line")  # where `auto` came from: `finetune runs` lists it
+        source = (f"{given}; auto: the LR range test's suggestion" if suggested
+                  else f"{given}; auto: the default, kept: the LR range test made no suggestion ({reason})")
         return dataclasses.replace(self, config=self.config.model_copy(update={"lr": lr}),
                                    lr_found=lr if suggested else None, lr_find=found,
                                    sources={**self.sources, "lr": source})

@@ -154,8 +154,8 @@ def test_lr_auto_keeps_the_class_weights_and_the_sampler_reaches_the_loader(make
     assert seen.weights is not None and torch.allclose(seen.weights, torch.ones(3))  # 8 images a class: all 1
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     # The range test's result is recorded; lr keeps its source (`finetune runs` lists it as given).
-    assert saved["lr"] == saved["resolved"]["lr_find"]["suggestion"]
-    assert not str(saved["sources"].get("lr", "")).startswith("auto")
+    assert saved["lr"] == saved["resolved"]["lr_find"]["lr"]
+    assert str(saved["sources"].get("lr", "")).startswith(("default", "command line"))
     sampled = _Seen()
     _quiet_fit(make_config(epochs=1, sampler="balanced", export=False, output=tmp_path / "run2"), callbacks=[sampled])
     assert sampled.sampler == "WeightedRandomSampler"
