@@ -19,6 +19,7 @@ from rich.markup import escape
 from finetune import atomic
 from finetune.errors import FinetuneError, Interrupted
 from finetune.pathtext import printable
+from finetune.quiet import quiet_lightning
 
 console = Console()
 err_console = Console(stderr=True)
@@ -49,8 +50,10 @@ def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            settings = kwargs.get("settings")
+            verbose = bool(kwargs.get("verbose") or (settings.get("verbose") if isinstance(settings, dict) else False))
             try:
-                with _sigterm_stops():
+                with _sigterm_stops(), _quiet_console(verbose):
                     return fn(*args, **kwargs)
             except ValidationError as e:  # a ValueError too: reported field by field
                 lines = setting_errors(e)
@@ -119,3 +122,17 @@ def _sigterm_stops() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _quiet_console(verbose: bool) -> Iterator[None]:
+    """For a command's life: Lightning's banners and the libraries' deprecation notices held back (unless
+    `verbose`), and every warning shown as one yellow line on stderr, without Python's source line."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        where = f" ({category.__name__}, {filename}:{lineno})" if verbose else ""
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(printable(str(message)))}{escape(where)}", soft_wrap=True)
+
+    with quiet_lightning(verbose), warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

@@ -50,7 +50,7 @@ def print_runs(console: Console, folder: Path, found: Sequence[RunSummary]) -> N
         ("run", "left"), ("backbone", "left"), ("data", "left"), ("best val", "right"),
         ("epochs", "right"), ("wall", "right"), ("settings given", "left")))
     for r in found:
-        best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2] + 1}" if r.best else "-"
+        best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2]}" if r.best else "-"
         recipe = r.settings.get("recipe")
         given = (f"recipe={Path(recipe).stem} " if recipe else "") + " ".join(f"{k}={v}" for k, v in r.changed.items())
         table.add_row(escape(_shown_path(r.path, folder)), str(r.settings.get("backbone")),
@@ -66,7 +66,7 @@ def print_comparison(console: Console, found: Sequence[RunSummary], labels: Sequ
     table = _table("Settings that differ", (("setting", "left"), *columns))
     for key, values in differences.items():
         table.add_row(key, *(str(v) for v in values))
-    table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2] + 1})" if r.best else "-" for r in found))
+    table.add_row("best val top-1", *(f"{r.best_acc1:.4f} (epoch {r.best[2]})" if r.best else "-" for r in found))
     table.add_row("epochs trained", *(str(r.epochs) for r in found))
     table.add_row("wall", *(f"{r.seconds:.0f}s" for r in found))
     console.print(table)

@@ -26,7 +26,7 @@ def test_fit_returns_paths_and_metrics(tiny_data, tmp_path):
                                 batch_size=8, workers=0, progress=False, output=tmp_path / "run")
     result = finetune.fit(config)
     assert result.run_dir == tmp_path / "run" and result.best_checkpoint.is_file()
-    assert 0.0 <= result.best_val_acc1 <= 1.0 and result.best_epoch == 0
+    assert 0.0 <= result.best_val_acc1 <= 1.0 and result.best_epoch == 1
     predictor = finetune.Predictor.load(result.run_dir / "model")
     assert predictor.class_names == ["circle", "square", "triangle"]
     # fit() imported the finetune.export subpackage; the public name must still be callable.

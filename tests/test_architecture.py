@@ -12,7 +12,8 @@ PACKAGE = Path(finetune.__file__).parent
 LAYERS = [
     {"errors", "atomic"},
     {"pathtext", "untrusted"},
-    {"cache", "config", "figures", "console", "heap", "locks"},
+    {"cache", "config", "figures", "heap", "locks", "quiet"},
+    {"console"},
     {"data"},
     {"models"},
     {"training"},

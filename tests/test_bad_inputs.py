@@ -266,7 +266,7 @@ def test_a_signal_stops_the_run_in_one_line_and_resume_goes_on(tiny_data, tmp_pa
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     with open(out / "metrics.csv", newline="") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == list(range(kept + 2))  # every epoch once, none lost, none twice
+    assert epochs == list(range(1, kept + 3))  # every epoch once, counted from 1, none lost, none twice
 
 
 def test_the_python_api_raises_interrupted_and_ctrl_c_works_afterwards(tiny_data, tmp_path):

@@ -21,7 +21,7 @@ def test_run_writes_the_run_directory(tiny_data, tmp_path, run_args):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     columns = set(rows[0])
     assert {"train/loss", "val/loss", "val/acc1", "val/acc5", "train/acc1"} <= columns
-    assert sorted({int(r["epoch"]) for r in rows if r.get("val/acc1")}) == [0, 1]
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val/acc1")}) == [1, 2]  # counted from 1
     config = yaml.safe_load(open(out / "config.yaml"))
     assert config["backbone"] == "test_resnet" and config["epochs"] == 2 and config["image_size"] == 32
     assert config["resolved"]["classes"] == ["circle", "square", "triangle"]

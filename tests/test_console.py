@@ -56,3 +56,69 @@ def test_the_command_keeps_its_signature_and_result():
         return top_k * 2
 
     assert command(3) == 6 and command.__doc__ == "Doc." and list(inspect.signature(command).parameters) == ["top_k"]
+
+
+# ----- warnings, banners and the progress display -------------------------------------------------------
+def test_a_warning_inside_a_command_is_one_yellow_line_without_python_s_source_line(capsys):
+    import warnings
+
+    @user_errors
+    def command() -> None:
+        warnings.warn("skipped 1 bad file(s) in data: a/bad.jpg (not a decodable image)", UserWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)  # a library's notice: held back
+
+    command()
+    err = capsys.readouterr().err
+    assert err == "Warning: skipped 1 bad file(s) in data: a/bad.jpg (not a decodable image)\n"
+
+
+def test_lr_find_and_export_print_no_banners_tips_or_library_notices(tiny_data, trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    runner = CliRunner()
+    found = runner.invoke(app, ["lr-find", "--backbone", "test_resnet", "--weights", "none", "--data", str(tiny_data),
+                                "--image-size", "32", "--batch-size", "24", "--workers", "0", "--num-steps", "8",
+                                "--output", str(tmp_path)])
+    exported = runner.invoke(app, ["export", str(trained_run), "--output", str(tmp_path / "bundle")])
+    for result in (found, exported):
+        assert result.exit_code == 0, result.output
+        for noise in ("GPU available", "Tip:", "litlogger", "deprecated", "FutureWarning", "Epoch ", "/-", "it/s",
+                      "LR range test"):  # the last two: a live bar, which a pipe does not get
+            assert noise not in result.output, (noise, result.output)
+
+
+def test_the_bar_counts_epochs_from_1_and_shows_only_the_loss():
+    from types import SimpleNamespace
+
+    import torch
+
+    from finetune.run.progress import RunProgressBar
+
+    bar = RunProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=27)  # what Lightning attaches
+    assert bar._get_train_description(1).strip() == "epoch 2/27"
+    metrics = {"train/loss_step": torch.tensor(0.4567), "freeze/trainable_groups": torch.tensor(6.0),
+               "train/loss_epoch": torch.tensor(0.5)}
+    assert bar.get_metrics(SimpleNamespace(callback_metrics=metrics), None) == {"loss": "0.457"}
+
+
+def test_output_into_a_pipe_has_no_live_bar_and_narrow_lines_break_between_words(tiny_data, tmp_path):
+    """Piped (not a terminal), with the default --progress: no bar frames; at 80 columns every line that is
+    not a path fits, so nothing is broken inside a word."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "finetune", "run", "--backbone", "test_resnet", "--weights", "none",
+                           "--data", str(tiny_data), "--output", str(out), "--image-size", "32", "--epochs", "2",
+                           "--batch-size", "8", "--workers", "0", "--no-export"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = done.stdout + done.stderr
+    assert "it/s" not in text and "\r" not in text  # no bar drawn into the pipe
+    with_paths = (str(tiny_data), str(out))
+    long = [line for line in text.splitlines() if len(line) > 80 and not any(p in line for p in with_paths)]
+    assert long == [], long

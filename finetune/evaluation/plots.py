@@ -1,7 +1,6 @@
 """PNG figures of a run and an evaluation: learning curves, confusion matrix, reliability diagram."""
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,19 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from finetune.figures import save_figure, subplots
+from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
 
 MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
 
 
-def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """metric name -> epoch -> value, from a run's metrics.csv (one row per epoch; runs of earlier
-    versions wrote Lightning's sparse rows and named the train loss train/loss_epoch)."""
+def read_epoch_metrics(metrics_csv: Path, epochs_from: int = EPOCHS_FROM) -> dict[str, dict[int, float]]:
+    """metric name -> epoch (counted from 1) -> value, from a run's metrics.csv (one row per epoch; runs of
+    earlier versions wrote Lightning's sparse rows and named the train loss train/loss_epoch)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for key in ("train/loss", "train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
-                if row.get(key):
-                    series[key.removesuffix("_epoch")][int(row["epoch"])] = float(row[key])
+    for row in read_rows(metrics_csv, epochs_from):
+        for key in ("train/loss", "train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
+            if row.get(key):
+                series[key.removesuffix("_epoch")][int(row["epoch"])] = float(row[key])
     return series
 
 
@@ -34,7 +33,7 @@ def plot_curves(metrics_csv: str | Path, path: str | Path) -> Path:
             key = f"{split}/{metric}"
             points = sorted(series.get(key, {}).items())
             if points:
-                ax.plot([e + 1 for e, _ in points], [v for _, v in points], style, label=split)
+                ax.plot([e for e, _ in points], [v for _, v in points], style, label=split)
         ax.set(xlabel="epoch", ylabel=label, title=f"{label}: train vs val")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,13 @@ from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
 from finetune.heap import keep_freed_memory
 from finetune.pathtext import escaped, printable
+from finetune.quiet import quiet_lightning
 from finetune.run.devices import device_trainer
 from finetune.run.interrupts import after_training, before_training, during_training, fit_or_stop, stopping
 from finetune.run.lr_find import find_lr
 from finetune.run.memory_check import check_memory
 from finetune.run.plan import RunPlan, plan_run, shared_env
-from finetune.run.quiet import quiet_lightning
+from finetune.run.progress import RunProgressBar, bar_wanted
 from finetune.run.resume import checkpoint_epoch, previous_metrics
 from finetune.run.run_dir import claimed_run_dir, default_run_dir
 from finetune.run.trackers import tracker_loggers
@@ -35,7 +36,7 @@ from finetune.training.callbacks.chance import ChanceWatch
 from finetune.training.callbacks.divergence import DivergenceGuard
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
 from finetune.training.callbacks.ema import EmaCallback
-from finetune.training.callbacks.epoch_record import EpochLine, EpochRecord
+from finetune.training.callbacks.epoch_record import EPOCHS_FROM, EpochLine, EpochRecord, read_rows
 from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
@@ -46,6 +47,7 @@ from finetune.training.monitor import best_row, monitor_spec, selection_metric
 from finetune.training.plan_table import print_plan
 from finetune.training.teacher import Teacher
 
+SKIPPED_FILES = r"skipped \d+ bad file\(s\) in "  # the scan's DataWarning, which the run words itself
 DIVERGENCE_FACTOR = 3.0  # the course notes' rule: stop a run whose loss explodes past 3x its start
 RUN_DIR_ENV = "FINETUNE_RUN_DIR"  # hands rank 0's run directory to the processes DDP starts
 
@@ -60,7 +62,7 @@ class RunResult:
     best_checkpoint: Path
     last_checkpoint: Path
     best_val_acc1: float
-    best_epoch: int
+    best_epoch: int  # counted from 1, as on the console and in metrics.csv
     precision: str
 
 
@@ -110,6 +112,7 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
     loggers = tracker_loggers(config, run_dir, mlflow_run_id)
     # LearningRateMonitor feeds the trackers each step's LRs; metrics.csv has each group's LR per epoch.
     lr_monitor = [LearningRateMonitor(logging_interval="step")] if loggers else []
+    bar = [RunProgressBar()] if bar_wanted(config.progress) else []
     return device_trainer(
         config.accelerator, config.lightning_devices(), config.strategy, config.num_nodes,
         default_root_dir=run_dir,
@@ -117,13 +120,13 @@ def build_trainer(config: RunConfig, run_dir: Path, precision: str, steps_per_ep
         precision=precision,
         logger=loggers or False,
         callbacks=[checkpoint, last, record, *lr_monitor, *guard_callbacks(config, run_dir), *callbacks,
-                   *(c for c in stopping if c is not None)],
+                   *(c for c in stopping if c is not None), *bar],
         plugins=[AtomicCheckpointIO(inference_only=("best.ckpt",))],
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
         check_val_every_n_epoch=config.val_every or 1,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
-        enable_progress_bar=config.progress,
+        enable_progress_bar=bool(bar),
         enable_model_summary=False,
     )
 
@@ -137,10 +140,9 @@ def guard_callbacks(config: RunConfig, run_dir: Path) -> list[pl.Callback]:
 
 
 def best_epoch(metrics_csv: Path, monitor: str = "acc1") -> tuple[float, int]:
-    """(val top-1 of the best epoch, that epoch) read back from metrics.csv; the best epoch is the
-    one best.ckpt holds: the best --monitor figure (with --ema, of the better weights)."""
-    with open(metrics_csv, newline="") as f:
-        best = best_row(csv.DictReader(f), monitor)
+    """(val top-1 of the best epoch, that epoch counted from 1) read back from metrics.csv; the best epoch
+    is the one best.ckpt holds: the best --monitor figure (with --ema, of the better weights)."""
+    best = best_row(read_rows(metrics_csv), monitor)
     return (best[3], best[2]) if best else (float("nan"), -1)
 
 
@@ -165,7 +167,9 @@ def fit(config: RunConfig, console: Console | None = None, *, callbacks: Sequenc
     console = console or Console()
     config = config.with_absolute_paths()  # config.yaml and the checkpoints must work from any folder
     run_dir = resolve_run_dir(config)
-    with quiet_lightning(config.verbose), keep_freed_memory(), _held(run_dir, config, ckpt_path, console):
+    with quiet_lightning(config.verbose), keep_freed_memory(), _held(run_dir, config, ckpt_path, console), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SKIPPED_FILES)  # said by _announce, once, with bad_files.txt
         return _fit(config, run_dir, console, callbacks, ckpt_path, sources)
 
 
@@ -209,11 +213,13 @@ def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequ
     plan, report = plan_run(config, sources, started)
     index = plan.index
     steps = -(-len(index.train) // plan.config.batch_size)
-    say = None if config.progress else console.print  # with a bar, messages go through the bar's print
+    say = console.print  # above the bar when there is one
     watch = ChanceWatch(list(index.counts("val").values()), plan.config.epochs, console.print)
     policy = [GradualUnfreezing(say), RNGState(), watch, *callbacks]
     resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
-    rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
+    # A run of version 0.1 counted metrics.csv's epochs from 0 and did not record it
+    rows = (previous_metrics(run_dir / "metrics.csv", resumed_epoch, started.get("metrics_epochs_from", 0))
+            if ckpt_path else None)
     mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
                             mlflow_run)
@@ -236,7 +242,7 @@ def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequ
         datamodule = _feature_cache(plan, module, trainer, datamodule, console)
     datamodule.setup()  # decodes the images into memory (--image-cache) before the bar starts
     if datamodule.memory_note and rank_zero_only.rank == 0:
-        console.print(f"Image cache: {datamodule.memory_note}", soft_wrap=True)
+        console.print(f"Image cache: {datamodule.memory_note}")
     return plan, trainer, module, datamodule
 
 
@@ -262,10 +268,10 @@ def _feature_cache(plan: RunPlan, module: FinetuneModule, trainer: pl.Trainer, i
             {"data_config": plan.data_config.to_dict(), "augment": augment, "seed": c.seed, "device": device.type},
             progress=c.progress)
     except NotSplittable as e:
-        console.print(f"Feature cache: off ({e})", soft_wrap=True)
+        console.print(f"Feature cache: off ({e})")
         return images
     module.feature_split = cached.split
-    console.print(f"Feature cache: {cached.describe()}; {plan.feature_cache.why}", soft_wrap=True)
+    console.print(f"Feature cache: {cached.describe()}; {plan.feature_cache.why}")
     return cached.datamodule
 
 
@@ -277,11 +283,10 @@ def _checkpoint_epoch(ckpt_path: Path) -> int:
 
 
 def _acc1_at(metrics_csv: Path, epoch: int) -> float:
-    """Val top-1 of `epoch` in metrics.csv (of the weights best.ckpt keeps, with --ema)."""
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("epoch") == str(epoch):
-                return float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
+    """Val top-1 of `epoch` (counted from 1) in metrics.csv (of the weights best.ckpt keeps, with --ema)."""
+    for row in read_rows(metrics_csv):
+        if row.get("epoch") == str(epoch):
+            return float(row.get("val/acc1_selected") or row.get("val/acc1") or "nan")
     return float("nan")
 
 
@@ -325,7 +330,8 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
     """config.yaml: the settings, then the plan's resolved values and where each setting came from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = plan.record()
-    resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {})}
+    resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {}),
+                "metrics_epochs_from": EPOCHS_FROM}
     sources = record["sources"]
     if plan.lr_find is not None:
         resolved["lr_find"] = {**plan.lr_find, "plot": "lr_find.png"}
@@ -370,19 +376,19 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
         console.print(f"[yellow]Warning: {warning}[/yellow]")
     console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
     for caution in plan.cautions:
-        console.print(f"[yellow]Warning: {escape(caution)}[/yellow]", soft_wrap=True)
+        console.print(f"[yellow]Warning: {escape(caution)}[/yellow]")
     missing = getattr(report, "missing", [])
     if config.weights_partial and missing:
         console.print(f"[yellow]Warning: --weights-partial: {len(missing)} tensors of the model were not in "
                       f"{report.source} and keep their random init[/yellow]")
     console.print(f"Precision: {plan.precision} ({plan.precision_why})")
     if module.frozen_units and not plan.feature_cache.use:  # said once it is filled, when it is used
-        console.print(f"Feature cache: off ({plan.feature_cache.why})", soft_wrap=True)
+        console.print(f"Feature cache: off ({plan.feature_cache.why})")
     if module.teacher is not None:
         console.print(f"Teacher: {module.teacher.source} "
                       f"(kd-alpha {config.kd_alpha}, kd-temperature {config.kd_temperature})")
     if "freeze_until" in plan.decided and config.weights != "none":  # the frozen part the data chose
-        console.print(f"freeze-until {plan.sources['freeze_until']}", soft_wrap=True)
+        console.print(f"freeze-until {plan.sources['freeze_until']}")
     print_plan(module, console, world_size)
 
 
@@ -391,9 +397,9 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
     metrics_csv = run_dir / "metrics.csv"
     best, epoch = best_epoch(metrics_csv, config.monitor) if trainer.is_global_zero else (float("nan"), -1)
     saved = ckpt_dir / "best.ckpt"
-    if trainer.is_global_zero and saved.is_file() and _checkpoint_epoch(saved) != epoch:
+    if trainer.is_global_zero and saved.is_file() and _checkpoint_epoch(saved) + EPOCHS_FROM != epoch:
         # metrics.csv rounds to 6 digits: on a near tie the checkpoint's own epoch is the truth.
-        epoch = _checkpoint_epoch(saved)
+        epoch = _checkpoint_epoch(saved) + EPOCHS_FROM
         best = _acc1_at(metrics_csv, epoch)
     result = RunResult(run_dir, run_dir / "config.yaml", metrics_csv, ckpt_dir / "best.ckpt",
                        ckpt_dir / "last.ckpt", best, epoch, precision)
@@ -403,11 +409,11 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
             console.print(f"Early stop after epoch {stopper.stopped_epoch + 1} of {config.epochs}: "
                           f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
         chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config.monitor, config.ema)}"
-        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch + 1} of {config.epochs}{chosen})")
+        console.print(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch} of {config.epochs}{chosen})")
         watch = next((c for c in trainer.callbacks if isinstance(c, ChanceWatch)), None)
         if watch is not None and watch.stuck_through is not None:
             later = "" if watch.at_chance(best) else f"; it left chance later, up to {best:.4f}"
-            console.print(f"[yellow]Warning: {watch.summary()}{later}[/yellow]", soft_wrap=True)
+            console.print(f"[yellow]Warning: {watch.summary()}{later}[/yellow]")
         console.print(f"Run directory: {run_dir}  "
                       "(config.yaml, metrics.csv, checkpoints/best.ckpt, checkpoints/last.ckpt)", soft_wrap=True)
     return result

@@ -1,7 +1,6 @@
 """Reading run directories back: `finetune runs` (a table of runs) and `finetune compare` (side by side)."""
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from typing import Any
 
 from finetune.config import read_run_yaml
 from finetune.errors import FinetuneError
+from finetune.training.callbacks.epoch_record import read_rows
 from finetune.training.monitor import best_row
 
 SHOWN_APART = ("backbone", "data", "output", "recipe")  # columns of their own, not "flags"
@@ -64,8 +64,8 @@ def read_run(run_dir: str | Path) -> RunSummary:
         raise FinetuneError(f"{run_dir} is not a run directory: it has no config.yaml (written by `finetune run`)")
     record = read_run_yaml(config_path)
     sources = record.pop("sources", {}) or {}
-    record.pop("resolved", None)
-    rows = _metrics_rows(run_dir / "metrics.csv")
+    resolved = record.pop("resolved", None) or {}
+    rows = _metrics_rows(run_dir / "metrics.csv", resolved.get("metrics_epochs_from", 0))
     found = best_row(rows, record.get("monitor", "acc1"))
     best, best_acc1 = (found[:3], found[3]) if found else (None, math.nan)
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -77,15 +77,12 @@ def read_run(run_dir: str | Path) -> RunSummary:
     return RunSummary(run_dir, record, sources, len(rows), best, best_acc1, seconds, curves)
 
 
-def _metrics_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        # Runs of earlier versions wrote Lightning's sparse rows: keep one row per epoch, merged.
-        merged: dict[int, dict[str, str]] = {}
-        for row in csv.DictReader(f):
-            if row.get("epoch", "") == "":
-                continue
+def _metrics_rows(path: Path, epochs_from: int) -> list[dict[str, str]]:
+    """One row per epoch, counted from 1 (`epochs_from`: the file's own count, 0 for version 0.1)."""
+    # Runs of earlier versions wrote Lightning's sparse rows: keep one row per epoch, merged.
+    merged: dict[int, dict[str, str]] = {}
+    for row in read_rows(path, epochs_from):
+        if row.get("epoch", "") != "":
             merged.setdefault(int(row["epoch"]), {}).update({k: v for k, v in row.items() if v != ""})
     return [merged[e] for e in sorted(merged)]
 
@@ -120,7 +117,7 @@ def plot_comparison(runs: Sequence[RunSummary], labels: Sequence[str], path: str
         for run, label in zip(runs, labels):
             points = run.curves.get(key, [])
             if points:
-                ax.plot([e + 1 for e, _ in points], [v for _, v in points], "o-", markersize=3, label=label)
+                ax.plot([e for e, _ in points], [v for _, v in points], "o-", markersize=3, label=label)
         ax.set(xlabel="epoch", ylabel=title, title=title)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

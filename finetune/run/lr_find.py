@@ -21,8 +21,10 @@ from rich.markup import escape
 
 from finetune.config import RunConfig
 from finetune.heap import keep_freed_memory
+from finetune.quiet import quiet_lightning
 from finetune.run.devices import device_trainer
 from finetune.run.interrupts import fit_or_stop
+from finetune.run.progress import RangeTestBar, bar_wanted
 from finetune.training.callbacks.lr_range_test import LRRangeTest, smooth, smoothed_variance
 from finetune.training.module import FinetuneModule
 
@@ -211,7 +213,8 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
     trainer = device_trainer(
         accelerator, 1, precision=precision, max_steps=num_steps, max_epochs=-1,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=progress, enable_model_summary=False, callbacks=[test],
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[test, *([RangeTestBar(test)] if bar_wanted(progress) else [])],
     )
     try:
         with keep_freed_memory():
@@ -242,14 +245,15 @@ def run_lr_find(config: RunConfig, console: Console | None = None) -> LRFindResu
     from finetune.run.plan import plan_run
     from finetune.training.plan_table import print_plan
 
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    plan, _ = plan_run(config)  # the layers, batch and augmentation `run` would use
-    c = plan.config
-    module = plan.build_module(lr=c.lr_find_start_lr)
-    print_plan(module, console)
-    for caution in plan.cautions if console is not None else ():
-        console.print(f"[yellow]Warning: {escape(caution)}[/yellow]", soft_wrap=True)
-    output = Path(c.output) if c.output is not None else Path(".")
-    return find_lr(module, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr, end_lr=c.lr_find_end_lr,
-                   num_steps=c.lr_find_steps, accelerator=c.accelerator, precision=plan.precision,
-                   plot=output / "lr_find.png", progress=c.progress)
+    with quiet_lightning(config.verbose):
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        plan, _ = plan_run(config)  # the layers, batch and augmentation `run` would use
+        c = plan.config
+        module = plan.build_module(lr=c.lr_find_start_lr)
+        print_plan(module, console)
+        for caution in plan.cautions if console is not None else ():
+            console.print(f"[yellow]Warning: {escape(caution)}[/yellow]", soft_wrap=True)
+        output = Path(c.output) if c.output is not None else Path(".")
+        return find_lr(module, plan.datamodule(keep_images=False), start_lr=c.lr_find_start_lr,
+                       end_lr=c.lr_find_end_lr, num_steps=c.lr_find_steps, accelerator=c.accelerator,
+                       precision=plan.precision, plot=output / "lr_find.png", progress=c.progress)

@@ -1,7 +1,6 @@
 """Continuing a run from its directory: saved config and metrics.csv (RNG streams: training/callbacks/rng_state.py)."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +8,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from finetune.config import RunConfig, read_run_yaml
 from finetune.errors import FinetuneError
+from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
 from finetune.training.checkpoint import read_checkpoint
 from finetune.training.checkpoint_io import TRAINING_STATE
 
@@ -69,12 +69,11 @@ def checkpoint_epoch(ckpt_path: Path) -> int:
     return ckpt["epoch"]
 
 
-def previous_metrics(metrics_csv: Path, last_epoch: int) -> list[dict[str, str]]:
-    """Rows of an earlier metrics.csv up to and including `last_epoch` (the checkpoint's)."""
-    if not metrics_csv.is_file():
-        return []
-    with open(metrics_csv, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("epoch", "") == "" or int(r["epoch"]) <= last_epoch]
+def previous_metrics(metrics_csv: Path, last_epoch: int, epochs_from: int = EPOCHS_FROM) -> list[dict[str, str]]:
+    """Rows of an earlier metrics.csv up to and including `last_epoch` (the checkpoint's, counted from 0 as
+    Lightning counts), with epochs counted from 1; `epochs_from`: the file's own count (0 for version 0.1)."""
+    rows = [r for r in read_rows(metrics_csv, epochs_from)
+            if r.get("epoch", "") == "" or int(r["epoch"]) <= last_epoch + EPOCHS_FROM]
     return [{k: v for k, v in r.items() if v != ""} for r in rows]
 
 

@@ -65,7 +65,7 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
         rows = [row for row in csv.DictReader(f) if row["epoch"]]
     assert len({row["epoch"] for row in rows}) == 60
     validated = sorted(int(row["epoch"]) for row in rows if row.get("val/acc1"))
-    assert saved["val_every"] == 3 and validated == list(range(2, 60, 3))  # 20 validations, the last epoch's included
+    assert saved["val_every"] == 3 and validated == list(range(3, 61, 3))  # 20 validations, the last epoch's included
     assert result.best_checkpoint.is_file()
 
 

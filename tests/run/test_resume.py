@@ -62,12 +62,12 @@ def test_resume_from_another_directory_keeps_the_record(tiny_data, test_resnet_w
     monkeypatch.setattr(fit_module, "guard_callbacks", lambda *a: [*original(*a), spy])
     resumed = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
-    assert spy.seen["val_epochs"] == {0}  # the first run's rows are on disk from the start
+    assert spy.seen["val_epochs"] == {1}  # the first run's rows are on disk from the start
     assert spy.seen["config"]["resolved"]["lr_find"] == lr_find and spy.seen["config"]["sources"]["lr"] == sources["lr"]
     final = yaml.safe_load((run / "config.yaml").read_text())
     assert final["epochs"] == 2 and final["resolved"]["lr_find"] == lr_find
     assert final["sources"]["weights"] == "command line" and "--resume" in final["sources"]["epochs"]
-    assert _val_epochs(run / "metrics.csv") == {0, 1}
+    assert _val_epochs(run / "metrics.csv") == {1, 2}
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
     exported = runner.invoke(app, ["export", str(run)])
@@ -276,3 +276,27 @@ def test_a_run_that_recorded_no_size_resumes_at_the_size_it_trained_at(tiny_data
     side, saved = _resume_fit(out)
     assert side == 64 and saved["image_size"] == 64
     assert saved["sources"]["image_size"] == "auto, kept from the run's start: 64 px"
+
+
+def test_a_run_whose_metrics_csv_counted_epochs_from_0_resumes_counting_from_1(trained_run, tmp_path):
+    """Version 0.1 wrote metrics.csv's epochs from 0 and recorded no `metrics_epochs_from`: on --resume its
+    rows are renumbered once, so the file counts 1, 2, 3 with no gap and no repeat."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for row in rows:
+        row["epoch"] = str(int(row["epoch"]) - 1)  # as version 0.1 wrote them
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["resolved"]["metrics_epochs_from"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open(run / "metrics.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["resolved"]["metrics_epochs_from"] == 1

@@ -45,7 +45,7 @@ def test_a_run_started_into_a_folder_another_run_is_planning_in_is_refused(tiny_
     assert refused.exit_code == 2, refused.output
     assert f"--output {out} is in use by another finetune command" in " ".join(refused.output.split())
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 42  # the first run's
-    assert _epochs(out / "metrics.csv") == [0, 1]
+    assert _epochs(out / "metrics.csv") == [1, 2]
     assert not (out / LOCK_NAME).exists()  # released at the end
 
 

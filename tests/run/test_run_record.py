@@ -30,7 +30,7 @@ def _quiet_fit(config, **kw):
 def test_metrics_csv_has_one_full_row_per_epoch(make_config):
     result, _ = _quiet_fit(make_config(epochs=4, val_every=2, export=False))
     rows = _rows(result.run_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # counted from 1, as on the console
     header = list(rows[0])
     assert header[0] == "epoch" and header[-2:] == ["img/s", "epoch_seconds"]
     assert header.index("train/loss") < header.index("val/loss") < header.index("lr/head")
@@ -41,7 +41,7 @@ def test_metrics_csv_has_one_full_row_per_epoch(make_config):
         assert float(row["img/s"]) > 0 and float(row["epoch_seconds"]) > 0
         assert float(row["freeze/trainable_groups"]) == len(groups)
     validated = [int(r["epoch"]) for r in rows if r["val/acc1"]]
-    assert validated == [1, 3]  # --val-every 2: figures only where a validation ran, never stale copies
+    assert validated == [2, 4]  # --val-every 2: figures only where a validation ran, never stale copies
     last = rows[-1]
     for key in ("val/loss", "val/acc5", "val/balanced_acc", "val/macro_f1"):
         assert 0 <= float(last[key]) < 100
@@ -53,7 +53,7 @@ def test_resumed_run_appends_rows_once_per_epoch(make_config, tmp_path):
     first, _ = _quiet_fit(make_config(epochs=2, val_every=1, export=False))
     config = resume_config(first.run_dir, {"epochs": 4})
     _quiet_fit(config, ckpt_path=first.run_dir / "checkpoints" / "last.ckpt")
-    assert [int(r["epoch"]) for r in _rows(first.run_dir)] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in _rows(first.run_dir)] == [1, 2, 3, 4]
 
 
 def _best_ckpt_epoch(result) -> int:
@@ -65,7 +65,7 @@ def test_monitor_loss_keeps_the_epoch_of_lowest_val_loss(make_config):
     rows = _rows(result.run_dir)
     losses = [float(r["val/loss"]) for r in rows]
     assert _best_ckpt_epoch(result) == losses.index(min(losses))
-    assert result.best_epoch == losses.index(min(losses))
+    assert result.best_epoch == losses.index(min(losses)) + 1  # counted from 1
     assert "chosen by val/loss" in out
     # Whichever way the losses moved, a "max" mode would have kept another score (unless all were equal).
     state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["callbacks"]
@@ -86,9 +86,9 @@ def test_monitor_with_ema_compares_raw_and_ema_on_the_monitored_figure(make_conf
 def test_early_stop_ends_the_run_after_patience_epochs_without_improvement(make_config):
     # An LR too small to change anything: val top-1 never improves after its first value.
     result, out = _quiet_fit(make_config(epochs=10, val_every=1, lr=1e-12, early_stop=2, export=False))
-    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [1, 2, 3]
     assert "Early stop after epoch 3 of 10" in out
-    assert result.best_checkpoint.is_file() and result.best_epoch == 0
+    assert result.best_checkpoint.is_file() and result.best_epoch == 1
 
 
 def test_early_stop_patience_restarts_when_layers_unfreeze(make_config):
@@ -96,20 +96,20 @@ def test_early_stop_patience_restarts_when_layers_unfreeze(make_config):
     # epoch 2, before the unfrozen phase had trained at all.
     result, out = _quiet_fit(make_config(epochs=10, val_every=1, lr=1e-12, early_stop=2, freeze_epochs=3, export=False))
     epochs = [int(r["epoch"]) for r in _rows(result.run_dir)]
-    assert epochs == [0, 1, 2, 3, 4]
+    assert epochs == [1, 2, 3, 4, 5]
     assert "Early stop after epoch 5 of 10" in out
 
 
 def test_early_stop_patience_is_in_epochs_whatever_the_validation_cadence(make_config):
     result, _ = _quiet_fit(make_config(epochs=12, val_every=2, lr=1e-12, early_stop=4, export=False))
-    # Validations at epochs 1, 3, 5: the first sets the best, two more (4 epochs) without improvement stop it.
-    assert int(_rows(result.run_dir)[-1]["epoch"]) == 5
+    # Validations at epochs 2, 4, 6: the first sets the best, two more (4 epochs) without improvement stop it.
+    assert int(_rows(result.run_dir)[-1]["epoch"]) == 6
 
 
 def test_early_stop_still_works_when_the_schedule_lists_unfreezes_past_the_last_epoch(make_config):
     # --freeze-epochs 8 in a 6-epoch run: that unfreeze never comes, so it must not hold the stop back.
     result, _ = _quiet_fit(make_config(epochs=6, val_every=1, lr=1e-12, early_stop=2, freeze_epochs=8, export=False))
-    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in _rows(result.run_dir)] == [1, 2, 3]
 
 
 def test_balanced_accuracy_skips_classes_without_images():
@@ -167,6 +167,6 @@ def test_early_stop_min_delta_counts_only_improvements_that_large(make_config):
     result, _ = _quiet_fit(make_config(epochs=8, val_every=1, lr=0.01, monitor="loss", early_stop=2,
                                        early_stop_min_delta=10.0, export=False))
     rows = _rows(result.run_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     losses = [float(r["val/loss"]) for r in rows]
     assert losses[2] < losses[0]  # it was improving: only the min delta stopped it

@@ -30,7 +30,7 @@ def test_runs_lists_each_run_with_its_best_figure_and_given_settings(tiny_data, 
     assert "lr=" not in lines["base"]  # its lr is the default
     best = read_run(root / "fast").best
     # epochs counted from 1, as on the console; both runs trained all of their 2 epochs
-    assert f"acc1 {best[1]:.4f} @{best[2] + 1}" in lines["fast"] and " 2/2 " in lines["fast"]
+    assert f"acc1 {best[1]:.4f} @{best[2]}" in lines["fast"] and " 2/2 " in lines["fast"]
 
 
 def test_compare_prints_differences_side_by_side_and_plots_the_curves(tiny_data, tmp_path, run_args):

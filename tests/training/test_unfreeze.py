@@ -54,14 +54,14 @@ def test_recipe_freeze_epochs_1_of_3_freezes_then_unfreezes_with_group_lrs(make_
     for lrs in recorder.steps:
         assert lrs["head"] == pytest.approx(0.01) and lrs["layer3"] == pytest.approx(0.001)
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv")) if r.get("freeze/trainable_groups")]
-    assert [(int(r["epoch"]), float(r["freeze/trainable_groups"])) for r in rows] == [(0, 1.0), (1, 6.0), (2, 6.0)]
+    assert [(int(r["epoch"]), float(r["freeze/trainable_groups"])) for r in rows] == [(1, 1.0), (2, 6.0), (3, 6.0)]
 
 
 def test_unfreezing_is_announced_and_shown_in_the_plan(tiny_data, tmp_path, run_args):
     result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", "--epochs", "2",
                                          "--unfreeze-every", "1", "--limit-train-batches", "1"))
     assert result.exit_code == 0, result.output
-    assert "Epoch 1: unfroze layer4 (2 of 6 groups train)" in result.output
+    assert "epoch 2: unfroze layer4 (2 of 6 groups train)" in result.output
     assert "trains from epoch" in result.output
 
 
@@ -95,7 +95,7 @@ def test_resume_restores_freeze_state_optimizer_and_schedule(make_config, tmp_pa
     assert result.exit_code == 0, result.output
     # The exact line: a callback that forgot the restored state would unfreeze "layer3, layer4" here.
     announced = [line.strip() for line in result.output.splitlines() if "unfroze" in line]
-    assert announced == ["Epoch 2: unfroze layer3 (3 of 6 groups train)"]
+    assert announced == ["epoch 3: unfroze layer3 (3 of 6 groups train)"]
     expected, got = _weights(whole.run_dir), _weights(cut)
     for key, value in expected.items():
         assert torch.allclose(got[key].float(), value.float(), rtol=0, atol=1e-6), key
@@ -103,7 +103,7 @@ def test_resume_restores_freeze_state_optimizer_and_schedule(make_config, tmp_pa
     history = next(v for k, v in ckpt["callbacks"].items() if "GradualUnfreezing" in k)["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(cut / "metrics.csv")) if r.get("val/acc1")}
-    assert epochs == {0, 1, 2}  # metrics.csv continued, not restarted
+    assert epochs == {1, 2, 3}  # metrics.csv continued, not restarted
 
 
 def test_restored_callback_puts_the_module_back_in_its_frozen_state():

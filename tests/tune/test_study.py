@@ -39,7 +39,7 @@ def test_a_pruned_trial_is_stopped_after_its_first_validation(base_config, tmp_p
     assert trial.state == TrialState.PRUNED and trial.user_attrs["outcome"] == "pruned"
     assert trial.user_attrs["epochs_run"] == 1 and list(trial.intermediate_values) == [0]
     with open(tmp_path / "s" / "trials" / "stage1-000" / "metrics.csv", newline="") as f:
-        assert {row["epoch"] for row in csv.DictReader(f)} == {"0"}  # the run stopped after epoch 0 of 3
+        assert {row["epoch"] for row in csv.DictReader(f)} == {"1"}  # the run stopped after epoch 1 of 3
     assert result.best_yaml is None and _rows(result.study_dir)[0]["outcome"] == "pruned"
 
 

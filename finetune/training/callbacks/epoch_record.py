@@ -16,6 +16,10 @@ import pytorch_lightning as pl
 
 from finetune import atomic
 
+# metrics.csv counts epochs from 1, as the console, the progress bar and RunResult.best_epoch do: one
+# numbering for everything a person reads. Version 0.1 counted from 0; its config.yaml does not record
+# `metrics_epochs_from`, and `read_rows` shifts such a file on reading.
+EPOCHS_FROM = 1
 # Column groups of metrics.csv, left to right (a stable sort keeps first-seen order within a group):
 # a name ending in "/" is a prefix, any other an exact column.
 _COLUMN_ORDER = ("epoch", "train/", "val/", "val_ema/", "lr/", "freeze/", "img/s", "epoch_seconds")
@@ -31,7 +35,7 @@ def _column_rank(column: str) -> int:
 class EpochRecord(pl.Callback):
     """Writes RUN_DIR/metrics.csv: one row per epoch, every figure of that epoch in a named column.
 
-    Columns: epoch; the epoch means of the training figures (train/loss, train/acc1, with a
+    Columns: epoch (counted from 1); the epoch means of the training figures (train/loss, train/acc1, with a
     teacher train/task_loss and train/kd_loss); after a validation epoch val/loss, val/acc1,
     val/acc5, val/balanced_acc, val/macro_f1, val/recall/<class> (and val_ema/..., with --ema);
     lr/<group> (each layer group's LR at the epoch's start); freeze/trainable_groups; img/s
@@ -82,10 +86,10 @@ class EpochRecord(pl.Callback):
         train_seconds = self._train_seconds if self._train_seconds is not None else seconds
         train = {_epoch_name(k): _number(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith(("train/", "freeze/")) and not k.endswith("_step")}
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, **train, **self._val, **self._lrs,
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + EPOCHS_FROM, **train, **self._val, **self._lrs,
                                "img/s": round(self._images / train_seconds, 2) if train_seconds > 0 else "",
                                "epoch_seconds": round(seconds, 3)}
-        self.rows = [r for r in self.rows if _epoch_of(r) != trainer.current_epoch] + [row]
+        self.rows = [r for r in self.rows if _epoch_of(r) != row["epoch"]] + [row]
         if trainer.is_global_zero:
             self._write()
             if self.on_row is not None:
@@ -108,6 +112,25 @@ def _epoch_name(key: str) -> str:
     return key.removesuffix("_epoch")
 
 
+def read_rows(path: Path, epochs_from: int = EPOCHS_FROM) -> list[dict[str, str]]:
+    """metrics.csv's rows, epochs counted from 1 (a file of a version that counted from `epochs_from` 0 is
+    shifted); [] when there is none.
+
+    Args:
+        path: metrics.csv.
+        epochs_from: The run's config.yaml `resolved.metrics_epochs_from` (0 where it is absent).
+    """
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    shift = EPOCHS_FROM - epochs_from
+    for row in rows:
+        if shift and row.get("epoch", "") != "":
+            row["epoch"] = str(int(row["epoch"]) + shift)
+    return rows
+
+
 def _epoch_of(row: dict[str, Any]) -> int | None:
     value = row.get("epoch", "")
     return int(value) if str(value) != "" else None
@@ -118,8 +141,9 @@ def _number(value: Any) -> float:
 
 
 def epoch_line(row: dict[str, Any], epoch: int, total: int, eta_seconds: float | None) -> str:
-    """`epoch 3/60  loss 0.412/0.387 (train/val)  val top-1 0.912  lr 9.8e-04  412 img/s  ETA 1:10`."""
-    parts = [f"epoch {epoch + 1}/{total}"]
+    """`epoch 3/60  loss 0.412/0.387 (train/val)  val top-1 0.912  lr 9.8e-04  412 img/s  ETA 1:10` (`epoch`
+    counted from 1)."""
+    parts = [f"epoch {epoch}/{total}"]
     train, val = row.get("train/loss"), row.get("val/loss")
     if _present(train) and _present(val):
         parts.append(f"loss {train:.3f}/{val:.3f} (train/val)")
@@ -160,16 +184,17 @@ class EpochLine:
 
     def __call__(self, row: dict[str, Any], trainer: pl.Trainer) -> None:
         self._seconds.append(float(row["epoch_seconds"]))
-        total = trainer.max_epochs or row["epoch"] + 1
-        left = total - row["epoch"] - 1
+        total = trainer.max_epochs or row["epoch"]
+        left = total - row["epoch"]
         eta = sum(self._seconds) / len(self._seconds) * left if left > 0 else None
         beside_bar(trainer, self.say, epoch_line(row, row["epoch"], total, eta))
 
 
 def beside_bar(trainer: pl.Trainer, say: Callable[..., None], line: str) -> None:
-    """Prints `line` above the progress bar when one is shown (so the bar is not torn), else with `say`."""
+    """Prints `line` above the progress bar when one is shown (so the bar is not torn), else with `say`;
+    wrapped at spaces on a narrow terminal, never inside a word."""
     bar = trainer.progress_bar_callback
     if bar is not None and bar.is_enabled and hasattr(bar, "print"):
         bar.print(line)
     else:
-        say(line, soft_wrap=True)
+        say(line)

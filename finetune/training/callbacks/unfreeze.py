@@ -6,6 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from finetune.training.callbacks.epoch_record import beside_bar
 from finetune.training.module import FinetuneModule
 
 
@@ -51,17 +52,10 @@ class GradualUnfreezing(pl.Callback):
     def _report(self, trainer: pl.Trainer, module: FinetuneModule, epoch: int, unfrozen: list[str]) -> None:
         self.history.append({"epoch": epoch, "unfrozen": unfrozen})
         total = len(module.backbone.groups)
-        message = (f"Epoch {epoch}: unfroze {', '.join(unfrozen) or 'part of a group'} "
-                   f"({len(trainable_groups(module))} of {total} groups train)")
-        if not trainer.is_global_zero:
-            return
-        bar = trainer.progress_bar_callback
-        if self.say is not None:
-            self.say(message)
-        elif bar is not None and bar.is_enabled and hasattr(bar, "print"):
-            bar.print(message)
-        else:
-            print(message)
+        message = (f"epoch {epoch + 1}: unfroze {', '.join(unfrozen) or 'part of a group'} "
+                   f"({len(trainable_groups(module))} of {total} groups train)")  # epochs counted from 1
+        if trainer.is_global_zero:
+            beside_bar(trainer, self.say or print, message)
 
     def state_dict(self) -> dict[str, Any]:
         return {"frozen_units": self.frozen_units, "history": list(self.history)}

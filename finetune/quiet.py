@@ -1,7 +1,9 @@
 """A quiet console by default: Lightning's banners, tips and library deprecation notices held back.
 
 What the user must see still shows: the toolkit prints the bad files, the class imbalance and a
-partial weights load itself, once each. `--verbose` lets everything through.
+partial weights load itself, once each; its own warnings show as one line each. `--verbose` lets
+everything through. `fit` and the LR range test use it as library calls; the command line wraps
+every command in it, with the warnings drawn as one line (`finetune.console`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ EXPECTED_WARNINGS = (
     r"Experiment logs directory .* exists and is not empty",
     r"Found \d+ module\(s\) in eval mode",  # frozen BatchNorm, on purpose
     r"Checkpoint directory .* exists and is not empty",  # --resume writes into its own checkpoints/
-    r"skipped \d+ bad file\(s\) in ",  # the run prints them itself, once, with bad_files.txt
     # val/recall/<class> comes from torchmetrics' confusion matrix, synced before it is logged: the
     # same on every rank, so a second all-reduce per class would add nothing.
     r"It is recommended to use `self.log\('val/recall/",
