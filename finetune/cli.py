@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from finetune import options as o
 from finetune import views
@@ -25,33 +26,65 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 @app.command()
 @user_errors
-@o.with_parameters([o.CONTEXT, *o.config_options(RunConfig.model_fields, required=False), o.RESUME])
+@o.with_parameters([o.CONTEXT, *o.config_options(o.run_fields(), required=False), o.RESUME])
 def run(ctx: typer.Context, resume: Optional[Path] = None, **settings: Any) -> None:
     """Fine-tune BACKBONE on the image folder DATA and write a run directory."""
-    from finetune.run.fit import fit
-    from finetune.run.resume import resume_config
-
     given = o.given_on_command_line(ctx, settings)
     if resume is not None:  # the saved config plus the options given on the command line
-        config = resume_config(resume, {k: settings[k] for k in given})
-        sources = {k: "command line (--resume)" for k in given}  # merged into the first start's record
-        fit(config, console, ckpt_path=resume / "checkpoints" / "last.ckpt", sources=sources)
-        return
-    with shown_warnings():  # recipe values the flags switch off
-        config, sources = resolve_config(settings, given, settings["recipe"])
-    fit(config, console, sources=sources)
+        config, sources = _resumed_config(resume, {k: settings[k] for k in given})
+    else:
+        with shown_warnings():  # recipe values the flags switch off
+            config, sources = resolve_config(settings, given, settings["recipe"])
+        _check_data(config.data)
+    from finetune.run.fit import fit  # torch and Lightning: imported once the inputs are known to be usable
+
+    fit(config, console, ckpt_path=resume / "checkpoints" / "last.ckpt" if resume else None, sources=sources)
+
+
+def _resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, dict[str, str]]:
+    """The config of the run in `run_dir` with the options `given`, and their sources (merged into the record of
+    the run's first start)."""
+    from finetune.run.run_dir import check_resumable
+
+    check_resumable(run_dir)  # before the import below, which loads Lightning
+    from finetune.run.resume import resume_config
+
+    return resume_config(run_dir, given), {k: "command line (--resume)" for k in given}
+
+
+def _check_data(data: Path) -> None:
+    """The data folder exists: checked before the heavy imports, so that a mistyped --data fails at once."""
+    from finetune.data.scan import check_data_folder
+
+    check_data_folder(Path(data).expanduser())  # as the scan reads it
+
+
+def _check_model(model: Path, data: Optional[Path] = None, tta: Optional[str] = None) -> None:
+    """The model path, data folder and TTA mode are usable: checked before the heavy imports (torch, timm)."""
+    from finetune.data.tta import check_tta
+    from finetune.models.source import resolve_model_source
+
+    if tta is not None:
+        check_tta(tta)
+    resolve_model_source(model)
+    if data is not None:
+        _check_data(data)
 
 
 @app.command("lr-find")
 @user_errors
 @o.with_parameters([*o.config_options(o.LR_FIND_OPTIONS, o.LR_FIND_ALIASES), o.PLOT_FOLDER])
 def lr_find(output: Path = Path("."), **options: Any) -> None:
-    """LR range test: raise the LR exponentially, plot loss vs LR to OUTPUT/lr_find.png, print a suggested --lr
-    (or, where the loss shows no clear descent, why there is none and the LR to keep)."""
+    """LR range test: plot the loss against an exponentially rising LR (OUTPUT/lr_find.png), suggest an --lr.
+
+    Where the loss shows no clear descent, it says why there is none and which LR to keep.
+    """
+    settings = {o.LR_FIND_ALIASES.get(k, k): v for k, v in options.items()}
+    config = RunConfig(**settings, lr="auto", output=output)
+    _check_data(config.data)
     from finetune.run.lr_find import run_lr_find
 
-    settings = {o.LR_FIND_ALIASES.get(k, k): v for k, v in options.items()}
-    result = run_lr_find(RunConfig(**settings, lr="auto", output=output), console)
+    result = run_lr_find(config, console)
     if result.suggestion is None:
         console.print(f"No suggested --lr: {result.reason}. Keep --lr {result.lr:.2e} (the default)  "
                       f"(plot: {escaped(result.plot)})", soft_wrap=True)
@@ -132,16 +165,47 @@ def backbones(filter: o.BackboneFilter = None, weights_dir: o.LocalWeightsDir = 
     views.print_backbones(console, filter, list_backbones(filter, weights_dir=weights_dir, progress=True))
 
 
-@app.command("export")
+class _HiddenArgumentsCommand(TyperCommand):
+    """A command whose hidden arguments (an earlier spelling kept working) stay out of its usage line too."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        shown = [p for p in self.get_params(ctx) if not getattr(p, "hidden", False)]
+        return [*([self.options_metavar] if self.options_metavar else []),
+                *(piece for p in shown for piece in p.get_usage_pieces(ctx))]
+
+
+@app.command("export", cls=_HiddenArgumentsCommand)
 @user_errors(value_errors=True)
-def export_cmd(model: o.TrainedModel, output: o.BundleDir = None, format: o.Formats = "onnx",
-               quantize: o.Quantize = None, data: o.ExportData = None, tta: o.BundleTta = None) -> None:
+def export_cmd(model: o.TrainedModel = None, output: o.BundleDir = None, format: o.Formats = "onnx",
+               quantize: o.Quantize = None, data: o.ExportData = None, tta: o.BundleTta = None,
+               run_dir: o.OldTrainedModel = None) -> None:
     """Export a trained model to a bundle: safetensors, ONNX (+ TorchScript, + int8), config.json; parity checked."""
+    model = _export_model(model, run_dir)
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    for name in formats:
+        o.check_choice("--format", name, o.EXPORT_FORMATS)
+    if quantize is not None:
+        o.check_choice("--quantize", quantize, o.QUANTIZE_MODES)
+    _check_model(model, data, tta)
     from finetune.bundling.bundle import export
     from finetune.models.source import BundleConfig
 
-    bundle = export(model, output, [f.strip() for f in format.split(",") if f.strip()], quantize, data, tta)
+    bundle = export(model, output, formats, quantize, data, tta)
     views.print_bundle(console, bundle, BundleConfig.load(bundle).to_dict())
+
+
+def _export_model(model: Optional[Path], run_dir: Optional[Path]) -> Path:
+    """The model to export: --model, or the run directory given the earlier way, as an argument (with a warning)."""
+    if model is not None and run_dir is not None:
+        raise FinetuneError(f"export takes one model: --model {escaped(model)} or {escaped(run_dir)}, not both")
+    if run_dir is not None:
+        err_console.print(f"[yellow]Warning:[/yellow] `finetune export RUN_DIR` is deprecated; use `finetune export "
+                          f"--model {escape(escaped(run_dir))}`", soft_wrap=True)
+        return run_dir
+    if model is None:
+        raise FinetuneError("export needs --model: a run directory (its checkpoints/best.ckpt is exported) or a "
+                            ".ckpt file")
+    return model
 
 
 @app.command("eval")
@@ -149,6 +213,8 @@ def export_cmd(model: o.TrainedModel, output: o.BundleDir = None, format: o.Form
 def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: o.EvalTta = "none",
              calibrate: o.Calibrate = False, output: o.EvalOutput = None) -> None:
     """Evaluate a model with and without TTA: top-1/5, per-class figures, confusion matrix, reliability diagram, ECE."""
+    o.check_choice("--split", split, o.SPLITS)
+    _check_model(model, data, tta)
     from finetune.evaluation.evaluate import evaluate
 
     result = evaluate(model, data, split, tta, calibrate, output)
@@ -190,9 +256,10 @@ def augment_preview(data: o.PreviewData, augment: o.PreviewAugment = "auto",
                     output: o.PreviewFile = Path("augment-preview.png"), backbone: o.PreviewBackbone = "resnet18",
                     image_size: o.ImageSize = None, count: o.Count = 16, seed: o.PreviewSeed = 0) -> None:
     """Write a PNG grid of augmented training images: what the model sees with --augment."""
+    RunConfig(backbone=backbone, data=data, augment=augment)  # checks the preset as `finetune run --augment` does
+    _check_data(data)
     from finetune.run.preview import write_preview
 
-    RunConfig(backbone=backbone, data=data, augment=augment)  # checks the preset as `finetune run --augment` does
     path = write_preview(data, augment, output, backbone, image_size, count, seed)
     console.print(f"Wrote {escaped(path)} ({count} images, --augment {augment})")
 

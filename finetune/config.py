@@ -77,7 +77,7 @@ def one_of(choices: Any, notes: Mapping[str, str] | None = None) -> str:
 REQUIRED_ELSEWHERE = "Required here or in the recipe (not with --resume)."
 _COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all)."
 _AUTO_FREEZE = (
-    "auto (default): from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
+    "auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
     "last half of the groups; else everything; but everything when the pretrained last group fits the train "
     "images no better than the first (weights from another domain); every layer with --weights none, and the "
     "policy's part with --freeze-policy/--freeze-epochs/--unfreeze-every.")
@@ -104,7 +104,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     backbone: str = Field(description=(
-        "timm model name (resnet50, convnext_tiny, test_resnet) or tv:NAME for a torchvision model (tv:resnet18)."))
+        "timm model name (resnet50, convnext_tiny, efficientnet_b0) or tv:NAME for a torchvision model "
+        "(tv:resnet18); `finetune backbones` lists them."))
     data: Path = Field(description=(
         "Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by "
         "--val-split."))
@@ -116,7 +117,7 @@ class RunConfig(BaseModel):
         "Default: $FINETUNE_WEIGHTS_DIR if set."))
     weights_partial: bool = Field(False, description=(
         "Train even when --weights PATH leaves more than 10% of the backbone's (non-head) tensors missing or "
-        "mismatched, i.e. at random init. Default: off, such weights are an error naming the tensors."))
+        "mismatched, i.e. at random init; without it such weights are an error naming the tensors."))
     # auto: the data decides (finetune/training/auto_freeze.py); None (--freeze-until none): nothing frozen.
     freeze_until: str | None = Field("auto", description=(
         "Freeze every layer before LAYER; LAYER and later layers train (see `finetune layers`). Aliases: stem, "
@@ -146,7 +147,7 @@ class RunConfig(BaseModel):
             "auto": _AUTO_AUGMENT, "none": "the eval resize + center crop", "light": "+ flip",
             "standard": "random resized crop 8-100% area, flip, colour jitter 0.6-1.4, PCA lighting 0.1",
             "strong": "standard + a TrivialAugment-like op + random erasing"})
-        + ". Default: auto. See `finetune augment-preview`."))
+        + ". See `finetune augment-preview`."))
     seed: int = Field(42, ge=0, le=MAX_SEED, description=(
         "Seed for the train/val split, the new head's init and augmentation."))
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes. Default: min(4, CPU cores).")
@@ -175,7 +176,8 @@ class RunConfig(BaseModel):
     cache_views: int = Field(0, ge=0, le=MAX_VIEWS, description=(
         "With a random augmentation: cache K augmented views of each training image and train epoch e on view "
         "e mod K (not exact: K fixed draws instead of a fresh one every epoch). 0: off."))
-    accelerator: str = Field("auto", description=f"Lightning accelerator: {one_of(Accelerator, {'gpu': '= cuda'})}.")
+    accelerator: str = Field("auto", description=f"Lightning accelerator: {one_of(Accelerator, {'gpu': '= cuda'})}.",
+                             json_schema_extra={"choices": list(ACCELERATORS)})  # the help's <auto|cpu|...>
     devices: str = Field("auto", description=(
         "Number of devices (cpu: processes), GPU ids such as 0,1, -1 (every GPU) or auto."))
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp...")
@@ -192,7 +194,7 @@ class RunConfig(BaseModel):
     tta: Tta = Field("none", description=(
         f"Test-time augmentation of the final evaluation, stored as the bundle's default: {one_of(Tta)}."))
     export: bool = Field(True, description=(
-        "Write the export bundle (ONNX + safetensors + config.json) to RUN_DIR/model/ at the end. Default: on."))
+        "Write the export bundle (ONNX + safetensors + config.json) to RUN_DIR/model/ at the end."))
 
     # Fine-tuning policies: freezing, gradual unfreezing, discriminative LRs, schedules, LR finder.
     freeze_policy: FreezePolicy | None = Field(None, description=one_of(FreezePolicy, {
@@ -200,7 +202,7 @@ class RunConfig(BaseModel):
         "bn-only": "BatchNorm affine + head train; with --freeze-until: only before LAYER",
         "full": "everything trains"}) + ". Default: --freeze-until alone decides.")
     train_bn: bool = Field(False, description=(
-        "BatchNorm layers in the frozen part keep training (affine and running statistics). Default: off, frozen "
+        "BatchNorm layers in the frozen part keep training (affine and running statistics); without it frozen "
         "BatchNorm is bit-identical."))
     freeze_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
         "Train N epochs with the freeze policy (default policy: linear-probe), then unfreeze everything. "
@@ -224,8 +226,8 @@ class RunConfig(BaseModel):
     min_lr: float = Field(0.0, ge=0, description=(
         "Floor of the head's LR for cosine, step and onecycle (groups keep their ratios)."))
     scale_lr: bool = Field(False, description=(
-        "Linear scaling rule: multiply --lr by the global batch size (--batch-size x devices) / 256. Default: off."))
-    nesterov: bool = Field(False, description="Nesterov momentum, with --optimizer sgd. Default: off.")
+        "Linear scaling rule: multiply --lr by the global batch size (--batch-size x devices) / 256."))
+    nesterov: bool = Field(False, description="Nesterov momentum, with --optimizer sgd.")
     lr_find_start_lr: float = Field(1e-7, gt=0, description=f"First head LR {_RANGE_TEST}.")
     lr_find_end_lr: float = Field(10.0, gt=0, description=f"Last head LR {_RANGE_TEST}.")
     lr_find_steps: int = Field(100, ge=5, le=MAX_STEPS, description=(
@@ -350,7 +352,7 @@ class RunConfig(BaseModel):
         "With --logger mlflow: the tracking server or store URI. Default: sqlite:///RUN_DIR/mlflow.db (artifacts "
         "in RUN_DIR/mlartifacts)."))
     verbose: bool = Field(False, description=(
-        "Show Lightning's own messages and the libraries' warnings. Default: off, one line per epoch."))
+        "Show Lightning's own messages and the libraries' warnings; without it, one line per epoch."))
 
     @field_validator("weights_dir", "teacher_weights", "weights", "teacher")
     @classmethod

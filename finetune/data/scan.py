@@ -118,7 +118,8 @@ def _check_val_split(val_split: float) -> None:
         raise DataError(f"--val-split must be strictly between 0 and 1, got {val_split!r} (e.g. 0.2)")
 
 
-def _check_root(root: Path) -> None:
+def check_data_folder(root: Path) -> None:
+    """Raises DataError unless `root` is an existing folder; the message shows the layouts expected."""
     if not root.exists():
         raise DataError(f"data folder {escaped(root)} does not exist; {LAYOUT_HELP}")
     if not root.is_dir():
@@ -429,7 +430,7 @@ def scan_image_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, p
     """
     root = Path(root).expanduser()
     _check_val_split(val_split)
-    _check_root(root)
+    check_data_folder(root)
     bad: list[tuple[Path, str]] = []
     dirs = _split_dirs(root)
     try:  # the bad-file summary also explains a "no readable image" error, so it comes either way

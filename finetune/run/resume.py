@@ -8,6 +8,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from finetune.config import RunConfig, read_run_yaml
 from finetune.errors import FinetuneError
+from finetune.run.run_dir import check_resumable
 from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
 from finetune.training.checkpoint import read_checkpoint
 from finetune.training.checkpoint_io import TRAINING_STATE
@@ -28,10 +29,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
             or an override outside RESUME_OVERRIDES.
     """
     run_dir = Path(run_dir)
-    for needed in (run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"):
-        if not needed.is_file():
-            raise FinetuneError(f"--resume {run_dir}: {needed} is missing; resume needs a run directory "
-                                f"written by `finetune run` (config.yaml and checkpoints/last.ckpt)")
+    check_resumable(run_dir)
     bad = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
     if bad:
         flags = ", ".join("--" + b.replace("_", "-") for b in bad)

@@ -17,6 +17,8 @@ from finetune.pathtext import check_model_path
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
              "checkpoints", "model", "tensorboard", "mlflow.db", "mlartifacts")
 RUN_FOLDER_PREFIXES = ("eval-",)  # eval-val/, eval-test/: results of the old model
+# What `--resume` continues from: the run's settings and the last state Lightning saved.
+RESUME_FILES = ("config.yaml", "checkpoints/last.ckpt")
 
 
 def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
@@ -33,6 +35,15 @@ def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
             return candidate
         except FileExistsError:
             n += 1
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Raises FinetuneError naming the first of RESUME_FILES that `run_dir` lacks."""
+    for name in RESUME_FILES:
+        needed = Path(run_dir) / name
+        if not needed.is_file():
+            raise FinetuneError(f"--resume {run_dir}: {needed} is missing; resume needs a run directory "
+                                f"written by `finetune run` (config.yaml and checkpoints/last.ckpt)")
 
 
 @contextlib.contextmanager

@@ -9,41 +9,56 @@ from typing import Annotated, Any, Optional
 import typer
 
 from finetune.console import console, shown_warnings, user_errors
-from finetune.options import CONTEXT, given_on_command_line, parameter, with_parameters
+from finetune.options import (
+    CONTEXT,
+    check_choice,
+    choices_metavar,
+    given_on_command_line,
+    parameter,
+    with_parameters,
+)
 
 # Options of `run` that a study sets itself: each trial has its own folder, no bar and no bundle.
 NOT_FROM_RUN = ("ctx", "resume", "output", "overwrite", "progress", "export")
+STUDY_PANEL = "Study"  # the study's own options, listed before the run settings it searches over
+PRUNERS = ("median", "asha", "none")  # finetune.search.study.PRUNERS (tests/test_help.py), imported with optuna
+
+
+def _study_option(*decls: str, help: str, **kwargs: Any) -> Any:
+    """typer.Option in the study's own panel of `tune --help`."""
+    return typer.Option(*decls, help=help, rich_help_panel=STUDY_PANEL, **kwargs)
 
 
 def _tune_options() -> list[inspect.Parameter]:
-    """The study's own options, appended after `run`'s."""
+    """The study's own options, listed before `run`'s."""
     return [
-        parameter("trials", Annotated[int, typer.Option(help=(
+        parameter("trials", Annotated[int, _study_option(help=(
             "Trials of the whole study, counted over every worker that shares it (not per worker)."))], 20),
-        parameter("timeout", Annotated[Optional[float], typer.Option(help=(
-            "Seconds after which this worker starts no new trial (the running one finishes). Default: none."))],
-            None),
-        parameter("output", Annotated[Optional[Path], typer.Option(help=(
-            "Study folder: trials/, study.db, trials.csv, PNG plots, best.yaml. Default: studies/<date>-<backbone>; "
-            "the same command continues the study in it."))], None),
-        parameter("storage", Annotated[Optional[str], typer.Option(help=(
-            "Where the study lives: an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal file "
-            "FILE.log on a shared filesystem. Workers giving the same --output and --storage share one study. "
-            "Default: sqlite:///OUTPUT/study.db."))], None),
-        parameter("space", Annotated[Optional[Path], typer.Option(help=(
+        parameter("stages", Annotated[int, _study_option(help=(
+            "2: two thirds of the trials short (a third of the epochs) and random, then full-length TPE trials in "
+            "ranges narrowed around the best quarter; 1: full-length trials, random then TPE."))], 2),
+        parameter("space", Annotated[Optional[Path], _study_option(help=(
             "YAML file of SETTING: {log-uniform: [LOW, HIGH]} | {uniform: [LOW, HIGH]} | {int: [LOW, HIGH]} | "
             "{choice: [A, B, ...]}, keys being `run` settings; replaces the default space (lr, backbone-lr-mult, "
             "weight-decay in log space, freeze-until over the layer groups, augment, label-smoothing, mixup)."))],
             None),
-        parameter("stages", Annotated[int, typer.Option(help=(
-            "2: two thirds of the trials short (a third of the epochs) and random, then full-length TPE trials in "
-            "ranges narrowed around the best quarter; 1: full-length trials, random then TPE."))], 2),
-        parameter("pruner", Annotated[str, typer.Option(help=(
+        parameter("pruner", Annotated[str, _study_option(help=(
             "Stops poor trials from their per-epoch val top-1: median (below the median of earlier trials at the "
-            "same epoch, after a quarter of the epochs), asha (successive halving) or none."))], "median"),
-        parameter("final_run", Annotated[bool, typer.Option("--final-run/--no-final-run", help=(
+            "same epoch, after a quarter of the epochs), asha (successive halving) or none."),
+            metavar=choices_metavar(PRUNERS))], "median"),
+        parameter("timeout", Annotated[Optional[float], _study_option(help=(
+            "Seconds after which this worker starts no new trial (the running one finishes). Default: none."))],
+            None),
+        parameter("storage", Annotated[Optional[str], _study_option(help=(
+            "Where the study lives: an RDB URL (sqlite:///..., postgresql://..., mysql://...) or a journal file "
+            "FILE.log on a shared filesystem. Workers giving the same --output and --storage share one study. "
+            "Default: sqlite:///OUTPUT/study.db."))], None),
+        parameter("output", Annotated[Optional[Path], _study_option(help=(
+            "Study folder: trials/, study.db, trials.csv, PNG plots, best.yaml. Default: studies/<date>-<backbone>; "
+            "the same command continues the study in it."))], None),
+        parameter("final_run", Annotated[bool, _study_option("--final-run/--no-final-run", help=(
             "Train the best settings for the full epochs into OUTPUT/final, export them and report test top-1 (val "
-            "when there is no test split). Default: off."))], False),
+            "when there is no test split)."))], False),
     ]
 
 
@@ -54,7 +69,7 @@ def register_tune(app: typer.Typer, run: Callable[..., None]) -> None:
     names = {p.name for p in own}
     inherited = [p for name, p in inspect.signature(run, eval_str=True).parameters.items()
                  if name not in NOT_FROM_RUN and name not in names]
-    params = [CONTEXT, *inherited, *own]
+    params = [CONTEXT, *own, *inherited]
 
     def tune(**kwargs: Any) -> None:
         _tune(kwargs.pop("ctx"), {k: kwargs.pop(k) for k in names}, kwargs)
@@ -69,10 +84,14 @@ def register_tune(app: typer.Typer, run: Callable[..., None]) -> None:
 def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -> None:
     """Resolves the base config as `run` does (defaults < recipe < flags), then runs the study."""
     from finetune.config import resolve_config
-    from finetune.search.study import tune
+    from finetune.data.scan import check_data_folder
 
+    check_choice("--pruner", study["pruner"], PRUNERS)
     with shown_warnings():  # recipe values the flags switch off
         config, _ = resolve_config(settings, given_on_command_line(ctx, settings), settings.get("recipe"))
+    check_data_folder(config.data.expanduser())  # before optuna, torch and Lightning are imported
+    from finetune.search.study import tune
+
     tune(config, study["space"], trials=study["trials"], timeout=study["timeout"], storage=study["storage"],
          output=study["output"], stages=study["stages"], final_run=study["final_run"], pruner=study["pruner"],
          console=console)

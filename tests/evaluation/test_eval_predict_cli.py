@@ -125,7 +125,7 @@ def test_foreign_or_corrupt_checkpoint_is_a_one_line_error(tiny_data, tmp_path):
     for ckpt, why in ((foreign, "hyper_parameters"), (corrupt, "cannot be read")):
         for args in (["predict", image, "--model", str(ckpt)],
                      ["eval", "--model", str(ckpt), "--data", str(tiny_data), "--output", str(tmp_path / "ev")],
-                     ["export", str(ckpt), "--output", str(tmp_path / "b")]):
+                     ["export", "--model", str(ckpt), "--output", str(tmp_path / "b")]):
             _one_line_error(runner.invoke(app, args), str(ckpt), why, "finetune run")
 
 
