@@ -17,7 +17,7 @@ from finetune import views
 from finetune.config import RunConfig, resolve_config
 from finetune.console import console, err_console, shown_warnings, user_errors
 from finetune.errors import FinetuneError
-from finetune.pathtext import escaped
+from finetune.pathtext import escaped, printable
 from finetune.search.command import register_tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -124,12 +124,15 @@ def runs_cmd(folder: o.RunsFolder = Path("runs")) -> None:
 @user_errors
 def compare_cmd(run_dirs: o.RunDirs, output: o.CurvesPlot = Path("compare.png")) -> None:
     """Print the settings that differ between runs, side by side, and plot their val curves together."""
-    from finetune.run.listing import plot_comparison, read_run, setting_differences
+    from finetune.run.listing import comparability, plot_comparison, read_run, setting_differences
 
     if len(run_dirs) < 2:
         raise FinetuneError(f"compare needs two or more run directories, got {len(run_dirs)}")
     found, labels = [read_run(d) for d in run_dirs], [d.name or str(d) for d in run_dirs]
     views.print_comparison(console, found, labels, setting_differences(found))
+    caution = comparability(found)
+    if caution:
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(printable(caution))}", soft_wrap=True)
     console.print(f"Curves: {escaped(plot_comparison(found, labels, output))}")
 
 

@@ -213,9 +213,11 @@ class RunConfig(BaseModel):
     lr_decay: float | None = Field(None, gt=0, le=1, description=(
         "Layer-wise LR decay: each group below the head gets F x the LR of the group above it; replaces "
         "--backbone-lr-mult. Default: off."))
-    # 1, the plain loop's single LR: on the real-image benchmark a 0.1 backbone LR lost 0.09 (faces) and
-    # 0.08-0.10 (textures) test top-1 to 1; benchmarks/results/quality.md.
-    backbone_lr_mult: float | None = Field(1.0, gt=0, description=(
+    # At most 1: a pretrained body learning faster than the new head is not fine-tuning (and `tune` then never
+    # reads the default 1 as an edge of its range to widen). 1, the plain loop's single LR: on the real-image
+    # benchmark a 0.1 backbone LR lost 0.09 (faces) and 0.08-0.10 (textures) test top-1 to 1;
+    # benchmarks/results/quality.md.
+    backbone_lr_mult: float | None = Field(1.0, gt=0, le=1, description=(
         "LR of every backbone group as a multiple of the head's --lr (1: one LR for the whole network, as the "
         "plain loop; measured better than 0.1 on real images)."))
     schedule: Schedule = Field("cosine", description=f"LR schedule: {one_of(Schedule)}; one factor scales every group.")

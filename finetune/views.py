@@ -49,11 +49,14 @@ def print_runs(console: Console, folder: Path, found: Sequence[RunSummary]) -> N
     table = _table(f"Runs in {escape(escaped(folder))} ({len(found)})", (
         ("run", "left"), ("backbone", "left"), ("data", "left"), ("best val", "right"),
         ("epochs", "right"), ("wall", "right"), ("settings given", "left")))
-    for r in found:
+    names = [escape(_shown_path(r.path, folder)) for r in found]
+    # The run's name is what `compare` takes: shown whole (the other columns wrap first), never cut with "...".
+    table.columns[0].no_wrap, table.columns[0].min_width = True, max(map(len, names), default=3)
+    for r, name in zip(found, names):
         best = f"{r.best[0].removeprefix('val/')} {r.best[1]:.4f} @{r.best[2]}" if r.best else "-"
         recipe = r.settings.get("recipe")
         given = (f"recipe={Path(recipe).stem} " if recipe else "") + " ".join(f"{k}={v}" for k, v in r.changed.items())
-        table.add_row(escape(_shown_path(r.path, folder)), str(r.settings.get("backbone")),
+        table.add_row(name, str(r.settings.get("backbone")),
                       escape(printable(Path(str(r.settings.get("data"))).name)), best, f"{r.epochs}/{r.planned_epochs}",
                       f"{r.seconds:.0f}s", given)
     console.print(table)

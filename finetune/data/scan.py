@@ -144,11 +144,34 @@ def _find_classes(class_root: Path, layout: str) -> list[str]:
     if len(classes) < 2:
         found = f"{len(classes)} class folder" + ("" if len(classes) == 1 else "s")
         names = f" ({classes[0]})" if classes else ""
+        inner = [d.name for d in _subdirs(class_root / classes[0])] if len(classes) == 1 else []
+        deeper = (f"; its folder {classes[0]} holds {', '.join(inner[:5])}: if those are the classes, give "
+                  f"--data {escaped(class_root / classes[0])}") if len(inner) >= 2 else ""
         raise DataError(
-            f"{escaped(class_root)} has {found}{names}, a classifier needs at least two ({layout} layout); "
+            f"{escaped(class_root)} has {found}{names}, a classifier needs at least two ({layout} layout){deeper}; "
             f"{LAYOUT_HELP}"
         )
+    _warn_nested_classes(class_root, classes)
     return classes
+
+
+def _warn_nested_classes(class_root: Path, classes: list[str]) -> None:
+    """Warns when every class folder holds the same sub-folders and no image of its own
+    (DIR/2023/{cat,dog}, DIR/2024/{cat,dog}): the classes are likely the inner folders, not the outer ones."""
+    inner: list[set[str]] = []
+    for name in classes:
+        folder = class_root / name
+        subs = {d.name for d in _subdirs(folder)}
+        if len(subs) < 2 or any(is_image_file(f) for f in folder.iterdir() if f.is_file()):
+            return
+        inner.append(subs)
+    shared = set.intersection(*inner)
+    if shared == set.union(*inner):
+        warnings.warn(f"every class folder of {escaped(class_root)} ({', '.join(classes[:5])}) holds the same "
+                      f"sub-folders ({', '.join(sorted(shared)[:5])}) and no image of its own: the classes are the "
+                      f"outer folders; if they are the inner ones, give --data {escaped(class_root / classes[0])} "
+                      f"(one folder per class) or arrange DIR/train/<class>/ and DIR/val/<class>/",
+                      DataWarning, stacklevel=4)
 
 
 def _check_class_sets(split_dir: Path, classes: list[str]) -> list[str]:

@@ -49,12 +49,15 @@ class LoadReport:
     dropped_head: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        parts = [f"weights: {self.source}"]
-        for label, keys in (("head dropped", self.dropped_head), ("missing", self.missing),
-                            ("unexpected", self.unexpected)):
-            if keys:
-                parts.append(f"{label} {len(keys)} ({_preview(keys)})")
-        return "; ".join(parts)
+        return "; ".join([f"weights: {self.source}", *self._left_out()])
+
+    def details(self) -> str:
+        """What the load left out or could not place (the old head, missing and unexpected tensors), or ""."""
+        return "; ".join(self._left_out())
+
+    def _left_out(self) -> list[str]:
+        return [f"{label} {len(keys)} ({_preview(keys)})" for label, keys in (
+            ("head dropped", self.dropped_head), ("missing", self.missing), ("unexpected", self.unexpected)) if keys]
 
 
 def _preview(keys: list[str], limit: int = 3) -> str:

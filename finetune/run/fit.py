@@ -374,7 +374,8 @@ def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, w
     warning = imbalance_warning(train_counts)
     if warning:
         console.print(f"[yellow]Warning: {warning}[/yellow]")
-    console.print(f"Weights: {report.source}" + (f" ({report})" if str(report) != f"weights: {report.source}" else ""))
+    details = report.details() if hasattr(report, "details") else ""
+    console.print(f"Weights: {report.source}" + (f"; {details}" if details else ""))
     for caution in plan.cautions:
         console.print(f"[yellow]Warning: {escape(caution)}[/yellow]")
     missing = getattr(report, "missing", [])

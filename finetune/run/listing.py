@@ -108,6 +108,21 @@ def setting_differences(runs: Sequence[RunSummary]) -> dict[str, list[Any]]:
             if len({repr(r.settings.get(k)) for r in runs}) > 1}
 
 
+def comparability(runs: Sequence[RunSummary]) -> str | None:
+    """Why the runs' val figures do not measure the same images, or None: different data folders, or a
+    folder without val/ split with different --val-split or --seed (other images held out)."""
+    data = [str(r.settings.get("data")) for r in runs]
+    if len(set(data)) > 1:
+        return f"the runs trained on different data ({', '.join(dict.fromkeys(data))}): their val figures are not " \
+               "measured on the same images"
+    held_out = not (Path(data[0]) / "val").is_dir()
+    splits = {(r.settings.get("val_split"), r.settings.get("seed")) for r in runs}
+    if held_out and len(splits) > 1:
+        return (f"{data[0]} has no val/ folder and the runs held out their val images with different --val-split "
+                "or --seed: their val figures are measured on different images")
+    return None
+
+
 def plot_comparison(runs: Sequence[RunSummary], labels: Sequence[str], path: str | Path) -> Path:
     """One PNG: val top-1 and val loss per epoch, one line per run, so the curves can be compared."""
     from finetune.figures import save_figure, subplots
