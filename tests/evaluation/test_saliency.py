@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.evaluation.saliency import EagerModel, SaliencyError, grad_cam, write_saliency
 
+from bad_inputs import not_utf8, refuses_not_utf8
+
 runner = CliRunner()
 S = 32  # input side of the hand-built networks: their feature maps keep it (stride 1), so no upsampling blurs
 
@@ -176,3 +178,15 @@ def test_a_vit_bundle_is_skipped_by_predict_with_one_line(tmp_path):
     (line,) = [ln for ln in result.output.splitlines() if "Saliency skipped" in ln]
     assert "no spatial feature map" in line and "test_vit" in line
     assert not list((tmp_path / "s").glob("*.png"))
+
+
+def test_an_overlay_keeps_a_name_that_is_not_utf8(trained_run, tiny_data, tmp_path):
+    if refuses_not_utf8(tmp_path):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    image = tmp_path / not_utf8("odd", ".png")
+    image.write_bytes(sorted((tiny_data / "val" / "circle").glob("*.png"))[0].read_bytes())
+    result = runner.invoke(app, ["predict", str(image), "--model", str(trained_run), "--saliency",
+                                 str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert [os.fsencode(p.name) for p in (tmp_path / "s").iterdir()] == [b"odd\xff\xfe.png"]
+    assert "odd\\xff\\xfe.png" in "".join(result.output.split())
