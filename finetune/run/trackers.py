@@ -1,6 +1,7 @@
 """Experiment trackers (--logger tensorboard / mlflow / wandb) through Lightning's own loggers."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -105,6 +106,7 @@ def wandb_offline_reason(environ: dict[str, str] | None = None) -> str | None:
     return f"{host} did not answer within {PROBE_SECONDS:g} s and WANDB_MODE is not set"
 
 
+@functools.lru_cache(maxsize=8)  # asked once per process: the trials of a study do not wait again each
 def _answers(url: str, seconds: float) -> bool:
     """True when `url` returns any HTTP response (an error status included) within `seconds`, name lookup
     included: the request runs in a thread that is left behind when it takes longer."""

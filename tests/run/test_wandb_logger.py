@@ -67,6 +67,14 @@ def _offline_runs(wandb_dir: Path) -> list[Path]:
     return sorted((wandb_dir / "wandb").glob("offline-run-*"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    """Each test asks its own host: a port number of an earlier test may come back, with its cached answer."""
+    trackers._answers.cache_clear()
+    yield
+    trackers._answers.cache_clear()
+
+
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch) -> Path:
     """W&B offline, with its files, settings and caches under the test's folder."""
