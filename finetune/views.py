@@ -128,8 +128,9 @@ def print_mistakes(console: Console, record: dict[str, Any], images: int) -> Non
     more = f"; {count - len(shown)} more in {record['file']}" if count > len(shown) else f"; all in {record['file']}"
     console.print(f"Misclassified: {count} of {images} images, the most confident first{more}:")
     for r in shown:
-        console.print(f"  {escape(escaped(r['path']))}: {escape(r['true'])} -> {escape(r['predicted'])} "
-                      f"{r['probability']:.3f} (true class {r['true_probability']:.3f})", soft_wrap=True)
+        true, predicted = escape(escaped(r["true"])), escape(escaped(r["predicted"]))
+        console.print(f"  {escape(escaped(r['path']))}: {true} -> {predicted} {r['probability']:.3f} "
+                      f"(true class {r['true_probability']:.3f})", soft_wrap=True)
 
 
 def print_saliency(console: Console, err_console: Console, maps: Sequence[SaliencyMap],
@@ -143,7 +144,7 @@ def print_saliency(console: Console, err_console: Console, maps: Sequence[Salien
                   f"{escape(escaped(maps[0].overlay.parent))}")
     for m in maps:
         console.print(f"  {escape(escaped(m.path))} -> {escape(escaped(m.overlay.name))}  "
-                      f"{escape(m.class_name)} {m.probability:.3f}", soft_wrap=True)
+                      f"{escape(escaped(m.class_name))} {m.probability:.3f}", soft_wrap=True)
 
 
 def print_predictions(console: Console, err_console: Console, results: Sequence[Prediction]) -> None:

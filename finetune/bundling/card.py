@@ -265,7 +265,11 @@ def _evaluation_section(rows: list[dict[str, Any]], why: str | None) -> str:
 
 
 def _use_section(config: dict[str, Any], card: dict[str, Any]) -> str:
-    return "## Intended use and limitations\n" + "\n".join(f"- {s}" for s in limitations(config, card)) + "\n"
+    data = card.get("data")
+    like = f"images like those of `{escaped(data['folder'])}`" if data else "images like its training images"
+    use = (f"Made for sorting {like} into its classes. The evaluation above is the only measure of it that this "
+           f"card records; it says nothing of images from elsewhere.\n")
+    return "## Intended use and limitations\n" + use + "\n".join(f"- {s}" for s in limitations(config, card)) + "\n"
 
 
 def limitations(config: dict[str, Any], card: dict[str, Any]) -> list[str]:
