@@ -267,8 +267,8 @@ def _evaluation_section(rows: list[dict[str, Any]], why: str | None) -> str:
 def _use_section(config: dict[str, Any], card: dict[str, Any]) -> str:
     data = card.get("data")
     like = f"images like those of `{escaped(data['folder'])}`" if data else "images like its training images"
-    use = (f"Made for sorting {like} into its classes. The evaluation above is the only measure of it that this "
-           f"card records; it says nothing of images from elsewhere.\n")
+    use = (f"Made for sorting {like} into its classes. The Evaluation section is all this card records of how "
+           f"well it does so; it says nothing of images from elsewhere.\n")
     return "## Intended use and limitations\n" + use + "\n".join(f"- {s}" for s in limitations(config, card)) + "\n"
 
 
