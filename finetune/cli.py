@@ -214,29 +214,35 @@ def _export_model(model: Optional[Path], run_dir: Optional[Path]) -> Path:
 @app.command("eval")
 @user_errors(value_errors=True)
 def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: o.EvalTta = "none",
-             calibrate: o.Calibrate = False, output: o.EvalOutput = None) -> None:
-    """Evaluate a model with and without TTA: top-1/5, per-class figures, confusion matrix, reliability diagram, ECE."""
+             calibrate: o.Calibrate = False, output: o.EvalOutput = None, saliency: o.EvalSaliency = 0) -> None:
+    """Evaluate a model with and without TTA: top-1/5, per-class figures, confusion matrix, reliability diagram, ECE,
+    and the misclassified images (misclassified.csv, a contact sheet)."""
     o.check_choice("--split", split, o.SPLITS)
     _check_model(model, data, tta)
     from finetune.evaluation.evaluate import evaluate
 
-    result = evaluate(model, data, split, tta, calibrate, output)
+    result = evaluate(model, data, split, tta, calibrate, output, saliency=saliency)
     views.print_eval_report(console, result.metrics)
-    console.print(f"Written: {escaped(result.output)}/metrics.json, confusion_matrix.png, reliability.png")
+    views.print_saliency(console, err_console, result.saliency, result.saliency_skipped)
+    names = sorted((f.name for f in result.files), key=lambda name: name != "metrics.json")  # metrics.json first
+    console.print(f"Written: {escaped(result.output)}/{', '.join(map(escaped, names))}", soft_wrap=True)
 
 
 @app.command()
 @user_errors(value_errors=True)
 def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.PredictTta = None,
-            output: o.PredictionsFile = None) -> None:
+            output: o.PredictionsFile = None, saliency: o.PredictSaliency = None) -> None:
     """Classify images with one model or an ensemble; unreadable files are reported and skipped.
 
     Exits 1 when nothing could be predicted, or when a file named on the command line does not exist
     (the others are still predicted and written).
     """
+    from finetune.evaluation.saliency import predicted_saliency
     from finetune.inference import Ensemble, Predictor, predict_files
     from finetune.prediction_output import write_predictions
 
+    if saliency is not None and len(model) > 1:
+        raise FinetuneError(f"--saliency maps one model's attention; got {len(model)} --model (an ensemble)")
     members = [Predictor.from_path(m) for m in model]
     results = predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
     if not results:
@@ -245,6 +251,8 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
     if output is not None:
         write_predictions(results, output)
         console.print(f"Written: {escaped(output)}")
+    if saliency is not None:
+        views.print_saliency(console, err_console, *predicted_saliency(model[0], results, saliency))
     missing = [p for p in images if not Path(p).exists()]
     if missing:
         err_console.print(f"[red]Error:[/red] {escape(', '.join(escaped(p) for p in missing))}: no such file",

@@ -31,7 +31,7 @@ Schedule = Literal["cosine", "step", "onecycle", "constant"]
 Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
 Sampler = Literal["shuffle", "balanced"]
 FeatureCache = Literal["auto", "off"]
-Logger = Literal["csv", "tensorboard", "mlflow"]
+Logger = Literal["csv", "tensorboard", "mlflow", "wandb"]
 Tta = Literal["none", "flip", "five-crop", "ten-crop", "scales"]
 # Lightning's accelerator names, plus its alias gpu and auto.
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
@@ -349,7 +349,9 @@ class RunConfig(BaseModel):
         + ". Not with --class-weights.")
     logger: list[Logger] = Field(["csv"], description="Experiment tracker, repeatable: " + one_of(Logger, {
         "csv": "metrics.csv only; it is always written", "tensorboard": "RUN_DIR/tensorboard",
-        "mlflow": "a local store RUN_DIR/mlflow.db, or --mlflow-uri"}) + ".")
+        "mlflow": "a local store RUN_DIR/mlflow.db, or --mlflow-uri",
+        "wandb": "Weights & Biases, files in RUN_DIR/wandb or $WANDB_DIR; offline when its host does not answer"})
+        + ".")
     mlflow_uri: str | None = Field(None, description=(
         "With --logger mlflow: the tracking server or store URI. Default: sqlite:///RUN_DIR/mlflow.db (artifacts "
         "in RUN_DIR/mlartifacts)."))

@@ -224,6 +224,9 @@ EvalTta = Annotated[str, typer.Option(help=(
     "corners + center; ten-crop: and their mirrors)."), metavar=TTA_METAVAR)]
 Calibrate = Annotated[bool, typer.Option("--calibrate/--no-calibrate", help=(
     "Fit a softmax temperature on the val split and store it in the bundle's config.json."))]
+EvalSaliency = Annotated[int, typer.Option(min=0, help=(
+    "Grad-CAM overlays (where the network looked for the class it predicted) of the N most confident mistakes, "
+    "in OUTPUT/saliency/. Convolutional backbones only: a ViT-like model is skipped with a note."))]
 EvalOutput = Annotated[Optional[Path], typer.Option(help=(
     "New or empty folder for metrics.json and the PNGs. Default: a new eval-SPLIT (or eval-SPLIT-N) in the run "
     "directory, or beside a bundle or .ckpt; never overwritten."))]
@@ -234,6 +237,9 @@ Models = Annotated[list[Path], typer.Option(
 TopK = Annotated[int, typer.Option(help="Classes listed per image.")]
 PredictTta = Annotated[Optional[str], typer.Option(
     help=f"Test-time augmentation: {TTA_CHOICES}. Default: each bundle's own.", metavar=TTA_METAVAR)]
+PredictSaliency = Annotated[Optional[Path], typer.Option(help=(
+    "Folder for one Grad-CAM overlay per image: where the network looked for its top class (one --model; files "
+    "already there are kept). Convolutional backbones only: a ViT-like model is skipped with a note. Default: none."))]
 PredictionsFile = Annotated[Optional[Path], typer.Option(
     help="Write the predictions to FILE.csv or FILE.json (by extension).")]
 

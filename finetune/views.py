@@ -13,6 +13,7 @@ from finetune.pathtext import escaped, printable
 
 if TYPE_CHECKING:
     from finetune.config import Recipe
+    from finetune.evaluation.saliency import SaliencyMap
     from finetune.inference import Prediction
     from finetune.models.catalog import BackboneInfo
     from finetune.run.listing import RunSummary
@@ -117,6 +118,36 @@ def print_eval_report(console: Console, m: dict[str, Any]) -> None:
     console.print(per_class)
     for p in m["worst_confused"]:
         console.print(f"  {p['true']} -> {p['predicted']}: {p['count']} ({p['share_of_true']:.0%} of {p['true']})")
+    if "misclassified" in m:
+        print_mistakes(console, m["misclassified"], m["images"])
+
+
+def print_mistakes(console: Console, record: dict[str, Any], images: int) -> None:
+    """The count of misclassified images and the files of the most confident mistakes."""
+    count, shown = record["count"], record["most_confident"]
+    if not count:
+        console.print(f"Misclassified: none of {images} images")
+        return
+    more = f"; {count - len(shown)} more in {record['file']}" if count > len(shown) else f"; all in {record['file']}"
+    console.print(f"Misclassified: {count} of {images} images, the most confident first{more}:")
+    for r in shown:
+        true, predicted = escape(escaped(r["true"])), escape(escaped(r["predicted"]))
+        console.print(f"  {escape(escaped(r['path']))}: {true} -> {predicted} {r['probability']:.3f} "
+                      f"(true class {r['true_probability']:.3f})", soft_wrap=True)
+
+
+def print_saliency(console: Console, err_console: Console, maps: Sequence[SaliencyMap],
+                   skipped: str | None = None) -> None:
+    """The Grad-CAM overlays written (image -> PNG, the class mapped), or why there are none."""
+    if skipped:
+        err_console.print(f"[yellow]Saliency skipped: {escape(printable(skipped))}[/yellow]", soft_wrap=True)
+    if not maps:
+        return
+    console.print(f"Saliency (Grad-CAM, {maps[0].layer}): {len(maps)} overlay(s) in "
+                  f"{escape(escaped(maps[0].overlay.parent))}")
+    for m in maps:
+        console.print(f"  {escape(escaped(m.path))} -> {escape(escaped(m.overlay.name))}  "
+                      f"{escape(escaped(m.class_name))} {m.probability:.3f}", soft_wrap=True)
 
 
 def print_predictions(console: Console, err_console: Console, results: Sequence[Prediction]) -> None:

@@ -6,7 +6,7 @@ Layout of a bundle directory:
     model.ts            frozen TorchScript (when asked)
     model.int8.onnx     statically quantized (when asked)
     config.json         classes, preprocessing, TTA, temperature, parity figures
-    README.md           how to run it
+    README.md           the model card: details, data, training, evaluation, limitations, how to run it
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from finetune import atomic
 from finetune.bundling import formats, parity
+from finetune.bundling.card import bundle_readme, card_facts
 from finetune.bundling.parity import ExportError
 from finetune.bundling.quantize import QUANTIZE_MODES, quantize_int8
 from finetune.bundling.sampling import stratified_sample
@@ -117,7 +118,7 @@ def export_bundle(backbone: Backbone, class_names: Sequence[str], data_config: D
                 config["int8"] = _quantize(out, data_config, calibration_images or parity_images,
                                            agreement_images or parity_images)
             config["files"] = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
-            (out / "README.md").write_text(bundle_readme(config))
+            (out / "README.md").write_text(bundle_readme(config), encoding="utf-8")  # the model card
             BundleConfig.from_dict(config).save(out)  # validated: what is written loads
             _carry_other_entries(final, out)
     return final
@@ -237,43 +238,6 @@ def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agre
             "top1_agreement": parity.top1_agreement(a, b), "agreement_images": int(len(x))}
 
 
-def bundle_readme(config: dict) -> str:
-    """A short README for whoever receives the bundle."""
-    dc = config["data_config"]
-    names = ", ".join(config["class_names"][:20]) + (" ..." if config["num_classes"] > 20 else "")
-    diffs = ", ".join(f"{k} {v:.2e}" for k, v in config["parity"]["max_abs_diff"].items())
-    int8 = config.get("int8")
-    int8_line = (f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} "
-                 f"on {int8['agreement_images']} val images\n" if int8 else "")
-    return f"""# {config['backbone']} image classifier ({config['num_classes']} classes)
-
-Classes, in output order: {names}
-
-## Files
-- `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` \
-(batch, {config['num_classes']})
-- `model.safetensors`: weights; `config.json`: everything below, machine-readable
-{"- `model.ts`: frozen TorchScript" + chr(10) if "model.ts" in config.get("files", []) else ""}{int8_line}
-Max |logit difference| vs the training framework on {config['parity']['images']} validation images: {diffs}.
-
-## Preprocessing (RGB)
-1. Resize the shorter side to round({dc['input_size']} / {dc['crop_pct']}) = \
-{round(dc['input_size'] / dc['crop_pct'])} px ({dc['interpolation']}, PIL).
-2. Center-crop {dc['input_size']} x {dc['input_size']}.
-3. x / 255, subtract mean {dc['mean']}, divide by std {dc['std']}; layout NCHW float32.
-4. Probabilities = softmax(logits / {config['temperature']:g}) (temperature {config['temperature']:g}). \
-Default test-time augmentation: {config['tta']}.
-
-## Run it
-```python
-from finetune.inference import Predictor
-predictor = Predictor.load("path/to/this/folder")        # onnxruntime; no torch needed
-print(predictor.predict_files(["image.jpg"], top_k=5))
-```
-or `finetune predict --model path/to/this/folder image.jpg`.
-"""
-
-
 def _decode_items(items) -> list[np.ndarray]:
     return [load_image(p) for p, _ in items]
 
@@ -289,6 +253,7 @@ def export_trained(trained: TrainedModel, output: str | Path, options: ExportOpt
     # Lets `finetune eval` rebuild the same train/val split of a flat image folder.
     options.extra.setdefault("split", {"val_split": trained.setting("val_split"), "seed": trained.setting("seed")})
     index = index if index is not None else scan_for(trained, data)
+    options.extra.setdefault("card", card_facts(trained, index))  # the README's facts, machine-readable
     val = index.val or index.test or []
     if not val:
         raise ExportError(f"{escaped(index.root)} has no validation images for the parity check")

@@ -14,7 +14,9 @@ from finetune.data.tta import check_tta, softmax
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
+from finetune.evaluation.mistakes import Mistake, contact_sheet, find_mistakes, write_mistakes_csv
 from finetune.evaluation.plots import plot_confusion, plot_reliability
+from finetune.evaluation.saliency import SaliencyError, SaliencyMap, load_eager, write_saliency
 from finetune.inference import Predictor
 from finetune.locks import claimed_folder, contents
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
@@ -23,6 +25,7 @@ from finetune.training.checkpoint import check_classes, load_trained, split_item
 SPLITS = ("val", "test")
 EVAL_CHUNK = 256  # images decoded and classified at once (with their TTA views): bounds eval's memory
 CROSS_FIT_FOLDS = 2  # halves: each fit still sees half of val, and every val image is scored once
+MISTAKES_SHOWN = 10  # the most confident mistakes named in metrics.json and on the console; the CSV has all
 
 
 @dataclass
@@ -31,12 +34,20 @@ class EvalResult:
 
     Attributes:
         metrics: Every figure, as written to metrics.json.
-        output: Folder holding metrics.json, confusion_matrix.png and reliability.png.
+        output: Folder holding metrics.json, confusion_matrix.png, reliability.png, misclassified.csv and
+            (when there are mistakes) misclassified.png.
+        files: The files written, metrics.json last.
+        mistakes: The misclassified images, the most confident mistakes first.
+        saliency: Grad-CAM overlays of the most confident mistakes (OUTPUT/saliency/), when asked for.
+        saliency_skipped: Why none could be made (a ViT-like network), or None.
     """
 
     metrics: dict
     output: Path
     files: list[Path] = field(default_factory=list)
+    mistakes: list[Mistake] = field(default_factory=list)
+    saliency: list[SaliencyMap] = field(default_factory=list)
+    saliency_skipped: str | None = None
 
 
 def _load_model(source: ModelSource, backend: str) -> tuple[Predictor, dict | None, Path | None]:
@@ -166,7 +177,7 @@ def _ece_scores(measured_on: str, labels: np.ndarray, before: np.ndarray, after:
 
 def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str = "none",
              calibrate_temperature: bool = False, output: str | Path | None = None,
-             backend: str = "onnx") -> EvalResult:
+             backend: str = "onnx", saliency: int = 0) -> EvalResult:
     """Evaluates a bundle, run directory or checkpoint on a split of an image folder.
 
     Args:
@@ -178,6 +189,9 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
         calibrate_temperature: Fit a temperature on the val split first and store it in the bundle.
         output: A new or empty folder for metrics.json and the PNGs. Default: a new eval-SPLIT
             folder (eval-SPLIT-2, -3, ... when taken) in the run directory, or beside a bundle or .ckpt.
+        backend: The Predictor's backend.
+        saliency: Grad-CAM overlays of this many of the most confident mistakes, in OUTPUT/saliency/
+            (RANK-STEM.png), from the network rebuilt eagerly; 0: none.
 
     Returns:
         The figures (also in metrics.json) and the output folder.
@@ -188,16 +202,19 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
     """
     if split not in SPLITS:
         raise FinetuneError(f"unknown --split {split!r}; valid: {', '.join(SPLITS)}")
+    if saliency < 0:
+        raise FinetuneError(f"--saliency {saliency}: expected how many of the most confident mistakes to map, "
+                            f"0 (none) or more")
     check_tta(tta)
     if output is None:
-        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, None, backend)
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, None, backend, saliency)
     with claimed_folder(Path(output), f"--output {output}"):  # no second eval writes into it meanwhile
         _check_empty(Path(output))
-        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, Path(output), backend)
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, Path(output), backend, saliency)
 
 
 def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperature: bool, output: Path | None,
-              backend: str) -> EvalResult:
+              backend: str, saliency: int = 0) -> EvalResult:
     source = resolve_model_source(model)
     predictor, split_settings, bundle = _load_model(source, backend)
     index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature, split=split)
@@ -207,7 +224,20 @@ def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperatu
     if calibrate_temperature:
         report["calibration"] = calibrate(predictor, index, bundle)
     out = Path(output) if output is not None else _new_output(_results_home(source), split)
-    return evaluate_predictor(predictor, index, split, tta, out, report)
+    result = evaluate_predictor(predictor, index, split, tta, out, report)
+    return _with_saliency(result, model, saliency) if saliency and result.mistakes else result
+
+
+def _with_saliency(result: EvalResult, model: Path, count: int) -> EvalResult:
+    """`result` with Grad-CAM overlays of its `count` most confident mistakes, for the class each was given."""
+    chosen = result.mistakes[:count]
+    stems = [f"{rank:02d}-{Path(m.path).stem}" for rank, m in enumerate(chosen, 1)]  # in order of confidence
+    try:
+        maps = write_saliency(load_eager(model), [m.path for m in chosen], result.output / "saliency",
+                              classes=[m.predicted for m in chosen], names=stems)
+    except SaliencyError as e:
+        return replace(result, saliency_skipped=str(e))
+    return replace(result, saliency=maps)
 
 
 def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tta: str, output: Path,
@@ -215,9 +245,12 @@ def evaluate_predictor(predictor: Predictor, index: DatasetIndex, split: str, tt
     """Figures, plots and metrics.json of a loaded predictor on one split of a scanned folder."""
     report = {**(report or {}), "split": split, "tta": check_tta(tta), "temperature": predictor.temperature}
     modes = ["none"] + ([report["tta"]] if report["tta"] != "none" else [])
-    logits, labels, bad = chunked_logits(predictor, split_items(index, split), modes)
+    items = split_items(index, split)
+    logits, labels, bad = chunked_logits(predictor, items, modes)
     probs = {m: predictor.probabilities_of(v, m) for m, v in logits.items()}
-    return _report(predictor, probs, labels, bad, report, Path(output))
+    unreadable = {path for path, _ in bad}
+    paths = [path for path, _ in items if str(path) not in unreadable]  # one per row of `probs`, in order
+    return _report(predictor, probs, labels, bad, report, Path(output), paths)
 
 
 def _check_empty(output: Path) -> None:
@@ -244,10 +277,12 @@ def _new_output(home: Path, split: str) -> Path:
             n += 1
 
 
-def _report(predictor: Predictor, probs: dict[str, np.ndarray], labels, bad, report: dict, out: Path) -> EvalResult:
+def _report(predictor: Predictor, probs: dict[str, np.ndarray], labels, bad, report: dict, out: Path,
+            paths: list[Path]) -> EvalResult:
     names = predictor.class_names
     modes = list(probs)
     final = probs[modes[-1]]
+    mistakes = find_mistakes(paths, final, labels)
     cm = metrics.confusion_matrix(labels, final.argmax(axis=1), len(names))
     bins = metrics.calibration_bins(final, labels)
     report.update({
@@ -255,12 +290,24 @@ def _report(predictor: Predictor, probs: dict[str, np.ndarray], labels, bad, rep
         "accuracy": {m: metrics.accuracy_summary(p, labels) for m, p in probs.items()},
         "per_class": metrics.per_class(cm, names), "confusion_matrix": cm.tolist(), "class_names": names,
         "worst_confused": metrics.worst_confused(cm, names), "calibration_bins": bins,
+        "misclassified": _mistakes_record(mistakes, names),
     })
     report.update({k: report["accuracy"][modes[-1]][k] for k in ("top1", "top5", "balanced_acc", "macro_f1", "ece")})
     out.mkdir(parents=True, exist_ok=True)
     title = f"{report['split']} split, TTA {modes[-1]}"
     files = [plot_confusion(cm, names, out / "confusion_matrix.png", f"Confusion matrix, {title}"),
-             plot_reliability(bins, report["ece"], out / "reliability.png", f"Reliability, {title}")]
+             plot_reliability(bins, report["ece"], out / "reliability.png", f"Reliability, {title}"),
+             write_mistakes_csv(mistakes, names, out / "misclassified.csv")]
+    if mistakes:
+        files.append(contact_sheet(mistakes, names, out / "misclassified.png"))
     # ensure_ascii: valid JSON whatever the file names; json.loads gives back the surrogates of their bytes.
     (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=True) + "\n")
-    return EvalResult(report, out, [*files, out / "metrics.json"])
+    return EvalResult(report, out, [*files, out / "metrics.json"], mistakes)
+
+
+def _mistakes_record(mistakes: list[Mistake], names: list[str]) -> dict:
+    """metrics.json's summary of the mistakes: their count and the MISTAKES_SHOWN most confident ones."""
+    shown = [{"path": m.path, "true": names[m.true], "predicted": names[m.predicted],
+              "probability": m.predicted_probability, "true_probability": m.true_probability}
+             for m in mistakes[:MISTAKES_SHOWN]]
+    return {"count": len(mistakes), "file": "misclassified.csv", "most_confident": shown}

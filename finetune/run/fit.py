@@ -319,10 +319,11 @@ def _recorded_section(run_dir: Path) -> dict[str, Any]:
 
 
 def _tracker_ids(trainer: pl.Trainer) -> dict[str, str]:
-    """The MLflow run id (creating the run), for config.yaml and a later --resume."""
-    from pytorch_lightning.loggers import MLFlowLogger
+    """The MLflow run id (creating the run) and the W&B run id, for config.yaml and a later --resume."""
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
-    return {"mlflow_run_id": lg.run_id for lg in trainer.loggers if isinstance(lg, MLFlowLogger)}
+    ids = {"mlflow_run_id": lg.run_id for lg in trainer.loggers if isinstance(lg, MLFlowLogger)}
+    return {**ids, **{"wandb_run_id": lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)}}
 
 
 def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,

@@ -15,7 +15,7 @@ from finetune.pathtext import check_model_path
 
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
-             "checkpoints", "model", "tensorboard", "mlflow.db", "mlartifacts")
+             "checkpoints", "model", "tensorboard", "mlflow.db", "mlartifacts", "wandb")
 RUN_FOLDER_PREFIXES = ("eval-",)  # eval-val/, eval-test/: results of the old model
 # What `--resume` continues from: the run's settings and the last state Lightning saved.
 RESUME_FILES = ("config.yaml", "checkpoints/last.ckpt")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from datetime import datetime
@@ -132,4 +133,6 @@ def test_a_second_eval_into_the_same_output_is_refused_while_the_first_writes(tr
     assert f"--output {out} is in use by another finetune command" in " ".join(result.output.split())
     again = runner.invoke(app, ["eval", "--model", str(trained_run), "--data", str(tiny_data), "--output", str(out)])
     assert again.exit_code == 0, again.output
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "metrics.json", "reliability.png"]
+    sheet = ["misclassified.png"] if json.loads((out / "metrics.json").read_text())["misclassified"]["count"] else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["confusion_matrix.png", "metrics.json", "misclassified.csv", "reliability.png", *sheet])
