@@ -98,6 +98,15 @@ MAX_NODES = 10_000
 MAX_SEED = 2**32 - 1  # numpy and Lightning seeds: outside 0..2^32-1 Lightning draws a random seed instead
 
 
+# What the same settings are called in timm's train.py, Hugging Face's Trainer and fastai, where string
+# similarity would not find ours (learning_rate is nearer lr_find_steps than lr).
+OTHER_NAMES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "bs": "batch_size",
+               "per_device_train_batch_size": "batch_size", "img_size": "image_size", "input_size": "image_size",
+               "model": "backbone", "model_name": "backbone", "arch": "backbone", "data_dir": "data",
+               "dataset": "data", "num_workers": "workers", "pretrained": "weights", "opt": "optimizer",
+               "wd": "weight_decay", "output_dir": "output", "smoothing": "label_smoothing", "amp": "precision"}
+
+
 class RunConfig(BaseModel):
     """Settings of one fine-tuning run. Each field's description is its option's help on the command line."""
 
@@ -234,6 +243,20 @@ class RunConfig(BaseModel):
     lr_find_end_lr: float = Field(10.0, gt=0, description=f"Last head LR {_RANGE_TEST}.")
     lr_find_steps: int = Field(100, ge=5, le=MAX_STEPS, description=(
         f"Steps {_RANGE_TEST}; it stops early when the loss diverges."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        """An unknown keyword names the nearest setting, as the command line does for an unknown option
+        (pydantic alone says only "Extra inputs are not permitted")."""
+        if isinstance(data, Mapping):
+            for key in data:
+                if key not in cls.model_fields:
+                    near = ([OTHER_NAMES[key]] if key in OTHER_NAMES
+                            else difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5))
+                    hint = f"did you mean {near[0]!r}?" if near else "see RunConfig.model_fields for the settings"
+                    raise FinetuneError(f"unknown setting {key!r}; {hint}")
+        return data
 
     @field_validator("val_every")
     @classmethod

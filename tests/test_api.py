@@ -1,6 +1,7 @@
 """The public Python API: what `import finetune` offers, and a Trainer of the user's own."""
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 
 import finetune
@@ -45,3 +46,13 @@ def test_module_and_datamodule_work_with_a_users_trainer(tiny_data, tmp_path):
     trainer.fit(module, dm)
     assert trainer.global_step == 2
     assert backbone.model.conv1[0].weight.equal(stem_before)  # frozen by the module, not by fit()
+
+
+@pytest.mark.parametrize("given, nearest", [({"learning_rate": 0.1}, "did you mean 'lr'?"),
+                                            ({"epoch": 3}, "did you mean 'epochs'?"),
+                                            ({"num_workers": 2}, "did you mean 'workers'?")])
+def test_an_unknown_keyword_names_the_nearest_setting(given, nearest):
+    from finetune.errors import FinetuneError
+
+    with pytest.raises(FinetuneError, match=f"unknown setting '{next(iter(given))}'; {nearest}"):
+        finetune.RunConfig(backbone="resnet18", data=".", **given)

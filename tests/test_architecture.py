@@ -12,7 +12,7 @@ PACKAGE = Path(finetune.__file__).parent
 LAYERS = [
     {"errors", "atomic"},
     {"pathtext", "untrusted"},
-    {"cache", "config", "figures", "heap", "locks", "quiet"},
+    {"cache", "config", "figures", "heap", "locks", "quiet", "stats"},
     {"console"},
     {"data"},
     {"models"},

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from finetune import atomic
 from finetune.bundling import formats, parity
@@ -205,7 +205,9 @@ def _base_config(backbone, class_names, data_config, options, source_checkpoint)
 
 def _write_weights(model: Backbone, path: Path) -> None:
     # clone(): safetensors refuses tensors that share storage; the keys stay those of Backbone.model.
-    save_file({k: v.detach().contiguous().clone() for k, v in model.model.state_dict().items()}, str(path))
+    # Written through a plain open(), not save_file, which creates its file 0600 whatever the umask: the
+    # weights are as readable as the bundle's other files.
+    path.write_bytes(save({k: v.detach().contiguous().clone() for k, v in model.model.state_dict().items()}))
 
 
 def _export_graphs(model: Backbone, x: np.ndarray, out: Path, wanted: Sequence[str], config: dict) -> dict:

@@ -9,7 +9,6 @@ own record; the scan of its data folder; its eval-*/metrics.json); what cannot b
 """
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from finetune.data.profile import image_sides
 from finetune.data.scan import DatasetIndex
 from finetune.errors import FinetuneError
 from finetune.pathtext import escaped
+from finetune.stats import wilson_interval
 from finetune.training.checkpoint import TrainedModel, read_checkpoint
 from finetune.untrusted import read_json
 
@@ -31,7 +31,6 @@ TRAINING_SETTINGS = ("weights", "epochs", "batch_size", "lr", "optimizer", "weig
                      "class_weights", "sampler", "monitor", "early_stop", "precision", "seed", "val_split")
 RESOLVED_SETTINGS = ("precision", "freeze_until")  # settings whose run-time value config.yaml's `resolved` holds
 EVAL_SPLITS = ("val", "test")  # what `finetune eval` scores, in the order the card lists them
-Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
 LISTED_CLASSES = 50  # classes listed one by one in the README; all of them are in config.json's `card`
 NOT_FROM_A_RUN = "the bundle was exported from a network without its checkpoint, which holds the run's record"
 
@@ -137,21 +136,6 @@ def _evaluation(folder: Path, m: Mapping[str, Any]) -> dict[str, Any]:
             "top1_interval": list(wilson_interval(round(top1 * images), images)),
             "top1_no_tta": float(m["accuracy"]["none"]["top1"]), "balanced_acc": float(m["balanced_acc"]),
             "ece": float(m["ece"]), "recall": {str(r["class"]): float(r["recall"]) for r in m["per_class"]}}
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default): unlike p +- z sqrt(p(1-p)/n) it stays
-    inside [0, 1] and is not empty at p = 0 or 1, which matters for the few dozen images a val split may hold.
-
-    Returns:
-        (low, high); (0.0, 1.0) for no trials.
-    """
-    if trials <= 0:
-        return 0.0, 1.0
-    p, z2 = successes / trials, z * z
-    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
-    half = z / (1 + z2 / trials) * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ----- the README -----------------------------------------------------------------------------------

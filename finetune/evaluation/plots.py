@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from finetune.figures import save_figure, subplots
+from finetune.stats import wilson_interval
 from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
 
 MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
+# Below this many images a bin's 95% interval spans about half the axis (Wilson: 4 of 9 right, 0.19-0.73):
+# its bar says little, and a plot of mostly such bins is labelled as such.
+THIN_BIN = 10
 
 
 def read_epoch_metrics(metrics_csv: Path, epochs_from: int = EPOCHS_FROM) -> dict[str, dict[int, float]]:
@@ -62,21 +66,34 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
 
 
 def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str = "Reliability") -> Path:
-    """Accuracy vs confidence per bin against the diagonal, with the share of images per bin below."""
+    """Accuracy per confidence bin (bars, with the 95% Wilson interval of each bin's accuracy) against the bin's
+    mean confidence (red marks) and the diagonal, with the share of images per bin below.
+
+    The gap between a bar's top and its red mark is the bin's miscalibration; an interval wider than
+    that gap says the bin holds too few images to tell (a few dozen images spread over 15 bins), and
+    the title says so when most bins are that thin.
+    """
     lower = np.array([b["lower"] for b in bins])
     width = bins[0]["upper"] - bins[0]["lower"]
     acc = np.array([b["accuracy"] for b in bins])
     conf = np.array([b["confidence"] for b in bins])
     counts = np.array([b["count"] for b in bins])
     used = counts > 0
+    centre = lower + width / 2
+    intervals = np.array([wilson_interval(round(a * n), int(n)) for a, n in zip(acc[used], counts[used])])
     fig, (top, bottom) = subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
-    top.bar(lower[used], acc[used], width=width, align="edge", edgecolor="black", label="accuracy")
-    gap_low = np.minimum(acc, conf)[used]  # the gap spans accuracy..confidence, whichever is higher
-    top.bar(lower[used], np.abs(conf - acc)[used], bottom=gap_low, width=width, align="edge",
-            color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
-    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: ECE {ece:.3f}")
-    top.legend(loc="upper left")
+    top.bar(lower[used], acc[used], width=width, align="edge", color="tab:blue", alpha=0.6, edgecolor="black",
+            label="accuracy")
+    if used.any():
+        top.errorbar(centre[used], acc[used], yerr=np.abs(intervals.T - acc[used]), fmt="none", ecolor="black",
+                     capsize=2, label="95% interval")
+    top.plot(centre[used], conf[used], "_", color="tab:red", markersize=12, markeredgewidth=2,
+             label="mean confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    thin = used.any() and np.median(counts[used]) < THIN_BIN
+    note = f" ({int(counts.sum())} images: most bins too few to tell)" if thin else ""
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: ECE {ece:.3f}{note}")
+    top.legend(loc="upper left", fontsize=8)
     bottom.bar(lower, counts / max(counts.sum(), 1), width=width, align="edge", color="gray", edgecolor="black")
     bottom.set(xlabel="confidence (max probability)", ylabel="share of images")
     return save_figure(fig, Path(path))

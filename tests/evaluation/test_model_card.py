@@ -15,9 +15,10 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from finetune.bundling.bundle import export, export_bundle
-from finetune.bundling.card import RESOLVED_SETTINGS, TRAINING_SETTINGS, wilson_interval
+from finetune.bundling.card import RESOLVED_SETTINGS, TRAINING_SETTINGS
 from finetune.data.images import load_image
 from finetune.models.backbone import create_backbone
+from finetune.stats import wilson_interval
 
 
 def _bundle(folder: Path) -> tuple[dict, str]:
