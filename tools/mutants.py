@@ -222,7 +222,7 @@ MUTANTS: list[Mutant] = [
            (f"{T_SCAN}::test_flat_layout_stratified",),
            "the flat-layout split shuffles all images together: classes lose their share"),
     Mutant("split_ignores_seed", "finetune/data/scan.py",
-           "default_rng([seed, zlib.crc32(name.encode())])", "default_rng(zlib.crc32(name.encode()))",
+           "default_rng([seed, zlib.crc32(os.fsencode(name))])", "default_rng(zlib.crc32(os.fsencode(name)))",
            (f"{T_SCAN}::test_split_is_seeded",), "--seed does not change the train/val split"),
     # ----- data loading, weights, precision, rebuilds -------------------------------------------
     Mutant("last_batch_of_one_kept", "finetune/data/datamodule.py",
@@ -442,7 +442,8 @@ MUTANTS: list[Mutant] = [
            ("tests/data/test_profile.py::test_too_few_images_to_tell_keep_the_brightness_jitter",),
            "a handful of photos loses its brightness/contrast jitter on a measurement of nothing"),
     Mutant("fit_lets_glibc_trim_every_step", "finetune/run/fit.py",
-           "with quiet_lightning(config.verbose), keep_freed_memory():", "with quiet_lightning(config.verbose):",
+           "with quiet_lightning(config.verbose), keep_freed_memory(), _held(",
+           "with quiet_lightning(config.verbose), _held(",
            ("tests/test_heap.py::test_fit_trains_with_the_heap_kept_and_hands_it_back",),
            "a CPU training step faults its activations in again every step (12 thousand faults, +5% to +8%)"),
     Mutant("heap_maps_large_blocks_during_training", "finetune/heap.py",
