@@ -7,9 +7,9 @@ list is spelled once, as one of the Literal aliases below.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -588,31 +588,29 @@ class Recipe:
     values: dict[str, Any]
 
 
-def recipe_dirs() -> list[Path]:
-    """Where named recipes are found: the source tree's recipes/, then the installed copy."""
-    here = Path(__file__).resolve().parent.parent / "recipes"
-    return [d for d in (here, Path(sys.prefix) / "share" / "finetune" / "recipes") if d.is_dir()]
+def recipes_dir() -> Path:
+    """The shipped recipes' folder: package data (finetune/recipes/), so an installed wheel carries it too."""
+    return Path(str(importlib.resources.files("finetune").joinpath("recipes")))
+
+
+def recipe_names() -> list[str]:
+    """The names of the shipped recipes, sorted."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
 def list_recipes() -> list[Recipe]:
-    """Every named recipe, sorted by name (the first directory wins on duplicates)."""
-    found: dict[str, Path] = {}
-    for folder in recipe_dirs():
-        for path in sorted(folder.glob("*.yaml")):
-            found.setdefault(path.stem, path)
-    return [load_recipe(str(p)) for _, p in sorted(found.items())]
+    """Every shipped recipe, sorted by name."""
+    return [load_recipe(name) for name in recipe_names()]
 
 
 def _recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    for folder in recipe_dirs():
-        if (folder / f"{name_or_path}.yaml").is_file():
-            return folder / f"{name_or_path}.yaml"
-    names = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+    if name_or_path in recipe_names():
+        return recipes_dir() / f"{name_or_path}.yaml"
     raise FinetuneError(f"recipe '{name_or_path}' is neither a recipe name nor a .yaml file; "
-                        f"recipes: {', '.join(names) or 'none found'}")
+                        f"recipes: {', '.join(recipe_names()) or 'none found'}")
 
 
 def _header(text: str) -> str:
