@@ -55,7 +55,8 @@ def available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def make_real_task(name: str, root: str | Path, train_per_class: int, seed: int = 0) -> Path:
+def make_real_task(name: str, root: str | Path, train_per_class: int, seed: int = 0,
+                   held_out: int | None = None) -> Path:
     """Writes task `name` as an image folder with `train_per_class` train images per class.
 
     Val and test are the same for every `train_per_class` and `seed` of a task's source split,
@@ -66,18 +67,23 @@ def make_real_task(name: str, root: str | Path, train_per_class: int, seed: int 
         root: Where DIR/{train,val,test}/<class>/ is written (created).
         train_per_class: Train images per class, at most the task's `max_train`.
         seed: Which train images are drawn (val and test do not change with it).
+        held_out: At most this many val and this many test images per class: the first ones of the
+            task's fixed val and test (a smaller, quicker evaluation on the same images). None: all.
 
     Returns:
         The folder written.
 
     Raises:
-        DataError: Unknown task, too many train images asked for, or its package is missing.
+        DataError: Unknown task, too many train images asked for, a `held_out` under 1, or its package
+            is missing.
     """
     if name not in TASKS:
         raise DataError(f"unknown real task {name!r}; valid: {', '.join(TASKS)}")
     task = TASKS[name]
     if not 1 <= train_per_class <= task.max_train:
         raise DataError(f"{name}: train_per_class must be in 1..{task.max_train}, got {train_per_class}")
+    if held_out is not None and held_out < 1:
+        raise DataError(f"{name}: held_out must be at least 1 (or None: all val and test images), got {held_out}")
     if not available(name):
         raise DataError(f"the {name} task needs the {task.package} package: pip install {task.package}"
                         + (" --no-deps" if task.package == "animal-mnist" else ""))
@@ -85,6 +91,7 @@ def make_real_task(name: str, root: str | Path, train_per_class: int, seed: int 
     root = Path(root)
     for split, per_class in splits.items():
         for cls, images in per_class.items():
+            images = images if split == "train" or held_out is None else images[:held_out]
             folder = root / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(images):

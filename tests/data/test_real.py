@@ -50,3 +50,18 @@ def test_silhouette_reader_refuses_anything_but_arrays():
     assert np.array_equal(_ArraysOnly(io.BytesIO(pickle.dumps(np.arange(3)))).load(), np.arange(3))
     with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
         _ArraysOnly(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_held_out_keeps_the_first_val_and_test_images_of_the_full_task(tmp_path):
+    full = make_real_task("faces", tmp_path / "full", 3)
+    small = make_real_task("faces", tmp_path / "small", 3, held_out=4)
+    index = scan_image_folder(small)
+    assert set(index.counts("val").values()) == {4} and set(index.counts("test").values()) == {4}
+    assert set(index.counts("train").values()) == {3}  # train is not capped
+    for split in ("val", "test"):
+        for rel in _files(small, split):  # the same images as the full task's first four of each class
+            assert np.array_equal(np.asarray(Image.open(small / split / rel)),
+                                  np.asarray(Image.open(full / split / rel)))
+        assert set(_files(small, split)) < set(_files(full, split))
+    with pytest.raises(DataError, match="held_out must be at least 1"):
+        make_real_task("faces", tmp_path / "none", 3, held_out=0)
