@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -22,7 +22,7 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
 # Temporary names of version 0.1's writers (tempfile.mkstemp beside a checkpoint; fixed names beside
 # config.yaml and metrics.csv): a run it started and a kill interrupted may still hold them.
-_OLDER_LEFTOVER = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp|\.(config\.yaml|metrics\.csv)\.tmp")
+_OLDER_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp|\.(?P<fixed>config\.yaml|metrics\.csv)\.tmp")
 
 
 def is_leftover(name: str) -> bool:
@@ -85,16 +85,21 @@ def remove_abandoned(folder: Path, of: str | None = None) -> list[str]:
     return removed
 
 
-def remove_leftovers(folder: Path) -> list[str]:
-    """Removes every temporary file and folder a writer left in `folder`, whichever process made it,
-    those of older versions included.
+def remove_leftovers(folder: Path, names: Collection[str]) -> list[str]:
+    """Removes what writers killed mid-write left in `folder` for the files `names` (those a run writes
+    there): this version's temporary files and folders whose process no longer runs, and version 0.1's
+    temporary names. Anything else in the folder, a live writer's files included, stays.
 
-    Only for a folder this process has claimed (finetune.locks): no other process writes there.
     Returns the names removed.
     """
     removed = []
     for entry in _entries(folder):
-        if is_leftover(entry.name) or _OLDER_LEFTOVER.fullmatch(entry.name):
+        new, older = _LEFTOVER.fullmatch(entry.name), _OLDER_LEFTOVER.fullmatch(entry.name)
+        if new is not None:
+            abandoned = new["name"] in names and not _alive(int(new["pid"]))
+        else:
+            abandoned = older is not None and (older["name"] or older["fixed"]) in names
+        if abandoned:
             _remove(entry)
             removed.append(entry.name)
     return removed

@@ -15,7 +15,7 @@ from typer.core import TyperCommand
 from finetune import options as o
 from finetune import views
 from finetune.config import RunConfig, resolve_config
-from finetune.console import console, err_console, shown_warnings, user_errors
+from finetune.console import console, err_console, user_errors
 from finetune.errors import FinetuneError
 from finetune.pathtext import escaped, printable
 from finetune.search.command import register_tune
@@ -33,8 +33,7 @@ def run(ctx: typer.Context, resume: Optional[Path] = None, **settings: Any) -> N
     if resume is not None:  # the saved config plus the options given on the command line
         config, sources = _resumed_config(resume, {k: settings[k] for k in given})
     else:
-        with shown_warnings():  # recipe values the flags switch off
-            config, sources = resolve_config(settings, given, settings["recipe"])
+        config, sources = resolve_config(settings, given, settings["recipe"])  # warns of recipe values switched off
         _check_data(config.data)
     from finetune.run.fit import fit  # torch and Lightning: imported once the inputs are known to be usable
 
@@ -234,8 +233,8 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
             output: o.PredictionsFile = None, saliency: o.PredictSaliency = None) -> None:
     """Classify images with one model or an ensemble; unreadable files are reported and skipped.
 
-    Exits 1 when nothing could be predicted, or when a file named on the command line does not exist
-    (the others are still predicted and written).
+    Exits 2 when there is no image file to predict, 1 when none could be read or when a file named on the
+    command line does not exist (the others are still predicted and written).
     """
     from finetune.evaluation.saliency import predicted_saliency
     from finetune.inference import Ensemble, Predictor, predict_files
@@ -247,13 +246,14 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
     results = predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
     if not results:
         raise FinetuneError(f"no image files in {', '.join(escaped(p) for p in images)}: nothing to predict")
-    views.print_predictions(console, err_console, results)
+    missing = [p for p in images if not Path(p).exists()]
+    gone = {str(p) for p in missing}
+    views.print_predictions(console, err_console, [r for r in results if r.path not in gone])  # said once, below
     if output is not None:
         write_predictions(results, output)
         console.print(f"Written: {escaped(output)}")
     if saliency is not None:
         views.print_saliency(console, err_console, *predicted_saliency(model[0], results, saliency))
-    missing = [p for p in images if not Path(p).exists()]
     if missing:
         err_console.print(f"[red]Error:[/red] {escape(', '.join(escaped(p) for p in missing))}: no such file",
                           soft_wrap=True)

@@ -98,6 +98,8 @@ MAX_NODES = 10_000
 MAX_SEED = 2**32 - 1  # numpy and Lightning seeds: outside 0..2^32-1 Lightning draws a random seed instead
 
 
+# The errors of a number outside a field's range (ge/gt/le/lt) or not finite: what RunConfig.from_record forgives.
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"})
 # What the same settings are called in timm's train.py, Hugging Face's Trainer and fastai, where string
 # similarity would not find ours (learning_rate is nearer lr_find_steps than lr).
 OTHER_NAMES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "bs": "batch_size",
@@ -217,7 +219,7 @@ class RunConfig(BaseModel):
         "Train N epochs with the freeze policy (default policy: linear-probe), then unfreeze everything. "
         "Default: no unfreezing."))
     unfreeze_every: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
-        "Unfreeze one more layer group from the top every K epochs (first at K, or at --freeze-epochs). "
+        "Unfreeze one more layer group from the top after every K epochs (first after K, or after --freeze-epochs). "
         "Default: off."))
     lr_decay: float | None = Field(None, gt=0, le=1, description=(
         "Layer-wise LR decay: each group below the head gets F x the LR of the group above it; replaces "
@@ -333,8 +335,7 @@ class RunConfig(BaseModel):
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description=(
         "With --mixup and --cutmix both on: probability that a mixed batch uses cutmix."))
     mix_off_epoch: int = Field(0, ge=0, le=MAX_EPOCHS, description=(
-        "Epoch (0-based) from which training batches are no longer mixed, so the last epochs see clean images. "
-        "0: mix in every epoch."))
+        "Mix only the first N epochs; the epochs after them train on clean images. 0: mix in every epoch."))
     teacher: str | None = Field(None, description=(
         "Distill from a teacher: a run directory or .ckpt of this toolkit, an exported bundle directory, or a "
         "backbone name with --teacher-weights. Same classes as the student required. Default: no teacher."))
@@ -510,7 +511,26 @@ class RunConfig(BaseModel):
         """
         data = read_run_yaml(path)
         settings = {k: v for k, v in data.items() if k in cls.model_fields}
-        return cls.model_validate(_convert_paths(settings, PATH_SETTINGS, unescaped))
+        return cls.from_record(_convert_paths(settings, PATH_SETTINGS, unescaped), allow_unused=False)
+
+    @classmethod
+    def from_record(cls, saved: Mapping[str, Any], allow_unused: bool = True) -> "RunConfig":
+        """A saved run's settings (config.yaml, a checkpoint's record), validated as any others, except that a
+        range a later version narrowed does not refuse what an earlier one wrote (a --seed below 0, a
+        --backbone-lr-mult above 1): the model trained with it and stays usable.
+
+        `allow_unused`: settings that only some flag would use pass (a module rebuilt for inference has no
+        teacher for its kd_* settings); False for a run that trains again (--resume).
+        """
+        context = {"unused": "allow"} if allow_unused else None
+        try:
+            return cls.model_validate(saved, context=context)
+        except ValidationError as e:
+            ranged = {err["loc"][0] for err in e.errors() if err["type"] in _RANGE_ERRORS and err["loc"]}
+            if not ranged or any(err["type"] not in _RANGE_ERRORS for err in e.errors()):
+                raise
+        config = cls.model_validate({k: v for k, v in saved.items() if k not in ranged}, context=context)
+        return config.model_copy(update={k: saved[k] for k in ranged})  # as written; not validated again
 
 
 def _convert_paths(values: Mapping[str, Any], keys: tuple[str, ...], convert: Callable[[str], str]) -> dict[str, Any]:

@@ -82,26 +82,18 @@ def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:
     return decorate(command) if command is not None else decorate
 
 
-@contextmanager
-def shown_warnings() -> Iterator[None]:
-    """Prints the warnings raised inside (recipe values that the flags switch off) as one yellow line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        yield
-    for warning in caught:
-        err_console.print(f"[yellow]Warning:[/yellow] {escape(printable(str(warning.message)))}", soft_wrap=True)
-
-
 def _unwritable(error: BaseException) -> str | None:
-    """One line for an error that means a file cannot be written here (a full disk, a read-only folder),
-    naming the file; None for any other error."""
+    """One line for an error the file system raised about a file (a full disk, a read-only folder, a file
+    this user may not open), naming the file; None for any other error."""
     full = atomic.no_space(error)
     if full is not None:
         if str(full).startswith(f"[Errno {errno.ENOSPC}] no space left in "):  # atomic.full_disk's own words
             return full.strerror
         return atomic.full_disk(Path(full.filename or "."), 0).strerror if full.filename else str(full)
-    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
+    if isinstance(error, OSError) and error.filename and error.errno == errno.EROFS:
         return f"cannot write {error.filename}: {error.strerror} (write elsewhere with --output)"
+    if isinstance(error, OSError) and error.filename and error.errno in (errno.EACCES, errno.EPERM):
+        return f"{error.strerror}: {error.filename}"  # reading or writing: the file system does not say which
     return None
 
 

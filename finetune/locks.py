@@ -57,9 +57,9 @@ def claim(lock_path: Path, what: str) -> Iterator[None]:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = _holder(lock_path)
+            instead = "" if what.startswith("--resume") else " or choose another folder"
             raise FolderInUseError(f"{what} is in use by another finetune command"
-                                   f"{f' ({holder})' if holder else ''}; wait for it to end or choose "
-                                   "another folder") from None
+                                   f"{f' ({holder})' if holder else ''}; wait for it to end{instead}") from None
         if _still_named(fd, lock_path):
             break
         os.close(fd)  # removed by its last holder between our open and our lock: take the new one

@@ -40,7 +40,7 @@ def write_predictions(results: Sequence[Prediction], path: str | Path) -> Path:
             # Byte-exact: the file system's encoding and error handler give each name's bytes back as they were.
             atomic.write_text(path, _csv_text(results), encoding=FS_ENCODING, errors=FS_ERRORS, newline="")
     except OSError as e:
-        raise FinetuneError(f"--output {escaped(path)}: cannot write it ({e.strerror or e})") from e
+        raise FinetuneError(f"cannot write {escaped(path)}: {e.strerror or e} (write elsewhere with --output)") from e
     return path
 
 

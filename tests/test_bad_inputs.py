@@ -154,7 +154,7 @@ def _command(name: str, data: Path, model_dir: Path, out: Path) -> list[str]:
         return ["run", "--data", str(data), "--output", str(out), *TINY_RUN]
     if name == "eval":
         return ["eval", "--model", str(model_dir / "model"), "--data", str(data), "--output", str(out)]
-    return ["export", str(model_dir), "--output", str(out), "--data", str(data)]
+    return ["export", "--model", str(model_dir), "--output", str(out), "--data", str(data)]
 
 
 @pytest.mark.parametrize("command", ["run", "eval", "export"])
@@ -197,7 +197,8 @@ def test_run_trains_on_the_corpus_and_writes_bad_files(corpus, trained):
 
 def test_export_with_the_corpus_as_data(corpus, trained, tmp_path):
     _, run_dir = trained
-    result = runner.invoke(app, ["export", str(run_dir), "--output", str(tmp_path / "bundle"), "--data", str(corpus)])
+    result = runner.invoke(app, ["export", "--model", str(run_dir), "--output", str(tmp_path / "bundle"),
+                                 "--data", str(corpus)])
     _assert_clean_exit(result)
     assert (tmp_path / "bundle" / "model.onnx").is_file()
 
@@ -241,6 +242,13 @@ def _long_run(data: Path, out: Path, *extra: str) -> list[str]:
             "--workers", "2", "--precision", "32", *extra]
 
 
+def _default_signals() -> None:
+    """In the child, before exec: Ctrl-C and SIGTERM do what they do by default (a test runner started in the
+    background, or by a harness, may hand its children an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("to, sig", [("group", signal.SIGINT), ("main", signal.SIGINT), ("main", signal.SIGTERM),
                                      ("group", signal.SIGTERM)],
@@ -251,7 +259,8 @@ def test_a_signal_stops_the_run_in_one_line_and_resume_goes_on(tiny_data, tmp_pa
     command, no traceback, and a last.ckpt that --resume continues from."""
     out = tmp_path / "run"
     process = subprocess.Popen(_long_run(tiny_data, out, "--no-progress"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=_default_signals)  # as a terminal starts it, whoever runs the tests
     wait_for(out / "checkpoints" / "last.ckpt", process)
     (os.killpg if to == "group" else os.kill)(process.pid, sig)
     output = process.communicate(timeout=120)[0]
@@ -283,6 +292,7 @@ def test_the_python_api_raises_interrupted_and_ctrl_c_works_afterwards(tiny_data
             if trainer.current_epoch == 1:
                 os.kill(os.getpid(), signal.SIGINT)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever started the tests
     out = tmp_path / "run"
     config = RunConfig(backbone="test_resnet", weights="none", data=tiny_data, output=out, image_size=32, epochs=5,
                        batch_size=8, workers=0, progress=False, export=False, precision="32")
@@ -317,7 +327,7 @@ def test_a_full_filesystem_is_one_line_for_run_and_export(tiny_data, trained, tm
         if disk is None:
             pytest.skip("no permission to mount a tmpfs here; the fake full disk above covers the checkpoint")
         run = runner.invoke(app, ["run", "--data", str(tiny_data), "--output", str(disk / "run"), *TINY_RUN])
-        exported = runner.invoke(app, ["export", str(trained[1]), "--output", str(disk / "bundle")])
+        exported = runner.invoke(app, ["export", "--model", str(trained[1]), "--output", str(disk / "bundle")])
     for result, where in ((run, f"{disk / 'run' / 'checkpoints'}"), (exported, f"{disk}")):
         text = _assert_clean_exit(result, 2)
         assert f"Error:nospaceleftin{where}writing".replace(" ", "") in text and "MBfree" in text

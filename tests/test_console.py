@@ -81,7 +81,7 @@ def test_lr_find_and_export_print_no_banners_tips_or_library_notices(tiny_data, 
     found = runner.invoke(app, ["lr-find", "--backbone", "test_resnet", "--weights", "none", "--data", str(tiny_data),
                                 "--image-size", "32", "--batch-size", "24", "--workers", "0", "--num-steps", "8",
                                 "--output", str(tmp_path)])
-    exported = runner.invoke(app, ["export", str(trained_run), "--output", str(tmp_path / "bundle")])
+    exported = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(tmp_path / "bundle")])
     for result in (found, exported):
         assert result.exit_code == 0, result.output
         for noise in ("GPU available", "Tip:", "litlogger", "deprecated", "FutureWarning", "Epoch ", "/-", "it/s",

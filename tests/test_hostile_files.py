@@ -169,7 +169,7 @@ def test_every_checkpoint_loader_refuses_a_hub_backbone(hub_checkpoint, network,
 @pytest.mark.parametrize("command", ["export", "eval", "predict"])
 def test_cli_commands_refuse_a_checkpoint_naming_a_hub_model(hub_checkpoint, tiny_data, tmp_path, network, command):
     image = next((tiny_data / "val").rglob("*.png"))
-    args = {"export": ["export", str(hub_checkpoint), "--output", str(tmp_path / "bundle")],
+    args = {"export": ["export", "--model", str(hub_checkpoint), "--output", str(tmp_path / "bundle")],
             "eval": ["eval", "--model", str(hub_checkpoint), "--data", str(tiny_data),
                      "--output", str(tmp_path / "eval")],
             "predict": ["predict", str(image), "--model", str(hub_checkpoint)]}[command]

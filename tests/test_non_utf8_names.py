@@ -243,7 +243,7 @@ def test_predict_output_that_cannot_be_written_is_an_error_naming_it(trained, da
 def test_export_calibrates_on_a_data_folder_named_not_utf8(trained, data, base):
     _, run_dir = trained
     bundle = base / "bundle"
-    result = runner.invoke(app, ["export", str(run_dir), "--output", str(bundle), "--data", str(data),
+    result = runner.invoke(app, ["export", "--model", str(run_dir), "--output", str(bundle), "--data", str(data),
                                  "--quantize", "int8"])
     out = _output(result)
     assert result.exit_code == 0, out
@@ -258,7 +258,7 @@ def _model_command(command: str, run_dir: Path, data: Path, folder: Path, weight
     if command == "run":
         return ["run", "--data", str(data), "--output", str(folder), *TINY_RUN], folder
     if command == "export":
-        return ["export", str(run_dir), "--output", str(folder), "--data", str(data)], folder
+        return ["export", "--model", str(run_dir), "--output", str(folder), "--data", str(data)], folder
     if command == "weights":
         folder.mkdir()
         shutil.copy(weights, folder / weights.name)

@@ -52,16 +52,29 @@ def available_memory() -> int:
     """Bytes this process can still take: the kernel's estimate of what can be handed out without swapping
     (MemAvailable: free memory plus the page cache it can drop), within the container's limit if any."""
     available = _meminfo_available()
-    for limit, used in (("memory.max", "memory.current"),  # cgroup v2, then v1
-                        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit, used, stat, cache in (("memory.max", "memory.current", "memory.stat", "inactive_file"),  # cgroup v2
+                                     ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                      "memory/memory.stat", "total_inactive_file")):  # v1
         try:
             cap = Path("/sys/fs/cgroup", limit).read_text().strip()
             if cap.isdigit():
-                available = min(available, int(cap) - int(Path("/sys/fs/cgroup", used).read_text()))
+                # The usage counts the page cache too (a dataset just read); its inactive part is handed back
+                # on demand, as the kubelet and Docker count it.
+                taken = int(Path("/sys/fs/cgroup", used).read_text()) - _stat(Path("/sys/fs/cgroup", stat), cache)
+                available = min(available, int(cap) - taken)
             break
         except (OSError, ValueError):
             continue
     return max(0, available)
+
+
+def _stat(path: Path, key: str) -> int:
+    """One figure of a cgroup's memory.stat (0 when absent)."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _meminfo_available() -> int:

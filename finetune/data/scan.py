@@ -325,7 +325,7 @@ def _check_train_classes(train: list[Item], classes: list[str], class_root: Path
         )
 
 
-EMPTY_CLASSES_SHOWN = 5  # an error names a few folders and counts the rest: 2,000 empty ones made an 87 KB line
+EMPTY_CLASSES_SHOWN = 5  # an error names a few folders and counts the rest: it stays one readable line
 
 
 def _skipped_elsewhere(bad: list[tuple[Path, str]], folders: list[Path], shown: int = 3) -> str:

@@ -79,7 +79,7 @@ def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool,
             f"{model} does not record the train/val split of its run (val_split, seed), and {data} has no "
             f"val/ folder ({index.layout} layout): a guessed split would put training images in val. Pass the "
             f"run directory or its checkpoint as --model (they record it), re-export the bundle with "
-            f"`finetune export RUN_DIR`, or give a data folder with train/ and val/ sub-folders")
+            f"`finetune export --model RUN_DIR`, or give a data folder with train/ and val/ sub-folders")
     return index
 
 

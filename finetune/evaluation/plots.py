@@ -9,7 +9,7 @@ import numpy as np
 
 from finetune.figures import save_figure, subplots
 from finetune.stats import wilson_interval
-from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
+from finetune.training.callbacks.epoch_record import read_rows
 
 MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
 # Below this many images a bin's 95% interval spans about half the axis (Wilson: 4 of 9 right, 0.19-0.73):
@@ -17,11 +17,11 @@ MAX_ANNOTATED_CLASSES = 25  # beyond this, per-cell numbers become unreadable
 THIN_BIN = 10
 
 
-def read_epoch_metrics(metrics_csv: Path, epochs_from: int = EPOCHS_FROM) -> dict[str, dict[int, float]]:
+def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
     """metric name -> epoch (counted from 1) -> value, from a run's metrics.csv (one row per epoch; runs of
     earlier versions wrote Lightning's sparse rows and named the train loss train/loss_epoch)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
-    for row in read_rows(metrics_csv, epochs_from):
+    for row in read_rows(metrics_csv):
         for key in ("train/loss", "train/loss_epoch", "val/loss", "train/acc1", "val/acc1"):
             if row.get(key):
                 series[key.removesuffix("_epoch")][int(row["epoch"])] = float(row[key])

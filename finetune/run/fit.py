@@ -40,6 +40,7 @@ from finetune.training.callbacks.epoch_record import EPOCHS_FROM, EpochLine, Epo
 from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
+from finetune.training.checkpoint import saved_epoch
 from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule
@@ -189,9 +190,9 @@ def _held(run_dir: Path, config: RunConfig, ckpt_path: Path | None, console: Con
 
 def _fit(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequence[pl.Callback],
          ckpt_path: Path | None, sources: dict[str, str] | None) -> RunResult:
-    with stopping(before_training(run_dir)):
+    with stopping(before_training(run_dir, ckpt_path is not None, saved_epoch)):
         plan, trainer, module, datamodule = _prepare(config, run_dir, console, callbacks, ckpt_path, sources)
-    with stopping(during_training(trainer, run_dir, plan.config.epochs, _checkpoint_epoch)):
+    with stopping(during_training(trainer, run_dir, plan.config.epochs, saved_epoch)):
         with _shared_run_dir(run_dir, shared_env(plan)):
             fit_or_stop(trainer, module, datamodule, ckpt_path=ckpt_path)
     with stopping(after_training(run_dir)):
@@ -217,9 +218,7 @@ def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequ
     watch = ChanceWatch(list(index.counts("val").values()), plan.config.epochs, console.print)
     policy = [GradualUnfreezing(say), RNGState(), watch, *callbacks]
     resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
-    # A run of version 0.1 counted metrics.csv's epochs from 0 and did not record it
-    rows = (previous_metrics(run_dir / "metrics.csv", resumed_epoch, started.get("metrics_epochs_from", 0))
-            if ckpt_path else None)
+    rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = started.get("mlflow_run_id") if started else None
     trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
                             mlflow_run)
@@ -275,13 +274,6 @@ def _feature_cache(plan: RunPlan, module: FinetuneModule, trainer: pl.Trainer, i
     return cached.datamodule
 
 
-def _checkpoint_epoch(ckpt_path: Path) -> int:
-    """The epoch a checkpoint was written in (0-based); memory-mapped, so the tensors are not read."""
-    import torch
-
-    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-
-
 def _acc1_at(metrics_csv: Path, epoch: int) -> float:
     """Val top-1 of `epoch` (counted from 1) in metrics.csv (of the weights best.ckpt keeps, with --ema)."""
     for row in read_rows(metrics_csv):
@@ -331,8 +323,7 @@ def _write_run_files(plan: RunPlan, run_dir: Path, resuming: bool = False,
     """config.yaml: the settings, then the plan's resolved values and where each setting came from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = plan.record()
-    resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {}),
-                "metrics_epochs_from": EPOCHS_FROM}
+    resolved = {"run_dir": str(run_dir.absolute()), **record["resolved"], **(trackers or {})}
     sources = record["sources"]
     if plan.lr_find is not None:
         resolved["lr_find"] = {**plan.lr_find, "plot": "lr_find.png"}
@@ -399,9 +390,9 @@ def _finish(console: Console, trainer: pl.Trainer, run_dir: Path, precision: str
     metrics_csv = run_dir / "metrics.csv"
     best, epoch = best_epoch(metrics_csv, config.monitor) if trainer.is_global_zero else (float("nan"), -1)
     saved = ckpt_dir / "best.ckpt"
-    if trainer.is_global_zero and saved.is_file() and _checkpoint_epoch(saved) + EPOCHS_FROM != epoch:
+    if trainer.is_global_zero and saved.is_file() and saved_epoch(saved) + EPOCHS_FROM != epoch:
         # metrics.csv rounds to 6 digits: on a near tie the checkpoint's own epoch is the truth.
-        epoch = _checkpoint_epoch(saved) + EPOCHS_FROM
+        epoch = saved_epoch(saved) + EPOCHS_FROM
         best = _acc1_at(metrics_csv, epoch)
     result = RunResult(run_dir, run_dir / "config.yaml", metrics_csv, ckpt_dir / "best.ckpt",
                        ckpt_dir / "last.ckpt", best, epoch, precision)

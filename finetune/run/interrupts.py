@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from finetune.errors import Interrupted
+from finetune.locks import contents
 
 NAMES = {int(signal.SIGINT): "Ctrl-C (SIGINT)", int(signal.SIGTERM): "SIGTERM"}
 
@@ -104,10 +105,15 @@ def stopping(describe: Callable[[str], str]) -> Iterator[None]:
         raise Interrupted(f"Stopped by {name} {describe(name)}", signum) from None
 
 
-def before_training(run_dir: Path) -> Callable[[str], str]:
-    """The message of a stop while the run is planned, its weights loaded or its caches filled."""
+def before_training(run_dir: Path, resuming: bool, saved_epoch: Callable[[Path], int]) -> Callable[[str], str]:
+    """The message of a stop while the run is planned, its weights loaded or its caches filled: a resumed run
+    still has its last.ckpt (read with `saved_epoch`), a new one has nothing to resume."""
     def describe(_: str) -> str:
-        again = " with --overwrite" if run_dir.is_dir() and any(run_dir.iterdir()) else ""
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if resuming and last.is_file():
+            return (f"before training went on; {last} keeps epoch {saved_epoch(last) + 1}. "
+                    f"Continue with: finetune run --resume {run_dir}")
+        again = " with --overwrite" if run_dir.is_dir() and contents(run_dir) else ""
         return f"before training started: nothing to resume; start the run again{again}"
     return describe
 
@@ -130,5 +136,5 @@ def after_training(run_dir: Path) -> Callable[[str], str]:
     """The message of a stop in the final evaluation and export: training itself is complete."""
     def describe(_: str) -> str:
         return (f"after training, in the final evaluation and export; {run_dir / 'checkpoints' / 'best.ckpt'} is "
-                f"complete. Write the bundle with: finetune export {run_dir}")
+                f"complete. Write the bundle with: finetune export --model {run_dir}")
     return describe

@@ -64,8 +64,8 @@ def read_run(run_dir: str | Path) -> RunSummary:
         raise FinetuneError(f"{run_dir} is not a run directory: it has no config.yaml (written by `finetune run`)")
     record = read_run_yaml(config_path)
     sources = record.pop("sources", {}) or {}
-    resolved = record.pop("resolved", None) or {}
-    rows = _metrics_rows(run_dir / "metrics.csv", resolved.get("metrics_epochs_from", 0))
+    record.pop("resolved", None)
+    rows = _metrics_rows(run_dir / "metrics.csv")
     found = best_row(rows, record.get("monitor", "acc1"))
     best, best_acc1 = (found[:3], found[3]) if found else (None, math.nan)
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -77,11 +77,11 @@ def read_run(run_dir: str | Path) -> RunSummary:
     return RunSummary(run_dir, record, sources, len(rows), best, best_acc1, seconds, curves)
 
 
-def _metrics_rows(path: Path, epochs_from: int) -> list[dict[str, str]]:
-    """One row per epoch, counted from 1 (`epochs_from`: the file's own count, 0 for version 0.1)."""
+def _metrics_rows(path: Path) -> list[dict[str, str]]:
+    """One row per epoch, counted from 1."""
     # Runs of earlier versions wrote Lightning's sparse rows: keep one row per epoch, merged.
     merged: dict[int, dict[str, str]] = {}
-    for row in read_rows(path, epochs_from):
+    for row in read_rows(path):
         if row.get("epoch", "") != "":
             merged.setdefault(int(row["epoch"]), {}).update({k: v for k, v in row.items() if v != ""})
     return [merged[e] for e in sorted(merged)]

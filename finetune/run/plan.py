@@ -210,13 +210,15 @@ def resolve_run(config: RunConfig, index: DatasetIndex, backbone: Backbone,
 
 def _cautions(config: RunConfig, backbone: Backbone, schedule: FreezeSchedule) -> tuple[str, ...]:
     """What the user asked for that is legal but most likely a mistake, for the plan to say in yellow."""
-    if config.weights != "none" or schedule.initial == 0:
+    reached = [units for start, units in schedule.milestones if start < (config.epochs or 0)]  # within the run
+    never_trained = min([schedule.initial, *reached])
+    if config.weights != "none" or never_trained == 0:
         return ()
-    asked = (f"--freeze-policy {config.freeze_policy}" if config.freeze_policy and not config.freeze_until
-             else f"--freeze-until {config.freeze_until}")
-    first = backbone.units[min(schedule.initial, len(backbone.units) - 1)].name
-    return (f"--weights none with {asked}: the layers before {first} start random and stay frozen, so they never "
-            "learn; --freeze-until stem trains every layer",)
+    flags = ("freeze_until", "freeze_policy", "freeze_epochs", "unfreeze_every")
+    given = [f"--{k.replace('_', '-')} {v}" for k in flags if (v := getattr(config, k)) not in (None, "auto")]
+    first = backbone.units[min(never_trained, len(backbone.units) - 1)].name
+    return (f"--weights none with {' '.join(given) or 'a frozen part'}: the layers before {first} start random and "
+            "stay frozen for the whole run, so they never learn; --freeze-until stem trains every layer",)
 
 
 def plan_run(config: RunConfig, sources: dict[str, str] | None = None,

@@ -40,7 +40,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Run
     saved = RunConfig.from_yaml(run_dir / "config.yaml").model_dump()
     if "epochs" in (overrides or {}) and _auto_source(run_dir, "val_every"):
         saved["val_every"] = None  # re-resolved for the new length, so that its last epoch is validated
-    return RunConfig.model_validate({**saved, **(overrides or {}), "output": str(run_dir.absolute())})
+    RunConfig.model_validate({"backbone": "-", "data": ".", **(overrides or {})}, context={"unused": "allow"})
+    return RunConfig.from_record({**saved, **(overrides or {}), "output": str(run_dir.absolute())}, allow_unused=False)
 
 
 def _auto_source(run_dir: Path, key: str) -> bool:
@@ -67,10 +68,10 @@ def checkpoint_epoch(ckpt_path: Path) -> int:
     return ckpt["epoch"]
 
 
-def previous_metrics(metrics_csv: Path, last_epoch: int, epochs_from: int = EPOCHS_FROM) -> list[dict[str, str]]:
+def previous_metrics(metrics_csv: Path, last_epoch: int) -> list[dict[str, str]]:
     """Rows of an earlier metrics.csv up to and including `last_epoch` (the checkpoint's, counted from 0 as
-    Lightning counts), with epochs counted from 1; `epochs_from`: the file's own count (0 for version 0.1)."""
-    rows = [r for r in read_rows(metrics_csv, epochs_from)
+    Lightning counts), with epochs counted from 1."""
+    rows = [r for r in read_rows(metrics_csv)
             if r.get("epoch", "") == "" or int(r["epoch"]) <= last_epoch + EPOCHS_FROM]
     return [{k: v for k, v in r.items() if v != ""} for r in rows]
 

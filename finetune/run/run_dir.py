@@ -16,7 +16,8 @@ from finetune.pathtext import check_model_path
 # What a run writes at the top of its directory; --overwrite removes these and nothing else.
 RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "bad_files.txt", "lr_find.png", "curves.png",
              "checkpoints", "model", "tensorboard", "mlflow.db", "mlartifacts", "wandb")
-RUN_FOLDER_PREFIXES = ("eval-",)  # eval-val/, eval-test/: results of the old model
+RUN_FOLDER_PREFIXES = ("eval-",)
+CHECKPOINT_FILES = ("best.ckpt", "last.ckpt")  # in checkpoints/  # eval-val/, eval-test/: results of the old model
 # What `--resume` continues from: the run's settings and the last state Lightning saved.
 RESUME_FILES = ("config.yaml", "checkpoints/last.ckpt")
 
@@ -67,8 +68,8 @@ def claimed_run_dir(run_dir: Path, overwrite: bool = False, resuming: bool = Fal
     flag = "--resume" if resuming else "--output"
     with claimed_folder(run_dir, f"{flag} {run_dir}", created):
         removed = [] if resuming else _check_new(run_dir, overwrite)
-        for folder in (run_dir, run_dir / "checkpoints"):
-            atomic.remove_leftovers(folder)
+        atomic.remove_leftovers(run_dir, RUN_FILES)
+        atomic.remove_leftovers(run_dir / "checkpoints", CHECKPOINT_FILES)
         yield removed
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from finetune.console import console, shown_warnings, user_errors
+from finetune.console import console, user_errors
 from finetune.options import (
     CONTEXT,
     check_choice,
@@ -87,8 +87,7 @@ def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -
     from finetune.data.scan import check_data_folder
 
     check_choice("--pruner", study["pruner"], PRUNERS)
-    with shown_warnings():  # recipe values the flags switch off
-        config, _ = resolve_config(settings, given_on_command_line(ctx, settings), settings.get("recipe"))
+    config, _ = resolve_config(settings, given_on_command_line(ctx, settings), settings.get("recipe"))
     check_data_folder(config.data.expanduser())  # before optuna, torch and Lightning are imported
     from finetune.search.study import tune
 

@@ -94,6 +94,12 @@ def read_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -
     return ckpt
 
 
+def saved_epoch(path: Path) -> int:
+    """The epoch (counted from 0, as Lightning does) a checkpoint of this toolkit was written in; its tensors
+    are mapped, not read."""
+    return int(read_checkpoint(path, mmap=True)["epoch"])
+
+
 def _missing_keys(ckpt: object) -> list[str]:
     """The keys FinetuneModule.from_checkpoint needs that `ckpt` lacks."""
     if not isinstance(ckpt, dict):

@@ -115,7 +115,7 @@ class FinetuneModule(pl.LightningModule):
         if saved is None:
             return None
         # A rebuilt module has no teacher: its saved kd_* settings are unused, which is fine for a record.
-        return RunConfig.model_validate(saved, context={"unused": "allow"})
+        return RunConfig.from_record(saved)
 
     @classmethod
     def from_config(cls, config: RunConfig, class_names: Sequence[str], *, backbone: Backbone | None = None,
@@ -376,8 +376,7 @@ class FinetuneModule(pl.LightningModule):
         backbone, _ = rebuild_backbone(name, len(names), "none", checkpoint_build_options(ckpt), str(path))
         if parts is None:  # written before modules were built from parts: the config says everything
             # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
-            config = RunConfig.model_validate({**saved, "weights": "none", "teacher": None},
-                                              context={"unused": "allow"})
+            config = RunConfig.from_record({**saved, "weights": "none", "teacher": None})
             module = cls.from_config(config.model_copy(update={"freeze_until": config.freeze_until
                                                                if config.freeze_until != "auto" else None}),
                                      names, backbone=backbone, record=record)

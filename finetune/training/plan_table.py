@@ -60,7 +60,7 @@ def print_plan(module: FinetuneModule, console: Console | None = None, world_siz
         lr = "-" if r.state == "frozen" and r.trains_from is None else f"{r.lr:.2e}"
         cells = [r.group, f"{r.params:,}", r.state, lr]
         if gradual:
-            cells.append("-" if r.trains_from is None else str(r.trains_from))
+            cells.append("-" if r.trains_from is None else str(r.trains_from + 1))  # counted from 1, as on the console
         table.add_row(*cells, style=style)
     total, trainable = sum(r.params for r in rows), sum(r.trainable for r in rows)
     table.caption = f"{trainable:,} of {total:,} parameters train ({100 * trainable / max(total, 1):.1f}%)"

@@ -57,7 +57,7 @@ def test_bundle_round_trip_same_top1_as_checkpoint(trained_run, tiny_data):
 
 def test_export_command_torchscript_and_int8(trained_run, tiny_data, tmp_path):
     out = tmp_path / "bundle"
-    result = runner.invoke(app, ["export", str(trained_run), "--output", str(out),
+    result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(out),
                                  "--format", "onnx,torchscript", "--quantize", "int8"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
@@ -84,7 +84,8 @@ def test_parity_above_bound_fails_the_export(trained_run, tiny_data, tmp_path, m
 
 
 def test_unknown_format_names_the_choices(trained_run, tmp_path):
-    result = runner.invoke(app, ["export", str(trained_run), "--output", str(tmp_path / "b"), "--format", "tflite"])
+    result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(tmp_path / "b"),
+                                 "--format", "tflite"])
     assert result.exit_code == 2
     assert "tflite" in result.output and "torchscript" in result.output
 

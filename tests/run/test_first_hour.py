@@ -20,7 +20,19 @@ def test_freezing_random_layers_is_said_loudly(tiny_data, tmp_path, run_args, fr
     result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none", *freeze))
     assert result.exit_code == 0, result.output
     assert (f"Warning: --weights none with {' '.join(freeze)}: the layers before {first} start random and stay "
-            "frozen, so they never learn; --freeze-until stem trains every layer") in _said(result)
+            "frozen for the whole run, so they never learn; --freeze-until stem trains every layer") in _said(result)
+
+
+def test_random_layers_that_unfreeze_within_the_run_are_not_called_frozen_for_good(tiny_data, tmp_path, run_args):
+    """test_resnet has 6 groups: one more trains after each epoch, all of them from the 6th epoch on."""
+    whole = runner.invoke(app, run_args(tiny_data, tmp_path / "a", "--weights", "none", "--unfreeze-every", "1",
+                                        "--epochs", "6", "--limit-train-batches", "1"))
+    short = runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", "none", "--unfreeze-every", "1",
+                                        "--epochs", "2", "--limit-train-batches", "1"))
+    assert whole.exit_code == 0 and short.exit_code == 0, whole.output + short.output
+    assert "stay frozen" not in _said(whole)
+    assert ("--weights none with --unfreeze-every 1: the layers before layer4 start random and stay frozen for the "
+            "whole run") in _said(short)
 
 
 def test_nothing_frozen_or_pretrained_weights_say_nothing(tiny_data, tmp_path, run_args, test_resnet_weights):
@@ -28,7 +40,7 @@ def test_nothing_frozen_or_pretrained_weights_say_nothing(tiny_data, tmp_path, r
     pretrained = runner.invoke(app, run_args(tiny_data, tmp_path / "b", "--weights", str(test_resnet_weights),
                                              "--freeze-until", "layer3"))
     assert plain.exit_code == 0 and pretrained.exit_code == 0
-    assert "start random and stay frozen" not in _said(plain) + _said(pretrained)
+    assert "stay frozen" not in _said(plain) + _said(pretrained)
 
 
 def test_the_offline_error_names_the_backbones_whose_weights_are_here(tiny_data, tmp_path, run_args, monkeypatch):

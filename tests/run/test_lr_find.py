@@ -233,7 +233,7 @@ def random_curve(rng: np.random.Generator) -> list[float]:
 
 
 def test_properties_of_the_suggestion_on_random_curves():
-    """For any curve (hypothesis is not a dependency: a seeded generator draws 300): the suggestion is
+    """For any curve (a seeded generator draws 300): the suggestion is
     one of the curve's LRs, after the first tenth and before the lowest smoothed point; scaling the
     losses by a positive constant or adding one changes nothing; scaling every LR by c scales it by c."""
     rng = np.random.default_rng(4)

@@ -5,6 +5,7 @@ import csv
 import io
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def test_resume_from_another_directory_keeps_the_record(tiny_data, test_resnet_w
     assert _val_epochs(run / "metrics.csv") == {1, 2}
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
-    exported = runner.invoke(app, ["export", str(run)])
+    exported = runner.invoke(app, ["export", "--model", str(run)])
     assert exported.exit_code == 0, exported.output
     assert (run / "model" / "model.onnx").is_file()
 
@@ -149,7 +150,7 @@ def test_best_ckpt_leaves_out_the_training_state_and_last_ckpt_keeps_it(tiny_dat
     assert "optimizer_states" not in best and "lr_schedulers" not in best
     assert last["optimizer_states"] and last["lr_schedulers"]
     assert "ema" in best and best["callbacks"]  # the callbacks' own state and hooks still reach best.ckpt
-    exported = runner.invoke(app, ["export", str(out)])
+    exported = runner.invoke(app, ["export", "--model", str(out)])
     assert exported.exit_code == 0, exported.output
 
 
@@ -279,8 +280,8 @@ def test_a_run_that_recorded_no_size_resumes_at_the_size_it_trained_at(tiny_data
 
 
 def test_a_run_whose_metrics_csv_counted_epochs_from_0_resumes_counting_from_1(trained_run, tmp_path):
-    """Version 0.1 wrote metrics.csv's epochs from 0 and recorded no `metrics_epochs_from`: on --resume its
-    rows are renumbered once, so the file counts 1, 2, 3 with no gap and no repeat."""
+    """Version 0.1 wrote metrics.csv's epochs from 0: on --resume its rows are renumbered, so the file counts
+    1, 2, 3 with no gap and no repeat."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     with open(run / "metrics.csv", newline="") as f:
@@ -292,11 +293,66 @@ def test_a_run_whose_metrics_csv_counted_epochs_from_0_resumes_counting_from_1(t
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    del config["resolved"]["metrics_epochs_from"]
-    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # A resume stopped in its first epoch leaves the file as it was; the next resume still reads it right.
+    interrupted = _resume_stopped_at_first_step(run)
+    assert "Continue with: finetune run --resume" in " ".join(interrupted.split())
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", "--no-progress"])
     assert result.exit_code == 0, result.output
     with open(run / "metrics.csv", newline="") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
-    assert yaml.safe_load((run / "config.yaml").read_text())["resolved"]["metrics_epochs_from"] == 1
+
+
+def _resume_stopped_at_first_step(run: Path) -> str:
+    """`fit` resuming `run`, stopped by a Ctrl-C at its first training step; returns the Interrupted message."""
+    from finetune.errors import Interrupted
+    from finetune.run.fit import fit
+    from finetune.run.resume import resume_config
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever started the tests
+    with pytest.raises(Interrupted) as stopped:
+        fit(resume_config(run, {"epochs": 3}), callbacks=[CtrlC()], ckpt_path=run / "checkpoints" / "last.ckpt")
+    return str(stopped.value)
+
+
+def test_a_resume_stopped_before_training_goes_on_says_to_resume_not_to_overwrite(trained_run, tmp_path,
+                                                                                  monkeypatch):
+    import finetune.run.fit as fit_module
+    from finetune.errors import Interrupted
+    from finetune.run.resume import resume_config
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "plan_run", ctrl_c)
+    with pytest.raises(Interrupted) as stopped:
+        fit_module.fit(resume_config(run, {"epochs": 3}), ckpt_path=run / "checkpoints" / "last.ckpt")
+    message = str(stopped.value)
+    assert "--overwrite" not in message and f"Continue with: finetune run --resume {run}" in message
+    assert "keeps epoch 2" in message  # the trained run's two epochs, counted from 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_model_whose_settings_a_narrower_range_now_refuses_stays_usable(trained_run, tmp_path):
+    """A run written with a --backbone-lr-mult above 1 (legal in version 0.1): export and --resume still read it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(run / "checkpoints" / name, weights_only=True)
+        ckpt["hyper_parameters"]["config"].update(backbone_lr_mult=2.0)
+        torch.save(ckpt, run / "checkpoints" / name)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(backbone_lr_mult=2.0)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    exported = runner.invoke(app, ["export", "--model", str(run / "checkpoints" / "best.ckpt"), "--output",
+                                   str(tmp_path / "bundle")])
+    assert exported.exit_code == 0, exported.output
+    resumed = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["backbone_lr_mult"] == 2.0

@@ -117,11 +117,12 @@ def test_what_a_killed_writer_left_is_removed_when_the_folder_is_taken(trained_r
 def test_a_second_export_to_the_same_folder_is_refused_while_the_first_writes(trained_run, tmp_path):
     out = tmp_path / "bundle"
     with HeldClaim(tmp_path / ".bundle.lock"):
-        result = runner.invoke(app, ["export", str(trained_run), "--output", str(out)])
+        result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(out)])
     assert result.exit_code == 2, result.output
     assert f"--output {out} is in use by another finetune command" in " ".join(result.output.split())
     assert not out.exists()
-    assert runner.invoke(app, ["export", str(trained_run), "--output", str(out)]).exit_code == 0  # once it is free
+    again = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(out)])
+    assert again.exit_code == 0  # once it is free
 
 
 def test_a_second_eval_into_the_same_output_is_refused_while_the_first_writes(trained_run, tiny_data, tmp_path):
@@ -136,3 +137,37 @@ def test_a_second_eval_into_the_same_output_is_refused_while_the_first_writes(tr
     sheet = ["misclassified.png"] if json.loads((out / "metrics.json").read_text())["misclassified"]["count"] else []
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["confusion_matrix.png", "metrics.json", "misclassified.csv", "reliability.png", *sheet])
+
+
+def test_a_live_writer_s_temporary_files_are_kept(trained_run, tmp_path):
+    """An export writing into the run directory (its own lock) while a --resume takes the folder: the
+    export's staged bundle belongs to a live process and stays, as does an unrelated hidden file."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    live = copy / f".model.tmp-{os.getpid()}-12345678"
+    live.mkdir()
+    mine = copy / ".notes.abcdefgh.tmp"  # the user's, in a name like version 0.1's checkpoint temporaries
+    mine.write_text("keep")
+    result = runner.invoke(app, ["run", "--resume", str(copy), "--epochs", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert live.is_dir() and mine.read_text() == "keep"
+
+
+def test_a_tune_trial_whose_folder_another_process_holds_fails_alone(tiny_data, tmp_path):
+    """Trials are runs: each holds its folder. One held by another process is recorded as failed with the
+    reason, and the study goes on to the next trial."""
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {log-uniform: [1.0e-3, 1.0e-2]}\n")
+    study_dir = tmp_path / "study"
+    with HeldClaim(study_dir / "trials" / "stage1-000" / LOCK_NAME):
+        result = runner.invoke(app, ["tune", "--backbone", "test_resnet", "--data", str(tiny_data), "--weights",
+                                     "none", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--epochs",
+                                     "1", "--precision", "32", "--trials", "2", "--stages", "1", "--pruner", "none",
+                                     "--space", str(space), "--output", str(study_dir), "--no-final-run"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="study-stage1", storage=f"sqlite:///{study_dir / 'study.db'}")
+    outcomes = {t.number: (t.user_attrs.get("outcome"), t.user_attrs.get("reason", "")) for t in study.trials}
+    assert outcomes[0][0] == "failed" and "is in use by another finetune command" in outcomes[0][1]
+    assert outcomes[1][0] == "complete"

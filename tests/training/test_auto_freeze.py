@@ -21,8 +21,9 @@ def test_rule_unfreezes_more_with_more_data():
 def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, fitted_resnet_weights):
     result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(fitted_resnet_weights)))
     assert result.exit_code == 0, result.output
-    assert "freeze-until auto: 8 train images per class" in result.output and "--freeze-until fc" in result.output
-    assert "the features fit the data (nearest-class-mean top-1 on 24 train images: layer4" in result.output
+    said = " ".join(result.output.split())  # a long line wraps between words
+    assert "freeze-until auto: 8 train images per class" in said and "--freeze-until fc" in said
+    assert "the features fit the data (nearest-class-mean top-1 on 24 train images: layer4" in said
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "fc"
 
 
@@ -34,7 +35,7 @@ def test_weights_whose_last_group_fits_no_better_train_every_layer(tiny_data, tm
     monkeypatch.setattr(plan_module, "measure_feature_fit", lambda *a, **k: worse)
     result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
     assert result.exit_code == 0, result.output
-    assert "the pretrained layer4 fits this data no better than its stem" in result.output
+    assert "the pretrained layer4 fits this data no better than its stem" in " ".join(result.output.split())
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert record["freeze_until"] is None
     assert "every layer trains" in record["sources"]["freeze_until"]

@@ -39,6 +39,8 @@ def test_the_footprint_scales_activations_with_area_and_batch_and_counts_the_opt
 
 def test_probing_leaves_the_network_as_it_was():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5)).train()
+    model[1].eval()  # a frozen BatchNorm, kept in eval mode inside a training network
     before = {k: v.clone() for k, v in model.state_dict().items()}
     training_footprint(model, side=64, batch=4)
-    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model] == [True, False, True] and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -17,8 +17,8 @@ import pytorch_lightning as pl
 from finetune import atomic
 
 # metrics.csv counts epochs from 1, as the console, the progress bar and RunResult.best_epoch do: one
-# numbering for everything a person reads. Version 0.1 counted from 0; its config.yaml does not record
-# `metrics_epochs_from`, and `read_rows` shifts such a file on reading.
+# numbering for everything a person reads. Version 0.1 counted from 0: a file with an epoch 0 is one of
+# those, and `read_rows` renumbers it (a file counted from 1 never has one).
 EPOCHS_FROM = 1
 # Column groups of metrics.csv, left to right (a stable sort keeps first-seen order within a group):
 # a name ending in "/" is a prefix, any other an exact column.
@@ -112,22 +112,18 @@ def _epoch_name(key: str) -> str:
     return key.removesuffix("_epoch")
 
 
-def read_rows(path: Path, epochs_from: int = EPOCHS_FROM) -> list[dict[str, str]]:
-    """metrics.csv's rows, epochs counted from 1 (a file of a version that counted from `epochs_from` 0 is
-    shifted); [] when there is none.
-
-    Args:
-        path: metrics.csv.
-        epochs_from: The run's config.yaml `resolved.metrics_epochs_from` (0 where it is absent).
-    """
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows with epochs counted from 1 (a file of version 0.1, counted from 0, is renumbered);
+    [] when there is none."""
     if not Path(path).is_file():
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    shift = EPOCHS_FROM - epochs_from
-    for row in rows:
-        if shift and row.get("epoch", "") != "":
-            row["epoch"] = str(int(row["epoch"]) + shift)
+    numbered = [int(r["epoch"]) for r in rows if r.get("epoch", "") != ""]
+    if numbered and min(numbered) < EPOCHS_FROM:
+        for row in rows:
+            if row.get("epoch", "") != "":
+                row["epoch"] = str(int(row["epoch"]) + EPOCHS_FROM)
     return rows
 
 
