@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from finetune.data.profile import PROFILE_SEED, _sample, _unit_rows, flip_test, profile_training_set
 from finetune.data.real import TASKS, available, make_real_task
 from finetune.data.scan import scan_image_folder
+from finetune.data.synthetic import draw_letter
 
 SPLITS = {"val": 10, "test": 40}  # val and test images per class, for --train (the profile reads train only)
 PHOTOS_5 = ("chelsea", "coffee", "astronaut", "rocket", "china.jpg")  # a cat, a cup, an astronaut, a rocket, a temple
@@ -118,14 +119,7 @@ def letters(font: str | None, size: int = 32) -> Draw:
     """A letter of random size (18-27 px) and position (3 px either way); `font` None: PIL's bundled one."""
 
     def draw(ch: str, rng: np.random.Generator) -> Image.Image:
-        points = int(rng.integers(18, 28))
-        face = ImageFont.truetype(font, points) if font else ImageFont.load_default(points)
-        img = Image.new("L", (size, size), 0)
-        d = ImageDraw.Draw(img)
-        left, top, right, bottom = d.textbbox((0, 0), ch, font=face)
-        dx, dy = rng.integers(-3, 4, size=2)
-        d.text(((size - right + left) / 2 - left + dx, (size - bottom + top) / 2 - top + dy), ch, fill=255, font=face)
-        return img
+        return draw_letter(ch, rng, size, font)
 
     return draw
 

@@ -157,3 +157,19 @@ def make_image_folder(
             for i in range(n):
                 make_image(task, cls, size, rng).save(folder / f"{split_name}_{i:04d}.png")
     return root
+
+
+def draw_letter(ch: str, rng: np.random.Generator, size: int = 32, font: str | None = None) -> Image.Image:
+    """A white letter on black, of random size (18-27 px) and offset (3 px either way): 'b' mirrored is 'd',
+    'p' is 'q', so sets of them are ones where mirroring changes the class. `font`: a TrueType file, or
+    None for PIL's bundled font."""
+    from PIL import ImageFont
+
+    points = int(rng.integers(18, 28))
+    face = ImageFont.truetype(font, points) if font else ImageFont.load_default(points)
+    img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(img)
+    left, top, right, bottom = d.textbbox((0, 0), ch, font=face)
+    dx, dy = rng.integers(-3, 4, size=2)
+    d.text(((size - right + left) / 2 - left + dx, (size - bottom + top) / 2 - top + dy), ch, fill=255, font=face)
+    return img

@@ -20,6 +20,7 @@ from finetune.data.profile import (
 )
 from finetune.data.real import make_real_task
 from finetune.data.scan import scan_image_folder
+from finetune.data.synthetic import draw_letter
 
 
 def _blob(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
@@ -66,15 +67,7 @@ def test_flip_fall_must_exceed_the_margin(nn, with_mirrors, margin, n, expected)
 
 def _letter(ch: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """A letter in PIL's bundled font, of random size and position: 'b' mirrored is 'd', 'p' is 'q'."""
-    from PIL import ImageFont
-
-    font = ImageFont.load_default(int(rng.integers(18, 28)))
-    img = Image.new("L", (size, size), 0)
-    d = ImageDraw.Draw(img)
-    left, top, right, bottom = d.textbbox((0, 0), ch, font=font)
-    dx, dy = rng.integers(-3, 4, size=2)
-    d.text(((size - right + left) / 2 - left + dx, (size - bottom + top) / 2 - top + dy), ch, fill=255, font=font)
-    return img
+    return draw_letter(ch, rng, size)
 
 
 def test_letters_that_mirror_into_each_other_turn_flipping_off(tmp_path, write_folder):
