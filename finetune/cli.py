@@ -5,6 +5,7 @@ fields); the tables the commands print are in finetune/views.py.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -246,7 +247,7 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
     results = predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
     if not results:
         raise FinetuneError(f"no image files in {', '.join(escaped(p) for p in images)}: nothing to predict")
-    missing = [p for p in images if not Path(p).exists()]
+    missing = [p for p in images if not os.path.lexists(p)]  # a broken link exists: its own reason is said
     gone = {str(p) for p in missing}
     views.print_predictions(console, err_console, [r for r in results if r.path not in gone])  # said once, below
     if output is not None:

@@ -10,6 +10,11 @@ import pytorch_lightning as pl
 
 from finetune.config import RunConfig
 
+# pytest-xdist workers start with COLUMNS=80 in the environment, which would fix the width of the consoles
+# finetune.console creates at import: tests that give the CLI a width (env={"COLUMNS": ...}) need it unset.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 # Tests never reach the hub: an empty weights folder and caches under the test's own tmp dir.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The toolkit's cache (converted weights, verified scans) in a folder of this session, not the home's.

@@ -232,7 +232,8 @@ def test_predict_on_broken_links_given_by_name(corpus, trained):
     flat = _assert_clean_exit(result, 1)  # 1: nothing could be classified
     for link in links:
         assert _squash(f"Skipped {link}: {BAD[link.name]}") in flat
-    assert _squash(f"Skipped {corpus / 'no such.png'}: no such file") in flat
+    assert _squash(f"Error: {corpus / 'no such.png'}: no such file") in flat  # said once, as an error
+    assert _squash(f"Skipped {corpus / 'no such.png'}") not in flat
 
 
 # ----- interrupts ---------------------------------------------------------------------------------------------------

@@ -122,3 +122,42 @@ def test_output_into_a_pipe_has_no_live_bar_and_narrow_lines_break_between_words
     with_paths = (str(tiny_data), str(out))
     long = [line for line in text.splitlines() if len(line) > 80 and not any(p in line for p in with_paths)]
     assert long == [], long
+
+
+_WORKER_DIES_AS_THE_COMMAND_STOPS = """
+import os, signal, time
+import torch
+from torch.utils.data import DataLoader
+from finetune.console import _sigterm_stops
+from finetune.errors import Interrupted
+
+def default_sigterm(_):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a worker that SIGTERM kills outright
+
+loader = DataLoader(torch.arange(64.0), batch_size=1, num_workers=1, worker_init_fn=default_sigterm)
+batches = iter(loader)
+next(batches)
+worker = batches._workers[0]
+try:
+    with _sigterm_stops():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the group's SIGTERM reaches the command...
+            time.sleep(5)
+        except Interrupted:
+            os.kill(worker.pid, signal.SIGTERM)  # ...and its worker, which dies of it
+            time.sleep(1)  # the command writes its last files
+            print("stopped in one piece")
+except RuntimeError as e:
+    print("RuntimeError:", e)
+"""
+
+
+def test_a_worker_killed_by_the_same_sigterm_does_not_break_the_stopping_command():
+    """torch raises "DataLoader worker ... is killed by signal" from its SIGCHLD handler wherever the main
+    thread is; once SIGTERM has stopped the command, the worker's end raises nothing."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _WORKER_DIES_AS_THE_COMMAND_STOPS],
+                          capture_output=True, text=True, timeout=120)
+    assert "stopped in one piece" in done.stdout, done.stdout + done.stderr

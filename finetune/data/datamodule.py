@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,27 @@ Transform = Callable[[np.ndarray], torch.Tensor]
 EVAL_BATCH_FACTOR = 4
 
 
+def _quiet_when_the_reader_left(hook: Callable[..., None]) -> Callable[..., None]:
+    """`hook`, except for a connection error raised outside the main thread.
+
+    A worker hands each batch to the training process by a file descriptor, sent from a background thread
+    of multiprocessing's resource sharer. When the training process stops mid-handover (Ctrl-C, SIGTERM),
+    that thread's accept fails and it prints the traceback through sys.excepthook. The process it served
+    is stopping on purpose and says so in one line; the traceback is noise.
+    """
+    import multiprocessing
+    import threading
+
+    benign = (EOFError, ConnectionError, multiprocessing.AuthenticationError)
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if issubclass(kind, benign) and threading.current_thread() is not threading.main_thread():
+            return
+        hook(kind, value, tb)
+
+    return excepthook
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Limits threads and gives each dataloader worker its own random streams.
 
@@ -44,6 +66,7 @@ def worker_init_fn(worker_id: int) -> None:
     which stops them, instead of each printing its own KeyboardInterrupt traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_reader_left(sys.excepthook)
     release_in_child()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)

@@ -72,3 +72,31 @@ def test_given_index_is_used_without_rescanning(data_dir, dc, monkeypatch):
     index = scan_image_folder(data_dir)
     monkeypatch.setattr(datamodule, "scan_image_folder", lambda *a, **k: pytest.fail("scanned twice"))
     assert ImageFolderDataModule(data_dir, dc, index=index).index is index
+
+
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["python", "worker"])
+def test_a_worker_says_nothing_when_the_training_process_leaves_mid_handover(quiet, monkeypatch):
+    """A connection dropped before the handshake fails the resource sharer's accept, which reports it through
+    sys.excepthook: Python's own hook gets it (so the scene is real), a worker's does not. The sharer goes on
+    serving either way."""
+    import os
+    import socket
+    import sys
+    from multiprocessing import resource_sharer
+
+    seen: list[type] = []
+    record = lambda kind, *_: seen.append(kind)  # noqa: E731
+    monkeypatch.setattr(sys, "excepthook", datamodule._quiet_when_the_reader_left(record) if quiet else record)
+    read, write = os.pipe()
+    offered = resource_sharer.DupFd(read)  # a worker offers a batch's file descriptor
+    for _ in range(2):  # the training process connects, then stops mid-handover
+        with socket.socket(socket.AF_UNIX) as reader:
+            reader.connect(offered._id[0])
+    received = resource_sharer.DupFd(read).detach()  # served after the dropped ones: those were handled
+    os.write(write, b"x")
+    assert os.read(received, 1) == b"x"
+    for fd in (read, write, received):
+        os.close(fd)
+    assert len(seen) == (0 if quiet else 2) and all(issubclass(k, (EOFError, ConnectionError)) for k in seen), seen
