@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); 2 matches the CI machine's cores.
+TEST_JOBS ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 # The lint runs first: a ruff finding fails the target before any test starts.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 # The quality benchmark with its optional fastai leg (the `bench` extra); --quick: 30 runs (2 seeds), 2 at a time.
 bench: $(STAMP)

@@ -15,6 +15,12 @@ from finetune.config import RunConfig
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.pop("COLUMNS", None)
     os.environ.pop("LINES", None)
+    # The workers share the cores: one intra-op thread each, in the worker and in the commands, kernels and
+    # DDP ranks it starts, or torch's thread pools oversubscribe the cores and spin.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 # Tests never reach the hub: an empty weights folder and caches under the test's own tmp dir.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The toolkit's cache (converted weights, verified scans) in a folder of this session, not the home's.
@@ -175,3 +181,9 @@ def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: spread over several processes, the long ones start at once and the short ones
+    fill in around them, instead of the last long one running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -104,6 +104,7 @@ def test_the_bar_counts_epochs_from_1_and_shows_only_the_loss():
     assert bar.get_metrics(SimpleNamespace(callback_metrics=metrics), None) == {"loss": "0.457"}
 
 
+@pytest.mark.slow
 def test_output_into_a_pipe_has_no_live_bar_and_narrow_lines_break_between_words(tiny_data, tmp_path):
     """Piped (not a terminal), with the default --progress: no bar frames; at 80 columns every line that is
     not a path fits, so nothing is broken inside a word."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "finetune", "run", "--backbone", "test_resnet", "--data", str(tiny_data),

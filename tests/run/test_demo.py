@@ -1,12 +1,14 @@
 """`finetune demo`: real ImageNet weights against scratch on a real task, scored on test."""
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from finetune.cli import app
 
 
+@pytest.mark.slow
 def test_demo_fine_tunes_imagenet_weights_and_compares_with_scratch(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--output", str(out), "--shots", "2", "--epochs", "1"],

@@ -55,7 +55,8 @@ def test_the_offline_error_names_the_backbones_whose_weights_are_here(tiny_data,
 
 
 def test_the_weights_line_says_each_thing_once(tiny_data, tmp_path, run_args, test_resnet_weights):
-    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)))
+    result = runner.invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(test_resnet_weights)),
+                           env={"COLUMNS": "1000"})  # the line whole, however long the temporary path
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("Weights:"))
     assert line.count(str(test_resnet_weights.name)) == 1 and "weights:" not in line, line

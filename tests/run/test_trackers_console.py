@@ -77,6 +77,7 @@ def test_a_tracker_without_its_package_is_a_clear_error(make_config, monkeypatch
         fit(make_config(epochs=1, export=False, logger=["tensorboard"]), Console(file=io.StringIO()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_console_is_quiet_unless_verbose(tiny_data, tmp_path, run_args, verbose):
     # A separate process: Lightning's log handler writes to the stream it found at import, which an

@@ -154,6 +154,7 @@ fit(config, callbacks=[Report()])
 """
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_under_ddp_keeps_ranks_in_sync(tiny_data, tmp_path):
     script = tmp_path / "ddp_unfreeze.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
