@@ -75,6 +75,8 @@ class Regime:
 
 REGIMES = {
     "32px-10shot-imagenet": Regime("32px-10shot-imagenet", 32, 10, "imagenet"),
+    # The smallest sets people bring (a handful of photos per class), where `--freeze-until auto` decides alone.
+    "32px-5shot-imagenet": Regime("32px-5shot-imagenet", 32, 5, "imagenet"),
     # "A few hundred per class": 200 (faces has 50 at most), affordable on 2 cores for every method and 3 seeds.
     "32px-200shot-imagenet": Regime("32px-200shot-imagenet", 32, 200, "imagenet"),
     "own-10shot-imagenet": Regime("own-10shot-imagenet", None, 10, "imagenet"),

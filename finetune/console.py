@@ -28,15 +28,39 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def setting_errors(error: ValidationError) -> list[str]:
     """One line per invalid setting: its flag, what is wrong, and the value given."""
-    lines = []
+    by_flag: dict[str, list[dict[str, Any]]] = {}
     for err in error.errors():
-        # The field is enough: union members add their type names to loc.
+        # The field is enough: union members add their type names to loc, one error each.
         flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "settings"
-        if err["type"] == "missing":
+        by_flag.setdefault(flag, []).append(err)
+    lines = []
+    for flag, errs in by_flag.items():
+        if any(err["type"] == "missing" for err in errs):
             lines.append(f"{flag} is required (on the command line or in the recipe)")
-        else:
-            lines.append(f"{flag}: {err['msg']} (got {err.get('input')!r})")
+            continue
+        for value, messages in _messages_by_input(errs).items():
+            text = _either(messages)
+            lines.append(text if text.startswith(f"{flag} ") else f"{flag}: {text} (got {value})")
     return lines
+
+
+def _messages_by_input(errs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each value given, with what is wrong with it (pydantic's "Value error, " prefix left out)."""
+    out: dict[str, list[str]] = {}
+    for err in errs:
+        message = err["msg"].removeprefix("Value error, ")
+        out.setdefault(repr(err.get("input")), [])
+        if message not in out[repr(err.get("input"))]:
+            out[repr(err.get("input"))].append(message)
+    return out
+
+
+def _either(messages: list[str]) -> str:
+    """One sentence for a value each member of a union refused: "Input should be greater than 0 or 'auto'"."""
+    lead = "Input should be "
+    if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+    return "; ".join(messages)
 
 
 def user_errors(command: F | None = None, *, value_errors: bool = False) -> Any:

@@ -84,9 +84,10 @@ def print_recipes(console: Console, recipes: Sequence[Recipe]) -> None:
 
 
 def print_recipe(console: Console, recipe: Recipe) -> None:
-    """One recipe file as it is: its notes and its settings."""
-    console.print(f"[bold]{recipe.name}[/bold]  ({recipe.path})")
-    console.print(recipe.path.read_text(), markup=False, highlight=False)
+    """One recipe file as it is, its notes and its settings, under a comment naming it: the output is the YAML
+    file itself, unwrapped at any width, so `finetune recipes show NAME > mine.yaml` is a recipe to edit."""
+    console.print(f"# {recipe.name}: {recipe.path}", markup=False, highlight=False, soft_wrap=True)
+    console.print(recipe.path.read_text().rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
 
 
 def print_backbones(console: Console, filter: str | None, rows: Sequence[BackboneInfo]) -> None:

@@ -37,6 +37,21 @@ def test_a_bad_setting_names_its_flag_and_value(capsys):
     assert "--optimizer" in lines[2] and "'sgd'" in lines[2] and "(got 'lamb')" in lines[2]
 
 
+@pytest.mark.parametrize("settings, expected", [
+    ({"lr": -0.1}, "Error: --lr: Input should be greater than 0 or 'auto' (got -0.1)"),  # a number or a word
+    ({"lr": float("nan")}, "Error: --lr: Input should be a finite number or 'auto' (got nan)"),
+    ({"sampler": "balanced", "class_weights": "auto"},  # the setting's own sentence, as written
+     "Error: --sampler balanced with --class-weights auto corrects the imbalance twice; use one of them"),
+])
+def test_one_bad_value_is_one_line_even_where_the_setting_takes_a_number_or_a_word(capsys, settings, expected):
+    @user_errors
+    def command() -> None:
+        RunConfig(backbone="resnet18", data=".", **settings)
+
+    code, err = _exit_and_stderr(command, capsys)
+    assert code == 2 and " ".join(err.split()) == expected, err
+
+
 def test_a_value_error_is_a_user_error_only_where_the_command_says_so(capsys):
     def fails() -> None:
         raise ValueError("unknown TTA mode 'flop'; valid: none, flip")
@@ -106,8 +121,9 @@ def test_the_bar_counts_epochs_from_1_and_shows_only_the_loss():
 
 @pytest.mark.slow
 def test_output_into_a_pipe_has_no_live_bar_and_narrow_lines_break_between_words(tiny_data, tmp_path):
-    """Piped (not a terminal), with the default --progress: no bar frames; at 80 columns every line that is
-    not a path fits, so nothing is broken inside a word."""
+    """Piped (not a terminal), with the default --progress: no bar frames; each epoch on one line whatever
+    the width (a record, for grep); at 80 columns every other line that is not a path fits, so nothing is
+    broken inside a word."""
     import os
     import subprocess
     import sys
@@ -121,7 +137,11 @@ def test_output_into_a_pipe_has_no_live_bar_and_narrow_lines_break_between_words
     text = done.stdout + done.stderr
     assert "it/s" not in text and "\r" not in text  # no bar drawn into the pipe
     with_paths = (str(tiny_data), str(out))
-    long = [line for line in text.splitlines() if len(line) > 80 and not any(p in line for p in with_paths)]
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"], text
+    assert all(line.endswith("img/s") or "ETA" in line for line in epochs), epochs  # the line whole
+    long = [line for line in text.splitlines() if len(line) > 80 and not any(p in line for p in with_paths)
+            and line not in epochs]
     assert long == [], long
 
 

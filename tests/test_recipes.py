@@ -65,6 +65,17 @@ def test_recipes_command_lists_and_shows():
     assert runner.invoke(app, ["recipes", "show", "nope"]).exit_code == 2
 
 
+@pytest.mark.parametrize("name", ["linear-probe", "finetune-large"])
+def test_a_shown_recipe_saved_to_a_file_is_the_recipe(name, tmp_path):
+    """`recipes show NAME > mine.yaml` into a pipe (80 columns, or fewer): the same settings, and a recipe."""
+    shown = runner.invoke(app, ["recipes", "show", name], env={"COLUMNS": "40"})
+    assert shown.exit_code == 0, shown.output
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(shown.output)
+    assert yaml.safe_load(mine.read_text()) == load_recipe(name).values
+    assert load_recipe(str(mine)).values == load_recipe(name).values
+
+
 def test_missing_backbone_is_required_here_or_in_the_recipe(tiny_data, tmp_path):
     result = runner.invoke(app, ["run", "--data", str(tiny_data), "--output", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--backbone is required" in result.output

@@ -148,7 +148,7 @@ def bundle_readme(config: dict[str, Any]) -> str:
     return "\n".join([
         _front_matter(config), _details(config, card), _data_section(card.get("data"), unknown.get("data")),
         _training_section(card.get("training"), card.get("record"), unknown.get("training")),
-        _evaluation_section(card.get("evaluation") or [], unknown.get("evaluation")),
+        _evaluation_section(card.get("evaluation") or [], unknown.get("evaluation"), config),
         _use_section(config, card), _files_section(config), _run_section(config)])
 
 
@@ -230,7 +230,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _evaluation_section(rows: list[dict[str, Any]], why: str | None) -> str:
+def _evaluation_section(rows: list[dict[str, Any]], why: str | None, config: dict[str, Any]) -> str:
     if not rows:
         return f"## Evaluation\nUnknown: {why or NOT_FROM_A_RUN}.\n"
     lines = ["## Evaluation\n", "| split | images | TTA | temperature | top-1 (95% interval) | top-1 without TTA | "
@@ -245,6 +245,14 @@ def _evaluation_section(rows: list[dict[str, Any]], why: str | None) -> str:
         lines.append(f"\nRecall per class on {r['split']} ({r['folder']}/metrics.json): "
                      + ", ".join(f"{escaped(c)} {v:.3f}" for c, v in shown) + more + ".")
     lines.append("\nThe interval is the Wilson score interval of top-1 over that many images.")
+    applied = (str(config.get("tta", "none")), float(config.get("temperature", 1.0)))
+    other = [r for r in rows if (r["tta"], r["temperature"]) != applied]
+    if other:  # an evaluation of the run, with settings this bundle does not carry (a later export drops them)
+        lines.append(f"\nThis bundle predicts with TTA {applied[0]} and temperature {applied[1]:g}; the "
+                     + ", ".join(f"{r['split']} row used TTA {r['tta']} and temperature {r['temperature']:g}"
+                                 for r in other)
+                     + ". Its probabilities and accuracy follow its own settings: `finetune eval --model BUNDLE "
+                       "--calibrate` stores a temperature in it.")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -220,8 +221,9 @@ def _prepare(config: RunConfig, run_dir: Path, console: Console, callbacks: Sequ
     resumed_epoch = checkpoint_epoch(ckpt_path) if ckpt_path else None  # one read of a possibly large file
     rows = previous_metrics(run_dir / "metrics.csv", resumed_epoch) if ckpt_path else None
     mlflow_run = started.get("mlflow_run_id") if started else None
-    trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows, EpochLine(console.print),
-                            mlflow_run)
+    trainer = build_trainer(plan.config, run_dir, plan.precision, steps, policy, rows,
+                            EpochLine(functools.partial(console.print, soft_wrap=not console.is_terminal)),
+                            mlflow_run)  # into a file or pipe an epoch is one line whatever the width: a record
     check_memory(plan.backbone, build_schedule(plan.config, plan.backbone), plan.data_config.input_size,
                  plan.config.batch_size, plan.precision, trainer.strategy.root_device)
     teacher = None

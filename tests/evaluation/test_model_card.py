@@ -116,3 +116,21 @@ def test_wilson_interval_is_scipys(kn):
     assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
     low, high = wilson_interval(k, n)
     assert 0 <= low <= k / n + 1e-12 and k / n - 1e-12 <= high <= 1  # it holds the observed proportion
+
+
+def test_a_calibration_the_new_bundle_does_not_carry_is_said_beside_its_row(trained_run, tiny_data, tmp_path):
+    """eval --calibrate stores a temperature in the bundle and its figures in the run; a later export from the
+    run makes a bundle at temperature 1, whose card must not pass the evaluation's temperature off as its own."""
+    from finetune.evaluation.evaluate import evaluate
+
+    _, plain = _bundle(trained_run / "model")
+    assert "This bundle predicts with" not in plain  # the run's own evaluation used the bundle's settings
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    evaluate(run / "model", tiny_data, split="val", tta="flip", calibrate_temperature=True)
+    fitted = json.loads((run / "model" / "config.json").read_text())["temperature"]
+    assert fitted != 1.0
+    config, readme = _bundle(export(run, run / "again"))
+    assert config["temperature"] == 1.0
+    assert (f"This bundle predicts with TTA flip and temperature 1; the val row used TTA flip and temperature "
+            f"{fitted:g}") in " ".join(readme.split())
