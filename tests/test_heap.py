@@ -60,7 +60,9 @@ def test_fit_trains_with_the_heap_kept_and_hands_it_back(make_config):
     # tests'), so the effect is checked in a fresh process above; here, that fit trains inside them.
     seen = _HeapInsideFit()
     fit(make_config(epochs=1, export=False), Console(file=io.StringIO()), callbacks=[seen])
-    assert seen.keeping and seen.faults < PAGES // 20, (seen.keeping, seen.faults)
+    # Without the settings the blocks fault in again, about PAGES; inside a long-lived test process whose heap
+    # other tests have shaped, a few percent still do (6% seen), so the bound is a quarter of PAGES.
+    assert seen.keeping and seen.faults < PAGES // 4, (seen.keeping, seen.faults)
     assert not keeping()
 
 
