@@ -629,7 +629,9 @@ def _recipe_path(name_or_path: str) -> Path:
         return path
     if name_or_path in recipe_names():
         return recipes_dir() / f"{name_or_path}.yaml"
-    raise FinetuneError(f"recipe '{name_or_path}' is neither a recipe name nor a .yaml file; "
+    near = difflib.get_close_matches(name_or_path, recipe_names(), n=1)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    raise FinetuneError(f"recipe '{name_or_path}' is neither a recipe name nor a .yaml file; {hint}"
                         f"recipes: {', '.join(recipe_names()) or 'none found'}")
 
 

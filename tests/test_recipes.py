@@ -40,8 +40,11 @@ def test_bad_value_names_the_allowed_range_or_choices(tmp_path):
 
 
 def test_unknown_recipe_lists_the_recipes():
-    with pytest.raises(FinetuneError, match="recipes: .*linear-probe"):
+    with pytest.raises(FinetuneError, match="recipes: .*linear-probe") as refused:
         load_recipe("no-such-recipe")
+    assert "did you mean" not in str(refused.value)  # nothing near: no guess
+    with pytest.raises(FinetuneError, match="did you mean 'linear-probe'\\? recipes: "):
+        load_recipe("linear-prob")
 
 
 def test_run_records_where_each_value_came_from(tiny_data, tmp_path, run_args):

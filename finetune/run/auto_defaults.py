@@ -172,8 +172,11 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
     epochs = updates.get("epochs", config.epochs)
     if config.val_every is None:
         updates["val_every"] = auto_val_every(epochs)
-        sources["val_every"] = (f"auto: {epochs} epochs -> every {updates['val_every']} "
-                                f"(about {VALIDATIONS} validations, the last included)")
+        every = updates["val_every"]
+        count = epochs // every  # the cadence divides the epochs: the last epoch is validated
+        sources["val_every"] = (f"auto: {epochs} epoch{'s' * (epochs != 1)} -> every {every} "
+                                f"({count} validation{'s' * (count != 1)}, the last included; "
+                                f"about {VALIDATIONS} at most)")
     profile, augment = None, config.augment
     if config.augment == "auto" and started and "augment_policy" in started:
         augment = AugmentPolicy.from_dict(started["augment_policy"])

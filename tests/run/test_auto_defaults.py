@@ -66,6 +66,7 @@ def test_run_with_defaults_resolves_batch_epochs_and_augmentation_from_the_data(
     assert len({row["epoch"] for row in rows}) == 60
     validated = sorted(int(row["epoch"]) for row in rows if row.get("val/acc1"))
     assert saved["val_every"] == 3 and validated == list(range(3, 61, 3))  # 20 validations, the last epoch's included
+    assert saved["sources"]["val_every"].startswith("auto: 60 epochs -> every 3 (20 validations, the last included")
     assert result.best_checkpoint.is_file()
 
 
@@ -275,3 +276,19 @@ def test_a_given_size_wins_everywhere(tmp_path):
     assert not isinstance(plan.augment, str) and plan.augment.crop_scale is None  # the policy read 48 (< 64)
     assert backbone_data_config("test_resnet", 48, index).input_size == 48
     assert backbone_data_config("test_resnet", None, index).input_size == 160  # what `run` would choose
+
+
+@pytest.mark.parametrize("epochs, said", [(1, "1 epoch -> every 1 (1 validation,"),
+                                          (3, "3 epochs -> every 1 (3 validations,"),
+                                          (100, "100 epochs -> every 5 (20 validations,")])
+def test_the_cadence_line_counts_the_validations_the_run_makes(tiny_data, epochs, said):
+    from finetune.config import RunConfig
+    from finetune.data.scan import scan_image_folder
+    from finetune.models.backbone import create_backbone
+    from finetune.run.auto_defaults import resolve_data_defaults
+
+    config = RunConfig(backbone="test_resnet", data=tiny_data, weights="none", epochs=epochs, batch_size=8,
+                       augment="none")
+    data_config = create_backbone("test_resnet", 3, "none")[0].data_config
+    sources = resolve_data_defaults(config, scan_image_folder(tiny_data), data_config).sources
+    assert sources["val_every"].startswith(f"auto: {said}"), sources["val_every"]
