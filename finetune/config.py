@@ -77,7 +77,7 @@ def one_of(choices: Any, notes: Mapping[str, str] | None = None) -> str:
 REQUIRED_ELSEWHERE = "Required here or in the recipe (not with --resume)."
 _COUNT_OR_FRACTION = "a whole number is a count (1: one batch), a decimal a fraction (0.5: half, 1.0: all)."
 _AUTO_FREEZE = (
-    "auto: from the median train images per class: <10 head only; <100 last layer group + head; <1000 "
+    "auto: from the median train images per class: <100 last layer group + head; <1000 "
     "last half of the groups; else everything; but everything when the pretrained last group fits the train "
     "images no better than the first (weights from another domain); every layer with --weights none, and the "
     "policy's part with --freeze-policy/--freeze-epochs/--unfreeze-every.")

@@ -31,8 +31,8 @@ def _plan(tiny_data: Path, weights: Path, **kw):
 def test_resolve_run_decides_every_data_dependent_setting(tiny_data, fitted_resnet_weights):
     plan = _plan(tiny_data, fitted_resnet_weights, class_weights="auto")
     c = plan.config
-    # 8 train images per class: the head alone trains (the auto rule's first step).
-    assert c.freeze_until == plan.backbone.groups[-1].unit_names[0]
+    # 8 train images per class: the last backbone group and the head train (the auto rule's first step).
+    assert c.freeze_until == plan.backbone.groups[-2].unit_names[0]
     assert (c.batch_size, c.epochs) == (8, 60) and isinstance(c.val_every, int) and c.epochs % c.val_every == 0
     assert not isinstance(plan.augment, str)  # --augment auto: a policy measured on the data
     for key in ("freeze_until", "batch_size", "epochs", "val_every", "augment"):
@@ -145,12 +145,12 @@ def test_processes_ddp_starts_take_rank_zeros_freeze_decision(tiny_data, fitted_
 
     parent = _plan(tiny_data, fitted_resnet_weights)
     env = plan_module.shared_env(parent)
-    assert parent.config.freeze_until == "fc" and set(env) == {plan_module.AUTO_FREEZE_ENV}
+    assert parent.config.freeze_until == "layer4" and set(env) == {plan_module.AUTO_FREEZE_ENV}
 
-    monkeypatch.setenv(plan_module.AUTO_FREEZE_ENV, env[plan_module.AUTO_FREEZE_ENV].replace('"fc"', '"layer4"'))
+    monkeypatch.setenv(plan_module.AUTO_FREEZE_ENV, env[plan_module.AUTO_FREEZE_ENV].replace('"layer4"', '"layer3"'))
     monkeypatch.setattr(plan_module, "measure_feature_fit", lambda *a, **k: pytest.fail("a child rank measured"))
     child = _plan(tiny_data, fitted_resnet_weights)
-    assert child.config.freeze_until == "layer4" and child.sources["freeze_until"] == parent.sources["freeze_until"]
+    assert child.config.freeze_until == "layer3" and child.sources["freeze_until"] == parent.sources["freeze_until"]
     given = _plan(tiny_data, fitted_resnet_weights, freeze_until="layer2")  # a given layer is never replaced
     assert given.config.freeze_until == "layer2" and plan_module.shared_env(given) == {}
 

@@ -14,7 +14,7 @@ from finetune.training.feature_fit import FeatureFit
 def test_rule_unfreezes_more_with_more_data():
     backbone, _ = create_backbone("test_resnet", 3, "none")  # groups: stem, layer1..layer4, head
     picks = [auto_freeze_until(backbone, n)[0] for n in (5, 50, 500, 5000)]
-    assert picks == ["fc", "layer4", "layer3", "conv1"]
+    assert picks == ["layer4", "layer4", "layer3", "conv1"]  # however few: the last group trains
     assert images_per_class({"a": 3, "b": 8, "c": 900}) == 8  # the median, not the mean
 
 
@@ -22,9 +22,9 @@ def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, 
     result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(fitted_resnet_weights)))
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # a long line wraps between words
-    assert "freeze-until auto: 8 train images per class" in said and "--freeze-until fc" in said
+    assert "freeze-until auto: 8 train images per class" in said and "--freeze-until layer4" in said
     assert "the features fit the data (nearest-class-mean top-1 on 24 train images: layer4" in said
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "fc"
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["freeze_until"] == "layer4"
 
 
 def test_weights_whose_last_group_fits_no_better_train_every_layer(tiny_data, tmp_path, run_args,
@@ -48,7 +48,7 @@ def _resolved(**kw) -> str | None:
 
 
 def test_auto_trains_everything_where_nothing_pretrained_is_kept_or_a_policy_sets_the_part():
-    assert _resolved() == "fc"
+    assert _resolved() == "layer4"
     assert _resolved(weights="none") is None
     assert _resolved(freeze_policy="linear-probe") is None  # the policy's own frozen part, as before auto
     assert _resolved(freeze_epochs=1) is None and _resolved(unfreeze_every=2) is None

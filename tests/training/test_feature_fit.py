@@ -67,9 +67,9 @@ def test_auto_trains_everything_when_the_last_group_fits_no_better_than_the_firs
     tie = FeatureFit("stem", 0.39, "layer4", 0.39, 100)  # no evidence the deep features transfer: they train
     assert resolve_freeze_until(_config(), backbone, counts, lambda: tie)[0] is None
     layer, why = resolve_freeze_until(_config(), backbone, counts, lambda: better)
-    assert layer == "fc" and "layer4 0.60, stem 0.30" in why
+    assert layer == "layer4" and "layer4 0.60, stem 0.30" in why
     layer, _ = resolve_freeze_until(_config(), backbone, counts, lambda: None)  # nothing to compare: the size rule
-    assert layer == "fc"
+    assert layer == "layer4"
 
 
 def test_the_features_are_not_measured_where_nothing_would_be_frozen():
@@ -101,7 +101,7 @@ def test_a_check_that_fails_leaves_the_size_rule_and_says_why():
         raise RuntimeError("layer4 ran 2 times in one forward pass")
 
     layer, why = resolve_freeze_until(_config(), backbone, {"a": 8, "b": 8}, broken)
-    assert layer == "fc" and "the features were not checked (RuntimeError: layer4 ran 2 times" in why
+    assert layer == "layer4" and "the features were not checked (RuntimeError: layer4 ran 2 times" in why
 
 
 @pytest.mark.parametrize("name", ["test_vit", "test_convnext", "test_efficientnet", "test_mambaout", "pit_ti_224"])
