@@ -130,20 +130,22 @@ def _sigterm_stops() -> Iterator[None]:
         yield
         return
 
+    stopped: list[object] = []  # SIGCHLD's handler when a SIGTERM came: put back on leaving
+
     def stop(signum: int, frame: object) -> None:
         # A SIGTERM sent to the process group stops the DataLoader workers too. torch's SIGCHLD handler
         # would raise "worker killed by signal" at whatever line the stopping command has reached (writing
         # its last files, say); the command is stopping, and says why, so a child's end is no news.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        stopped.append(signal.signal(signal.SIGCHLD, signal.SIG_DFL))
         raise Interrupted("Stopped by SIGTERM", signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
-    children = signal.getsignal(signal.SIGCHLD)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGCHLD, children if children is not None else signal.SIG_DFL)
+        if stopped:  # torch installs its handler once a process: a command that ran to its end keeps it
+            signal.signal(signal.SIGCHLD, stopped[0] if stopped[0] is not None else signal.SIG_DFL)
 
 
 @contextmanager

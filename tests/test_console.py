@@ -182,3 +182,28 @@ def test_a_worker_killed_by_the_same_sigterm_does_not_break_the_stopping_command
     done = subprocess.run([sys.executable, "-c", _WORKER_DIES_AS_THE_COMMAND_STOPS],
                           capture_output=True, text=True, timeout=120)
     assert "stopped in one piece" in done.stdout, done.stdout + done.stderr
+
+
+_A_COMMAND_THAT_RUNS_TO_ITS_END = """
+import signal
+import torch
+from torch.utils.data import DataLoader
+from finetune.console import _sigterm_stops
+
+with _sigterm_stops():
+    batches = iter(DataLoader(torch.arange(4.0), batch_size=1, num_workers=1))  # torch installs its handler
+    next(batches)
+    installed = signal.getsignal(signal.SIGCHLD)
+    del batches
+print(installed not in (signal.SIG_DFL, None) and signal.getsignal(signal.SIGCHLD) is installed)
+"""
+
+
+def test_a_command_that_was_not_stopped_keeps_torchs_worker_watch():
+    """torch sets its SIGCHLD handler once a process: a command that ends normally leaves it for the next."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _A_COMMAND_THAT_RUNS_TO_ITS_END], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "True", done.stdout + done.stderr

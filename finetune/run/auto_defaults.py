@@ -176,7 +176,7 @@ def resolve_data_defaults(config: RunConfig, index: DatasetIndex, data_config: D
         count = epochs // every  # the cadence divides the epochs: the last epoch is validated
         sources["val_every"] = (f"auto: {epochs} epoch{'s' * (epochs != 1)} -> every {every} "
                                 f"({count} validation{'s' * (count != 1)}, the last included; "
-                                f"about {VALIDATIONS} at most)")
+                                f"the cadence aims at about {VALIDATIONS})")
     profile, augment = None, config.augment
     if config.augment == "auto" and started and "augment_policy" in started:
         augment = AugmentPolicy.from_dict(started["augment_policy"])
