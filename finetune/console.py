@@ -48,10 +48,9 @@ def _messages_by_input(errs: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Each value given, with what is wrong with it (pydantic's "Value error, " prefix left out)."""
     out: dict[str, list[str]] = {}
     for err in errs:
-        message = err["msg"].removeprefix("Value error, ")
-        out.setdefault(repr(err.get("input")), [])
-        if message not in out[repr(err.get("input"))]:
-            out[repr(err.get("input"))].append(message)
+        messages, message = out.setdefault(repr(err.get("input")), []), err["msg"].removeprefix("Value error, ")
+        if message not in messages:
+            messages.append(message)
     return out
 
 
