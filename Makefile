@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist); 2 matches the CI machine's cores.
 TEST_JOBS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,5 +33,13 @@ bench: $(STAMP)
 	$(PY) -m pip install -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/quality.py --quick
 
+# Machine-made mutants over the modules listed in pyproject.toml's [tool.mutmut] (hours on 2 cores: each
+# mutant runs the tests that called its function), then the table in benchmarks/results/mutation.md.
+# MUTANTS narrows the run to names mutmut accepts, e.g. MUTANTS='finetune.evaluation.metrics*'.
+MUTANTS ?=
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run $(MUTANTS)
+	$(PY) tools/mutation_report.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants
