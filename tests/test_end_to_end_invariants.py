@@ -1,9 +1,9 @@
 """End-to-end invariants of one real run: what metrics.csv, best.ckpt, `eval`, the bundle and the
 calibration record say about the same images must agree, image for image.
 
-One small run (test_resnet, 32 px, 3 epochs, random init) on a folder with train/val/test, an unreadable
-file in val and in test, and val classes of 2, 4 and 6 images: with unequal classes the mean of the class
-recalls differs from top-1, so a per-class average in place of top-1 shows as a fraction of an image.
+One small run (test_resnet, 32 px, 3 epochs, from weights fitted to shapes) on a folder with train/val/test,
+an unreadable file in val and in test, and val classes of 2, 4 and 6 images: with unequal classes the mean of
+the class recalls differs from top-1, so a per-class average in place of top-1 shows as a fraction of an image.
 The module's own figures come from `FinetuneModule.from_checkpoint` run over the run's own datamodule
 (albumentations eval transform); `eval` and the bundle use the numpy preprocessing of finetune.inference.
 """
@@ -28,6 +28,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from finetune.config import RunConfig
 from finetune.data.images import load_image
 from finetune.data.synthetic import make_image_folder
+from finetune.evaluation.calibration import MAX_T, MIN_T
 from finetune.evaluation.evaluate import evaluate
 from finetune.inference import Predictor
 from finetune.run.fit import RunResult, fit
@@ -63,18 +64,26 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    """`finetune.fit`: 3 epochs, fp32 on CPU, writes metrics.csv, checkpoints, eval-val/ and model/."""
-    config = RunConfig(backbone="test_resnet", data=data, weights="none", image_size=32, batch_size=8, workers=0,
-                       progress=False, output=tmp_path_factory.mktemp("e2e-run") / "run", precision="32",
-                       epochs=3, lr=0.01)
+def run(data: Path, fitted_resnet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """`finetune.fit`: 3 epochs, fp32 on CPU, writes metrics.csv, checkpoints, eval-val/ and model/.
+
+    From weights that already fit shapes: a model whose val NLL is least at a temperature inside the
+    toolkit's range (a model at chance has it at the upper clip, where any split would give the same T)."""
+    config = RunConfig(backbone="test_resnet", data=data, weights=str(fitted_resnet_weights), image_size=32,
+                       batch_size=8, workers=0, progress=False, output=tmp_path_factory.mktemp("e2e-run") / "run",
+                       precision="32", epochs=3, lr=0.01)
     return fit(config, console=Console(file=io.StringIO()))
 
 
 @pytest.fixture(scope="module")
 def module_outputs(run: RunResult) -> dict[str, tuple[list[Path], np.ndarray, np.ndarray]]:
     """split -> (paths, logits (N, C), labels (N,)) of best.ckpt's module over the run's own val/test loaders."""
-    module = FinetuneModule.from_checkpoint(run.best_checkpoint).eval()
+    return checkpoint_outputs(run.best_checkpoint)
+
+
+def checkpoint_outputs(checkpoint: Path) -> dict[str, tuple[list[Path], np.ndarray, np.ndarray]]:
+    """What `module_outputs` holds, for any checkpoint of a run."""
+    module = FinetuneModule.from_checkpoint(checkpoint).eval()
     plan, _ = plan_run(module.config)
     datamodule = plan.datamodule(keep_images=False)
     outputs = {}
@@ -116,9 +125,9 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 
 def nll_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.01, 100] (the toolkit's range) minimising `nll`, by scipy's bounded scalar search on log T."""
-    found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=(math.log(0.01), math.log(100)),
-                            method="bounded", options={"xatol": 1e-9})
+    """The T in the toolkit's range minimising `nll`, by scipy's bounded scalar search on log T."""
+    found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), method="bounded",
+                            bounds=(math.log(MIN_T), math.log(MAX_T)), options={"xatol": 1e-9})
     return math.exp(found.x)
 
 
@@ -169,6 +178,7 @@ def test_calibration_fits_on_val_and_scores_test_images(run, data, module_output
     _, val_logits, val_labels = module_outputs["val"]
     _, test_logits, test_labels = module_outputs["test"]
 
+    assert MIN_T * 1.01 < temperature < MAX_T / 1.01, f"T {temperature} at a clip would fit any split the same"
     assert temperature == pytest.approx(nll_temperature(val_logits, val_labels), rel=1e-3)  # fitted on val
     test_fit = nll_temperature(test_logits, test_labels)
     assert abs(test_fit / temperature - 1) > 0.05, \
