@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from finetune.errors import FinetuneError
-from finetune.untrusted import read_yaml
+from finetune.untrusted import read_json, read_yaml
 
 IMBALANCE_WARN_RATIO = 10.0  # the ratio above which the class counts get a warning (--class-weights, --sampler)
 
@@ -71,7 +71,9 @@ def read_class_weights(path: Path, classes: Sequence[str]) -> torch.Tensor:
             weight that is not a number >= 0.
     """
     try:
-        values = read_yaml(Path(path), "--class-weights")
+        # A .json file is read as JSON: YAML 1.1 reads an exponent without a dot (json.dump's 1e-05) as a string.
+        read = read_json if Path(path).suffix.lower() == ".json" else read_yaml
+        values = read(Path(path), "--class-weights")
     except OSError as e:
         raise FinetuneError(f"--class-weights {path}: cannot read it ({e})") from None
     if not isinstance(values, dict):
