@@ -178,7 +178,7 @@ def test_the_probe_finds_the_smallest_side_timms_inception_takes():
 
 
 def test_the_size_that_follows_the_images_never_exceeds_the_backbones_and_grows_with_them():
-    """Properties over a grid of image sides, own sizes and strides (hypothesis is not a dependency):
+    """Properties over a grid of image sides, own sizes and strides:
     within [stride, own], a multiple of the stride unless it is the own size, monotone in the images,
     and never more than one stride past UPSAMPLE times the images (or the one-stride floor)."""
     from finetune.models.zoo import InputLimits
