@@ -6,6 +6,10 @@ Usage (from the repository root, with the project's virtualenv):
     .venv/bin/python tools/mutate.py --check      # do the snippets still apply? (runs no test)
     .venv/bin/python tools/mutate.py --baseline   # first check that the mapped tests pass unmutated
     .venv/bin/python tools/mutate.py --only onecycle_ignores_warmup --only tta_averages_logits
+    .venv/bin/python tools/mutate.py --overlap    # which of these mutmut also makes (after `make mutation`)
+
+This list keeps only bugs mutmut cannot express (several edits at once, a call moved, a module-level constant,
+a line deleted): `--overlap` compares each mutant's function with the ones mutmut generated in mutants/.
 
 The mutants live in tools/mutants.py: each is one exact source snippet replaced by a realistic bug,
 plus the test files (or test node ids) that should notice. The repository is copied once to a
@@ -16,6 +20,7 @@ the current source is reported as "stale" (the code moved on): update its snippe
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import shutil
@@ -130,6 +135,47 @@ def check_baseline(mutants: list[Mutant], repo: Path, timeout: float) -> None:
                          "fix them before scoring mutants")
 
 
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Functions and methods by the names mutmut gives them (x_NAME, xǁCLASSǁNAME)."""
+    found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found[f"x_{node.name}"] = node
+        elif isinstance(node, ast.ClassDef):
+            for f in node.body:
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    found[f"x\u01c1{node.name}\u01c1{f.name}"] = f
+    return found
+
+
+def _shape(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """A function's arguments and body, without its name or position."""
+    return ast.dump(function.args) + "".join(ast.dump(statement) for statement in function.body)
+
+
+def overlap(mutants: list[Mutant]) -> list[str]:
+    """The hand-made mutants whose mutated function equals one mutmut generated (mutants/ must exist)."""
+    generated: dict[str, dict[str, set[str]]] = {}
+    same = []
+    for m in mutants:
+        mutated_file = ROOT / "mutants" / m.file
+        source = (ROOT / m.file).read_text()
+        if not mutated_file.exists() or source.count(m.old) != 1:
+            continue
+        before, after = _functions(ast.parse(source)), _functions(ast.parse(source.replace(m.old, m.new)))
+        changed = [name for name in before if name in after and _shape(before[name]) != _shape(after[name])]
+        if m.file not in generated:
+            shapes: dict[str, set[str]] = {}
+            for node in ast.walk(ast.parse(mutated_file.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name \
+                        and not node.name.endswith("_orig"):
+                    shapes.setdefault(node.name.rsplit("__mutmut_", 1)[0], set()).add(_shape(node))
+            generated[m.file] = shapes
+        if len(changed) == 1 and _shape(after[changed[0]]) in generated[m.file].get(changed[0], set()):
+            same.append(m.name)
+    return same
+
+
 def print_table(outcomes: list[Outcome], verbose: bool = False) -> None:
     width = max(len(o.mutant.name) for o in outcomes)
     print(f"\n{'mutant':<{width}}  {'result':<8}  {'secs':>5}  caught by / note")
@@ -167,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="first run every mapped test on the unmutated source and stop if one fails")
     parser.add_argument("--verbose", action="store_true", help="show the assertion that caught each mutant")
+    parser.add_argument("--overlap", action="store_true",
+                        help="list the mutants mutmut also generates (run `make mutation` first) and exit")
     parser.add_argument("--min-score", type=float, default=90.0,
                         help="exit 1 below this percentage of caught mutants (default 90), or on any stale mutant")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
@@ -178,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         for m in mutants:
             print(f"{m.name}\n    {m.file}: {m.description}\n    tests: {' '.join(m.tests)}")
         return 0
+    if args.overlap:
+        if not (ROOT / "mutants").is_dir():
+            raise SystemExit("no mutants/ folder: run `make mutation` first")
+        same = overlap(mutants)
+        print("\n".join(same) or "none: every mutant here is one mutmut does not make")
+        return 1 if same else 0
     if args.check:
         stale = [(m.name, why) for m in mutants if (why := find_stale(m, ROOT))]
         for name, why in stale:
