@@ -183,7 +183,29 @@ def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+
+# Under `make mutation` each mutant runs the tests that called its function. Those of a metric include every
+# training test; a surviving mutant would run them all (minutes each). The mutant runs take the tests the
+# whole-suite pass timed (mutants/mutmut-stats.json) fastest first, and leave out those slower than
+# FINETUNE_MUTATION_TEST_SECONDS (default 1): a mutant only slower tests would catch counts as survived.
+def _mutant_under_test() -> bool:
+    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The slow tests first: spread over several processes, the long ones start at once and the short ones
-    fill in around them, instead of the last long one running alone at the end."""
+    fill in around them, instead of the last long one running alone at the end. Under a mutant, the fast tests
+    only, fastest first."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not _mutant_under_test() or not Path("mutmut-stats.json").is_file():
+        return
+    import json
+
+    seconds = json.loads(Path("mutmut-stats.json").read_text())["duration_by_test"]
+    limit = float(os.environ.get("FINETUNE_MUTATION_TEST_SECONDS", "1"))
+    kept = sorted((i for i in items if seconds.get(i.nodeid, 0.0) <= limit), key=lambda i: seconds.get(i.nodeid, 0.0))
+    left = [i for i in items if i not in kept]
+    if left:
+        config.hook.pytest_deselected(items=left)
+    items[:] = kept

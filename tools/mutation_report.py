@@ -53,24 +53,31 @@ def table(found: dict[str, tuple[str, str]], equivalent: dict[str, str]) -> tupl
     counts: dict[str, Counter] = defaultdict(Counter)
     alive = []
     for name, (module, status) in sorted(found.items()):
-        if name in equivalent:
+        if status == "not checked":
+            counts[module]["not checked"] += 1
+        elif name in equivalent:
             counts[module]["equivalent"] += 1
         elif status in KILLED:
             counts[module]["timeout" if status == "timeout" else "killed"] += 1
         else:
             counts[module][status] += 1
             alive.append(f"{name}: {status}")
-    rows = ["| module | mutants | killed | timeouts | equivalent | survived | no tests | other | score |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| module | mutants | killed | timeouts | equivalent | survived | no tests | other | not run | score |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for module, c in sorted(counts.items()):
         total = sum(c.values())
         killed = c["killed"] + c["timeout"]
-        other = total - killed - c["equivalent"] - c["survived"] - c["no tests"]
-        scored = total - c["equivalent"]
-        score = killed / scored if scored else 1.0
-        flag = "" if score >= TARGET else " (below 85%)"
+        other = total - killed - c["equivalent"] - c["survived"] - c["no tests"] - c["not checked"]
+        scored = total - c["equivalent"] - c["not checked"]
+        if c["not checked"] == total:
+            score_text = "not run"
+        else:
+            score = killed / scored if scored else 1.0
+            score_text = f"{score:.0%}" + ("" if score >= TARGET else " (below 85%)")
+            if c["not checked"]:
+                score_text += " (partial)"
         rows.append(f"| {module} | {total} | {c['killed']} | {c['timeout']} | {c['equivalent']} | {c['survived']} "
-                    f"| {c['no tests']} | {other} | {score:.0%}{flag} |")
+                    f"| {c['no tests']} | {other} | {c['not checked']} | {score_text} |")
     return rows, alive
 
 

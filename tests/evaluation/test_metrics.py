@@ -24,6 +24,18 @@ def test_confusion_and_per_class_figures():
     assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [("a", "b", 1), ("b", "c", 1)]
 
 
+def test_worst_confused_lists_equal_counts_in_reading_order():
+    """Ties (here every mistake counted once, one pair twice) come true class first, then predicted class, so
+    the same confusion matrix always gives the same list, whatever the sort's algorithm does with ties."""
+    cm = np.ones((12, 12), dtype=int) * 7  # 12 classes, 7 right each...
+    cm[~np.eye(12, dtype=bool)] = 1  # ...and one image of each class taken for each other class
+    cm[3, 5] = 2
+    names = [f"c{i}" for i in range(12)]
+    worst = metrics.worst_confused(cm, names, n=6)
+    assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [
+        ("c3", "c5", 2), ("c0", "c1", 1), ("c0", "c2", 1), ("c0", "c3", 1), ("c0", "c4", 1), ("c0", "c5", 1)]
+
+
 def test_topk_and_ece_by_hand():
     probs = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]])
     labels = np.array([0, 1, 1, 2])
