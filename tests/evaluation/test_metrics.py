@@ -22,6 +22,7 @@ def test_confusion_and_per_class_figures():
     assert rows["c"]["precision"] == 0.5 and rows["c"]["recall"] == 1.0
     worst = metrics.worst_confused(cm, NAMES)
     assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [("a", "b", 1), ("b", "c", 1)]
+    assert [w["share_of_true"] for w in worst] == [1 / 3, 1 / 2]  # of the 3 a's and the 2 b's
 
 
 def test_worst_confused_lists_equal_counts_in_reading_order():
