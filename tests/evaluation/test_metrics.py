@@ -37,6 +37,25 @@ def test_worst_confused_lists_equal_counts_in_reading_order():
         ("c3", "c5", 2), ("c0", "c1", 1), ("c0", "c2", 1), ("c0", "c3", 1), ("c0", "c4", 1), ("c0", "c5", 1)]
 
 
+def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin():
+    """Bins are (lower, upper]: with 4 bins a confidence of exactly 0.5 is counted in (0.25, 0.5], 0.75 in
+    (0.5, 0.75] and 1.0 in the last; only 0 itself opens the first bin."""
+    probs = np.array([[0.5, 0.5], [0.75, 0.25], [1.0, 0.0], [0.5, 0.5]])
+    bins = metrics.calibration_bins(probs, np.array([0, 0, 0, 1]), bins=4)
+    assert [b["count"] for b in bins] == [0, 2, 1, 1]
+    assert [b["accuracy"] for b in bins] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_top1_with_tied_probabilities_is_the_argmax_the_predictions_show():
+    """A tie is broken as argmax breaks it, toward the first class, so top-1 agrees with the predicted labels
+    eval and predict report. Here 10 of 30 classes tie for the highest probability: 5, 6, 8, 9, 14, ..."""
+    row = np.array([1, 1, 1, 1, 0, 2, 2, 0, 2, 2, 0, 1, 1, 0, 2, 2, 0, 0, 0, 2, 0, 1, 2, 2, 0, 0, 1, 2, 1, 0], float)
+    probs = np.stack([row / row.sum()] * 3)
+    labels = np.array([5, 6, 9])
+    assert metrics.topk_accuracy(probs, labels, 1) == np.mean(probs.argmax(axis=1) == labels) == 1 / 3
+    assert metrics.topk_accuracy(probs, labels, 3) == 2 / 3  # 5, 6 and 8 come first; 9 is fourth
+
+
 def test_topk_and_ece_by_hand():
     probs = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]])
     labels = np.array([0, 1, 1, 2])
