@@ -39,11 +39,20 @@ def test_worst_confused_lists_equal_counts_in_reading_order():
 
 def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin():
     """Bins are (lower, upper]: with 4 bins a confidence of exactly 0.5 is counted in (0.25, 0.5], 0.75 in
-    (0.5, 0.75] and 1.0 in the last; only 0 itself opens the first bin."""
-    probs = np.array([[0.5, 0.5], [0.75, 0.25], [1.0, 0.0], [0.5, 0.5]])
-    bins = metrics.calibration_bins(probs, np.array([0, 0, 0, 1]), bins=4)
-    assert [b["count"] for b in bins] == [0, 2, 1, 1]
+    (0.5, 0.75] and 1.0 in the last; 0.2 (five classes, all equal) in the first. An empty bin reports 0."""
+    probs = np.array([[0.5, 0.5, 0, 0, 0], [0.75, 0.25, 0, 0, 0], [1.0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0],
+                      [0.2, 0.2, 0.2, 0.2, 0.2]])
+    bins = metrics.calibration_bins(probs, np.array([0, 0, 0, 1, 3]), bins=4)
+    assert [(b["lower"], b["upper"]) for b in bins] == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    assert [b["count"] for b in bins] == [1, 2, 1, 1]
     assert [b["accuracy"] for b in bins] == [0.0, 0.5, 1.0, 1.0]
+    assert [b["confidence"] for b in bins] == [0.2, 0.5, 0.75, 1.0]
+    empty = metrics.calibration_bins(probs[1:3], np.array([0, 0]), bins=4)  # nothing at or below 0.5
+    assert [(b["count"], b["accuracy"], b["confidence"]) for b in empty[:2]] == [(0, 0.0, 0.0), (0, 0.0, 0.0)]
+
+
+def test_the_calibration_error_of_no_images_is_nan():
+    assert np.isnan(metrics.expected_calibration_error(np.zeros((0, 3)), np.zeros(0, dtype=int)))
 
 
 def test_top1_with_tied_probabilities_is_the_argmax_the_predictions_show():
