@@ -54,3 +54,19 @@ def test_every_rank_stops_when_one_rank_decides():
     callback.on_validation_end(other, None)
     assert other.should_stop and callback.pruned_at == 2
     assert votes == [(False, False)]  # this rank had no verdict of its own, and any rank's verdict suffices
+
+
+def test_epochs_run_counts_completed_training_epochs_from_zero():
+    callback = TrialPruning(_trial(lower=0.0))
+    assert callback.epochs_run == 0  # none yet: a trial stopped before its first epoch ran none
+    for epoch in range(3):
+        callback.on_train_epoch_end(_trainer(0.5, epoch), None)
+        assert callback.epochs_run == epoch + 1
+
+
+def test_a_rank_zero_without_a_trial_reports_nothing_and_does_not_stop():
+    """The process that holds no trial (trial=None) only takes part in the vote, even on global rank zero."""
+    callback = TrialPruning(None)
+    trainer = _trainer(0.1, rank_zero=True)
+    callback.on_validation_end(trainer, None)
+    assert callback.best is None and callback.pruned_at is None and not trainer.should_stop
