@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 
 import pytest
@@ -112,3 +113,39 @@ def test_run_with_class_weights_auto_trains_with_them_and_records_them(write_fol
     assert resolved["class_counts"] == {"big": 24, "small": 2} and resolved["imbalance_ratio"] == 12.0
     assert resolved["class_weights"]["small"] == pytest.approx(float(expected[1]), rel=1e-5)
     assert "Warning: class imbalance 12:1 in train (big: 24 images, small: 2)" in out.getvalue()
+
+
+def test_weights_file_with_only_unknown_or_only_missing_classes_names_those(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": 2.0, "cow": 1.0, "emu": 3.0}))  # two extra, none missing
+    with pytest.raises(FinetuneError, match=r"w\.yaml: unknown classes cow, emu; the classes are cat, dog$"):
+        read_class_weights(path, ["cat", "dog"])
+    path.write_text(yaml.safe_dump({"cat": 1.0}))  # two missing, none extra
+    with pytest.raises(FinetuneError, match=r"w\.yaml: missing classes dog, emu; the classes are cat, dog, emu$"):
+        read_class_weights(path, ["cat", "dog", "emu"])
+
+
+@pytest.mark.parametrize("weight", [True, "heavy", None, [1.0]])
+def test_weights_file_refuses_a_weight_that_is_not_a_number(tmp_path, weight):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": weight}))
+    with pytest.raises(FinetuneError, match=r"w\.yaml: weights must be numbers >= 0, got \{'dog': "):
+        read_class_weights(path, ["cat", "dog"])
+
+
+def test_weights_file_that_is_not_a_mapping_says_what_it_is(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump([1.0, 2.0]))
+    with pytest.raises(FinetuneError, match=r"--class-weights .*w\.yaml: expected a mapping .* got list$"):
+        read_class_weights(path, ["cat", "dog"])
+
+
+@pytest.mark.parametrize(("name", "text"), [("w.yaml", b"cat: [1\n"), ("w.json", b'{"cat": 1,}'),
+                                            ("w.yaml", b"cat: \xff\n"), ("missing/w.yaml", None)])
+def test_weights_file_that_cannot_be_parsed_names_the_option_and_file(tmp_path, name, text):
+    path = tmp_path / name
+    if text is not None:
+        path.write_bytes(text)
+    with pytest.raises(FinetuneError, match=re.escape(f"--class-weights {path}")) as caught:
+        read_class_weights(path, ["cat"])
+    assert "\n" not in str(caught.value)  # one line, no traceback
