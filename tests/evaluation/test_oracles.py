@@ -212,6 +212,14 @@ def test_fitted_temperature_minimises_the_nll(num_classes, n, absent, scale):
     assert fit_temperature(logits, labels) == pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.uint8])
+def test_fitted_temperature_takes_labels_of_any_integer_type(dtype):
+    """Labels read from a CSV or an image library are often int32 or uint8; torch's NLL takes only int64."""
+    logits, labels = _random_case(4, 60, (), seed=5)
+    expected = reference_temperature(logits * 3.0, labels)
+    assert fit_temperature(logits * 3.0, labels.astype(dtype)) == pytest.approx(expected, rel=1e-3)
+
+
 def _calibration_inputs(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """val and test logits of 4 classes whose best temperatures differ (test twice as over-confident)."""
     val, val_labels = _random_case(4, 80, (), seed)
