@@ -5,6 +5,7 @@ import io
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -13,7 +14,13 @@ import yaml
 from rich.console import Console
 
 from finetune.config import RunConfig
-from finetune.data.balance import class_weights, effective_number_weights, imbalance_warning, read_class_weights
+from finetune.data.balance import (
+    balanced_sample_weights,
+    class_weights,
+    effective_number_weights,
+    imbalance_warning,
+    read_class_weights,
+)
 from finetune.data.data_config import DataConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
@@ -149,3 +156,21 @@ def test_weights_file_that_cannot_be_parsed_names_the_option_and_file(tmp_path, 
     with pytest.raises(FinetuneError, match=re.escape(f"--class-weights {path}")) as caught:
         read_class_weights(path, ["cat"])
     assert "\n" not in str(caught.value)  # one line, no traceback
+
+
+def test_auto_weights_keep_their_precision_for_a_set_of_millions_of_images():
+    """Against Cui et al.'s definition E_n = 1 + beta + ... + beta^(n-1), summed term by term in float64. With
+    N = 2e6, 1 - beta = 5e-7 is about 8 float32 steps below 1: float32 would be percents off, float64 is not."""
+    counts = [2_000_000, 5, 3, 1]
+    beta = 1 - 1 / sum(counts)
+    effective = np.array([np.sum(beta ** np.arange(c, dtype=np.float64)) for c in counts])
+    expected = (1 / effective) * sum(counts) / np.sum(np.array(counts) / effective)  # mean 1 over the images
+    np.testing.assert_allclose(effective_number_weights(counts).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_balanced_sample_weights_take_labels_of_any_integer_type(dtype):
+    """Labels 0, 2, 2, 1 of three classes: 1 / (its class's count) each, whatever integer type holds them
+    (torch reads a uint8 index as a mask, so the labels must be cast first)."""
+    weights = balanced_sample_weights(np.array([0, 2, 2, 1], dtype=dtype), 3)
+    assert weights.tolist() == [1.0, 0.5, 0.5, 1.0]
