@@ -70,12 +70,9 @@ def read_class_weights(path: Path, classes: Sequence[str]) -> torch.Tensor:
         FinetuneError: Unreadable file, a class missing or unknown (named, with the valid ones), or a
             weight that is not a number >= 0.
     """
-    try:
-        # A .json file is read as JSON: YAML 1.1 reads an exponent without a dot (json.dump's 1e-05) as a string.
-        read = read_json if Path(path).suffix.lower() == ".json" else read_yaml
-        values = read(Path(path), "--class-weights")
-    except OSError as e:
-        raise FinetuneError(f"--class-weights {path}: cannot read it ({e})") from None
+    # A .json file is read as JSON: YAML 1.1 reads an exponent without a dot (json.dump's 1e-05) as a string.
+    read = read_json if Path(path).suffix.lower() == ".json" else read_yaml
+    values = read(Path(path), "--class-weights")  # an unreadable file raises one FinetuneError line there
     if not isinstance(values, dict):
         raise FinetuneError(f"--class-weights {path}: expected a mapping of class name to weight, "
                             f"got {type(values).__name__}")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -12,7 +14,13 @@ import yaml
 from rich.console import Console
 
 from finetune.config import RunConfig
-from finetune.data.balance import class_weights, effective_number_weights, imbalance_warning, read_class_weights
+from finetune.data.balance import (
+    balanced_sample_weights,
+    class_weights,
+    effective_number_weights,
+    imbalance_warning,
+    read_class_weights,
+)
 from finetune.data.data_config import DataConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.errors import FinetuneError
@@ -112,3 +120,57 @@ def test_run_with_class_weights_auto_trains_with_them_and_records_them(write_fol
     assert resolved["class_counts"] == {"big": 24, "small": 2} and resolved["imbalance_ratio"] == 12.0
     assert resolved["class_weights"]["small"] == pytest.approx(float(expected[1]), rel=1e-5)
     assert "Warning: class imbalance 12:1 in train (big: 24 images, small: 2)" in out.getvalue()
+
+
+def test_weights_file_with_only_unknown_or_only_missing_classes_names_those(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": 2.0, "cow": 1.0, "emu": 3.0}))  # two extra, none missing
+    with pytest.raises(FinetuneError, match=r"w\.yaml: unknown classes cow, emu; the classes are cat, dog$"):
+        read_class_weights(path, ["cat", "dog"])
+    path.write_text(yaml.safe_dump({"cat": 1.0}))  # two missing, none extra
+    with pytest.raises(FinetuneError, match=r"w\.yaml: missing classes dog, emu; the classes are cat, dog, emu$"):
+        read_class_weights(path, ["cat", "dog", "emu"])
+
+
+@pytest.mark.parametrize("weight", [True, "heavy", None, [1.0]])
+def test_weights_file_refuses_a_weight_that_is_not_a_number(tmp_path, weight):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"cat": 1.0, "dog": weight}))
+    with pytest.raises(FinetuneError, match=r"w\.yaml: weights must be numbers >= 0, got \{'dog': "):
+        read_class_weights(path, ["cat", "dog"])
+
+
+def test_weights_file_that_is_not_a_mapping_says_what_it_is(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump([1.0, 2.0]))
+    with pytest.raises(FinetuneError, match=r"--class-weights .*w\.yaml: expected a mapping .* got list$"):
+        read_class_weights(path, ["cat", "dog"])
+
+
+@pytest.mark.parametrize(("name", "text"), [("w.yaml", b"cat: [1\n"), ("w.json", b'{"cat": 1,}'),
+                                            ("w.yaml", b"cat: \xff\n"), ("missing/w.yaml", None)])
+def test_weights_file_that_cannot_be_parsed_names_the_option_and_file(tmp_path, name, text):
+    path = tmp_path / name
+    if text is not None:
+        path.write_bytes(text)
+    with pytest.raises(FinetuneError, match=re.escape(f"--class-weights {path}")) as caught:
+        read_class_weights(path, ["cat"])
+    assert "\n" not in str(caught.value)  # one line, no traceback
+
+
+def test_auto_weights_keep_their_precision_for_a_set_of_millions_of_images():
+    """Against Cui et al.'s definition E_n = 1 + beta + ... + beta^(n-1), summed term by term in float64. With
+    N = 2e6, 1 - beta = 5e-7 is about 8 float32 steps below 1: float32 would be percents off, float64 is not."""
+    counts = [2_000_000, 5, 3, 1]
+    beta = 1 - 1 / sum(counts)
+    effective = np.array([np.sum(beta ** np.arange(c, dtype=np.float64)) for c in counts])
+    expected = (1 / effective) * sum(counts) / np.sum(np.array(counts) / effective)  # mean 1 over the images
+    np.testing.assert_allclose(effective_number_weights(counts).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_balanced_sample_weights_take_labels_of_any_integer_type(dtype):
+    """Labels 0, 2, 2, 1 of three classes: 1 / (its class's count) each, whatever integer type holds them
+    (torch reads a uint8 index as a mask, so the labels must be cast first)."""
+    weights = balanced_sample_weights(np.array([0, 2, 2, 1], dtype=dtype), 3)
+    assert weights.tolist() == [1.0, 0.5, 0.5, 1.0]

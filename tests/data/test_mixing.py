@@ -72,3 +72,23 @@ def test_cutmix_box_covers_one_minus_lambda_of_the_area():
     heights = [bottom - top for top, bottom, _, _ in boxes]
     widths = [right - left for _, _, left, right in boxes]
     assert max(heights) == max(widths) == 20 and min(heights) >= 10 and min(widths) >= 10
+
+
+def test_an_unmixed_batch_is_the_batch_as_loaded():
+    x, y = _constant_batch(4)
+    for mixer in (BatchMixer(), BatchMixer(0.2, 1.0, prob=0.0)):  # disabled; enabled but never drawn
+        out = mixer(x, y)
+        assert out.x is x and out.y is y and out.y_partner is y and out.lam == 1.0 and out.mode == "none"
+
+
+def test_cutmix_draws_only_from_its_generator():
+    """The run's seed fixes the mixing: the boxes and lambdas repeat whatever torch's global RNG did meanwhile."""
+    def draws(global_seed: int) -> list:
+        torch.manual_seed(global_seed)
+        boxes = [cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed)) for seed in range(10)]
+        x, y = _constant_batch(6)
+        mixer = BatchMixer(0.4, 1.0, prob=0.5, generator=torch.Generator().manual_seed(0))
+        batches = [mixer(x, y) for _ in range(10)]
+        return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.sum().item()) for b in batches]
+
+    assert draws(global_seed=1) == draws(global_seed=2)

@@ -19,8 +19,8 @@ from sklearn import metrics as skm
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.scan import DatasetIndex
+from finetune.evaluation import calibration, metrics
 from finetune.evaluation import evaluate as evaluate_module
-from finetune.evaluation import metrics
 from finetune.evaluation.calibration import fit_temperature
 from finetune.models.source import BundleConfig
 from finetune.training.monitor import monitor_metric, update_monitor_metric
@@ -210,6 +210,23 @@ def test_fitted_temperature_minimises_the_nll(num_classes, n, absent, scale):
     logits = logits * scale
     expected = reference_temperature(logits, labels)
     assert fit_temperature(logits, labels) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.uint8])
+def test_fitted_temperature_takes_labels_of_any_integer_type(dtype):
+    """Labels read from a CSV or an image library are often int32 or uint8; torch's NLL takes only int64."""
+    logits, labels = _random_case(4, 60, (), seed=5)
+    expected = reference_temperature(logits * 3.0, labels)
+    assert fit_temperature(logits * 3.0, labels.astype(dtype)) == pytest.approx(expected, rel=1e-3)
+
+
+def test_temperature_stops_at_its_range_when_the_nll_has_no_finite_minimiser():
+    """Logits that say nothing (one row for three labels): the NLL is at least log 3 (Gibbs), reached only by
+    the uniform softmax, T -> infinity. Logits right and never wrong: the NLL falls to 0 as T -> 0."""
+    uninformative = np.tile([1.0, 0.0, 0.0], (3, 1))
+    assert fit_temperature(uninformative, np.array([0, 1, 2])) == calibration.MAX_T
+    always_right = np.tile([1e-3, 0.0, 0.0], (3, 1))
+    assert fit_temperature(always_right, np.array([0, 0, 0])) == calibration.MIN_T
 
 
 def _calibration_inputs(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

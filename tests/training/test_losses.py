@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -54,6 +55,14 @@ def test_kd_loss_matches_hand_computation():
     ce = -(target * torch.log_softmax(s, 1)).sum(1).mean()
     assert torch.allclose(parts.total, 0.7 * ce + 0.3 * _kl_by_hand(s, t, 2.0), atol=1e-5)
     assert torch.allclose(distillation_kl(s, t, 2.0), _kl_by_hand(s, t, 2.0), atol=1e-5)
+
+
+def test_kd_term_names_its_class_dimension_so_torch_warns_nothing():
+    """An implicit softmax dimension makes torch warn on every training step; the term states its own."""
+    s, t = torch.randn(5, 3), torch.randn(5, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distillation_kl(s, t, 2.0)
 
 
 class _FixedMixer:
