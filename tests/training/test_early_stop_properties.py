@@ -2,13 +2,18 @@
 not improved for `patience_epochs` epochs", with a validation every `val_every` epochs."""
 from __future__ import annotations
 
+import copy
 import math
+from types import SimpleNamespace
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytorch_lightning.callbacks import EarlyStopping
 
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
+from finetune.training.freeze import FreezeSchedule
 
 SETTINGS = settings(max_examples=100, deadline=None)
 
@@ -38,3 +43,62 @@ def test_the_run_stops_at_the_first_validation_patience_epochs_after_the_best(pa
 @given(st.integers(1, 200), st.integers(1, 30))
 def test_patience_in_validations_is_rounded_up(patience, every):
     assert PhaseEarlyStopping("val/acc1", "max", patience, every).patience == math.ceil(patience / every)
+
+
+def _epochs(stopper: PhaseEarlyStopping, schedule: FreezeSchedule, scores: list[float], first: int = 0) -> int | None:
+    """Feeds one validation an epoch from epoch `first` on; the epoch the callback stops at, else None."""
+    module = SimpleNamespace(freeze_schedule=schedule)
+    for epoch, score in enumerate(scores[first:], start=first):
+        stopper.on_train_epoch_start(SimpleNamespace(current_epoch=epoch, max_epochs=len(scores)), module)
+        if stopper._evaluate_stopping_criteria(torch.tensor(score))[0]:
+            return epoch
+    return None
+
+
+# Frozen for epochs 0-2, all layers train from epoch 3: the best score comes at epoch 1, then nothing improves.
+SCHEDULE = FreezeSchedule(initial=4, milestones=((3, 0),))
+SCORES = [0.5, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
+
+
+def test_patience_restarts_at_the_unfreeze_and_stops_patience_epochs_later():
+    """Patience 2: the frozen phase may not stop (an unfreeze is ahead); epoch 3 restarts the count, so the
+    run stops at epoch 4, the second epoch of the new phase without beating 0.8."""
+    stopper = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    assert _epochs(stopper, SCHEDULE, SCORES) == 4
+    assert stopper.restarts == [3]
+
+
+@pytest.mark.parametrize("cut", [2, 3, 4])
+def test_a_resumed_callback_stops_where_the_uninterrupted_one_does(cut):
+    """state_dict -> load_state_dict into a new callback (what a resume does) continues the same count."""
+    first = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    assert _epochs(first, SCHEDULE, SCORES[:cut]) is None
+    saved = copy.deepcopy(first.state_dict())
+    resumed = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    resumed.load_state_dict(copy.deepcopy(saved))
+    assert resumed.restarts == first.restarts and resumed.wait_count == first.wait_count
+    assert float(resumed.best_score) == pytest.approx(0.8)
+    assert _epochs(resumed, SCHEDULE, SCORES, first=cut) == 4
+    assert resumed.restarts == [3]
+
+
+def test_a_checkpoint_of_lightnings_early_stopping_loads_with_no_restarts():
+    """A state saved by Lightning's own EarlyStopping has no "restarts": it loads, with none recorded."""
+    plain = EarlyStopping("val/acc1", mode="max", patience=2)
+    plain._evaluate_stopping_criteria(torch.tensor(0.8))
+    plain._evaluate_stopping_criteria(torch.tensor(0.7))
+    stopper = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    stopper.load_state_dict(plain.state_dict())
+    assert stopper.restarts == [] and stopper.wait_count == 1 and float(stopper.best_score) == pytest.approx(0.8)
+    assert stopper._evaluate_stopping_criteria(torch.tensor(0.7))[0]  # the second validation without improvement
+
+
+def test_loading_a_state_leaves_it_whole():
+    """The checkpoint's dict is the caller's: loading it twice gives two callbacks with the same restarts."""
+    first = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    _epochs(first, SCHEDULE, SCORES[:4])
+    saved = first.state_dict()
+    for _ in range(2):
+        again = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+        again.load_state_dict(saved)
+        assert again.restarts == [3]

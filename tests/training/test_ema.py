@@ -103,3 +103,59 @@ def test_batchnorm_running_statistics_are_averaged_and_counters_copied():
     expected = 0.9 * before + 0.1 * net[1].running_mean
     assert torch.allclose(ema.module[1].running_mean, expected, atol=1e-6)
     assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked) == 1
+
+
+class _Module(nn.Module):
+    """A LightningModule's shape as the callback sees it: `backbone.model`, plus state of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.model = _net()
+        self.backbone.num_classes = 2
+        self.temperature = nn.Parameter(torch.tensor(1.5))  # outside the backbone: not the EMA's business
+
+
+def _saved(ema_won: bool) -> tuple[_Module, EmaCallback, dict]:
+    module = _Module()
+    callback = EmaCallback(0.9)
+    callback.setup(None, module, "fit")
+    callback.ema.steps = 7
+    with torch.no_grad():
+        for p in callback.ema.module.parameters():
+            p.add_(1.0)  # EMA and raw weights differ
+    callback.ema_won = ema_won
+    ckpt = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
+    callback.on_save_checkpoint(None, module, ckpt)
+    return module, callback, ckpt
+
+
+@pytest.mark.parametrize("ema_won", [True, False])
+def test_resume_restores_the_backbone_and_leaves_the_rest_of_the_module_as_loaded(ema_won):
+    """Lightning loads the whole module first; the callback then puts back only the backbone's raw weights."""
+    saved_module, saved, ckpt = _saved(ema_won)
+    module = _Module()
+    module.load_state_dict(ckpt["state_dict"])  # what Lightning does before the callbacks' hooks
+    with torch.no_grad():
+        module.temperature.fill_(2.5)  # the module's own state: not in the EMA's raw weights
+    fresh = EmaCallback(0.9)
+    fresh.setup(None, module, "fit")
+    fresh.on_load_checkpoint(None, module, ckpt)
+    for (name, raw), live in zip(saved_module.backbone.model.state_dict().items(),
+                                 module.backbone.model.state_dict().values()):
+        assert torch.equal(live, raw), name
+    for ema, restored in zip(saved.ema.module.state_dict().values(), fresh.ema.module.state_dict().values()):
+        assert torch.equal(restored, ema)
+    assert module.temperature.item() == 2.5
+    assert (fresh.ema.steps, fresh.ema_won) == (7, ema_won)
+
+
+def test_a_checkpoint_without_an_ema_leaves_the_fresh_average():
+    """Resuming with --ema from a run without it: the average starts from the loaded weights at step 0."""
+    module = _Module()
+    callback = EmaCallback(0.9)
+    callback.setup(None, module, "fit")
+    before = {k: v.clone() for k, v in callback.ema.module.state_dict().items()}
+    callback.on_load_checkpoint(None, module, {"state_dict": module.state_dict()})
+    assert callback.ema.steps == 0 and not callback.ema_won
+    assert all(torch.equal(v, before[k]) for k, v in callback.ema.module.state_dict().items())

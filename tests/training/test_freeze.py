@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file
+from timm.layers import BatchNormAct2d
+from torch import nn
 from typer.testing import CliRunner
 
 from finetune.cli import app
+from finetune.training.freeze import norm_param_names
 
 
 def _trained_state(run_dir) -> dict[str, torch.Tensor]:
@@ -56,3 +59,10 @@ def test_unknown_layer_lists_valid_names(tiny_data, tmp_path, run_args):
                                               "--freeze-until", "layer9"))
     assert result.exit_code == 2
     assert "layer9" in result.output and "layer3" in result.output and "conv1" in result.output
+
+
+def test_norm_param_names_are_the_batchnorms_own_affine_parameters():
+    """timm's BatchNormAct2d is a BatchNorm with its activation inside: a PReLU's slope there is no BN affine."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), BatchNormAct2d(4, act_layer=nn.PReLU), nn.BatchNorm1d(4, affine=False))
+    assert {n for n, _ in model.named_parameters()} == {"0.weight", "0.bias", "1.weight", "1.bias", "1.act.weight"}
+    assert norm_param_names(model) == {"1.weight", "1.bias"}

@@ -5,6 +5,7 @@ down to lr/25e4 (or --min-lr); never negative, never above the peak."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -86,3 +87,53 @@ def test_warmup_epochs_become_that_many_epochs_of_steps(epochs, steps_per_epoch,
     """--warmup-epochs E (fractions allowed) warms up for E x steps-per-epoch steps, to the nearest step."""
     factor = ScheduleSpec("cosine", warmup_epochs=epochs).factor(1e-3, run_epochs * steps_per_epoch, steps_per_epoch)
     assert abs(factor.warmup_steps - epochs * steps_per_epoch) <= 0.5
+
+
+def _torch_onecycle(total: int, rise: int, end: float) -> list[float]:
+    """torch's OneCycleLR factors at steps 0..total for a peak at step `rise` and the last step `total`.
+
+    OneCycleLR peaks at step pct_start x total_steps - 1 and ends at step total_steps - 1, hence total + 1 steps.
+    """
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=1.0, total_steps=total + 1, pct_start=(rise + 1) / (total + 1), anneal_strategy="cos",
+        cycle_momentum=False, div_factor=ONECYCLE_DIV, final_div_factor=1 / (ONECYCLE_DIV * end))
+    factors = []
+    for step in range(total + 1):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if step < total:
+            sched.step()
+    return factors
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_onecycle_is_torchs_one_cycle_lr(total, data):
+    warmup = data.draw(st.integers(0, total - 1))
+    f = ScheduleFactor("onecycle", total, warmup_steps=warmup, min_factor=data.draw(floors))
+    rise = warmup or max(1, round(0.3 * total))
+    assume(rise < total)
+    end = f.min_factor or 1 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+    assert [f(s) for s in range(total + 1)] == pytest.approx(_torch_onecycle(total, rise, end), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(20, 0), (10, 9), (2, 1)])
+def test_onecycle_is_torchs_one_cycle_lr_when_the_fall_is_short(total, warmup):
+    """Hand-picked lengths, the shortest falls (one step) among them."""
+    f = ScheduleFactor("onecycle", total, warmup_steps=warmup)
+    end = 1 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+    torch_factors = _torch_onecycle(total, warmup or round(0.3 * total), end)
+    assert [f(s) for s in range(total + 1)] == pytest.approx(torch_factors, rel=1e-9, abs=1e-12)
+
+
+@SETTINGS
+@given(schedules(names=("cosine", "onecycle")), st.integers(1, 1000))
+def test_past_the_last_step_the_factor_stays_at_the_schedules_end(f, extra):
+    """A run that takes more optimizer steps than planned keeps the final LR; it does not climb back up."""
+    end = f(max(f.total_steps, f.warmup_steps + 1))
+    if f.name == "onecycle":
+        assume((f.warmup_steps or max(1, round(0.3 * f.total_steps))) < f.total_steps)
+        end = f(f.total_steps)
+    assert f(f.total_steps + extra) == pytest.approx(end, abs=1e-12)

@@ -55,5 +55,6 @@ class PhaseEarlyStopping(EarlyStopping):
         return {**super().state_dict(), "restarts": list(self.restarts)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.restarts = list(state_dict.pop("restarts", []))
-        super().load_state_dict(state_dict)
+        self.restarts = list(state_dict.get("restarts", []))
+        # A copy without "restarts": the caller's dict (the checkpoint's) stays whole.
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "restarts"})
