@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 from torch import nn
 from typer.testing import CliRunner
 
@@ -12,6 +14,7 @@ from finetune.cli import app
 from finetune.config import RunConfig
 from finetune.run.fit import guard_callbacks
 from finetune.training.callbacks.ema import EmaCallback, WeightEma
+from finetune.training.monitor import monitor_metric, monitor_spec, update_monitor_metric
 
 runner = CliRunner()
 
@@ -159,3 +162,160 @@ def test_a_checkpoint_without_an_ema_leaves_the_fresh_average():
     callback.on_load_checkpoint(None, module, {"state_dict": module.state_dict()})
     assert callback.ema.steps == 0 and not callback.ema_won
     assert all(torch.equal(v, before[k]) for k, v in callback.ema.module.state_dict().items())
+
+
+# ----- the callback's hooks, driven by hand: a 2-class linear classifier whose predictions are worked out below
+X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 3.0]])
+Y = torch.tensor([1, 1, 1, 0])
+# Raw weights: identity, predicting argmax(x) = 0, 1, 0, 1: right on image 1 only, top-1 1/4.
+# EMA weights: the rows swapped, predicting 1, 0, 1, 0: right on images 0, 2, 3, top-1 3/4.
+RAW_W, EMA_W = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+
+class _Validated(_Module):
+    """The module's side of validation: its own figure for --monitor, and a log that records."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.backbone.model = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.backbone.model.weight.copy_(RAW_W)
+        self.monitor, self.logged = monitor, {}
+        self.raw_metric, self.val_acc1 = monitor_metric(monitor, 2), monitor_metric("acc1", 2)
+
+    def monitor_value(self, monitor: str) -> torch.Tensor:
+        assert monitor == self.monitor
+        return self.raw_metric.compute()
+
+    def log(self, name: str, value: torch.Tensor) -> None:
+        self.logged[name] = float(value)
+
+    def validate(self, callback: EmaCallback, x: torch.Tensor, y: torch.Tensor, sanity: bool = False) -> None:
+        """One validation epoch in two batches, as Lightning runs it: the module's step, then the callback's."""
+        trainer = SimpleNamespace(sanity_checking=sanity)
+        for i, batch in enumerate(((x[:2], y[:2]), (x[2:], y[2:]))):
+            with torch.no_grad():
+                logits = self.backbone.model(batch[0])
+            update_monitor_metric(self.raw_metric, logits, batch[1])
+            self.val_acc1.update(logits, batch[1])
+            callback.on_validation_batch_end(trainer, self, None, batch, i)
+        callback.on_validation_epoch_end(trainer, self)
+        self.raw_metric.reset()
+        self.val_acc1.reset()
+
+
+def _fitted(monitor: str) -> tuple[_Validated, EmaCallback]:
+    module = _Validated(monitor)
+    callback = EmaCallback(0.9, monitor=monitor)
+    callback.setup(None, module, "fit")
+    callback.on_fit_start(None, module)
+    with torch.no_grad():
+        callback.ema.module.weight.copy_(EMA_W)
+    return module, callback
+
+
+def _sklearn_figure(monitor: str, logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The --monitor figure by scikit-learn, from logits."""
+    pred, probs = logits.argmax(1).numpy(), logits.double().softmax(1).numpy()
+    return {"acc1": lambda: accuracy_score(y, pred), "balanced-acc": lambda: balanced_accuracy_score(y, pred),
+            "macro-f1": lambda: f1_score(y, pred, average="macro"), "loss": lambda: log_loss(y, probs)}[monitor]()
+
+
+@pytest.mark.parametrize("monitor", ["acc1", "balanced-acc", "macro-f1", "loss"])
+@pytest.mark.parametrize("labels", ["ema-better", "raw-better"])
+def test_both_weight_sets_are_validated_and_the_better_is_selected(monitor, labels):
+    """val_ema/KEY is the EMA weights' figure, val/KEY_selected the better one's, val/acc1_selected its top-1."""
+    y = Y if labels == "ema-better" else 1 - Y  # flipped labels: the raw weights get 3/4 right, the EMA 1/4
+    module, callback = _fitted(monitor)
+    module.validate(callback, X, 1 - y, sanity=True)  # other labels: a leak would show in the figures
+    assert module.logged == {}  # the sanity check is not a result ...
+    module.validate(callback, X, y)  # ... nor does it leak into the first validation
+    spec = monitor_spec(monitor)
+    ema, raw = _sklearn_figure(monitor, X @ EMA_W.T, y), _sklearn_figure(monitor, X @ RAW_W.T, y)
+    ema_top1, raw_top1 = (0.75, 0.25) if labels == "ema-better" else (0.25, 0.75)
+    expected = {spec.ema_metric: ema, spec.selected_metric: ema if labels == "ema-better" else raw,
+                "val_ema/acc1": ema_top1, "val/acc1_selected": max(ema_top1, raw_top1)}
+    assert module.logged == pytest.approx(expected, rel=1e-5)
+    assert callback.ema_won == (labels == "ema-better")
+
+
+def test_each_validation_is_computed_afresh():
+    """A second validation on other images reports those images only."""
+    module, callback = _fitted("loss")
+    module.validate(callback, X, Y)
+    module.validate(callback, X, 1 - Y)  # now the raw weights are the better ones
+    assert module.logged["val_ema/acc1"] == 0.25 and module.logged["val/acc1_selected"] == 0.75
+    assert module.logged["val_ema/loss"] == pytest.approx(log_loss(1 - Y, (X @ EMA_W.T).double().softmax(1)), rel=1e-5)
+    assert not callback.ema_won
+
+
+def test_the_average_and_its_metrics_follow_the_module_to_its_device():
+    module, callback = _validated_on("meta")
+    assert all(t.device.type == "meta" for t in callback.ema.module.state_dict().values())
+    assert callback._acc.device.type == "meta" and callback._top1.device.type == "meta"
+
+
+def _validated_on(device: str) -> tuple[_Validated, EmaCallback]:
+    module = _Validated("macro-f1")
+    module.device = torch.device(device)
+    callback = EmaCallback(0.9, monitor="macro-f1")
+    callback.setup(None, module, "fit")
+    callback.on_fit_start(None, module)
+    return module, callback
+
+
+@pytest.mark.parametrize(("warmup", "expected"), [(False, 0.5), (True, 1.0)])
+def test_each_training_step_moves_the_average_toward_the_module(warmup, expected):
+    """Decay 0.5 without warm-up: halfway to the new weights; with warm-up the first step copies them."""
+    module = _Validated("acc1")
+    callback = EmaCallback(0.5, warmup=warmup)
+    callback.setup(None, module, "fit")
+    with torch.no_grad():
+        module.backbone.model.weight.add_(1.0)
+    callback.on_train_batch_end(None, module, None, None, 0)
+    assert torch.equal(callback.ema.module.weight, RAW_W + expected)
+    assert callback.ema.steps == 1
+
+
+def test_only_fitting_makes_an_average_and_a_second_fit_keeps_it():
+    """validate / test / predict run the raw weights; a fit that finds an average (restored, or from an
+    earlier fit) goes on with it."""
+    module = _Validated("acc1")
+    callback = EmaCallback(0.9)
+    callback.setup(None, module, "validate")
+    assert callback.ema is None
+    callback.setup(None, module, "fit")
+    average = callback.ema
+    callback.ema.steps = 5
+    callback.setup(None, module, "fit")
+    assert callback.ema is average and callback.ema.steps == 5
+
+
+def test_a_checkpoint_before_any_validation_holds_the_raw_weights():
+    """Nothing has been compared yet: the raw weights are in state_dict, the average beside them."""
+    module = _Validated("acc1")
+    callback = EmaCallback(0.9)
+    callback.setup(None, module, "fit")
+    with torch.no_grad():
+        callback.ema.module.weight.copy_(EMA_W)
+    ckpt = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
+    callback.on_save_checkpoint(None, module, ckpt)
+    assert torch.equal(ckpt["state_dict"]["backbone.model.weight"], RAW_W)
+    assert torch.equal(ckpt["ema"]["ema_state_dict"]["backbone.model.weight"], EMA_W)
+    assert ckpt["ema"]["won"] is False and ckpt["ema"]["decay"] == 0.9  # the record says which and how
+
+
+def test_the_average_never_trains():
+    """The copy is only ever moved by `update`: no gradient reaches it, whatever the module's requires_grad."""
+    ema = WeightEma(_net())
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+
+
+def test_defaults_are_the_run_configs():
+    """Used as a library, the callback and the average behave as `finetune run --ema` does by default."""
+    cfg = RunConfig(backbone="test_resnet", data=".")
+    callback, ema = EmaCallback(), WeightEma(_net())
+    assert (callback.decay, callback.warmup, callback.monitor) == (cfg.ema_decay, cfg.ema_warmup, cfg.monitor)
+    assert (ema.decay, ema.warmup) == (cfg.ema_decay, cfg.ema_warmup)
