@@ -92,3 +92,26 @@ def test_cutmix_draws_only_from_its_generator():
         return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.sum().item()) for b in batches]
 
     assert draws(global_seed=1) == draws(global_seed=2)
+
+
+def test_cutmix_boxes_reach_every_pixel_of_the_image():
+    """Centres are uniform over the image and boxes are clipped, not shifted: row 0 and column 0 are cut too."""
+    covered = torch.zeros(40, 40, dtype=torch.bool)
+    for seed in range(60):
+        top, bottom, left, right = cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed))
+        covered[top:bottom, left:right] = True
+    assert covered.all()
+
+
+def test_with_both_enabled_the_default_picks_cutmix_or_mixup_evenly():
+    """switch_prob's default is timm Mixup's: half the mixed batches cutmix, half mixup."""
+    x, y = _constant_batch(4)
+    mixer = BatchMixer(mixup_alpha=0.2, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))
+    modes = [mixer(x, y).mode for _ in range(200)]
+    assert 60 < modes.count("cutmix") < 140 and modes.count("cutmix") + modes.count("mixup") == 200
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(-0.5, 0.0), (0.0, -0.5), (-0.5, 1.0)])
+def test_a_negative_alpha_is_refused_with_its_value(mixup, cutmix):
+    with pytest.raises(ValueError, match=r"alpha must be >= 0, got .*-0\.5"):
+        BatchMixer(mixup_alpha=mixup, cutmix_alpha=cutmix)
