@@ -115,3 +115,14 @@ def test_with_both_enabled_the_default_picks_cutmix_or_mixup_evenly():
 def test_a_negative_alpha_is_refused_with_its_value(mixup, cutmix):
     with pytest.raises(ValueError, match=r"alpha must be >= 0, got .*-0\.5"):
         BatchMixer(mixup_alpha=mixup, cutmix_alpha=cutmix)
+
+
+@pytest.mark.parametrize("alpha", [0.4, 2.0])
+def test_mixup_lambda_follows_beta_alpha_alpha(alpha):
+    """Kolmogorov-Smirnov against scipy's Beta(alpha, alpha), over 400 batches of one seeded mixer."""
+    from scipy import stats
+
+    x, y = _constant_batch(4)
+    mixer = BatchMixer(mixup_alpha=alpha, generator=torch.Generator().manual_seed(0))
+    lams = [mixer(x, y).lam for _ in range(400)]
+    assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 0.01
