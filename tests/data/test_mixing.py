@@ -126,3 +126,11 @@ def test_mixup_lambda_follows_beta_alpha_alpha(alpha):
     mixer = BatchMixer(mixup_alpha=alpha, generator=torch.Generator().manual_seed(0))
     lams = [mixer(x, y).lam for _ in range(400)]
     assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+
+
+def test_a_mixed_batch_keeps_the_loaded_labels_as_its_own():
+    x, y = _constant_batch(6)
+    for mixer in (BatchMixer(mixup_alpha=0.4, generator=torch.Generator().manual_seed(0)),
+                  BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))):
+        out = mixer(x, y)
+        assert out.mode != "none" and torch.equal(out.y, y)
