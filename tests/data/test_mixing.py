@@ -88,8 +88,9 @@ def test_cutmix_draws_only_from_its_generator():
         boxes = [cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed)) for seed in range(10)]
         x, y = _constant_batch(6)
         mixer = BatchMixer(0.4, 1.0, prob=0.5, generator=torch.Generator().manual_seed(0))
-        batches = [mixer(x, y) for _ in range(10)]
-        return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.sum().item()) for b in batches]
+        cutmix = BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))
+        batches = [mixer(x, y) for _ in range(10)] + [cutmix(x, y) for _ in range(5)]
+        return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.flatten().tolist()) for b in batches]
 
     assert draws(global_seed=1) == draws(global_seed=2)
 
