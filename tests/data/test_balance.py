@@ -18,6 +18,7 @@ from finetune.data.balance import (
     balanced_sample_weights,
     class_weights,
     effective_number_weights,
+    imbalance_ratio,
     imbalance_warning,
     read_class_weights,
 )
@@ -174,3 +175,10 @@ def test_balanced_sample_weights_take_labels_of_any_integer_type(dtype):
     (torch reads a uint8 index as a mask, so the labels must be cast first)."""
     weights = balanced_sample_weights(np.array([0, 2, 2, 1], dtype=dtype), 3)
     assert weights.tolist() == [1.0, 0.5, 0.5, 1.0]
+
+
+def test_imbalance_ratio_by_hand():
+    assert imbalance_ratio({"a": 30, "b": 5, "c": 10}) == 6.0
+    assert imbalance_ratio({"a": 1, "b": 0}) == float("inf")  # a class without images: unbounded
+    assert imbalance_ratio({"a": 5, "b": 0}) == float("inf")
+    assert imbalance_ratio({"a": 0, "b": 0}) == 1.0 and imbalance_ratio({}) == 1.0  # no images: nothing to balance

@@ -88,7 +88,50 @@ def test_cutmix_draws_only_from_its_generator():
         boxes = [cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed)) for seed in range(10)]
         x, y = _constant_batch(6)
         mixer = BatchMixer(0.4, 1.0, prob=0.5, generator=torch.Generator().manual_seed(0))
-        batches = [mixer(x, y) for _ in range(10)]
-        return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.sum().item()) for b in batches]
+        cutmix = BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))
+        batches = [mixer(x, y) for _ in range(10)] + [cutmix(x, y) for _ in range(5)]
+        return boxes + [(b.mode, b.lam, b.y_partner.tolist(), b.x.flatten().tolist()) for b in batches]
 
     assert draws(global_seed=1) == draws(global_seed=2)
+
+
+def test_cutmix_boxes_reach_every_pixel_of_the_image():
+    """Centres are uniform over the image and boxes are clipped, not shifted: row 0 and column 0 are cut too."""
+    covered = torch.zeros(40, 40, dtype=torch.bool)
+    for seed in range(60):
+        top, bottom, left, right = cutmix_box(40, 40, 0.75, torch.Generator().manual_seed(seed))
+        covered[top:bottom, left:right] = True
+    assert covered.all()
+
+
+def test_with_both_enabled_the_default_picks_cutmix_or_mixup_evenly():
+    """switch_prob's default is timm Mixup's: half the mixed batches cutmix, half mixup."""
+    x, y = _constant_batch(4)
+    mixer = BatchMixer(mixup_alpha=0.2, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))
+    modes = [mixer(x, y).mode for _ in range(200)]
+    assert 60 < modes.count("cutmix") < 140 and modes.count("cutmix") + modes.count("mixup") == 200
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(-0.5, 0.0), (0.0, -0.5), (-0.5, 1.0)])
+def test_a_negative_alpha_is_refused_with_its_value(mixup, cutmix):
+    with pytest.raises(ValueError, match=r"alpha must be >= 0, got .*-0\.5"):
+        BatchMixer(mixup_alpha=mixup, cutmix_alpha=cutmix)
+
+
+@pytest.mark.parametrize("alpha", [0.4, 2.0])
+def test_mixup_lambda_follows_beta_alpha_alpha(alpha):
+    """Kolmogorov-Smirnov against scipy's Beta(alpha, alpha), over 400 batches of one seeded mixer."""
+    from scipy import stats
+
+    x, y = _constant_batch(4)
+    mixer = BatchMixer(mixup_alpha=alpha, generator=torch.Generator().manual_seed(0))
+    lams = [mixer(x, y).lam for _ in range(400)]
+    assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+
+
+def test_a_mixed_batch_keeps_the_loaded_labels_as_its_own():
+    x, y = _constant_batch(6)
+    for mixer in (BatchMixer(mixup_alpha=0.4, generator=torch.Generator().manual_seed(0)),
+                  BatchMixer(cutmix_alpha=1.0, generator=torch.Generator().manual_seed(0))):
+        out = mixer(x, y)
+        assert out.mode != "none" and torch.equal(out.y, y)
