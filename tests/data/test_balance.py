@@ -178,7 +178,12 @@ def test_balanced_sample_weights_take_labels_of_any_integer_type(dtype):
 
 
 def test_imbalance_ratio_by_hand():
-    assert imbalance_ratio({"a": 30, "b": 5, "c": 10}) == 6.0
+    assert imbalance_ratio({"a": 30, "b": 5, "c": 10}) == 6.0 and imbalance_ratio({"a": 4, "b": 1}) == 4.0
     assert imbalance_ratio({"a": 1, "b": 0}) == float("inf")  # a class without images: unbounded
     assert imbalance_ratio({"a": 5, "b": 0}) == float("inf")
     assert imbalance_ratio({"a": 0, "b": 0}) == 1.0 and imbalance_ratio({}) == 1.0  # no images: nothing to balance
+
+
+def test_class_weights_none_means_an_unweighted_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file called "none" to be read instead
+    assert class_weights("none", {"cat": 5, "dog": 50}) is None
