@@ -187,3 +187,11 @@ def test_imbalance_ratio_by_hand():
 def test_class_weights_none_means_an_unweighted_loss(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no file called "none" to be read instead
     assert class_weights("none", {"cat": 5, "dog": 50}) is None
+
+
+def test_auto_weights_of_a_one_or_two_image_set_give_the_empty_class_zero():
+    """N = 1: beta = 0, E_1 = 1; N = 2: beta = 1/2, E_2 = 1.5 (by hand). Either way the one class with images
+    gets the mean-1 weight and the empty class 0, as for any other set."""
+    assert effective_number_weights([1, 0]).tolist() == [1.0, 0.0]
+    assert effective_number_weights([0, 2]).tolist() == [0.0, 1.0]
+    assert effective_number_weights([0, 0]).tolist() == [1.0, 1.0]  # no images: unweighted
