@@ -54,7 +54,7 @@ def effective_number_weights(counts: Sequence[int]) -> torch.Tensor:
     """
     n = torch.tensor([float(c) for c in counts], dtype=torch.float64)
     total = float(n.sum())
-    if total <= 1:
+    if total < 1:  # no image at all: beta = 1 - 1/N is undefined, so the loss stays unweighted
         return torch.ones(len(n), dtype=torch.float32)
     beta = 1.0 - 1.0 / total
     effective = (1.0 - beta**n) / (1.0 - beta)

@@ -178,7 +178,20 @@ def test_balanced_sample_weights_take_labels_of_any_integer_type(dtype):
 
 
 def test_imbalance_ratio_by_hand():
-    assert imbalance_ratio({"a": 30, "b": 5, "c": 10}) == 6.0
+    assert imbalance_ratio({"a": 30, "b": 5, "c": 10}) == 6.0 and imbalance_ratio({"a": 4, "b": 1}) == 4.0
     assert imbalance_ratio({"a": 1, "b": 0}) == float("inf")  # a class without images: unbounded
     assert imbalance_ratio({"a": 5, "b": 0}) == float("inf")
     assert imbalance_ratio({"a": 0, "b": 0}) == 1.0 and imbalance_ratio({}) == 1.0  # no images: nothing to balance
+
+
+def test_class_weights_none_means_an_unweighted_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file called "none" to be read instead
+    assert class_weights("none", {"cat": 5, "dog": 50}) is None
+
+
+def test_auto_weights_of_a_one_or_two_image_set_give_the_empty_class_zero():
+    """N = 1: beta = 0, E_1 = 1; N = 2: beta = 1/2, E_2 = 1.5 (by hand). Either way the one class with images
+    gets the mean-1 weight and the empty class 0, as for any other set."""
+    assert effective_number_weights([1, 0]).tolist() == [1.0, 0.0]
+    assert effective_number_weights([0, 2]).tolist() == [0.0, 1.0]
+    assert effective_number_weights([0, 0]).tolist() == [1.0, 1.0]  # no images: unweighted
