@@ -188,9 +188,21 @@ def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 # Under `make mutation` each mutant runs the tests that called its function. Those of a metric include every
 # training test; a surviving mutant would run them all (minutes each). The mutant runs take the tests the
 # whole-suite pass timed (mutants/mutmut-stats.json) fastest first, and leave out those slower than
-# FINETUNE_MUTATION_TEST_SECONDS (default 1): a mutant only slower tests would catch counts as survived.
+# FINETUNE_MUTATION_TEST_SECONDS (default 1): a mutant only slower tests would catch counts as survived. A
+# function that only slower tests call still gets its fastest one, up to FINETUNE_MUTATION_MAX_SECONDS
+# (default 10): otherwise every mutant of it would count as survived without a single test run.
 def _mutant_under_test() -> bool:
     return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+def mutant_tests(seconds: dict[str, float], limit: float, longest: float) -> list[str]:
+    """The tests a mutant runs, fastest first: those that took at most `limit` seconds, or, where none did,
+    the fastest one if it took at most `longest`. `seconds` maps each covering test's id to its time."""
+    fast = sorted((t for t, s in seconds.items() if s <= limit), key=seconds.__getitem__)
+    if fast or not seconds:
+        return fast
+    fastest = min(seconds, key=seconds.__getitem__)
+    return [fastest] if seconds[fastest] <= longest else []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -202,10 +214,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     import json
 
-    seconds = json.loads(Path("mutmut-stats.json").read_text())["duration_by_test"]
-    limit = float(os.environ.get("FINETUNE_MUTATION_TEST_SECONDS", "1"))
-    kept = sorted((i for i in items if seconds.get(i.nodeid, 0.0) <= limit), key=lambda i: seconds.get(i.nodeid, 0.0))
-    left = [i for i in items if i not in kept]
+    timed = json.loads(Path("mutmut-stats.json").read_text())["duration_by_test"]
+    by_id = {item.nodeid: item for item in items}
+    chosen = mutant_tests({nodeid: timed.get(nodeid, 0.0) for nodeid in by_id},
+                          float(os.environ.get("FINETUNE_MUTATION_TEST_SECONDS", "1")),
+                          float(os.environ.get("FINETUNE_MUTATION_MAX_SECONDS", "10")))
+    kept = [by_id[nodeid] for nodeid in chosen]
+    kept_ids = set(chosen)
+    left = [item for item in items if item.nodeid not in kept_ids]
     if left:
         config.hook.pytest_deselected(items=left)
     items[:] = kept
