@@ -69,3 +69,17 @@ def test_the_score_leaves_out_equivalents_and_counts_no_tests_as_alive():
     assert by_module["pkg.b"].endswith("| 3 | not run |")
     assert by_module["pkg.c"].endswith("| 1 | 100% (partial) |")
     assert sorted(alive) == ["pkg.a.x_f__mutmut_8: survived", "pkg.a.x_f__mutmut_9: no tests"]
+
+
+def test_alive_prints_the_names_to_judge_again_and_writes_nothing(monkeypatch, capsys, tmp_path):
+    report = _report()
+    found = {"pkg.a.x_f__mutmut_1": ("pkg.a", "killed"), "pkg.a.x_f__mutmut_2": ("pkg.a", "survived"),
+             "pkg.a.x_f__mutmut_3": ("pkg.a", "no tests"), "pkg.a.x_f__mutmut_4": ("pkg.a", "survived"),
+             "pkg.a.x_f__mutmut_5": ("pkg.a", "not checked")}
+    monkeypatch.setattr(report, "verdicts", lambda mutmut: found)
+    monkeypatch.setattr(report, "equivalents", lambda: {"pkg.a.x_f__mutmut_4": "same behaviour"})
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "mutation.md")
+    monkeypatch.setattr("sys.argv", ["mutation_report.py", "--alive"])
+    assert report.main() == 0
+    assert capsys.readouterr().out.split() == ["pkg.a.x_f__mutmut_2", "pkg.a.x_f__mutmut_3"]
+    assert not (tmp_path / "mutation.md").exists()

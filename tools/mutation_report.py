@@ -3,6 +3,7 @@
 Usage (from the repository root, after `make mutation` or `.venv/bin/mutmut run`):
     .venv/bin/python tools/mutation_report.py            # print the table, write the results file
     .venv/bin/python tools/mutation_report.py --survivors  # also list each survivor not argued equivalent
+    .venv/bin/mutmut run $(.venv/bin/python tools/mutation_report.py --alive)  # judge the survivors again
 
 mutmut keeps one verdict per mutant (`mutmut results --all true`); this script only counts them per module
 and subtracts the mutants argued equivalent in tools/mutation_equivalents.toml (one line of reason each:
@@ -86,6 +87,9 @@ def main() -> int:
     parser.add_argument("--survivors", action="store_true", help="list every survivor not argued equivalent")
     parser.add_argument("--mutmut", default=str(Path(sys.executable).parent / "mutmut"))
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--alive", action="store_true",
+                        help="print only the names of the survivors not argued equivalent, for `mutmut run NAMES` "
+                             "to judge them again after new tests (mutmut keeps a verdict until its function changes)")
     args = parser.parse_args()
     found = verdicts(args.mutmut)
     if not found:
@@ -94,6 +98,9 @@ def main() -> int:
     equivalent = equivalents()
     stale = sorted(set(equivalent) - set(found))
     rows, alive = table(found, equivalent)
+    if args.alive:
+        print(" ".join(line.split(":")[0] for line in alive))
+        return 0
     print("\n".join(rows))
     if stale:
         print(f"\n{len(stale)} equivalents no longer among the mutants (the code moved): {', '.join(stale)}")
