@@ -195,3 +195,18 @@ def test_auto_weights_of_a_one_or_two_image_set_give_the_empty_class_zero():
     assert effective_number_weights([1, 0]).tolist() == [1.0, 0.0]
     assert effective_number_weights([0, 2]).tolist() == [0.0, 1.0]
     assert effective_number_weights([0, 0]).tolist() == [1.0, 1.0]  # no images: unweighted
+
+
+def test_weights_from_a_file_are_float32_whatever_the_default_dtype(tmp_path):
+    """A notebook that sets torch's default dtype to float64 still gets weights the float32 loss accepts."""
+    from finetune.data.balance import read_class_weights
+
+    path = tmp_path / "weights.json"
+    path.write_text('{"cat": 1, "dog": 2.5}')
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        weights = read_class_weights(path, ["cat", "dog"])
+    finally:
+        torch.set_default_dtype(before)
+    assert weights.dtype == torch.float32 and weights.tolist() == [1.0, 2.5]

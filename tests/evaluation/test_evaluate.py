@@ -156,3 +156,10 @@ def test_a_folder_without_a_model_gets_one_message_everywhere(tiny_data, tmp_pat
         message = " ".join(str(e.value).split())
         assert str(empty) in message and "checkpoints/best.ckpt" in message and "model/config.json" in message, message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-run"]  # nothing written beside it
+
+
+def test_each_eval_of_a_split_gets_its_own_folder_and_the_first_keeps_the_plain_name(tmp_path):
+    from finetune.evaluation.evaluate import _new_output
+
+    made = [_new_output(tmp_path, "test").name for _ in range(3)] + [_new_output(tmp_path, "val").name]
+    assert made == ["eval-test", "eval-test-2", "eval-test-3", "eval-val"]
