@@ -147,6 +147,36 @@ def test_train_class_with_only_bad_files(tmp_path):
         scan_image_folder(tmp_path)
 
 
+@pytest.mark.parametrize(("in_zebra", "elsewhere"), [(10, 3), (11, 4), (11, 0)])
+def test_no_readable_image_error_lists_each_empty_class_and_the_other_skipped_files(tmp_path, in_zebra, elsewhere):
+    """The error names an empty folder as "[no files]", lists up to 10 skipped files of a class folder
+    and counts the rest, then lists up to 3 unreadable files of the other folders and counts the rest."""
+    _flat(tmp_path, per_class=2, classes=("circle", "square"))
+    (tmp_path / "yak").mkdir()
+    for i in range(in_zebra):
+        (tmp_path / "zebra").mkdir(exist_ok=True)
+        (tmp_path / "zebra" / f"z{i:02d}.jpg").write_bytes(b"")
+    for i in range(elsewhere):
+        (tmp_path / "circle" / f"x{i}.jpg").write_bytes(b"")
+    with pytest.warns(DataWarning), pytest.raises(DataError) as info:
+        scan_image_folder(tmp_path)
+    empty = "(empty file (0 bytes))"
+    zebra = "; ".join(f"z{i:02d}.jpg {empty}" for i in range(min(in_zebra, 10)))
+    zebra += "; and 1 more" if in_zebra == 11 else ""
+    others = {
+        0: "",
+        3: f"; 3 other files were skipped as unreadable: {tmp_path}/circle/x0.jpg {empty}, "
+           f"{tmp_path}/circle/x1.jpg {empty}, {tmp_path}/circle/x2.jpg {empty}",
+        4: f"; 4 other files were skipped as unreadable: {tmp_path}/circle/x0.jpg {empty}, "
+           f"{tmp_path}/circle/x1.jpg {empty}, {tmp_path}/circle/x2.jpg {empty} and 1 more",
+    }[elsewhere]
+    assert str(info.value) == (
+        f"no readable image in class folder(s) {tmp_path}/yak [no files], {tmp_path}/zebra [skipped {in_zebra}: "
+        f"{zebra}]; every class needs at least one image with extension .jpg, .jpeg, .png, .bmp, .webp, .tif, "
+        f".tiff{others}"
+    )
+
+
 def test_val_class_not_in_train(tmp_path):
     make_image_folder(tmp_path, classes=("circle", "square"), train_per_class=2, val_per_class=1, size=8)
     save_rgb(tmp_path / "val" / "zebra" / "z.png")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 import finetune
 from finetune.cli import app
 from finetune.config import RunConfig, load_recipe
+from finetune.search import study as study_module
 from finetune.search.space import Param
 
 
@@ -269,3 +272,17 @@ def test_the_standard_error_counts_the_val_images_a_trial_is_scored_on(limit, im
     from finetune.search.study import validated_images
 
     assert validated_images(500, limit, 64) == images
+
+
+def test_the_default_study_folder_is_named_by_date_and_backbone_as_one_safe_folder(monkeypatch, tmp_path):
+    """studies/2024-03-05-<backbone>, with the ':' and '/' of hub and torchvision names made '_': one folder
+    per day and backbone, never a nested path."""
+    class March5(datetime.date):
+        @classmethod
+        def today(cls):
+            return cls(2024, 3, 5)
+
+    monkeypatch.setattr(study_module, "date", March5)
+    hub = study_module.default_study_dir("hf-hub:timm/resnet50.a1_in1k")
+    assert hub == Path("studies/2024-03-05-hf-hub_timm_resnet50.a1_in1k") and len(hub.parts) == 2
+    assert study_module.default_study_dir("tv:resnet18", tmp_path) == tmp_path / "2024-03-05-tv_resnet18"
