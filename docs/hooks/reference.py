@@ -1,6 +1,6 @@
 """MkDocs hook: the pages made at build time from the code and from files outside docs/.
 
-- `reference/cli.md`: every command, argument and option of the Typer app, with its help (walked with click).
+- `reference/cli.md`: every command, argument and option of the Typer app, with its help as `--help` gives it.
 - `reference/settings.md`: every `RunConfig` field: option, type, default, range and description.
 - `reference/api.md`: an mkdocstrings block for each name `finetune/__init__.py` exports.
 - The benchmark results (`benchmarks/results/*.md`), CHANGELOG.md, CONTRIBUTING.md and the notebooks, copied
@@ -10,6 +10,10 @@
 A page links to such a file by its path in the repository (`../../benchmarks/results/quality.md` from
 `docs/guides/`), which also works when the Markdown is read on disk; `on_page_markdown` turns that path into
 the page's place in the site.
+
+A hook, not mkdocs-gen-files or mkdocs-click: MkDocs runs hooks itself, so no further plugin is needed, and
+Typer builds its commands on its own copy of click's classes rather than on click's, which click-based
+generators look for.
 """
 from __future__ import annotations
 
@@ -59,7 +63,9 @@ def _param_rows(params: list[Any], ctx: Any, header: str = "option") -> list[str
 
 def _command_section(command: Any, path: list[str], ctx: Any) -> list[str]:
     """The Markdown of one command: usage, help, then its parameters panel by panel (hidden ones left out)."""
-    lines = [f"## `{' '.join(path)}`", "", "```", ctx.get_usage(), "```", "", md_text(command.help or ""), ""]
+    paragraphs = [md_text(p) for p in re.split(r"\n\s*\n", command.help or "") if p.strip()]
+    lines = [f"## `{' '.join(path)}`", "", "```", ctx.get_usage(), "```", ""]
+    lines += [line for paragraph in paragraphs for line in (paragraph, "")]
     shown = [p for p in command.params if not getattr(p, "hidden", False)]
     arguments = [p for p in shown if p.param_type_name == "argument"]
     if arguments:
