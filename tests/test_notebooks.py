@@ -179,7 +179,7 @@ def test_notebook_runs_with_nbconvert_from_imagenet_weights(path: Path, tmp_path
     shutil.copy(path, where / path.name)
     command = [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
                f"--ExecutePreprocessor.timeout={CELL_TIMEOUT_S}", "--ExecutePreprocessor.kernel_name=python3",
-               str(where / path.name)]  # `jupyter nbconvert ...` as the README says, by its module
+               str(where / path.name)]  # `jupyter nbconvert ...` as docs/install.md says, by its module
     done = subprocess.run(command, env={**os.environ, "TMPDIR": str(runs)}, capture_output=True, text=True,
                           timeout=CELL_TIMEOUT_S * 4)
     assert done.returncode == 0, done.stderr[-4000:]  # CellExecutionError names the failing cell and its traceback
