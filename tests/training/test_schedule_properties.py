@@ -1,5 +1,5 @@
 """Properties of the LR schedules for any run length, warm-up and floor (finetune.training.schedules and
-the README's "Optimizers and schedules"): a linear warm-up lr/(W+1), 2lr/(W+1), ... up to the peak; cosine
+docs/guides/freezing.md, "Optimizers and schedules"): a linear warm-up lr/(W+1), 2lr/(W+1), ... up to the peak; cosine
 from the peak down to --min-lr; step x gamma every step-size epochs; onecycle from lr/25 up to the peak and
 down to lr/25e4 (or --min-lr); never negative, never above the peak."""
 from __future__ import annotations
