@@ -5,18 +5,25 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from conftest import mutant_tests
 from hypothesis import given
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _report():
-    spec = importlib.util.spec_from_file_location("mutation_report", ROOT / "tools" / "mutation_report.py")
+def _load(name: str, path: Path):
+    """A module by its file: tests/conftest.py is not importable by name (each test folder's conftest is)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _report():
+    return _load("mutation_report", ROOT / "tools" / "mutation_report.py")
+
+
+mutant_tests = _load("tests_root_conftest", ROOT / "tests" / "conftest.py").mutant_tests
 
 
 def test_a_mutant_runs_its_fast_tests_fastest_first():
