@@ -35,7 +35,7 @@ def run(ctx: typer.Context, resume: Optional[Path] = None, **settings: Any) -> N
         config, sources = _resumed_config(resume, {k: settings[k] for k in given})
     else:
         config, sources = resolve_config(settings, given, settings["recipe"])  # warns of recipe values switched off
-        _check_data(config.data)
+        _check_data(config.data, config.labels)
     from finetune.run.fit import fit  # torch and Lightning: imported once the inputs are known to be usable
 
     fit(config, console, ckpt_path=resume / "checkpoints" / "last.ckpt" if resume else None, sources=sources)
@@ -52,15 +52,20 @@ def _resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, di
     return resume_config(run_dir, given), {k: "command line (--resume)" for k in given}
 
 
-def _check_data(data: Path) -> None:
-    """The data folder exists: checked before the heavy imports, so that a mistyped --data fails at once."""
+def _check_data(data: Path, labels: Optional[Path] = None) -> None:
+    """The data folder and the label table exist: checked before the heavy imports, so that a mistyped --data
+    or --labels fails at once."""
     from finetune.data.scan import check_data_folder
+    from finetune.data.tables import check_table_file
 
     check_data_folder(Path(data).expanduser())  # as the scan reads it
+    if labels is not None:
+        check_table_file(Path(labels).expanduser())
 
 
-def _check_model(model: Path, data: Optional[Path] = None, tta: Optional[str] = None) -> None:
-    """The model path, data folder and TTA mode are usable: checked before the heavy imports (torch, timm)."""
+def _check_model(model: Path, data: Optional[Path] = None, tta: Optional[str] = None,
+                 labels: Optional[Path] = None) -> None:
+    """The model path, data folder, label table and TTA mode are usable: checked before the heavy imports."""
     from finetune.data.tta import check_tta
     from finetune.models.source import resolve_model_source
 
@@ -68,7 +73,7 @@ def _check_model(model: Path, data: Optional[Path] = None, tta: Optional[str] = 
         check_tta(tta)
     resolve_model_source(model)
     if data is not None:
-        _check_data(data)
+        _check_data(data, labels)
 
 
 @app.command("lr-find")
@@ -81,7 +86,7 @@ def lr_find(output: Path = Path("."), **options: Any) -> None:
     """
     settings = {o.LR_FIND_ALIASES.get(k, k): v for k, v in options.items()}
     config = RunConfig(**settings, lr="auto", output=output)
-    _check_data(config.data)
+    _check_data(config.data, config.labels)
     from finetune.run.lr_find import run_lr_find
 
     result = run_lr_find(config, console)
@@ -214,14 +219,18 @@ def _export_model(model: Optional[Path], run_dir: Optional[Path]) -> Path:
 @app.command("eval")
 @user_errors(value_errors=True)
 def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: o.EvalTta = "none",
-             calibrate: o.Calibrate = False, output: o.EvalOutput = None, saliency: o.EvalSaliency = 0) -> None:
+             calibrate: o.Calibrate = False, output: o.EvalOutput = None, saliency: o.EvalSaliency = 0,
+             labels: o.LabelTable = None, path_column: o.PathColumn = None, label_column: o.LabelColumn = None,
+             split_column: o.SplitColumn = None) -> None:
     """Evaluate a model with and without TTA: top-1/5, per-class figures, confusion matrix, reliability diagram, ECE,
     and the misclassified images (misclassified.csv, a contact sheet)."""
     o.check_choice("--split", split, o.SPLITS)
-    _check_model(model, data, tta)
+    _check_model(model, data, tta, labels)
+    from finetune.data.tables import TableSpec
     from finetune.evaluation.evaluate import evaluate
 
-    result = evaluate(model, data, split, tta, calibrate, output, saliency=saliency)
+    table = TableSpec(labels, path_column, label_column, split_column)
+    result = evaluate(model, data, split, tta, calibrate, output, saliency=saliency, labels=table)
     views.print_eval_report(console, result.metrics)
     views.print_saliency(console, err_console, result.saliency, result.saliency_skipped)
     names = sorted((f.name for f in result.files), key=lambda name: name != "metrics.json")  # metrics.json first
@@ -230,8 +239,9 @@ def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: 
 
 @app.command()
 @user_errors(value_errors=True)
-def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.PredictTta = None,
-            output: o.PredictionsFile = None, saliency: o.PredictSaliency = None) -> None:
+def predict(model: o.Models, images: o.PredictImages = None, top_k: o.TopK = 5, tta: o.PredictTta = None,
+            output: o.PredictionsFile = None, saliency: o.PredictSaliency = None, labels: o.PredictTable = None,
+            data: o.PredictData = None, path_column: o.PathColumn = None, label_column: o.LabelColumn = None) -> None:
     """Classify images with one model or an ensemble; unreadable files are reported and skipped.
 
     Exits 2 when there is no image file to predict, 1 when none could be read or when a file named on the
@@ -243,7 +253,11 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
 
     if saliency is not None and len(model) > 1:
         raise FinetuneError(f"--saliency maps one model's attention; got {len(model)} --model (an ensemble)")
+    listed = _listed_files(images, labels, data, path_column, label_column)
+    images = [path for path, _ in listed] if listed is not None else images
     members = [Predictor.from_path(m) for m in model]
+    if listed is not None:
+        _check_table_labels(listed, members[0].class_names, labels)
     results = predict_files(members[0] if len(members) == 1 else Ensemble(members), images, top_k, tta)
     if not results:
         raise FinetuneError(f"no image files in {', '.join(escaped(p) for p in images)}: nothing to predict")
@@ -255,6 +269,8 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
         console.print(f"Written: {escaped(output)}")
     if saliency is not None:
         views.print_saliency(console, err_console, *predicted_saliency(model[0], results, saliency))
+    if listed is not None:
+        _print_table_accuracy(results, [label for _, label in listed])
     if missing:
         err_console.print(f"[red]Error:[/red] {escape(', '.join(escaped(p) for p in missing))}: no such file",
                           soft_wrap=True)
@@ -262,17 +278,62 @@ def predict(images: o.Images, model: o.Models, top_k: o.TopK = 5, tta: o.Predict
         raise typer.Exit(1)
 
 
+Listed = Optional[list[tuple[Path, Optional[str]]]]  # the files of a table to predict, with their labels
+
+
+def _listed_files(images: Optional[list[Path]], labels: Optional[Path], data: Optional[Path],
+                  path_column: Optional[str], label_column: Optional[str]) -> Listed:
+    """The files (and labels) of predict's --labels table, or None where the images are given as arguments."""
+    if labels is None:
+        if data is not None or path_column is not None or label_column is not None:
+            raise FinetuneError("--data, --path-column and --label-column name a table of files to predict: give "
+                                "--labels FILE with them")
+        if not images:
+            raise FinetuneError("nothing to predict: give image files or folders, or --labels FILE --data DIR")
+        return None
+    if images:
+        raise FinetuneError(f"predict takes image arguments or --labels {escaped(labels)}, not both")
+    if data is None:
+        raise FinetuneError(f"--labels {escaped(labels)} needs --data DIR: the folder its paths are relative to")
+    from finetune.data.tables import TableSpec, table_files
+
+    return table_files(data, TableSpec(labels, path_column, label_column))
+
+
+def _check_table_labels(listed: list[tuple[Path, Optional[str]]], classes: list[str], labels: Path) -> None:
+    """Every label of the table is a class of the model."""
+    unknown = sorted({label for _, label in listed if label is not None} - set(classes))
+    if unknown:
+        raise FinetuneError(f"--labels {escaped(labels)} has label(s) {', '.join(unknown[:5])} that are not classes "
+                            f"of the model; its classes: {', '.join(classes)}")
+
+
+def _print_table_accuracy(results: list, labels: list[Optional[str]]) -> None:
+    """Top-1 accuracy on the table's labelled rows whose image could be read."""
+    scored = [(r.classes[0], label) for r, label in zip(results, labels, strict=True)
+              if label is not None and not r.error]
+    if scored:
+        right = sum(predicted == label for predicted, label in scored)
+        skipped = sum(1 for r, label in zip(results, labels) if label is not None and r.error)
+        console.print(f"Top-1 accuracy: {right / len(scored):.4f} ({right} of {len(scored)} labelled images"
+                      + (f"; {skipped} unreadable not counted)" if skipped else ")"))
+
+
 @app.command("augment-preview")
 @user_errors
 def augment_preview(data: o.PreviewData, augment: o.PreviewAugment = "auto",
                     output: o.PreviewFile = Path("augment-preview.png"), backbone: o.PreviewBackbone = "resnet18",
-                    image_size: o.ImageSize = None, count: o.Count = 16, seed: o.PreviewSeed = 0) -> None:
+                    image_size: o.ImageSize = None, count: o.Count = 16, seed: o.PreviewSeed = 0,
+                    labels: o.LabelTable = None, path_column: o.PathColumn = None, label_column: o.LabelColumn = None,
+                    split_column: o.SplitColumn = None) -> None:
     """Write a PNG grid of augmented training images: what the model sees with --augment."""
     RunConfig(backbone=backbone, data=data, augment=augment)  # checks the preset as `finetune run --augment` does
-    _check_data(data)
+    _check_data(data, labels)
+    from finetune.data.tables import TableSpec
     from finetune.run.preview import write_preview
 
-    path = write_preview(data, augment, output, backbone, image_size, count, seed)
+    table = TableSpec(labels, path_column, label_column, split_column)
+    path = write_preview(data, augment, output, backbone, image_size, count, seed, labels=table)
     console.print(f"Wrote {escaped(path)} ({count} images, --augment {augment})")
 
 

@@ -41,7 +41,8 @@ BATCHES_HELP = "a whole number of batches (1, 10) or a fraction of them such as 
 # Settings that may name a file or folder, and the paths config.yaml's `resolved` section records. YAML text is
 # Unicode and has no escape for a byte, so config.yaml holds them `escaped` (finetune/pathtext.py): a name that
 # is not UTF-8 stays exact, and `RunConfig.from_yaml` reads it back. A plain name is written unchanged.
-PATH_SETTINGS = ("data", "weights_dir", "output", "teacher_weights", "weights", "teacher", "recipe", "class_weights")
+PATH_SETTINGS = ("data", "labels", "weights_dir", "output", "teacher_weights", "weights", "teacher", "recipe",
+                 "class_weights")
 RECORDED_PATHS = ("run_dir",)
 
 
@@ -119,7 +120,20 @@ class RunConfig(BaseModel):
         "(tv:resnet18); `finetune backbones` lists them."))
     data: Path = Field(description=(
         "Image folder: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/<class>/], or DIR/<class>/ split by "
-        "--val-split."))
+        "--val-split; or the folder a --labels table's paths are relative to."))
+    labels: Path | None = Field(None, description=(
+        "Label table of the images in --data: .csv, .tsv, .parquet or .jsonl/.ndjson, one row per image: its path "
+        "relative to --data, its label, and optionally its split (train, val, test), else val is held out by "
+        "--val-split. Default: class folders, or a metadata.csv/metadata.jsonl in --data (Hugging Face's "
+        "imagefolder)."))
+    path_column: str | None = Field(None, description=(
+        "Column of the label table holding the image paths. Default: the first of file_name, filename, image, "
+        "image_id, path, file (any case)."))
+    label_column: str | None = Field(None, description=(
+        "Column of the label table holding the labels. Default: the first of label, labels, class, category, tags "
+        "(any case)."))
+    split_column: str | None = Field(None, description=(
+        "Column of the label table holding the splits. Default: split or subset (any case), where present."))
     weights: str = Field("imagenet", description=(
         "imagenet (the zoo's pretrained weights, from --weights-dir, the local cache or the hub), none (random "
         "init), or PATH to a .safetensors/.pth/.ckpt state dict or a checkpoint of this toolkit."))
@@ -483,7 +497,7 @@ class RunConfig(BaseModel):
         Names stay as they are: --weights imagenet/none, a backbone-name --teacher, a recipe name.
         """
         update: dict[str, Any] = {}
-        for key in ("data", "weights_dir", "teacher_weights", "output"):
+        for key in ("data", "labels", "weights_dir", "teacher_weights", "output"):
             if getattr(self, key) is not None:
                 update[key] = Path(os.path.abspath(Path(getattr(self, key)).expanduser()))
         for key in ("weights", "teacher", "recipe", "class_weights"):

@@ -34,7 +34,8 @@ CONTEXT = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, anno
 RUN_DIR_PANEL = "Recipe and run directory"
 PANELS: dict[str, tuple[str, ...]] = {
     "Model and weights": ("backbone", "weights", "weights_dir", "weights_partial"),
-    "Data": ("data", "val_split", "image_size", "batch_size", "sampler", "class_weights", "seed"),
+    "Data": ("data", "labels", "path_column", "label_column", "split_column", "val_split", "image_size",
+             "batch_size", "sampler", "class_weights", "seed"),
     RUN_DIR_PANEL: ("recipe", "output", "overwrite"),  # and --resume
     "Schedule and optimisation": ("epochs", "lr", "optimizer", "weight_decay", "momentum", "nesterov",
                                   "backbone_lr_mult", "lr_decay", "schedule", "warmup_epochs", "step_size", "gamma",
@@ -173,9 +174,12 @@ RESUME = parameter("resume", Annotated[Optional[Path], typer.Option(help=(
     "Continue RUN_DIR from checkpoints/last.ckpt with its config.yaml; only --epochs (to extend), --workers, "
     "--progress, --accelerator, --devices, --strategy, --num-nodes and --limit-*-batches may be given with it. "
     "Default: a new run."), rich_help_panel=RUN_DIR_PANEL)], None)
+# The settings naming a label table and its columns: every command that reads data takes them.
+TABLE_OPTIONS = ("labels", "path_column", "label_column", "split_column")
 # lr-find's own names for the range test's fields, and the run settings it takes.
 LR_FIND_ALIASES = {"start_lr": "lr_find_start_lr", "end_lr": "lr_find_end_lr", "num_steps": "lr_find_steps"}
-LR_FIND_OPTIONS = ("backbone", "data", "weights", "weights_dir", "freeze_until", "freeze_policy", "train_bn",
+LR_FIND_OPTIONS = ("backbone", "data", *TABLE_OPTIONS, "weights", "weights_dir", "freeze_until", "freeze_policy",
+                   "train_bn",
                    "lr_decay", "backbone_lr_mult", "optimizer", "weight_decay", "nesterov", "batch_size",
                    "image_size", "augment", "seed", "workers", "val_split", "precision", "accelerator",
                    *LR_FIND_ALIASES, "progress")
@@ -231,7 +235,6 @@ EvalOutput = Annotated[Optional[Path], typer.Option(help=(
     "New or empty folder for metrics.json and the PNGs. Default: a new eval-SPLIT (or eval-SPLIT-N) in the run "
     "directory, or beside a bundle or .ckpt; never overwritten."))]
 
-Images = Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")]
 Models = Annotated[list[Path], typer.Option(
     help="Bundle, run directory or .ckpt; repeat to ensemble (probabilities averaged).")]
 TopK = Annotated[int, typer.Option(help="Classes listed per image.")]
@@ -244,6 +247,19 @@ PredictionsFile = Annotated[Optional[Path], typer.Option(
     help="Write the predictions to FILE.csv or FILE.json (by extension).")]
 
 PreviewData = Annotated[Path, typer.Option(help="Image folder, as for `finetune run`.")]
+LabelTable = Annotated[Optional[Path], typer.Option(help=(
+    "Label table of the images in --data, as for `finetune run --labels` (.csv, .tsv, .parquet, .jsonl). Default: "
+    "class folders, or a metadata.csv/metadata.jsonl in --data."))]
+PathColumn = Annotated[Optional[str], typer.Option(help=RunConfig.model_fields["path_column"].description)]
+LabelColumn = Annotated[Optional[str], typer.Option(help=RunConfig.model_fields["label_column"].description)]
+SplitColumn = Annotated[Optional[str], typer.Option(help=RunConfig.model_fields["split_column"].description)]
+PredictTable = Annotated[Optional[Path], typer.Option("--labels", help=(
+    "Predict the files a table lists (.csv, .tsv, .parquet, .jsonl; paths relative to --data) instead of IMAGES; "
+    "where it has labels, top-1 accuracy on the labelled rows is reported too. Default: none."))]
+PredictData = Annotated[Optional[Path], typer.Option("--data", help=(
+    "Folder the --labels table's paths are relative to. Required with --labels."))]
+PredictImages = Annotated[Optional[list[Path]], typer.Argument(help=(
+    "Image files and/or folders (searched recursively); or none, with --labels."), show_default=False)]
 _PRESETS = [a for a in get_args(Augment) if a != "auto"]
 PreviewAugment = Annotated[str, typer.Option(help=(
     f"auto (chosen from the data, as `finetune run` does) or a preset: {', '.join(_PRESETS[:-1])} or {_PRESETS[-1]}."),

@@ -1,4 +1,5 @@
-"""LightningDataModule over an image folder: scan once, then train/val/test dataloaders."""
+"""LightningDataModule over an image folder (class folders or a label table): scan once, then train/val/test
+dataloaders."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,8 @@ from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
 from finetune.data.memory import estimated_bytes, memory_budget, transform_presize
 from finetune.data.policy import AugmentPolicy
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, scan_data
 from finetune.data.transforms import build_eval_transform, build_train_transform
 from finetune.errors import DataError
 from finetune.heap import release_in_child
@@ -80,7 +82,8 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
-    """Train/val[/test] dataloaders over an image folder scanned by `scan_image_folder`.
+    """Train/val[/test] dataloaders over an image folder scanned by `scan_data` (class folders, or the label
+    table `labels`: a path or a `finetune.data.tables.TableSpec`).
 
     The scan runs in `__init__` (unless `index` is given): it is cheap, and the class count must be
     known before the model (its head) is built.
@@ -108,6 +111,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         augment: str | AugmentPolicy = "standard",
         sampler: str = "shuffle",
         keep_images: bool = False,
+        labels: str | Path | TableSpec | None = None,
     ):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
@@ -117,7 +121,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.sampler = sampler
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         # A caller that already scanned (to size the head) passes its index: no second decode pass.
-        self.index = index if index is not None else scan_image_folder(data_dir, val_split=val_split, seed=seed)
+        self.index = index if index is not None else scan_data(data_dir, labels, val_split=val_split, seed=seed)
         self.train_transform = train_transform or build_train_transform(data_config, seed=seed, preset=augment)
         self.eval_transform = eval_transform or build_eval_transform(data_config)
         self.datasets: dict[str, ImageListDataset] = {}

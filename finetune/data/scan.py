@@ -46,12 +46,15 @@ class DatasetIndex:
 
     Attributes:
         root: The scanned folder.
-        layout: "split" (train/val[/test] sub-folders) or "flat" (class folders at the top).
+        layout: "split" (the data names each image's split: train/val[/test] sub-folders, or a label table's
+            split column) or "flat" (class folders at the top, or a table without splits: val is held out).
         classes: Sorted class names; a label is an index into this list.
         train: Training (path, label) pairs.
         val: Validation (path, label) pairs.
         test: Test (path, label) pairs, or None when the folder has no test split.
         bad_files: (path, reason) of every file that was skipped.
+        table: The label table the labels came from (`finetune.data.tables`), or None for class folders.
+            Not compared: a table and class folders holding the same files and labels index the same data.
     """
 
     root: Path
@@ -61,6 +64,7 @@ class DatasetIndex:
     val: list[Item]
     test: list[Item] | None = None
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    table: Path | None = field(default=None, compare=False)
 
     @property
     def splits(self) -> list[str]:

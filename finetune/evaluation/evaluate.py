@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from finetune.data.images import BadImageError, load_images
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, as_spec, scan_data
 from finetune.data.tta import check_tta, softmax
 from finetune.errors import FinetuneError
 from finetune.evaluation import metrics
@@ -62,7 +63,8 @@ def _load_model(source: ModelSource, backend: str) -> tuple[Predictor, dict | No
     return Predictor.from_trained(trained), split, None
 
 
-def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool, split: str) -> DatasetIndex:
+def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool, split: str,
+          labels: TableSpec = TableSpec()) -> DatasetIndex:
     """Scans `data` with the run's split settings; without them, only folders that have their own val/.
     Only the splits evaluated (and val for a calibration) are checked image by image, where they
     have their own folders: an unreadable training image is no reason to refuse scoring val.
@@ -72,8 +74,8 @@ def _scan(data: Path, model: Path, split_settings: dict | None, needs_val: bool,
             and the model does not record the val_split and seed its run held them out with.
     """
     settings = split_settings or {"val_split": 0.2, "seed": 0}  # placeholders: checked below before any use
-    index = scan_image_folder(data, val_split=float(settings["val_split"]), seed=int(settings["seed"]),
-                              only={split, "val"} if needs_val else {split})
+    index = scan_data(data, labels, val_split=float(settings["val_split"]), seed=int(settings["seed"]),
+                      only={split, "val"} if needs_val else {split})
     if split_settings is None and needs_val and _val_held_out(index):
         raise FinetuneError(
             f"{model} does not record the train/val split of its run (val_split, seed), and {data} has no "
@@ -177,7 +179,7 @@ def _ece_scores(measured_on: str, labels: np.ndarray, before: np.ndarray, after:
 
 def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str = "none",
              calibrate_temperature: bool = False, output: str | Path | None = None,
-             backend: str = "onnx", saliency: int = 0) -> EvalResult:
+             backend: str = "onnx", saliency: int = 0, labels: str | Path | TableSpec | None = None) -> EvalResult:
     """Evaluates a bundle, run directory or checkpoint on a split of an image folder.
 
     Args:
@@ -192,6 +194,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
         backend: The Predictor's backend.
         saliency: Grad-CAM overlays of this many of the most confident mistakes, in OUTPUT/saliency/
             (RANK-STEM.png), from the network rebuilt eagerly; 0: none.
+        labels: The label table of `data` (its path, or a TableSpec naming its columns); None: class
+            folders, or a metadata file in `data`. A table without splits is split as the model's run split it.
 
     Returns:
         The figures (also in metrics.json) and the output folder.
@@ -207,17 +211,20 @@ def evaluate(model: str | Path, data: str | Path, split: str = "val", tta: str =
                             f"0 (none) or more")
     check_tta(tta)
     if output is None:
-        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, None, backend, saliency)
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, None, backend, saliency,
+                         as_spec(labels))
     with claimed_folder(Path(output), f"--output {output}"):  # no second eval writes into it meanwhile
         _check_empty(Path(output))
-        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, Path(output), backend, saliency)
+        return _evaluate(Path(model), Path(data), split, tta, calibrate_temperature, Path(output), backend, saliency,
+                         as_spec(labels))
 
 
 def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperature: bool, output: Path | None,
-              backend: str, saliency: int = 0) -> EvalResult:
+              backend: str, saliency: int = 0, labels: TableSpec = TableSpec()) -> EvalResult:
     source = resolve_model_source(model)
     predictor, split_settings, bundle = _load_model(source, backend)
-    index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature, split=split)
+    index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature, split=split,
+                  labels=labels)
     check_classes(index.classes, predictor.class_names, data)
     split_items(index, split)  # a missing split fails before anything is written
     report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta}

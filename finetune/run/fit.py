@@ -355,7 +355,8 @@ def _shown(path: Path | str) -> str:
 def _announce(console: Console, plan: RunPlan, report, module: FinetuneModule, world_size: int = 1) -> None:
     config, index = plan.config, plan.index
     counts = ", ".join(f"{split} {len(getattr(index, split) or [])}" for split in ("train", "val", "test"))
-    console.print(f"Data: {_shown(config.data)} ({index.layout} layout), {len(index.classes)} classes, "
+    table = f", labels from {_shown(index.table)}" if index.table is not None else ""
+    console.print(f"Data: {_shown(config.data)} ({index.layout} layout{table}), {len(index.classes)} classes, "
                   f"{counts} images", soft_wrap=True)
     if index.bad_files:
         first = "; ".join(f"{_shown(p)} ({printable(reason)})" for p, reason in index.bad_files[:3])

@@ -23,7 +23,8 @@ from finetune.data.data_config import DataConfig
 from finetune.data.datamodule import ImageFolderDataModule
 from finetune.data.policy import AugmentPolicy
 from finetune.data.profile import DataProfile
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, scan_data
 from finetune.models.backbone import Backbone, LoadReport, create_backbone
 from finetune.run.auto_defaults import resolve_data_defaults, resolve_image_size
 from finetune.run.devices import planned_world_size
@@ -111,6 +112,7 @@ class RunPlan:
         `keep_images`: False where the images are read once anyway (the range test, filling the feature cache)."""
         c = self.config
         return ImageFolderDataModule(c.data, self.data_config, batch_size=c.batch_size, workers=self.workers,
+                                     labels=TableSpec.of(c),
                                      val_split=c.val_split, seed=c.seed, index=self.index, augment=self.augment,
                                      sampler=c.sampler,
                                      # Each DDP process would decode every image into its own copy.
@@ -226,7 +228,7 @@ def plan_run(config: RunConfig, sources: dict[str, str] | None = None,
     """Scans `config.data`, builds the backbone with its weights and resolves the plan: what `run` and
     `lr-find` both start from. Returns the plan and the weights' load report (for the console).
     `started`: see `resolve_run`."""
-    index = scan_image_folder(config.data, val_split=config.val_split, seed=config.seed)
+    index = scan_data(config.data, TableSpec.of(config), val_split=config.val_split, seed=config.seed)
     backbone, report = create_backbone(config.backbone, len(index.classes), config.weights,
                                        weights_dir=config.weights_dir, **backbone_options(config))
     return resolve_run(config, index, backbone, sources, started), report

@@ -11,7 +11,8 @@ from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
 from finetune.data.policy import auto_augment_policy
 from finetune.data.profile import profile_training_set
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, scan_data
 from finetune.data.transforms import PRESETS, build_transform
 from finetune.run.auto_defaults import resolve_image_size
 
@@ -65,7 +66,7 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
     """
     if augment not in PRESETS and augment != "auto":
         raise ValueError(f"unknown augmentation preset {augment!r}; valid: auto, {', '.join(PRESETS)}")
-    index = index or scan_image_folder(data, progress=False)
+    index = index or scan_data(data, progress=False)
     # auto: the policy `finetune run` would choose for this folder at this input size
     preset = auto_augment_policy(profile_training_set(index), dc.input_size) if augment == "auto" else augment
     dataset = ImageListDataset(_round_robin(index.train), build_transform(dc, train=True, preset=preset, seed=seed))
@@ -82,10 +83,12 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
 
 
 def write_preview(data: Path, augment: str, output: Path, backbone: str = "resnet18",
-                  image_size: int | None = None, count: int = 16, seed: int = 0) -> Path:
+                  image_size: int | None = None, count: int = 16, seed: int = 0,
+                  labels: str | Path | TableSpec | None = None) -> Path:
     """Writes the preview grid of `augment` on `data` to the PNG `output` and returns its path; at
-    `image_size`, or (None) at the size `finetune run` would choose for these images and backbone."""
-    index = scan_image_folder(data, progress=False)
+    `image_size`, or (None) at the size `finetune run` would choose for these images and backbone.
+    `labels`: the label table of `data` (a path or a TableSpec), as `finetune run --labels` reads it."""
+    index = scan_data(data, labels, progress=False)
     grid = preview_grid(data, augment, backbone_data_config(backbone, image_size, index), count=count, seed=seed,
                         index=index)
     output.parent.mkdir(parents=True, exist_ok=True)

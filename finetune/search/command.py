@@ -89,6 +89,10 @@ def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -
     check_choice("--pruner", study["pruner"], PRUNERS)
     config, _ = resolve_config(settings, given_on_command_line(ctx, settings), settings.get("recipe"))
     check_data_folder(config.data.expanduser())  # before optuna, torch and Lightning are imported
+    if config.labels is not None:
+        from finetune.data.tables import check_table_file
+
+        check_table_file(config.labels.expanduser())
     from finetune.search.study import tune
 
     tune(config, study["space"], trials=study["trials"], timeout=study["timeout"], storage=study["storage"],

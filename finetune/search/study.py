@@ -21,7 +21,8 @@ from rich.table import Table
 
 from finetune.config import RunConfig
 from finetune.data.datamodule import EVAL_BATCH_FACTOR
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, scan_data
 from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
 from finetune.run.auto_defaults import resolve_data_defaults
@@ -344,7 +345,7 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
         raise FinetuneError(f"--pruner {pruner}: valid: {', '.join(PRUNERS)}")
     study_dir = Path(output) if output is not None else default_study_dir(base.backbone)
     study_dir.mkdir(parents=True, exist_ok=True)
-    index = scan_image_folder(base.data, val_split=base.val_split, seed=base.seed, progress=False)
+    index = scan_data(base.data, TableSpec.of(base), val_split=base.val_split, seed=base.seed, progress=False)
     full, batch = full_epochs(base, index)
     store = open_storage(study_dir, storage)
     studies = {s.number: _open_study(store, f"{study_dir.name}-stage{s.number}",
@@ -454,7 +455,8 @@ def _final_run(console: Console, best: RunConfig, trial: FrozenTrial, full: int,
         console.print(f"[bold]Final run: val top-1 {run.best_val_acc1:.4f}[/bold] (no test split in {best.data}; "
                       "val selected the settings, so this figure is optimistic)")
         return run.run_dir, ("val", run.best_val_acc1)
-    metrics = evaluate(run.run_dir, best.data, "test", output=run.run_dir / "eval-test").metrics
+    metrics = evaluate(run.run_dir, best.data, "test", output=run.run_dir / "eval-test",
+                       labels=TableSpec.of(best)).metrics
     top1 = metrics["accuracy"]["none"]["top1"]
     console.print(f"[bold]Final run: test top-1 {top1:.4f}[/bold] ({metrics['images']} test images)")
     return run.run_dir, ("test", top1)

@@ -9,7 +9,8 @@ from pydantic_core import PydanticUndefined
 
 from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
-from finetune.data.scan import DatasetIndex, scan_image_folder
+from finetune.data.scan import DatasetIndex
+from finetune.data.tables import TableSpec, scan_data
 from finetune.errors import DataError, FinetuneError
 from finetune.models.backbone import Backbone
 from finetune.models.source import resolve_model_source
@@ -153,7 +154,8 @@ def load_trained(path: str | Path) -> TrainedModel:
 
 
 def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIndex:
-    """Scans the run's data folder (or `data`) with the run's split settings, checking the classes.
+    """Scans the run's data folder with its label table (or `data`, with no table but its own metadata file) with
+    the run's split settings, checking the classes.
 
     Raises:
         DataError: The folder is gone, or its classes differ from the model's.
@@ -166,7 +168,8 @@ def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIn
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data DIR with the images "
                         f"of the classes {', '.join(trained.class_names)}")
-    index = scan_image_folder(root, val_split=trained.setting("val_split"), seed=trained.setting("seed"))
+    table = TableSpec.of(trained.config) if data is None else TableSpec()
+    index = scan_data(root, table, val_split=trained.setting("val_split"), seed=trained.setting("seed"))
     check_classes(index.classes, trained.class_names, root)
     return index
 

@@ -70,7 +70,7 @@ def test_val_split_is_passed_to_the_scan(tmp_path, dc):
 
 def test_given_index_is_used_without_rescanning(data_dir, dc, monkeypatch):
     index = scan_image_folder(data_dir)
-    monkeypatch.setattr(datamodule, "scan_image_folder", lambda *a, **k: pytest.fail("scanned twice"))
+    monkeypatch.setattr(datamodule, "scan_data", lambda *a, **k: pytest.fail("scanned twice"))
     assert ImageFolderDataModule(data_dir, dc, index=index).index is index
 
 
