@@ -89,7 +89,7 @@ def _fast_run_args(data: Path, output: Path, *extra: str) -> list[str]:
             "--no-progress", "--no-export", *extra]  # export has its own tests; skipping it saves seconds a run
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_args():
     """Builds CLI arguments for a run that takes seconds: test_resnet, 32 px, 1 epoch, no workers, no export."""
     return _fast_run_args

@@ -30,16 +30,14 @@ def _table(tiny_data: Path, path: Path, splits: tuple[str, ...] = ("train", "val
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def two_runs(tiny_data: Path, run_args, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(the run from the folder, the run from its table, the table): test_resnet, 32 px, 1 epoch each."""
-    from conftest import _fast_run_args
-
     tmp = tmp_path_factory.mktemp("tables")
     table = _table(tiny_data, tmp / "labels.csv")
     runs = []
     for name, extra in (("folder", ()), ("table", ("--labels", str(table)))):
         out = tmp / name
-        result = runner.invoke(app, _fast_run_args(tiny_data, out, "--weights", "none", "--seed", "5", *extra))
+        result = runner.invoke(app, run_args(tiny_data, out, "--weights", "none", "--seed", "5", *extra))
         assert result.exit_code == 0, result.output
         runs.append(out)
     return runs[0], runs[1], table
@@ -106,3 +104,33 @@ def test_a_missing_table_is_one_line_before_anything_loads(tiny_data, tmp_path, 
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "does not exist; give --labels a .csv" in result.output and "Traceback" not in result.output
+
+
+def test_eval_of_a_table_run_on_its_own_folder_reads_the_recorded_table(tiny_data, run_args, tmp_path):
+    """Files in one flat folder, labels only in the table: `eval --data DIR` without --labels scores the run
+    on the table it trained from (a class-folder scan would find no classes), the figures of --labels."""
+    import shutil
+
+    flat = tmp_path / "images"
+    flat.mkdir()
+    index = scan_image_folder(tiny_data)
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "label", "split"])
+        for split in ("train", "val"):
+            for n, (path, label) in enumerate(getattr(index, split)):
+                name = f"{split}-{n}{path.suffix}"
+                shutil.copy(path, flat / name)
+                writer.writerow([name, index.classes[label], split])
+    run = tmp_path / "run"
+    result = runner.invoke(app, run_args(flat, run, "--weights", "none", "--labels", str(tmp_path / "labels.csv")))
+    assert result.exit_code == 0, result.output
+    figures = []
+    for out, extra in (("given", ("--labels", str(tmp_path / "labels.csv"))), ("recorded", ())):
+        result = runner.invoke(app, ["eval", "--model", str(run), "--data", str(flat),
+                                     "--output", str(tmp_path / out), *extra])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        assert metrics["labels"] == str((tmp_path / "labels.csv").absolute())
+        figures.append(metrics["accuracy"])
+    assert figures[0] == figures[1]

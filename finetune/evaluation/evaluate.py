@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.config import RunConfig
 from finetune.data.images import BadImageError, load_images
 from finetune.data.scan import DatasetIndex
 from finetune.data.tables import TableSpec, as_spec, scan_data
@@ -223,16 +224,32 @@ def _evaluate(model: Path, data: Path, split: str, tta: str, calibrate_temperatu
               backend: str, saliency: int = 0, labels: TableSpec = TableSpec()) -> EvalResult:
     source = resolve_model_source(model)
     predictor, split_settings, bundle = _load_model(source, backend)
+    if labels == TableSpec():
+        labels = _run_table(source, data)
     index = _scan(data, model, split_settings, needs_val=split == "val" or calibrate_temperature, split=split,
                   labels=labels)
     check_classes(index.classes, predictor.class_names, data)
     split_items(index, split)  # a missing split fails before anything is written
-    report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta}
+    report: dict = {"model": str(model), "data": str(data), "split": split, "tta": tta,
+                    **({"labels": str(labels.file)} if labels.file is not None else {})}
     if calibrate_temperature:
         report["calibration"] = calibrate(predictor, index, bundle)
     out = Path(output) if output is not None else _new_output(_results_home(source), split)
     result = evaluate_predictor(predictor, index, split, tta, out, report)
     return _with_saliency(result, model, saliency) if saliency and result.mistakes else result
+
+
+def _run_table(source: ModelSource, data: Path) -> TableSpec:
+    """The label table (and its column names) the model's run read, when `data` is the folder that run
+    trained from: the table is part of what the data is, so `eval --data DIR` on it needs no --labels again.
+    An empty spec (class folders, or a metadata file in DIR) for any other folder or a bundle alone."""
+    recorded = source.run_dir / "config.yaml" if source.run_dir is not None else None
+    if recorded is None or not recorded.is_file():
+        return TableSpec()
+    settings = RunConfig.from_yaml(recorded)
+    if settings.labels is None or Path(settings.data).resolve() != data.resolve():
+        return TableSpec()
+    return TableSpec.of(settings)
 
 
 def _with_saliency(result: EvalResult, model: Path, count: int) -> EvalResult:
