@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import finetune
@@ -104,3 +105,55 @@ def test_every_unit_is_placed_in_a_layer():
              for p in PACKAGE.rglob("*.py")}
     for unit in units - FACADES:
         layer_of(unit)
+
+
+def module_name(path: Path) -> str:
+    """PACKAGE/training/callbacks/ema.py -> finetune.training.callbacks.ema; PACKAGE/run/__init__.py -> finetune.run."""
+    return ".".join(("finetune", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the finetune modules it imports, at the top or inside a function.
+
+    `from finetune.a import b` points at finetune.a.b where that is a module, else at finetune.a.
+    """
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in modules}
+        graph[name] = targets - {name}
+    return graph
+
+
+def import_cycle() -> list[str] | None:
+    """One circle of imports among finetune's modules (first module repeated at the end), or None."""
+    try:
+        tuple(graphlib.TopologicalSorter(import_graph()).static_order())
+    except graphlib.CycleError as e:
+        return list(e.args[1])
+    return None
+
+
+def test_no_import_circle():
+    """A circle imports only because one of its imports waits inside a function: a module in the wrong room."""
+    assert import_cycle() is None
+
+
+def test_the_circle_check_sees_one_closed_inside_a_function(tmp_path, monkeypatch):
+    """The check would pass vacuously if it missed function-level imports: close a circle with one."""
+    import shutil
+
+    copy = tmp_path / "finetune"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "training" / "checkpoint_format.py"
+    target.write_text(target.read_text() + "\n\ndef _late():\n    from finetune.training import checkpoint\n"
+                      "    return checkpoint\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", copy)
+    cycle = import_cycle()
+    assert cycle is not None and {"finetune.training.checkpoint", "finetune.training.checkpoint_format"} <= set(cycle)

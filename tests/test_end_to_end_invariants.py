@@ -33,7 +33,7 @@ from finetune.evaluation.evaluate import evaluate
 from finetune.inference import Predictor
 from finetune.run.fit import RunResult, fit
 from finetune.run.plan import plan_run
-from finetune.training.checkpoint import saved_epoch
+from finetune.training.checkpoint_format import saved_epoch
 from finetune.training.module import FinetuneModule
 
 # class -> (val images, test images): unequal, so that class-averaged figures are not top-1 by accident,

@@ -344,7 +344,7 @@ def test_resume_refuses_a_last_ckpt_holding_a_pickled_call(run_dir, tmp_path):
 
 
 def test_resume_refuses_best_ckpt_copied_over_last_ckpt(run_dir, tmp_path):
-    """best.ckpt keeps no optimizer state (checkpoint_io.TRAINING_STATE): training cannot continue from it."""
+    """best.ckpt keeps no optimizer state (checkpoint_format.TRAINING_STATE): training cannot continue from it."""
     import shutil
 
     copy = _run_copy(run_dir, tmp_path / "run")

@@ -21,7 +21,8 @@ from finetune.data.scan import DatasetIndex
 from finetune.errors import FinetuneError
 from finetune.pathtext import escaped
 from finetune.stats import wilson_interval
-from finetune.training.checkpoint import TrainedModel, read_checkpoint
+from finetune.training.checkpoint import TrainedModel
+from finetune.training.checkpoint_format import read_checkpoint
 from finetune.untrusted import read_json
 
 # The settings that shape what the network learned, in the order a reader follows a run.
@@ -68,8 +69,8 @@ def _run_record(trained: TrainedModel) -> dict[str, Any] | None:
     try:
         ckpt = read_checkpoint(trained.checkpoint, mmap=True)  # mapped: only the record is read
     except FinetuneError:  # a module handed over in memory, its file gone: its config is all there is
-        ckpt = {}
-    epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
+        ckpt = None
+    epoch = ckpt.epoch if ckpt is not None else None
     yaml_path = trained.run_dir / "config.yaml" if trained.run_dir is not None else None
     if yaml_path is not None and yaml_path.is_file():
         try:
@@ -80,7 +81,7 @@ def _run_record(trained: TrainedModel) -> dict[str, Any] | None:
             pass
     if trained.config is None:
         return None
-    plan = ckpt.get("finetune", {}).get("plan", {})
+    plan = ckpt.plan if ckpt is not None else {}
     return {"where": f"checkpoint {escaped(trained.checkpoint.name)}",
             "settings": trained.config.model_dump(mode="json"), "resolved": plan.get("resolved") or {},
             "sources": plan.get("sources") or {}, "epoch": epoch}

@@ -20,8 +20,7 @@ from finetune.models.weights import (
     resolve_torchvision_imagenet,
 )
 
-__all__ = ["Backbone", "LayerGroup", "Unit", "checkpoint_build_options", "create_backbone", "list_layers",
-           "rebuild_backbone"]
+__all__ = ["Backbone", "LayerGroup", "Unit", "create_backbone", "list_layers", "rebuild_backbone"]
 LAYER_ALIASES = ("stem", "head")
 
 
@@ -259,15 +258,3 @@ def list_layers(name: str, num_classes: int = 1000) -> list[tuple[str, int]]:
         backbone, _ = create_backbone(name, num_classes, weights="none")
     return [(u.name, u.num_params) for u in backbone.units]
 
-
-def checkpoint_build_options(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The build options a checkpoint of this toolkit was trained with.
-
-    Checkpoints written before they were recorded get the defaults of the weights the run
-    started from (its saved config), which is what that run built.
-    """
-    saved = checkpoint.get("finetune", {}).get("build_options")
-    if saved is not None:
-        return dict(saved)
-    config = checkpoint["hyper_parameters"]["config"]
-    return zoo.default_build_options(*zoo.resolve_name(config["backbone"]), str(config.get("weights", "none")))

@@ -41,7 +41,7 @@ from finetune.training.callbacks.epoch_record import EPOCHS_FROM, EpochLine, Epo
 from finetune.training.callbacks.last_checkpoint import LastCheckpoint
 from finetune.training.callbacks.rng_state import RNGState
 from finetune.training.callbacks.unfreeze import GradualUnfreezing
-from finetune.training.checkpoint import saved_epoch
+from finetune.training.checkpoint_format import saved_epoch
 from finetune.training.checkpoint_io import AtomicCheckpointIO
 from finetune.training.freeze import build_schedule
 from finetune.training.module import FinetuneModule

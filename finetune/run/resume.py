@@ -10,11 +10,8 @@ from finetune.config import RunConfig, read_run_yaml
 from finetune.errors import FinetuneError
 from finetune.run.run_dir import check_resumable
 from finetune.training.callbacks.epoch_record import EPOCHS_FROM, read_rows
-from finetune.training.checkpoint import read_checkpoint
-from finetune.training.checkpoint_io import TRAINING_STATE
+from finetune.training.checkpoint_format import read_checkpoint
 
-# What Lightning restores a run from besides the weights (checkpoint_io.TRAINING_STATE are left out of best.ckpt).
-RESUME_STATE = ("epoch", "global_step", "loops", *TRAINING_STATE)
 # Options that may change when a run is resumed: how long and where it runs, never what it trains.
 RESUME_OVERRIDES = ("epochs", "workers", "progress", "accelerator", "devices", "strategy", "num_nodes",
                     "limit_train_batches", "limit_val_batches", "verbose")
@@ -58,14 +55,11 @@ def checkpoint_epoch(ckpt_path: Path) -> int:
             pickled objects...), or it lacks the training state Lightning continues from (a best.ckpt).
     """
     ckpt = read_checkpoint(ckpt_path, mmap=True)
-    lacking = [k for k in RESUME_STATE if k not in ckpt]
-    if lacking:
-        raise FinetuneError(f"--resume: {ckpt_path} has no {', '.join(lacking)}, so training cannot continue "
-                            f"from it (best.ckpt keeps the weights only); resume from the last.ckpt that "
-                            f"`finetune run` wrote, or start a new run with --weights {ckpt_path}")
-    if type(ckpt["epoch"]) is not int or ckpt["epoch"] < 0:
-        raise FinetuneError(f"--resume: {ckpt_path} records epoch {ckpt['epoch']!r}, not a count of epochs")
-    return ckpt["epoch"]
+    if ckpt.lacking_resume_state:
+        raise FinetuneError(f"--resume: {ckpt_path} has no {', '.join(ckpt.lacking_resume_state)}, so training "
+                            f"cannot continue from it (best.ckpt keeps the weights only); resume from the last.ckpt "
+                            f"that `finetune run` wrote, or start a new run with --weights {ckpt_path}")
+    return ckpt.epoch
 
 
 def previous_metrics(metrics_csv: Path, last_epoch: int) -> list[dict[str, str]]:

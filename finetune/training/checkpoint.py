@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from pydantic_core import PydanticUndefined
 
 from finetune.config import RunConfig
@@ -14,6 +13,8 @@ from finetune.data.tables import TableSpec, scan_data
 from finetune.errors import DataError, FinetuneError
 from finetune.models.backbone import Backbone
 from finetune.models.source import resolve_model_source
+from finetune.training.checkpoint_format import HELP, read_checkpoint
+from finetune.training.module import FinetuneModule
 
 Item = tuple[Path, int]
 
@@ -64,91 +65,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return checkpoint
 
 
-CHECKPOINT_HELP = "expected a .ckpt written by `finetune run` (RUN_DIR/checkpoints/best.ckpt or last.ckpt)"
-
-
-def read_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -> dict:
-    """Loads a checkpoint of this toolkit (tensors and plain data only) and checks what it holds.
-
-    Args:
-        path: The .ckpt file.
-        map_location: Where tensors go (torch.load's).
-        mmap: Map the tensors instead of reading them (cheap when only the record is needed).
-
-    Raises:
-        FinetuneError: The file does not load (corrupt, truncated, not PyTorch, or pickled objects that
-            torch.load(weights_only=True) refuses), or it is another program's checkpoint: no
-            hyper_parameters with config and class_names, no state_dict, or records of other types.
-    """
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001 - torch.load raises many types (zip, pickle, EOF) for a bad file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FinetuneError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); {CHECKPOINT_HELP}") from None
-    missing = _missing_keys(ckpt)
-    if missing:
-        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: it has no {', '.join(missing)}; "
-                            f"{CHECKPOINT_HELP}")
-    wrong = _wrong_types(ckpt)
-    if wrong:
-        raise FinetuneError(f"{path} is not a checkpoint of this toolkit: {wrong}; {CHECKPOINT_HELP}")
-    return ckpt
-
-
-def saved_epoch(path: Path) -> int:
-    """The epoch (counted from 0, as Lightning does) a checkpoint of this toolkit was written in; its tensors
-    are mapped, not read."""
-    return int(read_checkpoint(path, mmap=True)["epoch"])
-
-
-def _missing_keys(ckpt: object) -> list[str]:
-    """The keys FinetuneModule.from_checkpoint needs that `ckpt` lacks."""
-    if not isinstance(ckpt, dict):
-        return ["hyper_parameters", "state_dict"]
-    missing = [] if "state_dict" in ckpt else ["state_dict"]
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict):
-        return ["hyper_parameters", *missing]
-    return [f"hyper_parameters.{k}" for k in ("config", "class_names") if k not in hparams] + missing
-
-
-def _wrong_types(ckpt: dict) -> str | None:
-    """What in the records the loaders read has another type than this toolkit writes, or None."""
-    hparams = ckpt["hyper_parameters"]
-    names = hparams["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        return "hyper_parameters.class_names is not a list of class names"
-    if not isinstance(ckpt["state_dict"], dict):
-        return "state_dict is not a mapping of names to tensors"
-    record = ckpt.get("finetune", {})  # absent from checkpoints of modules trained outside `finetune run`
-    mappings = [("hyper_parameters.config", hparams["config"] or {}), ("finetune", record)]
-    if isinstance(record, dict):
-        mappings += [(f"finetune.{k}", record.get(k) or {}) for k in ("plan", "data_config", "build_options")]
-    for key, value in mappings:
-        if not isinstance(value, dict):
-            return f"{key} is a {type(value).__name__}, not a mapping"
-    return None
-
-
 def load_trained(path: str | Path) -> TrainedModel:
     """Loads the best checkpoint of a run directory, or a given checkpoint file, offline.
 
     Raises:
         FinetuneError: No checkpoint there, or one that is corrupt or not made by this toolkit.
     """
-    from finetune.training.module import FinetuneModule
-
     ckpt_path = resolve_checkpoint(path)
-    saved = read_checkpoint(ckpt_path).get("finetune", {})
+    saved = read_checkpoint(ckpt_path)
     try:
-        module = FinetuneModule.from_checkpoint(ckpt_path)
+        module = FinetuneModule.from_saved(saved)
     except (RuntimeError, ValueError) as e:  # weights or settings that do not fit this version's model
         raise FinetuneError(f"{ckpt_path} does not match the model it describes ({str(e).splitlines()[0]}); "
-                            f"{CHECKPOINT_HELP} with this toolkit's version") from None
+                            f"{HELP} with this toolkit's version") from None
     backbone = module.backbone
-    # The checkpoint stores the weights' own data config; the run may have trained at --image-size.
-    dc = DataConfig.from_dict(saved["data_config"]) if "data_config" in saved else backbone.data_config
-    dc = dc.with_size(module.image_size)
+    # The record holds the input the run trained at: the weights' preprocessing at --image-size.
+    dc = DataConfig.from_dict(saved.data_config).with_size(module.image_size)
     backbone.data_config = dc
     return TrainedModel(backbone.float().cpu().eval(), module.class_names, dc, module.config, ckpt_path)
 

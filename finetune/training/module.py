@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,15 @@ from finetune.config import RunConfig
 from finetune.data.data_config import DataConfig
 from finetune.data.mixing import BatchMixer, MixedBatch
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, checkpoint_build_options, create_backbone, rebuild_backbone
-from finetune.training.checkpoint import read_checkpoint
+from finetune.models.backbone import Backbone, create_backbone, rebuild_backbone
+from finetune.training.checkpoint_format import (
+    ModuleParts,
+    SavedCheckpoint,
+    hyperparameters,
+    migrate,
+    read_checkpoint,
+    write_record,
+)
 from finetune.training.feature_split import FeatureSplit
 from finetune.training.freeze import FreezeSchedule, build_schedule, frozen_param_names
 from finetune.training.losses import LossSpec, mixed_soft_targets, training_loss
@@ -83,11 +89,8 @@ class FinetuneModule(pl.LightningModule):
         self.image_size, self.channels_last = image_size, channels_last
         self.mixer, self.mix_off_epoch = mixer, mix_off_epoch
         self.record = dict(record or {})
-        self.save_hyperparameters({
-            "class_names": self.class_names, "config": self.record.get("config"),
-            "parts": {"optimizer": asdict(optimizer), "schedule": asdict(schedule), "loss": asdict(loss),
-                      "image_size": image_size, "channels_last": channels_last},
-        })
+        self.save_hyperparameters(hyperparameters(self.class_names, self.record.get("config"),
+                                                  ModuleParts(optimizer, schedule, loss, image_size, channels_last)))
         self.load_report = None
         self.backbone = backbone
         self.criterion = nn.CrossEntropyLoss()  # validation: plain CE on hard labels
@@ -347,43 +350,37 @@ class FinetuneModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The plan's resolved values and sources go with the weights, not into the hyperparameters that
         # Lightning also sends to TensorBoard/MLflow: per-class counts and weights would be thousands of params.
-        checkpoint["finetune"] = {
-            "plan": {k: v for k, v in self.record.items() if k != "config"},
-            "backbone": self.backbone.name,
-            "class_names": self.class_names,
-            "data_config": self.input_config.to_dict(),
-            "frozen_units": self.frozen_units,
-            "build_options": self.backbone.build_options,
-        }
+        write_record(checkpoint, plan={k: v for k, v in self.record.items() if k != "config"},
+                     backbone=self.backbone.name, class_names=self.class_names,
+                     data_config=self.input_config.to_dict(), frozen_units=self.frozen_units,
+                     build_options=self.backbone.build_options)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        migrate(checkpoint)  # --resume: Lightning loads the file itself; older layouts are upgraded first
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "FinetuneModule":
         """Rebuilds a module from a checkpoint written by this toolkit, without touching the hub.
 
-        The network is built with the options it was trained with (`Backbone.build_options`); the
-        parts come from the checkpoint's `parts` (older checkpoints: from their saved config).
-
         Raises:
             FinetuneError: The file does not load as a checkpoint of this toolkit (`read_checkpoint`),
                 or it names a backbone that is not installed code (`rebuild_backbone`).
         """
-        ckpt = read_checkpoint(Path(path), map_location=map_location)
-        hparams = ckpt["hyper_parameters"]
-        names, parts, saved = hparams["class_names"], hparams.get("parts"), hparams.get("config")
-        plan = ckpt.get("finetune", {}).get("plan") or {}
-        record = {**plan, **({"config": saved} if saved is not None else {})}
-        name = ckpt.get("finetune", {}).get("backbone") or (saved or {}).get("backbone")
-        backbone, _ = rebuild_backbone(name, len(names), "none", checkpoint_build_options(ckpt), str(path))
-        if parts is None:  # written before modules were built from parts: the config says everything
-            # Without its teacher the saved kd_* settings are unused; this rebuild is for inference, so allow them.
-            config = RunConfig.from_record({**saved, "weights": "none", "teacher": None})
-            module = cls.from_config(config.model_copy(update={"freeze_until": config.freeze_until
-                                                               if config.freeze_until != "auto" else None}),
-                                     names, backbone=backbone, record=record)
-        else:
-            optimizer = OptimizerSpec(**{**parts["optimizer"], "lr_mults": tuple(parts["optimizer"]["lr_mults"])})
-            module = cls(backbone, names, optimizer=optimizer, schedule=ScheduleSpec(**parts["schedule"]),
-                         loss=LossSpec(**parts["loss"]), image_size=parts["image_size"],
-                         channels_last=parts["channels_last"], record=record)
-        module.load_state_dict(ckpt["state_dict"])
+        return cls.from_saved(read_checkpoint(Path(path), map_location=map_location))
+
+    @classmethod
+    def from_saved(cls, saved: SavedCheckpoint) -> "FinetuneModule":
+        """Rebuilds a module from a checkpoint read by `read_checkpoint`: the network with the options it was
+        trained with (`Backbone.build_options`), the parts as saved, then the weights.
+
+        Raises:
+            FinetuneError: It names a backbone that is not installed code (`rebuild_backbone`).
+        """
+        parts = saved.parts
+        record = {**saved.plan, **({"config": saved.config} if saved.config is not None else {})}
+        backbone, _ = rebuild_backbone(saved.backbone, len(saved.class_names), "none", saved.build_options,
+                                       str(saved.path))
+        module = cls(backbone, saved.class_names, optimizer=parts.optimizer, schedule=parts.schedule, loss=parts.loss,
+                     image_size=parts.image_size, channels_last=parts.channels_last, record=record)
+        module.load_state_dict(saved.state_dict)
         return module

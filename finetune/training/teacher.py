@@ -15,9 +15,9 @@ from torch import Tensor
 
 from finetune.data.data_config import DataConfig
 from finetune.errors import FinetuneError
-from finetune.models.backbone import Backbone, LoadReport, checkpoint_build_options, create_backbone, rebuild_backbone
+from finetune.models.backbone import Backbone, LoadReport, create_backbone, rebuild_backbone
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
-from finetune.training.checkpoint import read_checkpoint
+from finetune.training.checkpoint_format import read_checkpoint
 
 
 class TeacherError(FinetuneError):
@@ -128,15 +128,12 @@ def _from_checkpoint(ckpt_path: Path) -> Teacher:
         ckpt = read_checkpoint(ckpt_path)  # the checks and messages of `finetune export` and `eval`
     except FinetuneError as e:
         raise TeacherError(f"--teacher {e}") from None
-    names, record = ckpt["hyper_parameters"]["class_names"], ckpt.get("finetune", {})
-    config = ckpt["hyper_parameters"]["config"] or {}  # None for a module built from its parts
     backbone = _exact(f"--teacher {ckpt_path}", rebuild_backbone(
-        record.get("backbone") or config.get("backbone"), len(names), ckpt_path, checkpoint_build_options(ckpt),
-        f"--teacher {ckpt_path}", weights_partial=True))
-    # The record holds the input the run trained at; checkpoints without it, the weights' own at --image-size.
-    saved = record.get("data_config")
-    data_config = DataConfig.from_dict(saved) if saved else backbone.data_config.with_size(config.get("image_size"))
-    return Teacher(backbone, data_config, names, str(ckpt_path))
+        ckpt.backbone, len(ckpt.class_names), ckpt_path, ckpt.build_options, f"--teacher {ckpt_path}",
+        weights_partial=True))
+    # The record holds the input the run trained at (the weights' preprocessing at --image-size).
+    data_config = DataConfig.from_dict(ckpt.data_config)
+    return Teacher(backbone, data_config, ckpt.class_names, str(ckpt_path))
 
 
 def _from_bundle(bundle: Path) -> Teacher:

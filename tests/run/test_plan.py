@@ -125,19 +125,6 @@ def test_lr_auto_loads_the_teacher_once(make_config, trained_run, monkeypatch):
     assert len(calls) == 1
 
 
-def test_a_checkpoint_without_parts_still_loads_from_its_config(trained_run, tmp_path):
-    """Checkpoints written before modules had parts hold only the config: they rebuild the same network."""
-    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
-    module = FinetuneModule.from_checkpoint(trained_run / "checkpoints" / "best.ckpt")
-    del ckpt["hyper_parameters"]["parts"], ckpt["finetune"]["plan"]
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    old = FinetuneModule.from_checkpoint(tmp_path / "old.ckpt")
-    assert old.optimizer_spec.lr == module.optimizer_spec.lr == 0.01 and old.image_size == module.image_size == 32
-    x = torch.randn(2, 3, 32, 32)
-    module.eval(), old.eval()
-    torch.testing.assert_close(old(x), module(x), rtol=0, atol=1e-6)
-
-
 def test_processes_ddp_starts_take_rank_zeros_freeze_decision(tiny_data, fitted_resnet_weights, monkeypatch):
     """A child rank never checks the features itself: a tie broken the other way on another CPU would
     give it another frozen part than rank 0's."""

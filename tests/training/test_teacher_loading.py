@@ -9,6 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from finetune.models.backbone import create_backbone
+from finetune.training.checkpoint_format import ModuleParts, hyperparameters, write_record
+from finetune.training.losses import LossSpec
+from finetune.training.optim import OptimizerSpec
+from finetune.training.schedules import ScheduleSpec
 from finetune.training.teacher import TeacherError, load_teacher
 
 CLASSES = ["circle", "square", "triangle"]
@@ -35,6 +39,16 @@ def _module_state(seed: int):
     return backbone, {f"backbone.model.{k}": v for k, v in backbone.model.state_dict().items()}
 
 
+def _save_checkpoint(path: Path, state: dict, config: dict | None, build_options: dict, data_config: dict) -> Path:
+    """A checkpoint with the layout `finetune run` writes, around the given weights."""
+    parts = ModuleParts(OptimizerSpec("adamw", 1e-3, (1.0,)), ScheduleSpec(), LossSpec(), 32, None)
+    ckpt = {"state_dict": state, "hyper_parameters": hyperparameters(CLASSES, config, parts)}
+    write_record(ckpt, plan={}, backbone="test_resnet", class_names=CLASSES, data_config=data_config, frozen_units=0,
+                 build_options=build_options)
+    torch.save(ckpt, path)
+    return path
+
+
 def _edit_weights(path: Path, edit) -> None:
     state = load_file(str(path))
     edit(state)
@@ -51,12 +65,13 @@ def test_bundle_teacher_missing_a_tensor_fails(tmp_path: Path) -> None:
 def test_checkpoint_teacher_with_foreign_tensors_fails(tmp_path: Path) -> None:
     backbone, state = _module_state(3)
     state["backbone.model.extra.weight"] = torch.zeros(2)
-    hparams = {"config": {"backbone": "test_resnet", "data": ".", "image_size": 32}, "class_names": CLASSES}
-    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "teacher.ckpt")
+    config = {"backbone": "test_resnet", "data": ".", "image_size": 32}
+    data_config = backbone.data_config.with_size(32).to_dict()
+    _save_checkpoint(tmp_path / "teacher.ckpt", state, config, backbone.build_options, data_config)
     with pytest.raises(TeacherError, match=r"teacher\.ckpt.*unexpected 1 \(extra\.weight\)"):
         load_teacher(tmp_path / "teacher.ckpt", CLASSES)
     del state["backbone.model.extra.weight"]
-    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "teacher.ckpt")
+    _save_checkpoint(tmp_path / "teacher.ckpt", state, config, backbone.build_options, data_config)
     teacher = load_teacher(tmp_path / "teacher.ckpt", CLASSES)  # an exact checkpoint loads
     assert torch.equal(teacher.backbone.model.fc.weight, backbone.model.fc.weight)
 
@@ -99,10 +114,8 @@ def test_bundle_teacher_of_another_format_names_it(tmp_path: Path) -> None:
 def test_checkpoint_teacher_without_a_run_config(tmp_path: Path) -> None:
     """A module built from its parts saves no RunConfig: the checkpoint's own record names network and input."""
     backbone, state = _module_state(5)
-    record = {"backbone": "test_resnet", "class_names": CLASSES, "build_options": backbone.build_options,
-              "data_config": {"input_size": 40, "mean": [0.5] * 3, "std": [0.25] * 3}}
-    hparams = {"config": None, "class_names": CLASSES}
-    torch.save({"state_dict": state, "hyper_parameters": hparams, "finetune": record}, tmp_path / "parts.ckpt")
+    data_config = {"input_size": 40, "mean": [0.5] * 3, "std": [0.25] * 3}
+    _save_checkpoint(tmp_path / "parts.ckpt", state, None, backbone.build_options, data_config)
     teacher = load_teacher(tmp_path / "parts.ckpt", CLASSES)
     assert teacher.data_config.input_size == 40 and teacher.data_config.std == (0.25, 0.25, 0.25)
     assert torch.equal(teacher.backbone.model.fc.weight, backbone.model.fc.weight)

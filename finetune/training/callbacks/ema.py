@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from finetune.training.checkpoint_format import EMA, STATE_DICT
 from finetune.training.monitor import monitor_metric, monitor_spec, update_monitor_metric
 
 EMA_METRIC = "val_ema/acc1"
@@ -142,21 +143,21 @@ class EmaCallback(pl.Callback):
         ema_sd = {prefix + k: v.detach().clone() for k, v in self.ema.state_dict().items()}
         state = {"decay": self.decay, "steps": self.ema.steps, "won": self.ema_won}
         if self.ema_won:
-            sd = checkpoint["state_dict"]
+            sd = checkpoint[STATE_DICT]
             state["raw_state_dict"] = {k: sd[k].detach().clone() for k in ema_sd}  # sd may alias the live weights
             sd.update(ema_sd)
         else:
             state["ema_state_dict"] = ema_sd
-        checkpoint["ema"] = state
+        checkpoint[EMA] = state
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("ema")
+        state = checkpoint.get(EMA)
         if state is None or self.ema is None:
             return
         prefix = "backbone.model."
         if "raw_state_dict" in state:  # the module was just loaded with the EMA weights: undo that
-            ema_sd = {k: checkpoint["state_dict"][k] for k in state["raw_state_dict"]}
+            ema_sd = {k: checkpoint[STATE_DICT][k] for k in state["raw_state_dict"]}
             pl_module.load_state_dict(state["raw_state_dict"], strict=False)
         else:
             ema_sd = state["ema_state_dict"]
