@@ -295,3 +295,62 @@ def test_export_refuses_a_folder_that_is_not_a_bundle(trained_run, tmp_path):
     with pytest.raises(ExportError, match="notes.txt"):
         export(trained_run, tmp_path)  # the swap would replace the user's folder
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "config.json").exists()
+
+
+def _torchscript_saved_on_a_gpu(path, linear):
+    """A frozen TorchScript of `linear` whose constants are tagged as stored on cuda:0, as torch.jit.save
+    tags them when the module was on a GPU (the location is a length-prefixed string in constants.pkl)."""
+    import io
+    import warnings
+    import zipfile
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notices
+        torch.jit.save(torch.jit.freeze(torch.jit.script(linear.eval())), buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("constants.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            target.writestr(name, data)
+
+
+def test_a_torchscript_saved_on_a_gpu_runs_on_the_cpu(tmp_path):
+    import torch
+
+    from finetune.inference import torchscript_runner
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 2)
+    _torchscript_saved_on_a_gpu(tmp_path / "model.ts", linear)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    np.testing.assert_allclose(torchscript_runner(tmp_path / "model.ts")(x), x @ w.T + b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_unloadable_torchscript_is_a_bundle_error_with_the_first_line_of_the_cause(tmp_path, monkeypatch):
+    import torch
+
+    from finetune.inference import torchscript_runner
+    from finetune.models.source import BundleError
+
+    path = tmp_path / "model.ts"
+    path.write_bytes(b"not a TorchScript archive")
+    with pytest.raises(BundleError) as err:
+        torchscript_runner(path)
+    message = str(err.value)
+    assert str(path) in message and "`finetune export --format torchscript`" in message
+    assert "failed finding central directory" in message  # torch's own reason
+    for raised, shown in ((RuntimeError("bad header\nat byte 12"), "(bad header)"), (RuntimeError(), "(RuntimeError)"),
+                          (ValueError("  \n "), "(ValueError)")):
+        def load(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(torch.jit, "load", load)
+        with pytest.raises(BundleError) as err:
+            torchscript_runner(path)
+        assert shown in str(err.value) and "byte 12" not in str(err.value) and "\n" not in str(err.value)
