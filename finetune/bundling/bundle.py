@@ -235,9 +235,11 @@ def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agre
     x = batch_inputs(list(agreement), dc)
     a = np.concatenate([fp32(x[i:i + 32]) for i in range(0, len(x), 32)])
     b = np.concatenate([int8(x[i:i + 32]) for i in range(0, len(x), 32)])
+    agreement_, images = parity.top1_agreement(a, b), int(len(x))
+    warning = parity.int8_warning(agreement_, images)
     return {"file": "model.int8.onnx", "method": "static QDQ, per-channel int8 weights, uint8 activations",
             "calibration_images": min(len(calibration), CALIBRATION_IMAGES),
-            "top1_agreement": parity.top1_agreement(a, b), "agreement_images": int(len(x))}
+            "top1_agreement": agreement_, "agreement_images": images, **({"warning": warning} if warning else {})}
 
 
 def _decode_items(items) -> list[np.ndarray]:

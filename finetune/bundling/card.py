@@ -304,7 +304,8 @@ def _files_section(config: dict[str, Any]) -> str:
     dc, parity, int8 = config["data_config"], config["parity"], config.get("int8")
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in parity["max_abs_diff"].items())
     int8_line = (f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} "
-                 f"on {int8['agreement_images']} val images\n" if int8 else "")
+                 f"on {int8['agreement_images']} val images"
+                 + (f". **Warning: {int8['warning']}**" if int8.get("warning") else "") + "\n" if int8 else "")
     ts_line = "- `model.ts`: frozen TorchScript\n" if "model.ts" in config.get("files", []) else ""
     return f"""## Files
 - `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` \

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from finetune.bundling.bundle import ExportOptions, export_bundle
@@ -430,3 +433,53 @@ def test_the_calibration_reader_starts_again_when_rewound():
             got.append(item[INPUT_NAME])
         assert len(got) == 3 and all(g is b for g, b in zip(got, batches))
         reader.rewind()
+
+
+def test_a_broken_int8_copy_is_flagged_in_the_config_the_card_and_the_command(brightness_model, tmp_path):
+    """The one-class calibration above breaks the int8 copy: the bundle says so wherever it reports int8."""
+    trained, index = brightness_model
+    dark = [load_image(p) for p, label in index.train if index.classes[label] == "dark"][:16]
+    val = [load_image(p) for p, _ in index.val]
+    out = export_bundle(trained.backbone, trained.class_names, trained.data_config, tmp_path / "b", val,
+                        ExportOptions(quantize="int8"), calibration_images=dark, agreement_images=val)
+    int8 = json.loads((out / "config.json").read_text())["int8"]
+    changed = round((1 - int8["top1_agreement"]) * 24)
+    assert int8["warning"].startswith(f"model.int8.onnx changes the top-1 class of {changed} of 24 val images")
+    assert "**Warning: model.int8.onnx changes" in (out / "README.md").read_text()
+
+
+@given(st.integers(0, 2000), st.integers(1, 2000))
+def test_the_wilson_lower_bound_is_scipys(successes, trials):
+    from scipy.stats import binomtest
+
+    from finetune.bundling.parity import wilson_lower_bound
+
+    successes = min(successes, trials)
+    expected = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson").low
+    assert wilson_lower_bound(successes, trials) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("agreement", "images", "warned"), [
+    (1.0, 24, False), (19 / 20, 20, False),  # 1 of 20 changed: the interval reaches well below 5%
+    (12 / 20, 20, True), (900 / 1000, 1000, True), (970 / 1000, 1000, False),  # 3% of 1000: within 5%
+    (0.0, 0, False), (float("nan"), 0, False),
+])
+def test_int8_is_flagged_only_when_it_clearly_changes_more_than_one_image_in_twenty(agreement, images, warned):
+    from finetune.bundling.parity import int8_warning
+
+    assert (int8_warning(agreement, images) is not None) == warned
+
+
+def test_the_export_command_prints_the_int8_warning():
+    from rich.console import Console
+
+    from finetune.views import print_bundle
+
+    console = Console(record=True, width=200)
+    config = {"files": ["model.onnx", "model.int8.onnx"], "parity": {"images": 8, "max_abs_diff": {"onnx": 1e-6}},
+              "int8": {"top1_agreement": 0.6, "agreement_images": 20, "warning": "model.int8.onnx changes [x]"}}
+    print_bundle(console, Path("b"), config)
+    assert "Warning: model.int8.onnx changes [x]" in console.export_text()
+    del config["int8"]["warning"]
+    print_bundle(console, Path("b"), config)
+    assert console.export_text().count("Warning") == 0
