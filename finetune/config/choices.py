@@ -44,6 +44,18 @@ DemoTask = Literal["textures", "silhouettes", "faces"]
 Pruner = Literal["median", "asha", "none"]
 
 
+def noted(choices: Any, notes: Mapping[str, str] | None = None) -> list[str]:
+    """The choices of a Literal alias, each with its note where it has one: ["a", "b (note)"].
+
+    Raises:
+        ValueError: A note for a name that is not one of the choices (a renamed or dropped choice).
+    """
+    names, notes = get_args(choices), notes or {}
+    if set(notes) - set(names):
+        raise ValueError(f"notes for {sorted(set(notes) - set(names))}, which are not among {names}")
+    return [f"{name} ({notes[name]})" if name in notes else name for name in names]
+
+
 def one_of(choices: Any, notes: Mapping[str, str] | None = None, otherwise: str | None = None) -> str:
     """The choices of a Literal alias as help text, each with its note: "a, b (note) or c".
 
@@ -55,9 +67,5 @@ def one_of(choices: Any, notes: Mapping[str, str] | None = None, otherwise: str 
     Raises:
         ValueError: A note for a name that is not one of the choices (a renamed or dropped choice).
     """
-    names, notes = get_args(choices), notes or {}
-    if set(notes) - set(names):
-        raise ValueError(f"notes for {sorted(set(notes) - set(names))}, which are not among {names}")
-    shown = [f"{name} ({notes[name]})" if name in notes else name for name in names]
-    shown += [otherwise] if otherwise else []
-    return f"{', '.join(shown[:-1])} or {shown[-1]}"
+    shown = noted(choices, notes) + ([otherwise] if otherwise else [])
+    return f"{', '.join(shown[:-1])} or {shown[-1]}" if len(shown) > 1 else shown[0]
