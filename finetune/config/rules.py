@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
-from typing_extensions import Self
 
 from finetune.config.choices import ACCELERATORS, CLASS_WEIGHTS, NO_MOMENTUM, WHOLE_MODEL_POLICIES
 from finetune.config.limits import BATCHES_HELP, DEVICES_HELP
@@ -190,7 +189,7 @@ class SettingRules:
         return v
 
     @model_validator(mode="after")
-    def _no_ignored_settings(self, info: ValidationInfo) -> Self:
+    def _no_ignored_settings(self, info: ValidationInfo) -> SettingRules:
         """A setting that would change nothing is a mistake: say what it needs (recipes: see resolve_config)."""
         if (info.context or {}).get("unused") == "allow":
             return self
