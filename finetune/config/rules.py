@@ -38,9 +38,9 @@ def divisors(n: int) -> list[int]:
     return small + [n // d for d in reversed(small) if d * d != n]
 
 
-
 class SettingRules:
-    """The validators of RunConfig, in the order pydantic applies them to a field."""
+    """RunConfig's validators (RunConfig takes them from this base class); pydantic applies those of one field
+    in the order written here."""
 
     @model_validator(mode="before")
     @classmethod
