@@ -12,9 +12,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from finetune.config import RunConfig, read_run_yaml
+from finetune.config import RunConfig, Split, read_run_yaml
 from finetune.data.balance import imbalance_ratio
 from finetune.data.profile import image_sides
 from finetune.data.scan import DatasetIndex
@@ -31,7 +31,7 @@ TRAINING_SETTINGS = ("weights", "epochs", "batch_size", "lr", "optimizer", "weig
                      "image_size", "augment", "label_smoothing", "mixup", "cutmix", "teacher", "ema",
                      "class_weights", "sampler", "monitor", "early_stop", "precision", "seed", "val_split")
 RESOLVED_SETTINGS = ("precision", "freeze_until")  # settings whose run-time value config.yaml's `resolved` holds
-EVAL_SPLITS = ("val", "test")  # what `finetune eval` scores, in the order the card lists them
+EVAL_SPLITS: tuple[str, ...] = get_args(Split)  # what `finetune eval` scores, in the order the card lists them
 LISTED_CLASSES = 50  # classes listed one by one in the README; all of them are in config.json's `card`
 NOT_FROM_A_RUN = "the bundle was exported from a network without its checkpoint, which holds the run's record"
 
