@@ -99,7 +99,8 @@ class CoreSettings(BaseModel):
         "Seed for the train/val split, the new head's init and augmentation."))
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes. Default: min(4, CPU cores).")
     val_split: float = Field(0.2, gt=0, lt=1, description=(
-        "Validation fraction, stratified by class, for the DIR/<class>/ layout."))
+        "Validation fraction, stratified by class, for the DIR/<class>/ layout and label tables without a "
+        "split column."))
     output: Path | None = Field(None, description=(
         "Run directory. Default: runs/<date>-<backbone>. A folder that is not empty is refused: see --resume and "
         "--overwrite."))
