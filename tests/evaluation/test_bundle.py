@@ -227,14 +227,20 @@ def test_int8_agreement_with_stratified_calibration_meets_the_bound(brightness_i
     assert config["int8"]["top1_agreement"] >= INT8_MIN_AGREEMENT
 
 
-def test_int8_bound_rejects_a_one_class_calibration(brightness_model, tmp_path):
-    """Guards the bound itself: calibrating on one class must fall below it, or the test above is vacuous."""
+@pytest.fixture(scope="module")
+def one_class_int8(brightness_model, tmp_path_factory):
+    """A bundle whose int8 copy is calibrated on the dark class alone: the other classes' inputs clip."""
     trained, index = brightness_model
     dark = [load_image(p) for p, label in index.train if index.classes[label] == "dark"][:16]
     val = [load_image(p) for p, _ in index.val]
-    out = export_bundle(trained.backbone, trained.class_names, trained.data_config, tmp_path / "b", val,
-                        ExportOptions(quantize="int8"), calibration_images=dark, agreement_images=val)
-    assert json.loads((out / "config.json").read_text())["int8"]["top1_agreement"] < INT8_MIN_AGREEMENT
+    return export_bundle(trained.backbone, trained.class_names, trained.data_config,
+                         tmp_path_factory.mktemp("one-class") / "b", val, ExportOptions(quantize="int8"),
+                         calibration_images=dark, agreement_images=val)
+
+
+def test_int8_bound_rejects_a_one_class_calibration(one_class_int8):
+    """Guards the bound itself: calibrating on one class must fall below it, or the test above is vacuous."""
+    assert json.loads((one_class_int8 / "config.json").read_text())["int8"]["top1_agreement"] < INT8_MIN_AGREEMENT
 
 
 # ----- atomic bundle writes ------------------------------------------------------------------------
@@ -435,13 +441,9 @@ def test_the_calibration_reader_starts_again_when_rewound():
         reader.rewind()
 
 
-def test_a_broken_int8_copy_is_flagged_in_the_config_the_card_and_the_command(brightness_model, tmp_path):
-    """The one-class calibration above breaks the int8 copy: the bundle says so wherever it reports int8."""
-    trained, index = brightness_model
-    dark = [load_image(p) for p, label in index.train if index.classes[label] == "dark"][:16]
-    val = [load_image(p) for p, _ in index.val]
-    out = export_bundle(trained.backbone, trained.class_names, trained.data_config, tmp_path / "b", val,
-                        ExportOptions(quantize="int8"), calibration_images=dark, agreement_images=val)
+def test_a_broken_int8_copy_is_flagged_in_the_config_and_the_card(one_class_int8):
+    """The one-class calibration breaks the int8 copy: the bundle says so wherever it reports int8."""
+    out = one_class_int8
     int8 = json.loads((out / "config.json").read_text())["int8"]
     changed = round((1 - int8["top1_agreement"]) * 24)
     assert int8["warning"].startswith(f"model.int8.onnx changes the top-1 class of {changed} of 24 val images")
