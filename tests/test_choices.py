@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import re
-from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
@@ -24,7 +23,6 @@ from finetune.config import (
     Augment,
     DemoTask,
     ExportFormat,
-    Monitor,
     Pruner,
     QuantizeMode,
     RunConfig,
@@ -136,22 +134,3 @@ def test_a_changed_list_is_caught(metavar):
     split.metavar = metavar
     bad, _ = mismatches(root)
     assert [b for b in bad if b.startswith("eval --split: lists")], bad
-
-
-# The hand-written guides that list a setting's choices: (file, the pattern of the list, its Literal).
-GUIDE_LISTS = [
-    ("docs/guides/search.md", r"\| `augment` \| ([^|]+) \|", Augment),
-    ("docs/guides/selection.md", r"`--monitor ([a-z0-9|-]+)`", Monitor),
-    ("docs/guides/evaluation.md", r"\*\*TTA\*\* \((.*?)\): all views", Tta),
-]
-
-
-@pytest.mark.parametrize("path,pattern,alias", GUIDE_LISTS, ids=[g[0] for g in GUIDE_LISTS])
-def test_the_guides_list_the_schemas_choices(path, pattern, alias):
-    """The guides are prose, not generated: a choice added to or dropped from the schema must reach them."""
-    text = (Path(__file__).parents[1] / path).read_text()
-    found = re.search(pattern, text, re.DOTALL)
-    assert found, f"{path} no longer lists the choices this test reads"
-    listed = found.group(1)
-    names = re.findall(r"`([a-z0-9-]+)`", listed) or re.split(r"\s*[|,]\s*", listed.strip())
-    assert names == list(get_args(alias))
