@@ -3,6 +3,7 @@ not improved for `patience_epochs` epochs", with a validation every `val_every` 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.trainer.states import TrainerFn
 
 from finetune.training.callbacks.early_stop import PhaseEarlyStopping
 from finetune.training.freeze import FreezeSchedule
@@ -102,3 +104,52 @@ def test_loading_a_state_leaves_it_whole():
         again = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
         again.load_state_dict(saved)
         assert again.restarts == [3]
+
+
+def _trainer(epoch: int, metrics: dict[str, float], max_epochs: int = 10) -> SimpleNamespace:
+    """The parts of a fitting Trainer that EarlyStopping's hooks read, after a validation that logged `metrics`."""
+    return SimpleNamespace(
+        current_epoch=epoch, max_epochs=max_epochs, callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
+        state=SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False, fast_dev_run=False, should_stop=False,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+        val_check_interval=1.0, check_val_every_n_epoch=1, global_rank=0, world_size=1)
+
+
+def test_the_check_runs_when_validation_ends_and_names_the_patience(caplog):
+    """ModelCheckpoint saves at validation end, after this callback (Lightning orders it last): the count it saves
+    holds the validation just run only if the check runs in on_validation_end, with the default cadence too."""
+    stopper = PhaseEarlyStopping("val/acc1", "max", patience_epochs=2)
+    module = SimpleNamespace()  # a module with no freeze schedule: plain early stopping
+    stopper.setup(_trainer(0, {}), module, "fit")
+    stopped = []
+    with caplog.at_level(logging.DEBUG, logger="pytorch_lightning.callbacks.early_stopping"):
+        for epoch, score in enumerate([0.8, 0.7, 0.7]):
+            trainer = _trainer(epoch, {"val/acc1": score, "train/loss": 1.0})
+            stopper.on_train_epoch_start(trainer, module)
+            stopper.on_validation_end(trainer, module)
+            assert stopper.wait_count == epoch  # counted at validation end
+            stopper.on_train_epoch_end(trainer, module)
+            assert stopper.wait_count == epoch  # and not a second time at epoch end
+            stopped.append(trainer.should_stop)
+    assert stopped == [False, False, True]
+    assert stopper.stopped_epoch == 2 and stopper.patience_epochs == 2  # what the end-of-run line reports
+    # The project reports the stop itself: Lightning's own lines (improved by..., signaling...) stay out of the log.
+    assert not [r for r in caplog.records if r.name.startswith("pytorch_lightning.callbacks.early_stopping")]
+
+
+def test_a_missing_metric_is_an_error_that_names_it():
+    """A monitor no validation logs (a typo, a metric the module does not compute) fails loudly, never silently
+    turning early stopping off."""
+    stopper = PhaseEarlyStopping("val/macro_f1", "max", patience_epochs=2)
+    with pytest.raises(RuntimeError, match="val/macro_f1.*val/acc1"):
+        stopper.on_validation_end(_trainer(0, {"val/acc1": 0.5}), SimpleNamespace())
+
+
+def test_min_delta_is_the_smallest_change_that_counts():
+    """With min_delta 0.01, a rise of 0.005 is no improvement: patience 1 stops at the first such validation."""
+    stopper = PhaseEarlyStopping("val/acc1", "max", patience_epochs=1, min_delta=0.01)
+    assert not stopper._evaluate_stopping_criteria(torch.tensor(0.5))[0]
+    assert stopper._evaluate_stopping_criteria(torch.tensor(0.505))[0]
+    rising = PhaseEarlyStopping("val/acc1", "max", patience_epochs=1, min_delta=0.01)
+    assert not rising._evaluate_stopping_criteria(torch.tensor(0.5))[0]
+    assert not rising._evaluate_stopping_criteria(torch.tensor(0.52))[0]  # 0.02 >= 0.01: an improvement
