@@ -1,13 +1,15 @@
 """Scanning: layouts, the stratified seeded split, hidden and bad files, clear errors."""
 from __future__ import annotations
 
+import locale
+import os
 import warnings
 from pathlib import Path
 
 import pytest
 
 from finetune.data import scan as scan_module
-from finetune.data.scan import DataWarning, scan_image_folder
+from finetune.data.scan import DatasetIndex, DataWarning, scan_image_folder
 from finetune.data.synthetic import make_image_folder
 from finetune.errors import DataError
 
@@ -113,6 +115,22 @@ def test_bad_files_are_skipped_listed_and_warned_once(tmp_path):
     assert index.counts("train") == {c: 3 for c in CLASSES}
     lines = index.write_bad_files(tmp_path).read_text().splitlines()
     assert len(lines) == 4 and all(len(line.split("\t")) == 2 for line in lines)
+
+
+def test_bad_files_txt_holds_each_path_as_the_file_systems_bytes_whatever_the_locale(tmp_path):
+    """One "path TAB reason" line per file, each path the exact bytes on disk (a UTF-8 "é" and a byte that is not
+    UTF-8), also in a process whose locale says ASCII (a host program may set LC_CTYPE to "C")."""
+    names = [b"/data/train/caf\xc3\xa9/a.jpg", b"/data/train/cat/\xff.png"]
+    index = DatasetIndex(tmp_path, "split", ["cat"], [], [],
+                         bad_files=[(Path(os.fsdecode(n)), r) for n, r in zip(names, ["empty file", "truncated"])])
+    before = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+        written = index.write_bad_files(tmp_path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert written == tmp_path / "bad_files.txt"
+    assert written.read_bytes() == b"/data/train/caf\xc3\xa9/a.jpg\tempty file\n/data/train/cat/\xff.png\ttruncated\n"
 
 
 def test_progress_bar_path(tmp_path, monkeypatch):

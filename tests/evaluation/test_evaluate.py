@@ -1,22 +1,29 @@
 """`finetune eval` semantics: where results go, which split settings apply, how calibration is scored."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from finetune.bundling.bundle import export_bundle
 from finetune.cli import app
 from finetune.data.images import load_image
 from finetune.data.synthetic import make_image_folder
-from finetune.data.tta import softmax
+from finetune.data.tta import batch_inputs, softmax
 from finetune.errors import FinetuneError
+from finetune.evaluation import evaluate as evaluate_module
 from finetune.evaluation import metrics
-from finetune.evaluation.evaluate import evaluate
+from finetune.evaluation.evaluate import EvalResult, evaluate
+from finetune.evaluation.mistakes import Mistake
+from finetune.evaluation.saliency import EagerModel
 from finetune.inference import Predictor
+from finetune.models.backbone import create_backbone
 from finetune.training.checkpoint import load_trained
 
 runner = CliRunner()
@@ -163,3 +170,45 @@ def test_each_eval_of_a_split_gets_its_own_folder_and_the_first_keeps_the_plain_
 
     made = [_new_output(tmp_path, "test").name for _ in range(3)] + [_new_output(tmp_path, "val").name]
     assert made == ["eval-test", "eval-test-2", "eval-test-3", "eval-val"]
+
+
+def _eager_with_images(backbone_name: str, tmp_path, count: int) -> tuple[EagerModel, list[str]]:
+    """A random 3-class network of `backbone_name`, ready for gradients, and `count` small random images."""
+    backbone, _ = create_backbone(backbone_name, 3, "none")
+    small = dataclasses.replace(backbone.data_config, input_size=32)  # a small input keeps Grad-CAM fast
+    model = EagerModel(backbone.eval().requires_grad_(False), small, list(CLASSES))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+    return model, paths
+
+
+def test_eval_saliency_explains_the_class_each_mistake_was_given(tmp_path, monkeypatch):
+    """The predicted class of a mistake comes from the predictor (TTA views averaged, another backend), which
+    need not be the eager network's top class: each overlay is for the class the mistake names."""
+    torch.manual_seed(0)
+    model, paths = _eager_with_images("test_resnet", tmp_path, 2)
+    with torch.no_grad():  # the network's own choice, on the input it is fed
+        top = model.backbone(torch.from_numpy(batch_inputs([load_image(p) for p in paths], model.data_config)))
+    given = [(c + 1) % 3 for c in top.argmax(1).tolist()]  # another class for each image
+    mistakes = [Mistake(p, true=0, predicted=c, predicted_probability=0.9, true_probability=0.1)
+                for p, c in zip(paths, given)]
+    monkeypatch.setattr(evaluate_module, "load_eager", lambda path: model)
+    result = evaluate_module._with_saliency(EvalResult({}, tmp_path / "ev", mistakes=mistakes), tmp_path, 2)
+    assert [m.class_name for m in result.saliency] == [CLASSES[c] for c in given]
+    assert [m.overlay.name for m in result.saliency] == ["01-img0.png", "02-img1.png"]
+    assert result.saliency_skipped is None
+
+
+def test_eval_saliency_of_a_vit_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """A ViT has no spatial map: the evaluation keeps its figures and says in one line why no overlays."""
+    model, paths = _eager_with_images("test_vit", tmp_path, 2)
+    mistakes = [Mistake(p, true=0, predicted=1, predicted_probability=0.9, true_probability=0.1) for p in paths]
+    monkeypatch.setattr(evaluate_module, "load_eager", lambda path: model)
+    before = EvalResult({"acc1": 0.5}, tmp_path / "ev", mistakes=mistakes)
+    result = evaluate_module._with_saliency(before, tmp_path, 2)
+    assert "no spatial feature map" in result.saliency_skipped and "test_vit" in result.saliency_skipped
+    assert result.saliency == [] and (result.metrics, result.output, result.mistakes) == ({"acc1": 0.5},
+                                                                                         before.output, mistakes)

@@ -37,6 +37,16 @@ def test_worst_confused_lists_equal_counts_in_reading_order():
         ("c3", "c5", 2), ("c0", "c1", 1), ("c0", "c2", 1), ("c0", "c3", 1), ("c0", "c4", 1), ("c0", "c5", 1)]
 
 
+def test_worst_confused_lists_five_pairs_by_default_the_largest_first():
+    """metrics.json and the console list the five most confused pairs: here 4 classes with 12 distinct
+    off-diagonal counts 1..12, so the list is the cells holding 12, 11, 10, 9 and 8."""
+    cm = np.diag([50, 50, 50, 50])
+    cm[~np.eye(4, dtype=bool)] = np.arange(1, 13)  # row-major: (0,1)=1, (0,2)=2, ..., (3,2)=12
+    worst = metrics.worst_confused(cm, ["a", "b", "c", "d"])
+    assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [
+        ("d", "c", 12), ("d", "b", 11), ("d", "a", 10), ("c", "d", 9), ("c", "b", 8)]
+
+
 def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin():
     """Bins are (lower, upper]: with 4 bins a confidence of exactly 0.5 is counted in (0.25, 0.5], 0.75 in
     (0.5, 0.75] and 1.0 in the last; 0.2 (five classes, all equal) in the first. An empty bin reports 0."""

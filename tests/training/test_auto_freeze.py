@@ -18,6 +18,15 @@ def test_rule_unfreezes_more_with_more_data():
     assert images_per_class({"a": 3, "b": 8, "c": 900}) == 8  # the median, not the mean
 
 
+def test_the_printed_reason_says_what_trains_and_from_which_layer():
+    backbone, _ = create_backbone("test_resnet", 3, "none")  # groups: stem, layer1..layer4, head
+    reasons = {n: auto_freeze_until(backbone, n)[1] for n in (50, 500, 5000)}
+    assert "50 train images per class (median) -> train the last group and the head: --freeze-until layer4" \
+        in reasons[50]
+    assert "-> train the last half of the groups: --freeze-until layer3" in reasons[500]
+    assert "5000 train images per class (median) -> train everything: --freeze-until conv1" in reasons[5000]
+
+
 def test_auto_is_the_default_printed_and_applied(tiny_data, tmp_path, run_args, fitted_resnet_weights):
     result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", str(fitted_resnet_weights)))
     assert result.exit_code == 0, result.output
