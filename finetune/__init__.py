@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RunConfig": "finetune.config",
+    "RunConfig": "finetune.config.schema",
     "fit": "finetune.run.fit",
     "RunResult": "finetune.run.fit",
     "FinetuneModule": "finetune.training.module",
@@ -23,8 +23,8 @@ _LAZY = {
     "export_bundle": "finetune.bundling.bundle",
     "Predictor": "finetune.inference",
     "Ensemble": "finetune.inference",
-    "load_recipe": "finetune.config",
-    "list_recipes": "finetune.config",
+    "load_recipe": "finetune.config.recipes",
+    "list_recipes": "finetune.config.recipes",
     "tune": "finetune.search.study",
     "TuneResult": "finetune.search.study",
     "ConsoleReporter": "finetune.reporter",

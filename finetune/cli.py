@@ -114,7 +114,7 @@ def layers(backbone: o.Backbone) -> None:
 @app.command()
 @user_errors
 def demo(output: o.DemoOutput = Path("runs/demo"), backbone: o.DemoBackbone = "tf_efficientnet_lite0",
-         task: o.DemoTask = "textures", shots: o.Shots = 10, epochs: o.DemoEpochs = None) -> None:
+         task: o.DemoTaskOption = "textures", shots: o.Shots = 10, epochs: o.DemoEpochs = None) -> None:
     """Real ImageNet transfer on real photos (installed offline), against the same backbone from scratch."""
     from finetune.run.demo import run_demo
 
@@ -224,7 +224,7 @@ def _export_model(model: Optional[Path], run_dir: Optional[Path]) -> Path:
 
 @app.command("eval")
 @user_errors(value_errors=True)
-def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.Split = "val", tta: o.EvalTta = "none",
+def eval_cmd(model: o.EvalModel, data: o.EvalData, split: o.SplitOption = "val", tta: o.EvalTta = "none",
              calibrate: o.Calibrate = False, output: o.EvalOutput = None, saliency: o.EvalSaliency = 0,
              labels: o.LabelTable = None, path_column: o.PathColumn = None, label_column: o.LabelColumn = None,
              split_column: o.SplitColumn = None) -> None:

@@ -21,7 +21,18 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, 
 import typer
 from pydantic.fields import FieldInfo
 
-from finetune.config import REQUIRED_ELSEWHERE, Augment, RunConfig, Tta, one_of
+from finetune.config import (
+    REQUIRED_ELSEWHERE,
+    Augment,
+    DemoTask,
+    ExportFormat,
+    QuantizeMode,
+    RunConfig,
+    Split,
+    Tta,
+    one_of,
+)
+from finetune.config.choices import noted
 from finetune.errors import FinetuneError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -162,13 +173,13 @@ def given_on_command_line(ctx: typer.Context, names: Iterable[str]) -> set[str]:
 # ----- options that are not run settings (their defaults are in the commands' signatures) ---------
 TTA_CHOICES = one_of(Tta)
 TTA_METAVAR = choices_metavar(get_args(Tta))
-# Choices of options owned by modules that the CLI imports only once a command runs (most import torch): the
-# help shows them, and eval and export check theirs before that import. Each is the same as its module's own
-# list (tests/test_help.py).
-SPLITS = ("val", "test")  # finetune.evaluation.evaluate.SPLITS
-EXPORT_FORMATS = ("onnx", "torchscript")  # finetune.bundling.bundle.FORMATS
-QUANTIZE_MODES = ("int8",)  # finetune.bundling.quantize.QUANTIZE_MODES
-DEMO_TASKS = ("textures", "silhouettes", "faces")  # finetune.data.real.TASKS
+# Choices of options acted on by modules that the CLI imports only once a command runs (most import torch): the
+# help shows them, and eval and export check theirs before that import. Spelled in finetune/config/choices.py,
+# which those modules read too.
+SPLITS: tuple[str, ...] = get_args(Split)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
+DEMO_TASKS: tuple[str, ...] = get_args(DemoTask)
 
 RESUME = parameter("resume", Annotated[Optional[Path], typer.Option(help=(
     "Continue RUN_DIR from checkpoints/last.ckpt with its config.yaml; only --epochs (to extend), --workers, "
@@ -190,8 +201,8 @@ Backbone = Annotated[str, typer.Option(help=RunConfig.model_fields["backbone"].d
 DemoOutput = Annotated[Path, typer.Option(help="Where the task's images and the two runs go.")]
 DemoBackbone = Annotated[str, typer.Option(
     help="Backbone, fine-tuned from its ImageNet weights and trained from scratch.")]
-DemoTask = Annotated[str, typer.Option(help="Real task: textures, silhouettes or faces.",
-                                       metavar=choices_metavar(DEMO_TASKS))]
+DemoTaskOption = Annotated[str, typer.Option(help=f"Real task: {one_of(DemoTask)}.",
+                                             metavar=choices_metavar(DEMO_TASKS))]
 Shots = Annotated[int, typer.Option(help="Train images per class.")]
 DemoEpochs = Annotated[Optional[int], typer.Option(help="Epochs of each run. Default: as `finetune run` picks them.")]
 RunsFolder = Annotated[Path, typer.Argument(help="Folder holding run directories (searched 3 levels deep).")]
@@ -210,10 +221,12 @@ TrainedModel = Annotated[Optional[Path], typer.Option(help=(
 OldTrainedModel = Annotated[Optional[Path], typer.Argument(hidden=True, show_default=False, help=(
     "Deprecated spelling of --model."))]
 BundleDir = Annotated[Optional[Path], typer.Option(help="Bundle directory. Default: the run directory's model/.")]
-Formats = Annotated[str, typer.Option(help="Comma-separated graph formats: onnx (always written), torchscript.",
-                                      metavar=choices_metavar(EXPORT_FORMATS))]
+Formats = Annotated[str, typer.Option(help=(
+    f"Comma-separated graph formats: {', '.join(noted(ExportFormat, {'onnx': 'always written'}))}."),
+    metavar=choices_metavar(EXPORT_FORMATS))]
 Quantize = Annotated[Optional[str], typer.Option(help=(
-    "Also write an int8 model: int8 (static QDQ, calibrated on training images). Default: none."),
+    f"Also write an int8 model: {one_of(QuantizeMode, {'int8': 'static QDQ, calibrated on training images'})}. "
+    "Default: none."),
     metavar=choices_metavar(QUANTIZE_MODES))]
 ExportData = Annotated[Optional[Path], typer.Option(help=(
     "Image folder for the parity check and int8 calibration. Default: the run's --data."))]
@@ -222,7 +235,7 @@ BundleTta = Annotated[Optional[str], typer.Option(help=(
 
 EvalModel = Annotated[Path, typer.Option(help="Bundle directory, run directory or .ckpt file.")]
 EvalData = Annotated[Path, typer.Option(help="Image folder with the model's classes.")]
-Split = Annotated[str, typer.Option(help="Split to evaluate: val or test.", metavar=choices_metavar(SPLITS))]
+SplitOption = Annotated[str, typer.Option(help=f"Split to evaluate: {one_of(Split)}.", metavar=choices_metavar(SPLITS))]
 EvalTta = Annotated[str, typer.Option(help=(
     f"Test-time augmentation, all views in one forward pass, softmax averaged: {TTA_CHOICES} (five-crop: "
     "corners + center; ten-crop: and their mirrors)."), metavar=TTA_METAVAR)]

@@ -173,3 +173,5 @@ def print_bundle(console: Console, bundle: Path, config: dict[str, Any]) -> None
     if "int8" in config:
         console.print(f"int8 top-1 agreement with fp32: {config['int8']['top1_agreement']:.4f} on "
                       f"{config['int8']['agreement_images']} val images")
+        if config["int8"].get("warning"):
+            console.print(f"[yellow]Warning: {escape(config['int8']['warning'])}[/yellow]", soft_wrap=True)

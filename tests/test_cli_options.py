@@ -1,5 +1,5 @@
 """Each setting is declared once, on RunConfig: `run` and `lr-find` take their options from its fields,
-and each choice list is spelled once, in config.py."""
+and each choice list is spelled once, in finetune/config/choices.py."""
 from __future__ import annotations
 
 from collections import Counter

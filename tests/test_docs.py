@@ -10,6 +10,7 @@ import html
 import importlib.util
 import re
 from pathlib import Path
+from typing import get_args
 
 import markdown
 import pytest
@@ -18,7 +19,7 @@ from pydantic_core import PydanticUndefined
 
 import finetune
 from finetune.cli import app
-from finetune.config import RunConfig
+from finetune.config import Augment, Monitor, RunConfig, Tta
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -166,3 +167,22 @@ def test_relative_links_point_at_files_that_exist(path):
 def test_link_check_sees_links():
     """The link check reads the README's links: a pattern that matched nothing would pass any file."""
     assert "docs/guides/data.md" in _relative_links(README)
+
+
+# The hand-written guides that list a setting's choices: (file, the pattern of the list, its Literal).
+GUIDE_LISTS = [
+    ("docs/guides/search.md", r"\| `augment` \| ([^|]+) \|", Augment),
+    ("docs/guides/selection.md", r"`--monitor ([a-z0-9|-]+)`", Monitor),
+    ("docs/guides/evaluation.md", r"\*\*TTA\*\* \((.*?)\): all views", Tta),
+]
+
+
+@pytest.mark.parametrize("path,pattern,alias", GUIDE_LISTS, ids=[g[0] for g in GUIDE_LISTS])
+def test_the_guides_list_the_schemas_choices(path, pattern, alias):
+    """The guides are prose, not generated: a choice added to or dropped from the schema must reach them."""
+    text = (ROOT / path).read_text()
+    found = re.search(pattern, text, re.DOTALL)
+    assert found, f"{path} no longer lists the choices this test reads"
+    listed = found.group(1)
+    names = re.findall(r"`([a-z0-9-]+)`", listed) or re.split(r"\s*[|,]\s*", listed.strip())
+    assert names == list(get_args(alias))

@@ -106,15 +106,16 @@ def test_a_missing_table_is_one_line_before_anything_loads(tiny_data, tmp_path, 
     assert "does not exist; give --labels a .csv" in result.output and "Traceback" not in result.output
 
 
-def test_eval_of_a_table_run_on_its_own_folder_reads_the_recorded_table(tiny_data, run_args, tmp_path):
-    """Files in one flat folder, labels only in the table: `eval --data DIR` without --labels scores the run
-    on the table it trained from (a class-folder scan would find no classes), the figures of --labels."""
+@pytest.fixture(scope="module")
+def flat_run(tiny_data: Path, run_args, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(a run from files in one flat folder whose labels are only in a table, the folder, the table)."""
     import shutil
 
-    flat = tmp_path / "images"
+    tmp = tmp_path_factory.mktemp("flat")
+    flat = tmp / "images"
     flat.mkdir()
     index = scan_image_folder(tiny_data)
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
+    with open(tmp / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", "label", "split"])
         for split in ("train", "val"):
@@ -122,15 +123,28 @@ def test_eval_of_a_table_run_on_its_own_folder_reads_the_recorded_table(tiny_dat
                 name = f"{split}-{n}{path.suffix}"
                 shutil.copy(path, flat / name)
                 writer.writerow([name, index.classes[label], split])
-    run = tmp_path / "run"
-    result = runner.invoke(app, run_args(flat, run, "--weights", "none", "--labels", str(tmp_path / "labels.csv")))
+    result = runner.invoke(app, run_args(flat, tmp / "run", "--weights", "none", "--labels", str(tmp / "labels.csv")))
     assert result.exit_code == 0, result.output
+    return tmp / "run", flat, tmp / "labels.csv"
+
+
+def test_eval_of_a_table_run_on_its_own_folder_reads_the_recorded_table(flat_run, tmp_path):
+    """`eval --data DIR` without --labels scores the run on the table it trained from (a class-folder scan of
+    the flat folder would find no classes), with the figures of --labels."""
+    run, flat, table = flat_run
     figures = []
-    for out, extra in (("given", ("--labels", str(tmp_path / "labels.csv"))), ("recorded", ())):
+    for out, extra in (("given", ("--labels", str(table))), ("recorded", ())):
         result = runner.invoke(app, ["eval", "--model", str(run), "--data", str(flat),
                                      "--output", str(tmp_path / out), *extra])
         assert result.exit_code == 0, result.output
         metrics = json.loads((tmp_path / out / "metrics.json").read_text())
-        assert metrics["labels"] == str((tmp_path / "labels.csv").absolute())
+        assert metrics["labels"] == str(table.absolute())
         figures.append(metrics["accuracy"])
     assert figures[0] == figures[1]
+
+
+def test_export_with_the_runs_own_folder_reads_the_recorded_table(flat_run, tmp_path):
+    run, flat, _ = flat_run
+    result = runner.invoke(app, ["export", "--model", str(run), "--data", str(flat), "--output", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "model.onnx").is_file()

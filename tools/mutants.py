@@ -221,7 +221,7 @@ MUTANTS: list[Mutant] = [
     Mutant("last_batch_of_one_kept", "finetune/data/datamodule.py",
            "drop_last=shuffle and self._last_batch_of_one(", "drop_last=False and self._last_batch_of_one(",
            ("tests/training/test_last_batch.py",), "a last training batch of one image reaches BatchNorm"),
-    Mutant("limit_train_batches_1_means_all", "finetune/config.py",
+    Mutant("limit_train_batches_1_means_all", "finetune/config/rules.py",
            "                v = int(v)\n            except ValueError:",
            "                v = float(v)\n            except ValueError:",
            ("tests/test_cli.py::test_limit_train_batches_1_is_one_batch_per_epoch",),

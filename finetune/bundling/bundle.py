@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from finetune.bundling.card import bundle_readme, card_facts
 from finetune.bundling.parity import ExportError
 from finetune.bundling.quantize import QUANTIZE_MODES, quantize_int8
 from finetune.bundling.sampling import stratified_sample
+from finetune.config import ExportFormat
 from finetune.data.data_config import DataConfig
 from finetune.data.images import load_image
 from finetune.data.scan import DatasetIndex
@@ -39,7 +41,7 @@ from finetune.models.source import BUNDLE_FORMAT, CONFIG_NAME, FORMAT_VERSION, B
 from finetune.pathtext import check_model_path, escaped
 from finetune.training.checkpoint import TrainedModel, load_trained, scan_for
 
-FORMATS = ("onnx", "torchscript")
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
 PARITY_IMAGES = 16  # a real batch: enough to hit every class's logit range, cheap to run three ways
 CALIBRATION_IMAGES = 64  # stratified: MinMax ranges must see every class's activations
 BUNDLE_FILES = (CONFIG_NAME, "README.md")  # with every "model.*": what a bundle folder is made of
@@ -235,9 +237,11 @@ def _quantize(out: Path, dc: DataConfig, calibration: Sequence[np.ndarray], agre
     x = batch_inputs(list(agreement), dc)
     a = np.concatenate([fp32(x[i:i + 32]) for i in range(0, len(x), 32)])
     b = np.concatenate([int8(x[i:i + 32]) for i in range(0, len(x), 32)])
+    agreement_, images = parity.top1_agreement(a, b), int(len(x))
+    warning = parity.int8_warning(agreement_, images)
     return {"file": "model.int8.onnx", "method": "static QDQ, per-channel int8 weights, uint8 activations",
             "calibration_images": min(len(calibration), CALIBRATION_IMAGES),
-            "top1_agreement": parity.top1_agreement(a, b), "agreement_images": int(len(x))}
+            "top1_agreement": agreement_, "agreement_images": images, **({"warning": warning} if warning else {})}
 
 
 def _decode_items(items) -> list[np.ndarray]:

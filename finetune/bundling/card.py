@@ -12,9 +12,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from finetune.config import RunConfig, read_run_yaml
+from finetune.config import RunConfig, Split, read_run_yaml
 from finetune.data.balance import imbalance_ratio
 from finetune.data.profile import image_sides
 from finetune.data.scan import DatasetIndex
@@ -31,7 +31,7 @@ TRAINING_SETTINGS = ("weights", "epochs", "batch_size", "lr", "optimizer", "weig
                      "image_size", "augment", "label_smoothing", "mixup", "cutmix", "teacher", "ema",
                      "class_weights", "sampler", "monitor", "early_stop", "precision", "seed", "val_split")
 RESOLVED_SETTINGS = ("precision", "freeze_until")  # settings whose run-time value config.yaml's `resolved` holds
-EVAL_SPLITS = ("val", "test")  # what `finetune eval` scores, in the order the card lists them
+EVAL_SPLITS: tuple[str, ...] = get_args(Split)  # what `finetune eval` scores, in the order the card lists them
 LISTED_CLASSES = 50  # classes listed one by one in the README; all of them are in config.json's `card`
 NOT_FROM_A_RUN = "the bundle was exported from a network without its checkpoint, which holds the run's record"
 
@@ -304,7 +304,8 @@ def _files_section(config: dict[str, Any]) -> str:
     dc, parity, int8 = config["data_config"], config["parity"], config.get("int8")
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in parity["max_abs_diff"].items())
     int8_line = (f"- `model.int8.onnx`: int8, top-1 agreement with fp32 {int8['top1_agreement']:.3f} "
-                 f"on {int8['agreement_images']} val images\n" if int8 else "")
+                 f"on {int8['agreement_images']} val images"
+                 + (f". **Warning: {int8['warning']}**" if int8.get("warning") else "") + "\n" if int8 else "")
     ts_line = "- `model.ts`: frozen TorchScript\n" if "model.ts" in config.get("files", []) else ""
     return f"""## Files
 - `model.onnx`: fp32 ONNX, input `input` (batch, 3, {dc['input_size']}, {dc['input_size']}), output `logits` \

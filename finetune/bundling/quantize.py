@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from finetune.bundling.formats import INPUT_NAME
+from finetune.config import QuantizeMode
 
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
 
 
 class _Batches:

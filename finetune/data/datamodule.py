@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import cv2
 import numpy as np
@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from finetune.config import Sampler
 from finetune.data.balance import balanced_sample_weights
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
@@ -116,8 +117,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         super().__init__()
         self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
         self.eval_batch_size = batch_size * EVAL_BATCH_FACTOR
-        if sampler not in ("shuffle", "balanced"):
-            raise ValueError(f"unknown sampler {sampler!r}; valid: shuffle, balanced")
+        if sampler not in get_args(Sampler):
+            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(get_args(Sampler))}")
         self.sampler = sampler
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         # A caller that already scanned (to size the head) passes its index: no second decode pass.

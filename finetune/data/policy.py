@@ -93,6 +93,7 @@ def _flip_reason(profile: DataProfile) -> str:
         return (f"mirroring changes the class (nearest-neighbour top-1 {profile.flip_nn:.2f} -> "
                 f"{profile.flip_nn_flipped:.2f} on mirror images)")
     verdict = ("mirror images keep their class", "within") if keep else ("mirroring changes the class", "beyond")
+    fall = profile.flip_nn - profile.flip_nn_with_mirrors
+    change = f"a fall of {fall:.2f}, {verdict[1]}" if fall > 0 else f"no fall, {verdict[1]}"
     return (f"{verdict[0]} (nearest-neighbour top-1 {profile.flip_nn:.2f} -> {profile.flip_nn_with_mirrors:.2f} "
-            f"with labelled mirror images among the references: a fall {verdict[1]} the margin "
-            f"{profile.flip_margin:.2f})")
+            f"with labelled mirror images among the references: {change} the margin {profile.flip_margin:.2f})")

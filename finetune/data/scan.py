@@ -151,9 +151,12 @@ def _find_classes(class_root: Path, layout: str) -> list[str]:
         inner = [d.name for d in _subdirs(class_root / classes[0])] if len(classes) == 1 else []
         deeper = (f"; its folder {classes[0]} holds {', '.join(inner[:5])}: if those are the classes, give "
                   f"--data {escaped(class_root / classes[0])}") if len(inner) >= 2 else ""
+        images = sum(1 for p in class_root.iterdir() if p.is_file() and is_image_file(p))
+        loose = (f"; its {images} image file{'s' if images != 1 else ''} with no class folder need a table of "
+                 f"their labels: --labels FILE") if images else ""
         raise DataError(
-            f"{escaped(class_root)} has {found}{names}, a classifier needs at least two ({layout} layout){deeper}; "
-            f"{LAYOUT_HELP}"
+            f"{escaped(class_root)} has {found}{names}, a classifier needs at least two ({layout} layout)"
+            f"{deeper}{loose}; {LAYOUT_HELP}"
         )
     _warn_nested_classes(class_root, classes)
     return classes

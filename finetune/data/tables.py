@@ -309,6 +309,8 @@ class StemFinder:
             return path.parent / matches[0], None
         if len(matches) > 1:
             return path, f"names {len(matches)} files ({', '.join(sorted(matches))}); give the extension"
+        if not path.suffix:  # a bare stem that names nothing: no file, whatever extension it would have had
+            return path, f"no such file (nor any {path.name}.*)"
         return path, None  # missing: the check of the file says so
 
     def _listing(self, folder: Path) -> dict[str, list[str]]:

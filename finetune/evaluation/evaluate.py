@@ -5,10 +5,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
-from finetune.config import RunConfig
+from finetune.config import RunConfig, Split
 from finetune.data.images import BadImageError, load_images
 from finetune.data.scan import DatasetIndex
 from finetune.data.tables import TableSpec, as_spec, scan_data
@@ -24,7 +25,7 @@ from finetune.locks import claimed_folder, contents
 from finetune.models.source import BundleConfig, ModelSource, resolve_model_source
 from finetune.training.checkpoint import check_classes, load_trained, split_items
 
-SPLITS = ("val", "test")
+SPLITS: tuple[str, ...] = get_args(Split)
 EVAL_CHUNK = 256  # images decoded and classified at once (with their TTA views): bounds eval's memory
 CROSS_FIT_FOLDS = 2  # halves: each fit still sees half of val, and every val image is scored once
 MISTAKES_SHOWN = 10  # the most confident mistakes named in metrics.json and on the console; the CSV has all

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from finetune.config import Augment
 from finetune.data.data_config import DataConfig
 from finetune.data.dataset import ImageListDataset
 from finetune.data.policy import auto_augment_policy
 from finetune.data.profile import profile_training_set
 from finetune.data.scan import DatasetIndex
 from finetune.data.tables import TableSpec, scan_data
-from finetune.data.transforms import PRESETS, build_transform
+from finetune.data.transforms import build_transform
 from finetune.run.auto_defaults import resolve_image_size
 
 LABEL_HEIGHT = 12  # pixels of caption under each tile (PIL's default bitmap font is ~11 px)
@@ -64,8 +66,8 @@ def preview_grid(data: Path, augment: str, dc: DataConfig, count: int = 16, colu
         seed: Seed of the augmentations.
         index: The scan of `data`, if made already.
     """
-    if augment not in PRESETS and augment != "auto":
-        raise ValueError(f"unknown augmentation preset {augment!r}; valid: auto, {', '.join(PRESETS)}")
+    if augment not in get_args(Augment):
+        raise ValueError(f"unknown augmentation preset {augment!r}; valid: {', '.join(get_args(Augment))}")
     index = index or scan_data(data, progress=False)
     # auto: the policy `finetune run` would choose for this folder at this input size
     preset = auto_augment_policy(profile_training_set(index), dc.input_size) if augment == "auto" else augment

@@ -4,10 +4,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
+from finetune.config import Pruner, one_of
 from finetune.console import console, user_errors
 from finetune.options import (
     CONTEXT,
@@ -21,7 +22,7 @@ from finetune.options import (
 # Options of `run` that a study sets itself: each trial has its own folder, no bar and no bundle.
 NOT_FROM_RUN = ("ctx", "resume", "output", "overwrite", "progress", "export")
 STUDY_PANEL = "Study"  # the study's own options, listed before the run settings it searches over
-PRUNERS = ("median", "asha", "none")  # finetune.search.study.PRUNERS (tests/test_help.py), imported with optuna
+PRUNERS: tuple[str, ...] = get_args(Pruner)  # checked here: finetune.search.study imports optuna
 
 
 def _study_option(*decls: str, help: str, **kwargs: Any) -> Any:
@@ -43,8 +44,9 @@ def _tune_options() -> list[inspect.Parameter]:
             "weight-decay in log space, freeze-until over the layer groups, augment, label-smoothing, mixup)."))],
             None),
         parameter("pruner", Annotated[str, _study_option(help=(
-            "Stops poor trials from their per-epoch val top-1: median (below the median of earlier trials at the "
-            "same epoch, after a quarter of the epochs), asha (successive halving) or none."),
+            "Stops poor trials from their per-epoch val top-1: " + one_of(Pruner, {
+                "median": "below the median of earlier trials at the same epoch, after a quarter of the epochs",
+                "asha": "successive halving"}) + "."),
             metavar=choices_metavar(PRUNERS))], "median"),
         parameter("timeout", Annotated[Optional[float], _study_option(help=(
             "Seconds after which this worker starts no new trial (the running one finishes). Default: none."))],

@@ -16,13 +16,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import BaseTrial
 from pydantic import ValidationError
 
-from finetune.config import RunConfig
+from finetune.config import WHOLE_MODEL_POLICIES, Augment, RunConfig
 from finetune.errors import FinetuneError
 from finetune.models.backbone import create_backbone
 from finetune.untrusted import read_yaml
@@ -168,11 +168,11 @@ def default_space(config: RunConfig) -> Space:
         Param("backbone_lr_mult", "log-uniform", 0.01, 1.0),  # 1: one LR for the network; 0.01: a nearly frozen body
         Param("weight_decay", "log-uniform", 1e-5, 0.1),
         Param("freeze_until", "choice", choices=freeze_choices(config.backbone)),
-        Param("augment", "choice", choices=("auto", "none", "light", "standard", "strong")),
+        Param("augment", "choice", choices=get_args(Augment)),
         Param("label_smoothing", "uniform", 0.0, 0.2),
         Param("mixup", "uniform", 0.0, 0.4),  # Beta(alpha, alpha); the usual 0.2-0.4, and off
     ]
-    skip = {"freeze_until"} if config.freeze_policy in ("linear-probe", "full") else set()
+    skip = {"freeze_until"} if config.freeze_policy in WHOLE_MODEL_POLICIES else set()
     skip |= {"backbone_lr_mult"} if config.lr_decay is not None else set()
     return {p.name: p for p in params if p.name not in skip}
 

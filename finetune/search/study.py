@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from finetune.config import RunConfig
+from finetune.config import Pruner, RunConfig
 from finetune.data.datamodule import EVAL_BATCH_FACTOR
 from finetune.data.scan import DatasetIndex
 from finetune.data.tables import TableSpec, scan_data
@@ -39,7 +39,7 @@ from finetune.search.trial import join_trial_as_rank, run_trial, trial_config
 STAGE1_SHARE = 2 / 3  # of --trials: many cheap trials explore, fewer long ones refine
 STAGE1_FRACTION = 1 / 3  # of the full epochs: enough to rank settings, a third of the cost
 TOP_SHARE = 1 / 4  # stage 2 narrows around the best quarter of stage 1's completed trials
-PRUNERS = ("median", "asha", "none")
+PRUNERS: tuple[str, ...] = get_args(Pruner)
 # Settings that differ between workers of one study without changing a trial's result.
 NOT_COMPARED = ("output", "progress", "workers", "overwrite", "export")
 
@@ -325,7 +325,7 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
         output: The study folder. Default: studies/<date>-<backbone>.
         stages: 2: short random trials, then longer TPE trials in the range of the best; 1: one search.
         final_run: Train the best settings for the full epochs, export them and report test top-1.
-        pruner: "median", "asha", "none", or an Optuna pruner.
+        pruner: One of PRUNERS (median, asha, none), or an Optuna pruner.
         reporter: Where the space, the estimate, a line per trial and the summary go: a `ConsoleReporter()`
             prints them as `finetune tune` does (a rich Console is taken as one); default: the `finetune`
             logger (finetune/reporter.py). Each trial's own narration is in its folder's log.txt.

@@ -86,8 +86,8 @@ def load_trained(path: str | Path) -> TrainedModel:
 
 
 def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIndex:
-    """Scans the run's data folder with its label table (or `data`, with no table but its own metadata file) with
-    the run's split settings, checking the classes.
+    """Scans the run's data folder with its label table (or `data`: the run's table when it is the run's folder,
+    else none but the folder's own metadata file) with the run's split settings, checking the classes.
 
     Raises:
         DataError: The folder is gone, or its classes differ from the model's.
@@ -100,7 +100,8 @@ def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIn
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data DIR with the images "
                         f"of the classes {', '.join(trained.class_names)}")
-    table = TableSpec.of(trained.config) if data is None else TableSpec()
+    same_folder = data is None or (saved is not None and root.resolve() == Path(saved).resolve())
+    table = TableSpec.of(trained.config) if same_folder else TableSpec()  # the table belongs to the run's folder
     index = scan_data(root, table, val_split=trained.setting("val_split"), seed=trained.setting("seed"))
     check_classes(index.classes, trained.class_names, root)
     return index

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-Monitor = Literal["acc1", "balanced-acc", "macro-f1", "loss"]
-MONITORS: tuple[str, ...] = ("acc1", "balanced-acc", "macro-f1", "loss")
+from finetune.config import Monitor
+
+MONITORS: tuple[str, ...] = get_args(Monitor)
 
 
 @dataclass(frozen=True)

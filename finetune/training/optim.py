@@ -4,10 +4,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
+from finetune.config import Optimizer
 from finetune.errors import FinetuneError
 from finetune.models.backbone import Backbone
 
@@ -114,4 +115,4 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, foreach=fused or None)
-    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adam, sgd, rmsprop")
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(get_args(Optimizer))}")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import torch
 
+from finetune.config import Precision
 from finetune.errors import FinetuneError
 
 
@@ -29,7 +31,8 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
     """Returns (Lightning precision, why it was chosen)."""
     cuda = _uses_cuda(accelerator)
     if requested == "16-mixed" and not cuda:
-        raise FinetuneError("--precision 16-mixed needs a GPU; on CPU use one of: auto, 32, bf16-mixed")
+        on_cpu = [p for p in get_args(Precision) if p != "16-mixed"]
+        raise FinetuneError(f"--precision 16-mixed needs a GPU; on CPU use one of: {', '.join(on_cpu)}")
     if requested != "auto":
         return requested, "as requested"
     if cuda:

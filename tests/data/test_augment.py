@@ -37,6 +37,14 @@ def test_standard_and_strong_steps():
     assert strong.index("Erasing") > strong.index("Normalize")  # erases to the mean colour
 
 
+def test_strong_keeps_every_standard_step_with_its_settings():
+    """strong is standard plus TrivialAugment and erasing: crop, flip, jitter, lighting and normalisation
+    are the same steps with the same settings (a step's repr lists its settings)."""
+    standard = [repr(t) for t in build_transform(DC, train=True, preset="standard").pipeline.transforms]
+    strong = [repr(t) for t in build_transform(DC, train=True, preset="strong").pipeline.transforms]
+    assert [r for r in strong if r in standard] == standard
+
+
 def test_standard_changes_colours_of_a_flat_image():
     flat = np.full((40, 40, 3), 128, np.uint8)
     t = build_transform(DC, train=True, preset="standard", seed=0)

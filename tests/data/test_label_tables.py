@@ -362,3 +362,11 @@ def test_table_files_lists_files_with_optional_labels(flat_folder, tmp_path):
                                                                                         None)]
     unlabelled = write_table(tmp_path / "u.jsonl", ["path"], [["cat/1.png"]])
     assert table_files(flat_folder, unlabelled) == [(flat_folder / "cat" / "1.png", None)]
+
+
+def test_an_id_without_extension_that_names_no_file_is_missing_not_a_non_image(flat_folder, tmp_path):
+    folder = scan_image_folder(flat_folder)
+    rows = [*folder_rows(flat_folder, folder, with_split=False), ["dog/gone", "dog"]]
+    with pytest.warns(DataWarning, match="skipped 1 bad file"):
+        index = scan_data(flat_folder, write_table(tmp_path / "t.csv", ["path", "label"], rows))
+    assert dict(index.bad_files) == {flat_folder / "dog" / "gone": "no such file (nor any gone.*)"}

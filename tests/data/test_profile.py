@@ -266,10 +266,13 @@ def test_the_plan_gives_the_figures_of_the_flip_decision():
     base = _profile()
     kept = dataclasses.replace(base, flip_nn=0.95, flip_nn_with_mirrors=0.94, flip_margin=0.03)
     assert ("mirror images keep their class (nearest-neighbour top-1 0.95 -> 0.94 with labelled mirror images "
-            "among the references: a fall within the margin 0.03)") in auto_augment_policy(kept, 32).reasons
+            "among the references: a fall of 0.01, within the margin 0.03)") in auto_augment_policy(kept, 32).reasons
     off = dataclasses.replace(kept, flip_nn_with_mirrors=0.43, flip_margin=0.08, flip_changes_label=True)
-    assert "top-1 0.95 -> 0.43 with labelled mirror images among the references: a fall beyond the margin 0.08" in (
-        auto_augment_policy(off, 32).describe())
+    assert ("top-1 0.95 -> 0.43 with labelled mirror images among the references: a fall of 0.52, beyond the "
+            "margin 0.08") in auto_augment_policy(off, 32).describe()
+    rose = dataclasses.replace(kept, flip_nn_with_mirrors=0.97)
+    assert ("top-1 0.95 -> 0.97 with labelled mirror images among the references: no fall, within the "
+            "margin 0.03") in auto_augment_policy(rose, 32).describe()
 
 
 @pytest.mark.parametrize("changes", [False, True])

@@ -272,3 +272,16 @@ def test_each_folder_has_its_own_cache_file_holding_only_its_files(tmp_path, mon
     scan_image_folder(a)
     entries = [json.loads(f.read_text()) for f in files]
     assert sorted(len(e) for e in entries) == [6, 7] and all(str(removed) not in e for e in entries)
+
+
+def test_image_files_with_no_class_folder_are_pointed_at_a_label_table(tmp_path):
+    from PIL import Image
+
+    from finetune.errors import DataError
+
+    for name in ("a.jpg", "b.png", "c.JPG"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="PNG" if name.endswith("png") else "JPEG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"has 0 class folders, .*; its 3 image files with no class folder need a "
+                                        r"table of their labels: --labels FILE; expected DIR/train"):
+        scan_image_folder(tmp_path)

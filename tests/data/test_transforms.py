@@ -9,6 +9,8 @@ from PIL import Image
 from finetune.data.data_config import DataConfig
 from finetune.data.resize import center_crop
 from finetune.data.transforms import (
+    PILResizeShorter,
+    RandomResizedCrop,
     build_eval_transform,
     build_train_transform,
     build_transform,
@@ -108,6 +110,27 @@ def test_train_transform_is_random_but_seedable(dc):
     first = a(img)
     assert torch.equal(first, b(img))
     assert not all(torch.equal(first, a(img)) for _ in range(3))
+
+
+def test_a_worker_reseed_gives_the_same_draws_whatever_the_build_seed(dc):
+    """Dataloader workers reseed the transform (worker_init_fn): after set_random_seed(s) the draws depend
+    on s alone, so two pipelines built with different seeds then agree, and another s disagrees."""
+    img = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    a, b, c = (build_train_transform(dc, seed=seed) for seed in (1, 2, 1))
+    a.set_random_seed(11), b.set_random_seed(11), c.set_random_seed(12)
+    draws_a, draws_b, draws_c = ([t(img) for _ in range(4)] for t in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(draws_a, draws_b))
+    assert not all(torch.equal(x, y) for x, y in zip(draws_a, draws_c))
+
+
+def test_resize_steps_print_their_settings():
+    """A pipeline's repr (printed with the transform) names each step's own settings."""
+    resize = repr(PILResizeShorter(40, "bicubic"))
+    assert resize.startswith("PILResizeShorter(") and "size=40" in resize and "interpolation='bicubic'" in resize
+    crop = repr(RandomResizedCrop(size=(24, 24), scale=(0.5, 1.0), ratio=(0.9, 1.1), interpolation="bicubic"))
+    assert crop.startswith("RandomResizedCrop(")
+    for setting in ("size=(24, 24)", "scale=(0.5, 1.0)", "ratio=(0.9, 1.1)", "pil_interpolation='bicubic'"):
+        assert setting in crop, crop
 
 
 def test_light_preset_keeps_the_eval_geometry_and_only_flips():

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from finetune.bundling.bundle import ExportOptions, export_bundle
@@ -224,14 +227,20 @@ def test_int8_agreement_with_stratified_calibration_meets_the_bound(brightness_i
     assert config["int8"]["top1_agreement"] >= INT8_MIN_AGREEMENT
 
 
-def test_int8_bound_rejects_a_one_class_calibration(brightness_model, tmp_path):
-    """Guards the bound itself: calibrating on one class must fall below it, or the test above is vacuous."""
+@pytest.fixture(scope="module")
+def one_class_int8(brightness_model, tmp_path_factory):
+    """A bundle whose int8 copy is calibrated on the dark class alone: the other classes' inputs clip."""
     trained, index = brightness_model
     dark = [load_image(p) for p, label in index.train if index.classes[label] == "dark"][:16]
     val = [load_image(p) for p, _ in index.val]
-    out = export_bundle(trained.backbone, trained.class_names, trained.data_config, tmp_path / "b", val,
-                        ExportOptions(quantize="int8"), calibration_images=dark, agreement_images=val)
-    assert json.loads((out / "config.json").read_text())["int8"]["top1_agreement"] < INT8_MIN_AGREEMENT
+    return export_bundle(trained.backbone, trained.class_names, trained.data_config,
+                         tmp_path_factory.mktemp("one-class") / "b", val, ExportOptions(quantize="int8"),
+                         calibration_images=dark, agreement_images=val)
+
+
+def test_int8_bound_rejects_a_one_class_calibration(one_class_int8):
+    """Guards the bound itself: calibrating on one class must fall below it, or the test above is vacuous."""
+    assert json.loads((one_class_int8 / "config.json").read_text())["int8"]["top1_agreement"] < INT8_MIN_AGREEMENT
 
 
 # ----- atomic bundle writes ------------------------------------------------------------------------
@@ -295,3 +304,184 @@ def test_export_refuses_a_folder_that_is_not_a_bundle(trained_run, tmp_path):
     with pytest.raises(ExportError, match="notes.txt"):
         export(trained_run, tmp_path)  # the swap would replace the user's folder
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "config.json").exists()
+
+
+def _torchscript_saved_on_a_gpu(path, linear):
+    """A frozen TorchScript of `linear` whose constants are tagged as stored on cuda:0, as torch.jit.save
+    tags them when the module was on a GPU (the location is a length-prefixed string in constants.pkl)."""
+    import io
+    import warnings
+    import zipfile
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notices
+        torch.jit.save(torch.jit.freeze(torch.jit.script(linear.eval())), buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("constants.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            target.writestr(name, data)
+
+
+def test_a_torchscript_saved_on_a_gpu_runs_on_the_cpu(tmp_path):
+    import torch
+
+    from finetune.inference import torchscript_runner
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 2)
+    _torchscript_saved_on_a_gpu(tmp_path / "model.ts", linear)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    np.testing.assert_allclose(torchscript_runner(tmp_path / "model.ts")(x), x @ w.T + b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_unloadable_torchscript_is_a_bundle_error_with_the_first_line_of_the_cause(tmp_path, monkeypatch):
+    import torch
+
+    from finetune.inference import torchscript_runner
+    from finetune.models.source import BundleError
+
+    path = tmp_path / "model.ts"
+    path.write_bytes(b"not a TorchScript archive")
+    with pytest.raises(BundleError) as err:
+        torchscript_runner(path)
+    message = str(err.value)
+    assert str(path) in message and "`finetune export --format torchscript`" in message
+    assert "failed finding central directory" in message  # torch's own reason
+    for raised, shown in ((RuntimeError("bad header\nat byte 12"), "(bad header)"), (RuntimeError(), "(RuntimeError)"),
+                          (ValueError("  \n "), "(ValueError)")):
+        def load(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(torch.jit, "load", load)
+        with pytest.raises(BundleError) as err:
+            torchscript_runner(path)
+        assert shown in str(err.value) and "byte 12" not in str(err.value) and "\n" not in str(err.value)
+
+
+def _conv_net_onnx(path, channel_scales):
+    """A small fp32 ONNX classifier (3x3 conv with one weight scale per output channel, ReLU, global pool,
+    linear) taking `input` (batch, 3, 6, 6); returns the conv weights (4, 3, 3, 3)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv = (rng.standard_normal((4, 3, 3, 3)) * np.asarray(channel_scales)[:, None, None, None]).astype(np.float32)
+    weights = {"w": conv, "b": np.zeros(4, np.float32), "fc": rng.standard_normal((2, 4)).astype(np.float32),
+               "fc_b": np.zeros(2, np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc", "fc_b"], ["logits"], transB=1)]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 6, 6])]
+    graph = helper.make_graph(nodes, "tiny", inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return conv
+
+
+@pytest.fixture(scope="module")
+def ort_quantization():
+    """onnxruntime's quantization tools, imported once outside the timed test (about 2 s on first import)."""
+    import onnxruntime.quantization.shape_inference
+
+    return onnxruntime.quantization
+
+
+def test_int8_reads_each_calibration_image_once_and_quantizes_weights_per_channel(tmp_path, monkeypatch,
+                                                                                   ort_quantization):
+    """Activation ranges come from all the calibration images (the input's uint8 scale and zero point of
+    ONNX's asymmetric scheme, worked by hand from the set's min and max), each image read once; the conv
+    weights get one symmetric int8 scale per output channel, max|w_c| / 127."""
+    import onnx
+    from onnx import numpy_helper
+
+    import finetune.bundling.quantize as quantize
+
+    conv = _conv_net_onnx(tmp_path / "model.onnx", [1.0, 0.1, 3.0, 0.5])
+    calibration = np.random.default_rng(1).uniform(-1, 1, (20, 3, 6, 6)).astype(np.float32)
+    calibration[0, 0, 0, 0], calibration[19, 1, 2, 3] = -2.5, 4.0  # the set's min in the first image, max in the last
+    read = []
+
+    class Recorded(quantize._Batches):
+        def __init__(self, batches):
+            read.extend(batches)
+            super().__init__(batches)
+
+    monkeypatch.setattr(quantize, "_Batches", Recorded)
+    out = quantize.quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", calibration, batch=6)
+    assert [len(b) for b in read] == [6, 6, 6, 2] and np.array_equal(np.concatenate(read), calibration)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]  # no temporary left
+    saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    scale = (4.0 + 2.5) / 255  # uint8 covers [min, max] of the calibration inputs (0 inside the range)
+    assert saved["input_scale"] == pytest.approx(scale, rel=1e-6) and saved["input_zero_point"] == round(2.5 / scale)
+    np.testing.assert_allclose(saved["w_scale"], np.abs(conv).reshape(4, -1).max(1) / 127, rtol=1e-6)
+
+
+def test_the_calibration_reader_starts_again_when_rewound():
+    from finetune.bundling.formats import INPUT_NAME
+    from finetune.bundling.quantize import _Batches
+
+    batches = [np.full((2, 3, 4, 4), i, np.float32) for i in range(3)]
+    reader = _Batches(batches)
+    for _ in range(2):
+        got = []
+        while (item := reader.get_next()) is not None:
+            got.append(item[INPUT_NAME])
+        assert len(got) == 3 and all(g is b for g, b in zip(got, batches))
+        reader.rewind()
+
+
+def test_a_broken_int8_copy_is_flagged_in_the_config_and_the_card(one_class_int8):
+    """The one-class calibration breaks the int8 copy: the bundle says so wherever it reports int8."""
+    out = one_class_int8
+    int8 = json.loads((out / "config.json").read_text())["int8"]
+    changed = round((1 - int8["top1_agreement"]) * 24)
+    assert int8["warning"].startswith(f"model.int8.onnx changes the top-1 class of {changed} of 24 val images")
+    assert "**Warning: model.int8.onnx changes" in (out / "README.md").read_text()
+
+
+@given(st.integers(0, 2000), st.integers(1, 2000))
+def test_the_wilson_lower_bound_is_scipys(successes, trials):
+    from scipy.stats import binomtest
+
+    from finetune.bundling.parity import wilson_lower_bound
+
+    successes = min(successes, trials)
+    expected = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson").low
+    assert wilson_lower_bound(successes, trials) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("agreement", "images", "warned"), [
+    (1.0, 24, False), (19 / 20, 20, False),  # 1 of 20 changed: the interval reaches well below 5%
+    (12 / 20, 20, True), (900 / 1000, 1000, True), (970 / 1000, 1000, False),  # 3% of 1000: within 5%
+    (0.0, 0, False), (float("nan"), 0, False),
+])
+def test_int8_is_flagged_only_when_it_clearly_changes_more_than_one_image_in_twenty(agreement, images, warned):
+    from finetune.bundling.parity import int8_warning
+
+    assert (int8_warning(agreement, images) is not None) == warned
+
+
+def test_the_export_command_prints_the_int8_warning():
+    from rich.console import Console
+
+    from finetune.views import print_bundle
+
+    console = Console(record=True, width=200)
+    config = {"files": ["model.onnx", "model.int8.onnx"], "parity": {"images": 8, "max_abs_diff": {"onnx": 1e-6}},
+              "int8": {"top1_agreement": 0.6, "agreement_images": 20, "warning": "model.int8.onnx changes [x]"}}
+    print_bundle(console, Path("b"), config)
+    assert "Warning: model.int8.onnx changes [x]" in console.export_text()
+    del config["int8"]["warning"]
+    print_bundle(console, Path("b"), config)
+    assert console.export_text().count("Warning") == 0

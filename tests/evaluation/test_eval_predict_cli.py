@@ -9,6 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from finetune.cli import app
+from finetune.data.images import load_image
 from finetune.inference import Ensemble, Predictor
 
 runner = CliRunner()
@@ -83,6 +84,105 @@ def test_ensemble_averages_member_probabilities():
     from finetune.errors import FinetuneError
     with pytest.raises(FinetuneError, match="disagree on classes"):
         Ensemble([a, Predictor(_const([0.0, 1.0]), ["y", "x"], dc)])
+
+
+def test_an_ensemble_of_one_and_the_errors_of_a_bad_ensemble():
+    import pytest
+
+    from finetune.data.data_config import DataConfig
+    from finetune.errors import FinetuneError
+
+    dc = DataConfig(8, (0.5,) * 3, (0.5,) * 3)
+    a = Predictor(_const([2.0, 0.0]), ["x", "y"], dc)
+    one = Ensemble([a])
+    assert one.class_names == ["x", "y"] and one.num_classes == 2
+    img = np.zeros((16, 16, 3), np.uint8)
+    np.testing.assert_array_equal(one.probabilities([img]), a.probabilities([img]))
+    with pytest.raises(FinetuneError, match=r"^an ensemble needs at least one model$"):
+        Ensemble([])
+    with pytest.raises(FinetuneError) as err:
+        Ensemble([a, Predictor(_const([0.0, 1.0]), ["y", "x"], dc)])
+    assert "['x', 'y'] vs ['y', 'x']" in str(err.value)  # the first member's classes, then the odd one's
+
+
+def _mirror_logits(x):
+    """Logits (mean of the left half, mean of the right half): a mirrored view swaps them, so flip TTA
+    averages softmax([l, r]) and softmax([r, l]), which is exactly (0.5, 0.5)."""
+    half = x.shape[3] // 2
+    return np.stack([x[..., :half].mean(axis=(1, 2, 3)), x[..., half:].mean(axis=(1, 2, 3))], axis=1)
+
+
+def _left_bright_files(folder, n=2):
+    from PIL import Image
+
+    folder.mkdir()
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :8] = 255
+    for i in range(n):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return sorted(folder.iterdir())
+
+
+def test_the_tta_asked_for_reaches_every_member_and_every_file(tmp_path):
+    from finetune.data.data_config import DataConfig
+
+    dc = DataConfig(8, (0.5,) * 3, (0.5,) * 3)
+    a, b = Predictor(_mirror_logits, ["left", "right"], dc), Predictor(_mirror_logits, ["left", "right"], dc)
+    files = _left_bright_files(tmp_path / "imgs")
+    ensemble = Ensemble([a, b])
+    for model in (a, ensemble):  # the members' own default is no TTA: the left class wins
+        assert all(p.classes[0] == "left" and p.probabilities[0] > 0.6 for p in model.predict_files(files))
+        for p in model.predict_files(files, tta="flip"):
+            np.testing.assert_allclose(p.probabilities, [0.5, 0.5], atol=1e-6)
+    images = [load_image(f) for f in files]
+    np.testing.assert_allclose(ensemble.probabilities(images, tta="flip"), 0.5, atol=1e-6)
+
+
+def test_predict_files_lists_five_classes_by_default(tmp_path):
+    """The documented default top_k is 5: a 7-class model lists its 5 most probable classes, in order."""
+    from finetune.data.data_config import DataConfig
+
+    dc = DataConfig(8, (0.5,) * 3, (0.5,) * 3)
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    logits = [0.0, 6.0, 1.0, 5.0, 2.0, 4.0, 3.0]
+    model = Predictor(_const(logits), names, dc)
+    files = _left_bright_files(tmp_path / "imgs", n=1)
+    for predictor in (model, Ensemble([model, model])):
+        [prediction] = predictor.predict_files(files)
+        assert prediction.classes == ["b", "d", "f", "g", "e"]
+
+
+def test_a_checkpoint_predicts_with_the_tta_of_its_run_unless_told(trained_run):
+    assert Predictor.from_checkpoint(trained_run).tta == "flip"  # trained_run is a `--tta flip` run
+    assert Predictor.from_checkpoint(trained_run, tta="none").tta == "none"
+    assert Predictor.from_path(trained_run / "checkpoints" / "best.ckpt", tta="ten-crop").tta == "ten-crop"
+
+
+def test_a_trained_model_runs_on_the_gpu_when_there_is_one(monkeypatch):
+    """from_trained moves the network to CUDA when torch sees a GPU, and leaves it on the CPU otherwise."""
+    import types
+
+    import torch
+
+    from finetune.data.data_config import DataConfig
+
+    class Network:
+        def __init__(self):
+            self.devices = []
+
+        def to(self, device):
+            self.devices.append(str(device))
+            return self
+
+    def trained(network):
+        return types.SimpleNamespace(backbone=network, class_names=["x", "y"],
+                                     data_config=DataConfig(8, (0.5,) * 3, (0.5,) * 3), setting=lambda name: "none")
+
+    for available, moved in ((True, ["cuda"]), (False, [])):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        network = Network()
+        Predictor.from_trained(trained(network))
+        assert network.devices == moved
 
 
 def test_predict_ensemble_cli(trained_run, tiny_data, tmp_path):

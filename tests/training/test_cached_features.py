@@ -127,6 +127,18 @@ def test_stored_features_read_back_in_memory_or_mapped_exactly(tmp_path):
         got = torch.stack([x for x, _ in dataset.__getitems__(list(range(10)))])
         assert got.dtype == torch.bfloat16 and torch.equal(got, rows)
         assert [y for _, y in dataset.__getitems__([3, 7])] == [3, 7]
+        for i in (0, 3, 9):  # one image at a time (the DataLoader's path without batched reads)
+            x, y = dataset[i]
+            assert x.dtype == torch.bfloat16 and torch.equal(x, rows[i]) and y == i
+
+
+def test_removing_a_store_deletes_its_folder_and_is_quiet_when_it_is_gone(tmp_path):
+    store = FeatureStore("k", tmp_path)
+    store.write("train", [(torch.zeros(2, 3), torch.zeros(2))], 2, None)
+    store.remove()
+    assert not store.dir.exists() and not store.has("train") and tmp_path.is_dir()
+    store.remove()  # already gone
+    FeatureStore("never-written", tmp_path).remove()
 
 
 def test_a_split_stopped_midway_is_not_kept(tmp_path):

@@ -38,7 +38,7 @@ def test_chance_is_the_largest_class_share_with_a_two_standard_error_margin():
 
 def test_it_speaks_once_at_the_end_of_the_first_quarter_only_if_every_figure_was_at_chance():
     stuck, said = _watch([10, 10, 10], 8, [0.40, 0.45, 0.90, 0.95])  # quarter: epochs 1-2
-    assert stuck.stuck_through == 1 and len(said) == 1 and "through epoch 2 (the first quarter" in said[0]
+    assert stuck.stuck_through == 1 and len(said) == 1 and "through epoch 2 of 8 (the first quarter" in said[0]
     learned, said = _watch([10, 10, 10], 8, [0.40, 0.60, 0.30])
     assert learned.stuck_through is None and said == []
 
@@ -60,5 +60,6 @@ def test_a_run_at_a_hopeless_lr_says_so_during_the_run_and_in_its_summary(tiny_d
                                               "--epochs", "2"))
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert text.count("Warning: val top-1 stayed at chance through epoch 1 (the first quarter of the run)") == 2
+    assert text.count("Warning: val top-1 stayed at chance through epoch 1 of 2 (the first quarter of the run, "
+                      "in whole epochs)") == 2
     assert text.index("Best val top-1") < text.rindex("Warning: val top-1 stayed at chance")

@@ -34,7 +34,7 @@ class ChanceWatch(pl.Callback):
         n = sum(val_counts)
         self.chance = max(val_counts) / n if n else math.nan
         self.margin = 2 * math.sqrt(self.chance * (1 - self.chance) / n) if n else math.nan
-        self.quarter = max(1, math.ceil(epochs / 4))
+        self.quarter, self.epochs = max(1, math.ceil(epochs / 4)), epochs
         self.say, self.classes = say, len(val_counts)
         self.seen: list[float] = []
         self.stuck_through: int | None = None
@@ -58,7 +58,8 @@ class ChanceWatch(pl.Callback):
 
     def summary(self) -> str:
         """The warning: through which epoch val top-1 stayed at chance, the chance level, what to try."""
-        return (f"val top-1 stayed at chance through epoch {self.stuck_through + 1} (the first quarter of the run): "
+        return (f"val top-1 stayed at chance through epoch {self.stuck_through + 1} of {self.epochs} (the first "
+                f"quarter of the run, in whole epochs): "
                 f"at most {self.chance + self.margin:.2f}, where always answering the largest of the {self.classes} "
                 f"classes scores {self.chance:.2f}. The LR may be far too low or too high (try `finetune lr-find`), "
                 "or the labels may not follow the images")
