@@ -80,6 +80,7 @@ def main() -> None:
         os.environ["FINETUNE_CACHE_DIR"] = str(work / "cache")  # a cold scan cache
         from finetune.config import RunConfig
         from finetune.data.scan import scan_image_folder
+        from finetune.heap import keep_freed_memory
         from finetune.run.fit import fit
 
         root, gen = timed(lambda: make_folder(work / "data", args.images))
@@ -93,7 +94,7 @@ def main() -> None:
                            limit_train_batches=5, limit_val_batches=1, output=work / "run", progress=False,
                            export=True)
         timer.t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), keep_freed_memory():  # as `finetune run` trains
             fit(config, callbacks=[timer])
         print(f"time to the first training step: {timer.first_step:.1f} s (scan cached)", flush=True)
 

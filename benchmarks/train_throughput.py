@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import setup_process  # noqa: E402 - the benchmarks share one process setup
 
 from finetune.config import RunConfig  # noqa: E402
+from finetune.heap import keep_freed_memory  # noqa: E402
 from finetune.run.fit import fit  # noqa: E402
 from finetune.training.precision import resolve_channels_last, resolve_precision  # noqa: E402
 
@@ -145,7 +146,7 @@ def toolkit(data: Path, backbone: str, size: int, batch: int, workers: int, epoc
                        epochs=epochs, val_every=epochs, freeze_until=first_trained, output=out, overwrite=True,
                        progress=False, export=False, accelerator=accelerator, augment="standard")
     timer = StepTimer()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), keep_freed_memory():  # the heap `finetune run` trains with
         result = fit(config, callbacks=[timer])
     with open(out / "metrics.csv", newline="") as f:
         rates = [float(r["img/s"]) for r in csv.DictReader(f)][1:]
@@ -258,7 +259,7 @@ def step_overhead(data: Path, backbone: str, size: int, batch: int, epochs: int,
     precision = resolve_precision("auto", accelerator)[0]
     timer = PairedStepTimer(lambda: RawStep(backbone, size, batch, first_trained, device, precision,
                                             resolve_channels_last(None, precision), frozen_in_eval=True))
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), keep_freed_memory():  # the heap `finetune run` trains with
         result = fit(config, callbacks=[timer])
     assert result.precision == precision, (result.precision, precision)
     counted = [(s, f, r, rf) for (epoch, s, f), r, rf in zip(timer.steps, timer.raw_steps, timer.raw_faults)

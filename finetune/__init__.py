@@ -27,6 +27,10 @@ _LAZY = {
     "list_recipes": "finetune.config.recipes",
     "tune": "finetune.search.study",
     "TuneResult": "finetune.search.study",
+    "ConsoleReporter": "finetune.reporter",
+    "LogReporter": "finetune.reporter",
+    "Reporter": "finetune.reporter",
+    "keep_freed_memory": "finetune.heap",
 }
 __all__ = ["__version__", "backbones", *_LAZY]
 

@@ -18,7 +18,9 @@ from finetune import views
 from finetune.config import RunConfig, resolve_config
 from finetune.console import console, err_console, user_errors
 from finetune.errors import FinetuneError
+from finetune.heap import keep_freed_memory
 from finetune.pathtext import escaped, printable
+from finetune.reporter import ConsoleReporter
 from finetune.search.command import register_tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,7 +40,9 @@ def run(ctx: typer.Context, resume: Optional[Path] = None, **settings: Any) -> N
         _check_data(config.data, config.labels)
     from finetune.run.fit import fit  # torch and Lightning: imported once the inputs are known to be usable
 
-    fit(config, console, ckpt_path=resume / "checkpoints" / "last.ckpt" if resume else None, sources=sources)
+    with keep_freed_memory():  # the process-wide C heap settings training is measured with (finetune/heap.py)
+        fit(config, ConsoleReporter(console), ckpt_path=resume / "checkpoints" / "last.ckpt" if resume else None,
+            sources=sources)
 
 
 def _resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, dict[str, str]]:
@@ -89,7 +93,8 @@ def lr_find(output: Path = Path("."), **options: Any) -> None:
     _check_data(config.data, config.labels)
     from finetune.run.lr_find import run_lr_find
 
-    result = run_lr_find(config, console)
+    with keep_freed_memory():
+        result = run_lr_find(config, console)
     if result.suggestion is None:
         console.print(f"No suggested --lr: {result.reason}. Keep --lr {result.lr:.2e} (the default)  "
                       f"(plot: {escaped(result.plot)})", soft_wrap=True)
@@ -113,7 +118,8 @@ def demo(output: o.DemoOutput = Path("runs/demo"), backbone: o.DemoBackbone = "t
     """Real ImageNet transfer on real photos (installed offline), against the same backbone from scratch."""
     from finetune.run.demo import run_demo
 
-    run_demo(output, backbone=backbone, task=task, shots=shots, epochs=epochs, console=console)
+    with keep_freed_memory():
+        run_demo(output, backbone=backbone, task=task, shots=shots, epochs=epochs, console=console)
 
 
 @app.command("runs")

@@ -1,7 +1,6 @@
 """Training reuses the memory a step frees instead of faulting it in again every step (glibc)."""
 from __future__ import annotations
 
-import io
 import platform
 import resource
 import subprocess
@@ -10,10 +9,12 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
-from rich.console import Console
+from typer.testing import CliRunner
 
+from finetune.cli import app
 from finetune.data.datamodule import worker_init_fn
 from finetune.heap import USER_SETTINGS, keep_freed_memory, keeping
+from finetune.run import fit as fit_module
 from finetune.run.fit import fit
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -55,15 +56,26 @@ class _HeapInsideFit(pl.Callback):
         self.keeping, self.faults = keeping(), faults_of_a_second_step()
 
 
-def test_fit_trains_with_the_heap_kept_and_hands_it_back(make_config):
+def test_finetune_run_trains_with_the_heap_kept_and_hands_it_back(tiny_data, tmp_path, run_args, monkeypatch):
     # Whether the blocks fault without the settings depends on this process's history (the other
-    # tests'), so the effect is checked in a fresh process above; here, that fit trains inside them.
-    seen = _HeapInsideFit()
-    fit(make_config(epochs=1, export=False), Console(file=io.StringIO()), callbacks=[seen])
+    # tests'), so the effect is checked in a fresh process above; here, that the command trains inside them.
+    for name in USER_SETTINGS:  # whatever the machine running the tests sets
+        monkeypatch.delenv(name, raising=False)
+    seen, guards = _HeapInsideFit(), fit_module.guard_callbacks
+    monkeypatch.setattr(fit_module, "guard_callbacks", lambda *a: [*guards(*a), seen])
+    result = CliRunner().invoke(app, run_args(tiny_data, tmp_path / "run", "--weights", "none"))
+    assert result.exit_code == 0, result.output
     # Without the settings the blocks fault in again, about PAGES; inside a long-lived test process whose heap
     # other tests have shaped, a few percent still do (6% seen), so the bound is a quarter of PAGES.
     assert seen.keeping and seen.faults < PAGES // 4, (seen.keeping, seen.faults)
     assert not keeping()
+
+
+def test_fit_from_python_trains_inside_keep_freed_memory_when_asked(make_config):
+    seen = _HeapInsideFit()
+    with keep_freed_memory() as applied:
+        fit(make_config(epochs=1, export=False), callbacks=[seen])
+    assert seen.keeping == applied and not keeping()  # applied unless the machine sets its own thresholds
 
 
 def test_the_environment_s_own_heap_settings_are_left_alone(monkeypatch):

@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from finetune.config import RunConfig
-from finetune.heap import keep_freed_memory
 from finetune.quiet import quiet_lightning
 from finetune.run.devices import device_trainer
 from finetune.run.interrupts import fit_or_stop
@@ -217,8 +216,7 @@ def find_lr(module: FinetuneModule, datamodule: pl.LightningDataModule, *, start
         callbacks=[test, *([RangeTestBar(test)] if bar_wanted(progress) else [])],
     )
     try:
-        with keep_freed_memory():
-            fit_or_stop(trainer, module, datamodule)  # Ctrl-C: Interrupted, not Lightning's sys.exit(1)
+        fit_or_stop(trainer, module, datamodule)  # Ctrl-C: Interrupted, not Lightning's sys.exit(1)
     finally:
         with torch.no_grad():
             module.load_state_dict(saved)

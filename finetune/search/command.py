@@ -95,8 +95,11 @@ def _tune(ctx: typer.Context, study: dict[str, Any], settings: dict[str, Any]) -
         from finetune.data.tables import check_table_file
 
         check_table_file(config.labels.expanduser())
+    from finetune.heap import keep_freed_memory
+    from finetune.reporter import ConsoleReporter
     from finetune.search.study import tune
 
-    tune(config, study["space"], trials=study["trials"], timeout=study["timeout"], storage=study["storage"],
-         output=study["output"], stages=study["stages"], final_run=study["final_run"], pruner=study["pruner"],
-         console=console)
+    with keep_freed_memory():  # the process-wide C heap settings trials train with (finetune/heap.py)
+        tune(config, study["space"], trials=study["trials"], timeout=study["timeout"], storage=study["storage"],
+             output=study["output"], stages=study["stages"], final_run=study["final_run"], pruner=study["pruner"],
+             reporter=ConsoleReporter(console))

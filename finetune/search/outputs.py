@@ -11,12 +11,12 @@ from typing import Any
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
 from rich.table import Table
 
 from finetune import atomic
 from finetune.config import RunConfig
 from finetune.figures import save_figure, subplots
+from finetune.reporter import Reporter
 from finetune.search.space import Param
 from finetune.search.storage import counts
 
@@ -189,8 +189,8 @@ def edge_warnings(best: FrozenTrial, space: Mapping[str, Param], original: Mappi
     return found
 
 
-def print_summary(console: Console, rows: Sequence[Mapping[str, Any]], names: Sequence[str],
+def print_summary(reporter: Reporter, rows: Sequence[Mapping[str, Any]], names: Sequence[str],
                   edges: Sequence[str]) -> None:
-    console.print(summary_table(rows, names))
+    reporter.table(summary_table(rows, names))
     for warning in edges:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
+        reporter.warning(warning)

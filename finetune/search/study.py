@@ -25,6 +25,7 @@ from finetune.data.scan import DatasetIndex
 from finetune.data.tables import TableSpec, scan_data
 from finetune.errors import FinetuneError
 from finetune.evaluation.evaluate import evaluate
+from finetune.reporter import Reporter, as_reporter
 from finetune.run.auto_defaults import resolve_data_defaults
 from finetune.run.fit import fit
 from finetune.run.interrupts import stopping
@@ -181,7 +182,7 @@ def _same_study(study: optuna.Study, key: str, value: Any, what: str, study_dir:
                             "give the same options to continue it, or another --output for a new study")
 
 
-def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, console: Console) -> None:
+def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, reporter: Reporter) -> None:
     """A new study's first trial runs the base settings (the defaults, or the recipe and flags given):
     the study then ranks every setting it tries against them, and stage 2 narrows around them when
     they are among the best. Skipped when a base value lies outside the space."""
@@ -190,7 +191,7 @@ def _enqueue_base(study: optuna.Study, space: Space, base: RunConfig, console: C
     values = base_values(space, base)
     if values is None:
         outside = [name for name, p in space.items() if not p.contains(getattr(base, name))]
-        console.print(f"The base settings are not a trial: {', '.join(outside)} outside the space")
+        reporter.info(f"The base settings are not a trial: {', '.join(outside)} outside the space")
         return
     study.enqueue_trial(values, user_attrs={"enqueued": "base settings"})  # run once, even if two workers enqueue it
 
@@ -224,20 +225,20 @@ def _stage2_space(study2: optuna.Study, study1: optuna.Study, space: Space, base
     return narrowed
 
 
-def print_space(console: Console, space: Mapping[str, Param], title: str) -> None:
+def print_space(reporter: Reporter, space: Mapping[str, Param], title: str) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("setting")
     table.add_column("searched over")
     for name, p in space.items():
         table.add_row(name.replace("_", "-"), p.describe())
-    console.print(table)
+    reporter.table(table)
 
 
 class Progress:
     """One line per finished trial: done, pruned, diverged and failed so far (all workers), and the best."""
 
-    def __init__(self, console: Console, total: int, studies: dict[int, optuna.Study]) -> None:
-        self.console, self.total, self.studies = console, total, studies
+    def __init__(self, reporter: Reporter, total: int, studies: dict[int, optuna.Study]) -> None:
+        self.reporter, self.total, self.studies = reporter, total, studies
 
     def trial_done(self, stage: int, number: int, outcome: str) -> None:
         rows = outputs.trial_rows(sorted(self.studies.items()))
@@ -249,8 +250,8 @@ class Progress:
         value = f" val top-1 {this['val_acc1']:.4f}" if this["val_acc1"] is not None else ""
         best_text = (f"best of stage {stage} {best['val_acc1']:.4f} (trial {best['trial']})" if best
                      else "no trial completed yet")
-        self.console.print(f"stage {stage} trial {number}: {outcome}{value} ({this['wall_s']:.0f} s) | "
-                           f"{len(ended)}/{self.total} done: {by['pruned']} pruned, {by['diverged']} diverged, "
+        self.reporter.info(f"stage {stage} trial {number}: {outcome}{value} ({this['wall_s']:.0f} s) | "
+                              f"{len(ended)}/{self.total} done: {by['pruned']} pruned, {by['diverged']} diverged, "
                            f"{by['failed']} failed | {best_text}")
 
 
@@ -311,7 +312,7 @@ def standard_error(accuracy: float, images: int) -> float:
 def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = None, *, trials: int = 20,
          timeout: float | None = None, storage: str | None = None, output: str | Path | None = None,
          stages: int = 2, final_run: bool = False, pruner: str | BasePruner = "median",
-         console: Console | None = None) -> TuneResult:
+         reporter: Reporter | Console | None = None, console: Console | None = None) -> TuneResult:
     """Searches the settings of `config` that `space` varies, and writes the study folder.
 
     Args:
@@ -325,7 +326,10 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
         stages: 2: short random trials, then longer TPE trials in the range of the best; 1: one search.
         final_run: Train the best settings for the full epochs, export them and report test top-1.
         pruner: One of PRUNERS (median, asha, none), or an Optuna pruner.
-        console: Where the space, estimate, progress and summary go.
+        reporter: Where the space, the estimate, a line per trial and the summary go: a `ConsoleReporter()`
+            prints them as `finetune tune` does (a rich Console is taken as one); default: the `finetune`
+            logger (finetune/reporter.py). Each trial's own narration is in its folder's log.txt.
+        console: A rich Console to print to, as `reporter=ConsoleReporter(console)`.
 
     Returns:
         The best config and the paths written.
@@ -337,7 +341,9 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
     if join_trial_as_rank():  # a DDP rank started for a trial of this study: it trained its part
         study_dir = Path(output) if output is not None else default_study_dir(config.backbone)
         return TuneResult(study_dir, None, None, None, None, study_dir / "trials.csv")
-    console = console or Console()
+    if console is not None and reporter is not None:
+        raise TypeError("tune takes reporter or console, not both")
+    reporter = as_reporter(console if console is not None else reporter)
     base = config.model_copy(update={"output": None}).with_absolute_paths()
     space = load_space(space) if isinstance(space, (str, Path)) else dict(space or default_space(base))
     plan = plan_stages(trials, stages)
@@ -353,26 +359,26 @@ def tune(config: RunConfig, space: Mapping[str, Param] | str | Path | None = Non
     settings = {k: v for k, v in base.model_dump(mode="json").items() if k not in NOT_COMPARED}
     _same_study(studies[1], "settings", settings, "run settings", study_dir)
     _same_study(studies[1], "space", space_to_dict(space), "search space", study_dir)
-    _enqueue_base(studies[1], space, base, console)
-    console.print(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); "
+    _enqueue_base(studies[1], space, base, reporter)
+    reporter.info(f"Study: {study_dir} (storage {storage or study_dir / 'study.db'}); "
                   "rerun the same command to continue it")
-    print_space(console, space, "Search space (stage 1)" if len(plan) > 1 else "Search space")
-    _print_mix(console, plan[0], base_values(space, base) is not None)
-    _print_estimate(console, base, index, batch, plan, full, timeout)
+    print_space(reporter, space, "Search space (stage 1)" if len(plan) > 1 else "Search space")
+    _print_mix(reporter, plan[0], base_values(space, base) is not None)
+    _print_estimate(reporter, base, index, batch, plan, full, timeout)
     deadline = time.monotonic() + timeout if timeout else None
-    progress = Progress(console, trials, studies)
+    progress = Progress(reporter, trials, studies)
     stage_spaces = {}
     for stage in plan:
         stage_spaces[stage.number] = (space if stage.number == 1
                                       else _stage2_space(studies[2], studies[1], space, base, stage.trials))
         if stage.number == 2:
-            print_space(console, stage_spaces[2], "Stage 2 space (around the best of stage 1 and the base settings)")
+            print_space(reporter, stage_spaces[2], "Stage 2 space (around the best of stage 1 and the base settings)")
         _run_stage(studies[stage.number], stage, stage_spaces[stage.number], base, full, study_dir, deadline, progress)
     scored = validated_images(len(index.val), base.limit_val_batches, batch * EVAL_BATCH_FACTOR)
-    return _finish(console, base, studies, stage_spaces, space, study_dir, index, full, scored, final_run)
+    return _finish(reporter, base, studies, stage_spaces, space, study_dir, index, full, scored, final_run)
 
 
-def _print_mix(console: Console, stage: Stage, anchored: bool) -> None:
+def _print_mix(reporter: Reporter, stage: Stage, anchored: bool) -> None:
     """Says which of stage 1's random trials stay near the base settings and which draw everything."""
     numbers = range(1 if anchored else 0, stage.random_trials)
     if not anchored or not numbers:
@@ -382,7 +388,7 @@ def _print_mix(console: Console, stage: Stage, anchored: bool) -> None:
     line = "Stage 1: trial 0 runs the base settings"
     line += f"; {_listed(local)} one or two of them" if local else ""
     line += f"; {_listed(wide)} every setting" if wide else ""
-    console.print(line + " (each changed value drawn at random over its range)")
+    reporter.info(line + " (each changed value drawn at random over its range)")
 
 
 def _listed(numbers: list[int]) -> str:
@@ -390,7 +396,7 @@ def _listed(numbers: list[int]) -> str:
         " draws" if len(numbers) == 1 else " draw")
 
 
-def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batch: int, plan: list[Stage],
+def _print_estimate(reporter: Reporter, base: RunConfig, index: DatasetIndex, batch: int, plan: list[Stage],
                     full: int, timeout: float | None) -> None:
     per_stage = [(s.trials, stage_epochs(full, s.fraction, base.val_every)) for s in plan]
     est = estimate(base, index, batch, per_stage)
@@ -400,10 +406,10 @@ def _print_estimate(console: Console, base: RunConfig, index: DatasetIndex, batc
     if timeout and timeout < est.total_s:
         line += (f". --timeout {timeout:g} s stops starting trials before that: "
                  f"expect about {timeout / est.total_s:.0%} of them")
-    console.print(line)
+    reporter.info(line)
 
 
-def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study], stage_spaces: dict[int, Space],
+def _finish(reporter: Reporter, base: RunConfig, studies: dict[int, optuna.Study], stage_spaces: dict[int, Space],
             space: Space, study_dir: Path, index: DatasetIndex, full: int, scored: int,
             final_run: bool) -> TuneResult:
     """trials.csv, plots, best.yaml, the summary and the optional final run."""
@@ -414,8 +420,8 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
         result.plots["params"] = outputs.plot_params(rows, space, study_dir / "params.png")
     best = _best(studies, base_values(space, base), scored)
     if best is None:
-        console.print(outputs.summary_table(rows, list(space)))
-        console.print("[yellow]No trial completed: no best.yaml.[/yellow] See the reasons in trials.csv.")
+        reporter.table(outputs.summary_table(rows, list(space)))
+        reporter.info("[yellow]No trial completed: no best.yaml.[/yellow] See the reasons in trials.csv.")
         return result
     stage, trial = best
     importances = outputs.plot_importances(studies, study_dir / "importances.png")
@@ -428,35 +434,35 @@ def _finish(console: Console, base: RunConfig, studies: dict[int, optuna.Study],
               f"Made by `finetune tune`; use with: finetune run --recipe {study_dir / 'best.yaml'} --data DATA")
     result.best_yaml = outputs.write_best_yaml(result.best_config, header, study_dir / "best.yaml")
     result.warnings = outputs.edge_warnings(trial, stage_spaces.get(stage, space), space)
-    outputs.print_summary(console, rows, list(space), result.warnings)
-    console.print(f"Best: stage {stage} trial {trial.number}, val top-1 {trial.value:.4f}. "
+    outputs.print_summary(reporter, rows, list(space), result.warnings)
+    reporter.info(f"Best: stage {stage} trial {trial.number}, val top-1 {trial.value:.4f}. "
                   f"Written: {result.best_yaml}, {result.trials_csv}, "
                   + ", ".join(str(p) for p in result.plots.values()))
     top = max(studies[stage].get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     if top.value > trial.value:
-        console.print(f"Kept the base settings: trial {top.number}'s val top-1 {top.value:.4f} is within one "
+        reporter.info(f"Kept the base settings: trial {top.number}'s val top-1 {top.value:.4f} is within one "
                       f"standard error ({standard_error(trial.value, scored):.4f}, {scored} val "
                       "images) of theirs, which chance alone explains")
     if final_run:
-        result.final_run, result.final_top1 = _final_run(console, result.best_config, trial, full, study_dir, index)
+        result.final_run, result.final_top1 = _final_run(reporter, result.best_config, trial, full, study_dir, index)
     return result
 
 
-def _final_run(console: Console, best: RunConfig, trial: FrozenTrial, full: int, study_dir: Path,
+def _final_run(reporter: Reporter, best: RunConfig, trial: FrozenTrial, full: int, study_dir: Path,
                index: DatasetIndex) -> tuple[Path, tuple[str, float]]:
     """The best settings trained for the full epochs and exported; scored on test when there is one
     (trials selected on val, so val would flatter it)."""
     epochs = trial.params.get("epochs", full)
     config = RunConfig.model_validate({**best.model_dump(), "epochs": epochs, "output": study_dir / "final",
                                        "overwrite": True, "export": True, "progress": False})
-    console.print(f"Final run: the best settings for {epochs} epochs -> {config.output}")
-    run = fit(config, console)
+    reporter.info(f"Final run: the best settings for {epochs} epochs -> {config.output}")
+    run = fit(config, reporter)
     if index.test is None:
-        console.print(f"[bold]Final run: val top-1 {run.best_val_acc1:.4f}[/bold] (no test split in {best.data}; "
+        reporter.info(f"[bold]Final run: val top-1 {run.best_val_acc1:.4f}[/bold] (no test split in {best.data}; "
                       "val selected the settings, so this figure is optimistic)")
         return run.run_dir, ("val", run.best_val_acc1)
     metrics = evaluate(run.run_dir, best.data, "test", output=run.run_dir / "eval-test",
                        labels=TableSpec.of(best)).metrics
     top1 = metrics["accuracy"]["none"]["top1"]
-    console.print(f"[bold]Final run: test top-1 {top1:.4f}[/bold] ({metrics['images']} test images)")
+    reporter.info(f"[bold]Final run: test top-1 {top1:.4f}[/bold] ({metrics['images']} test images)")
     return run.run_dir, ("test", top1)

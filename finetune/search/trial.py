@@ -54,15 +54,6 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _shared_with_ranks(config: RunConfig) -> Iterator[None]:
-    os.environ[TRIAL_ENV] = config.model_dump_json()
-    try:
-        yield
-    finally:
-        os.environ.pop(TRIAL_ENV, None)
-
-
 def join_trial_as_rank() -> bool:
     """In a process the DDP launcher started for a trial: trains this rank of it and returns True.
 
@@ -100,8 +91,9 @@ def run_trial(study: optuna.Study, trial: Trial, base: RunConfig, params: Mappin
     with open(run_dir / "log.txt", "w") as log:
         try:
             config = trial_config(base, params, epochs, run_dir)
-            with _quiet(), _shared_with_ranks(config):
-                result = fit(config, Console(file=log, width=120), callbacks=[pruning])
+            with _quiet():  # the trial's config reaches the ranks a DDP launcher starts, and only them
+                result = fit(config, Console(file=log, width=120), callbacks=[pruning],
+                             child_env={TRIAL_ENV: config.model_dump_json()})
             outcome, value = ("pruned", None) if pruning.pruned_at is not None else ("complete", result.best_val_acc1)
         except DivergenceError as e:
             outcome = "diverged"

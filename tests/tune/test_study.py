@@ -286,3 +286,18 @@ def test_the_default_study_folder_is_named_by_date_and_backbone_as_one_safe_fold
     hub = study_module.default_study_dir("hf-hub:timm/resnet50.a1_in1k")
     assert hub == Path("studies/2024-03-05-hf-hub_timm_resnet50.a1_in1k") and len(hub.parts) == 2
     assert study_module.default_study_dir("tv:resnet18", tmp_path) == tmp_path / "2024-03-05-tv_resnet18"
+
+
+def test_tune_from_python_prints_nothing_unless_given_a_reporter(base_config, tmp_path, capfd, caplog):
+    space = {"lr": Param("lr", "log-uniform", 1e-3, 1e-2)}
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="finetune"):
+        result = finetune.tune(base_config(epochs=1), space, trials=1, stages=1, output=tmp_path / "s", pruner="none")
+    assert capfd.readouterr() == ("", "") and result.best_value is not None
+    told = [r.getMessage() for r in caplog.records if r.name == "finetune"]
+    assert any(line.startswith(f"Best: stage 1 trial 0, val top-1 {result.best_value:.4f}") for line in told)
+    said = io.StringIO()
+    finetune.tune(base_config(epochs=1), space, trials=1, stages=1, output=tmp_path / "s", pruner="none",
+                  reporter=finetune.ConsoleReporter(Console(file=said, width=200)))  # the study is done: the summary
+    assert f"Best: stage 1 trial 0, val top-1 {result.best_value:.4f}" in said.getvalue()
+    assert capfd.readouterr() == ("", "")
