@@ -485,3 +485,14 @@ def test_the_export_command_prints_the_int8_warning():
     del config["int8"]["warning"]
     print_bundle(console, Path("b"), config)
     assert console.export_text().count("Warning") == 0
+
+
+def test_int8_warning_words_and_edges(monkeypatch):
+    import finetune.bundling.parity as parity
+
+    assert parity.int8_warning(12 / 20, 20).startswith(
+        "model.int8.onnx changes the top-1 class of 8 of 20 val images (40%; static int8 changes about 1%")
+    assert parity.int8_warning(float("nan"), 10) is None  # no agreement measured: nothing to say
+    assert parity.wilson_lower_bound(0, 0) == 0.0
+    monkeypatch.setattr(parity, "wilson_lower_bound", lambda changed, images: parity.INT8_MAX_DISAGREEMENT)
+    assert parity.int8_warning(0.0, 20) is None  # the lower end must be above the limit, not at it
