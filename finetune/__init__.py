@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RunConfig": "finetune.config.schema",
     "fit": "finetune.run.fit",
-    "RunResult": "finetune.run.fit",
+    "RunResult": "finetune.run.result",
     "FinetuneModule": "finetune.training.module",
     "ImageFolderDataModule": "finetune.data.datamodule",
     "create_backbone": "finetune.models.backbone",

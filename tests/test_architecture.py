@@ -20,6 +20,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"evaluation", "bundling", "prediction_output"},
+    {"reporter"},
     {"run"},
     {"options", "views"},
     {"search"},
