@@ -113,7 +113,11 @@ def say_result(reporter: Reporter, trainer: pl.Trainer, config: RunConfig, best:
         reporter.info(f"Early stop after epoch {stopper.stopped_epoch + 1} of {config.epochs}: "
                       f"{stopper.monitor} did not improve for {stopper.patience_epochs} epochs")
     chosen = "" if config.monitor == "acc1" else f", chosen by {selection_metric(config.monitor, config.ema)}"
-    reporter.info(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch} of {config.epochs}{chosen})")
+    # Validation runs at the training precision; a bf16 figure can differ by an image or two from the fp32
+    # evaluation that follows, so the line says which it is.
+    precision = str(trainer.precision)
+    measured = "" if precision.startswith(("32", "64")) else f"; measured in {precision}, as trained"
+    reporter.info(f"[bold]Best val top-1: {best:.4f}[/bold] (epoch {epoch} of {config.epochs}{chosen}{measured})")
     watch = next((c for c in trainer.callbacks if isinstance(c, ChanceWatch)), None)
     if watch is not None and watch.stuck_through is not None:
         later = "" if watch.at_chance(best) else f"; it left chance later, up to {best:.4f}"

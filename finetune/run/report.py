@@ -44,4 +44,4 @@ def finish_run(config: RunConfig, run_dir: Path, index: DatasetIndex,
 
 def _say_eval(reporter: Reporter, m: dict) -> None:
     side = "  ".join(f"TTA {mode}: top-1 {a['top1']:.4f}" for mode, a in m["accuracy"].items())
-    reporter.info(f"Best checkpoint on val ({m['images']} images): {side}, ECE {m['ece']:.3f}")
+    reporter.info(f"Best checkpoint on val ({m['images']} images, fp32 as exported): {side}, ECE {m['ece']:.3f}")

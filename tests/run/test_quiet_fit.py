@@ -63,7 +63,9 @@ def test_a_console_reporter_gives_the_narration_the_result_holds(make_config, ca
     assert f"Weights: {result.weights}\n" in said and result.weights == "random init"
     assert f"Precision: {result.precision} ({result.precision_why})\n" in said
     assert "Plan: test_resnet -> " in said and "epoch 1/1  loss" in said
-    assert f"Best val top-1: {result.best_val_acc1:.4f} (epoch 1 of 1)" in said
+    measured = "" if result.precision.startswith("32") else f"; measured in {result.precision}, as trained"
+    assert f"Best val top-1: {result.best_val_acc1:.4f} (epoch 1 of 1{measured})" in said
+    assert "Best checkpoint on val (12 images, fp32 as exported): TTA none: top-1" in said
     assert f"Run directory: {result.run_dir}  " in said
     assert result.decided  # val-every and augment at least: the data decides them by default
     for key, why in result.decided.items():
@@ -80,5 +82,6 @@ def test_the_quiet_default_logs_the_narration_and_keeps_the_warnings(make_config
     told = [r.getMessage() for r in caplog.records if r.name == "finetune" and r.levelno == logging.INFO]
     caution = next(w for w in result.warnings if w.startswith("--weights none with --freeze-until layer2"))
     assert caution in warned and list(result.warnings) == warned
-    assert f"Best val top-1: {result.best_val_acc1:.4f} (epoch 1 of 1)" in told  # plain text: no [bold]
+    measured = "" if result.precision.startswith("32") else f"; measured in {result.precision}, as trained"
+    assert f"Best val top-1: {result.best_val_acc1:.4f} (epoch 1 of 1{measured})" in told  # plain text: no [bold]
     assert any(line.startswith("Plan: test_resnet -> ") for line in told)
