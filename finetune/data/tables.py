@@ -77,6 +77,15 @@ class TableSpec:
         return cls(Path(labels) if labels is not None else None, getattr(settings, "path_column", None),
                    getattr(settings, "label_column", None), getattr(settings, "split_column", None))
 
+    @classmethod
+    def of_run(cls, settings: Any, data: str | Path) -> TableSpec:
+        """The spec a run recorded when `data` is the folder that run read (the table belongs to that folder),
+        else an empty spec (class folders, or a metadata file in `data`)."""
+        saved = getattr(settings, "data", None)
+        if saved is None or Path(saved).resolve() != Path(data).resolve():
+            return cls()
+        return cls.of(settings)
+
     def columns_given(self) -> list[str]:
         """The column options set, as flags: ["--path-column img"]."""
         return [f"--{f.name.replace('_', '-')} {getattr(self, f.name)}" for f in fields(self)

@@ -247,10 +247,7 @@ def _run_table(source: ModelSource, data: Path) -> TableSpec:
     recorded = source.run_dir / "config.yaml" if source.run_dir is not None else None
     if recorded is None or not recorded.is_file():
         return TableSpec()
-    settings = RunConfig.from_yaml(recorded)
-    if settings.labels is None or Path(settings.data).resolve() != data.resolve():
-        return TableSpec()
-    return TableSpec.of(settings)
+    return TableSpec.of_run(RunConfig.from_yaml(recorded), data)
 
 
 def _with_saliency(result: EvalResult, model: Path, count: int) -> EvalResult:

@@ -100,8 +100,7 @@ def scan_for(trained: TrainedModel, data: str | Path | None = None) -> DatasetIn
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data DIR with the images "
                         f"of the classes {', '.join(trained.class_names)}")
-    same_folder = data is None or (saved is not None and root.resolve() == Path(saved).resolve())
-    table = TableSpec.of(trained.config) if same_folder else TableSpec()  # the table belongs to the run's folder
+    table = TableSpec.of_run(trained.config, root)
     index = scan_data(root, table, val_split=trained.setting("val_split"), seed=trained.setting("seed"))
     check_classes(index.classes, trained.class_names, root)
     return index
